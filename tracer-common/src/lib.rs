@@ -1,0 +1,338 @@
+//! Event types shared by the kernel programs (`tracer-ebpf`) and the loader
+//! (`stalltrace`). Every record starts with [`EventHeader`]; `kind` carries a stable
+//! numeric id ([`EventKind`]) that never changes meaning once released, so old dumps and
+//! new decoders agree. All structs are `#[repr(C)]`, fixed width, with explicit padding
+//! fields so that no byte is left undefined (the verifier rejects reading uninitialised
+//! stack, and user space decodes by copying bytes).
+#![no_std]
+
+/// Length of a kernel task name, including the NUL.
+pub const COMM_LEN: usize = 16;
+
+/// Stable numeric ids of the record kinds in the ring buffer.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A probe packet seen on arrival ([`PacketEvent`]).
+    Packet = 1,
+    /// A softirq raise→entry wait above the threshold ([`WaitEvent`]).
+    SoftirqWait = 2,
+    /// An RX thread's wakeup→switch-in wait above the threshold ([`WaitEvent`]).
+    RxThreadWait = 3,
+    /// A syscall longer than the syscall threshold ([`SyscallEvent`]).
+    Syscall = 4,
+}
+
+impl EventKind {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Packet),
+            2 => Some(Self::SoftirqWait),
+            3 => Some(Self::RxThreadWait),
+            4 => Some(Self::Syscall),
+            _ => None,
+        }
+    }
+}
+
+/// Common prefix of every record. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// [`EventKind`] as a number.
+    pub kind: u32,
+    /// CPU the event happened on.
+    pub cpu: u32,
+    /// `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`).
+    pub ts_ns: u64,
+    /// Thread id of the context the event ran in (0 = idle/swapper).
+    pub pid: u32,
+    /// Process id (thread group) of that context.
+    pub tgid: u32,
+    /// Task name of that context, NUL padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+/// IP protocol numbers we parse.
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Which hook saw a packet.
+pub const HOOK_TRACEPOINT: u8 = 1;
+pub const HOOK_KPROBE: u8 = 2;
+
+/// TCP flag bits as on the wire (byte 13 of the TCP header).
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A probe packet seen on arrival. 96 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketEvent {
+    pub header: EventHeader,
+    /// Source and destination address; IPv4 in the first 4 bytes, network order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// 4 or 6.
+    pub family: u8,
+    /// [`PROTO_ICMP`], [`PROTO_ICMPV6`] or [`PROTO_TCP`].
+    pub proto: u8,
+    /// ICMP type (echo request 8 / 128, reply 0 / 129); 0 for TCP.
+    pub icmp_type: u8,
+    /// TCP flags byte; 0 for ICMP.
+    pub tcp_flags: u8,
+    /// 1 when a NET_RX softirq was running on this CPU when the packet was seen.
+    pub in_softirq: u8,
+    /// [`HOOK_TRACEPOINT`] or [`HOOK_KPROBE`].
+    pub hook: u8,
+    pub _pad0: [u8; 2],
+    /// ICMP echo identifier (read big-endian from the wire) or TCP source port.
+    pub ident: u16,
+    /// ICMP echo sequence (read big-endian from the wire) or TCP destination port.
+    pub seq: u16,
+    /// TCP sequence number (host order); 0 for ICMP.
+    pub tcp_seq: u32,
+    /// Start of the RX run that processed this packet: the NET_RX softirq entry, or
+    /// the RX thread's switch-in; 0 when unknown.
+    pub rx_start_ns: u64,
+}
+
+/// Number of CPU holders reported with a wait.
+pub const MAX_HOLDERS: usize = 3;
+
+/// A task that held the CPU while a wait was pending. 72 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub tgid: u32,
+    /// Time on the CPU inside the wait window.
+    pub run_ns: u64,
+    pub cgroup_id: u64,
+    /// Kernel priority as the sched tracepoints report it (0..99 real-time, 100..139 normal).
+    pub prio: u32,
+    /// Scheduling policy (0 normal, 1 FIFO, 2 RR, 3 batch, 5 idle, 6 deadline); u32::MAX unknown.
+    pub policy: u32,
+    /// Syscall the task was inside when it last left the CPU in the window; -1 none.
+    pub sys_nr: i64,
+    pub sys_arg0: u64,
+    /// When that syscall was entered (boot ns).
+    pub sys_start_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Value of [`WaitEvent::vec`] for an RX-thread wait.
+pub const VEC_THREAD: u32 = 0xffff;
+/// Softirq vectors.
+pub const NET_TX_SOFTIRQ: u32 = 2;
+pub const NET_RX_SOFTIRQ: u32 = 3;
+pub const TIMER_SOFTIRQ: u32 = 1;
+
+/// A wait above the threshold: NET_RX raise→entry ([`EventKind::SoftirqWait`]) or an RX
+/// thread's wakeup→switch-in ([`EventKind::RxThreadWait`]). The header's pid/comm is the
+/// context that then ran the RX work; `ts_ns` is when the wait ended. 304 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitEvent {
+    pub header: EventHeader,
+    /// Raise or wakeup time (boot ns).
+    pub wait_start_ns: u64,
+    /// Softirq vector, or [`VEC_THREAD`].
+    pub vec: u32,
+    /// Who raised the softirq or woke the thread.
+    pub waker_pid: u32,
+    pub waker_comm: [u8; COMM_LEN],
+    /// Context switches on this CPU inside the window.
+    pub nr_switches: u32,
+    /// Distinct tasks seen in the window (holders plus others), capped by the history size.
+    pub nr_tasks: u32,
+    /// 1 when the per-CPU run history was shorter than the window, so the holders may
+    /// miss early runs.
+    pub truncated: u32,
+    pub _pad0: u32,
+    pub holders: [Holder; MAX_HOLDERS],
+}
+
+/// A syscall that kept its caller on the CPU longer than the syscall threshold
+/// (time on CPU, not wall time: a `futex` wait of 2 s is not reported, a 98 ms
+/// `read()` of memory.stat is). 88 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    /// `ts_ns` is the exit time; pid/tgid/comm the caller.
+    pub header: EventHeader,
+    pub nr: i64,
+    pub arg0: u64,
+    pub start_ns: u64,
+    pub ret: i64,
+    pub cgroup_id: u64,
+    /// Time on CPU during the syscall (from the task's `sum_exec_runtime`).
+    pub cpu_ns: u64,
+}
+
+/// Index of the per-CPU lost-event counters in the `LOST` map, by kind.
+pub const LOST_SLOTS: u32 = 5;
+
+/// Log2 histogram: bucket i counts waits of [2^i, 2^(i+1)) microseconds (bucket 0 also
+/// takes < 1 µs).
+pub const HIST_BUCKETS: usize = 32;
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hist {
+    pub buckets: [u64; HIST_BUCKETS],
+}
+/// Histogram slots in the `HISTS` map.
+pub const HIST_NET_RX: u32 = 0;
+pub const HIST_RX_THREAD: u32 = 1;
+pub const HIST_SLOTS: u32 = 2;
+
+/// Packet filter, set from user space in the `FILTER` global. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Peer address (either source or destination must equal it) when `peer_family` != 0.
+    pub peer: [u8; 16],
+    pub peer_family: u8,
+    /// 1: ICMP echo identifier must be `icmp_id` (either byte order, as hping3 writes it
+    /// in host order); 0: every ICMP echo.
+    pub icmp_id_set: u8,
+    pub icmp_id: u16,
+    /// 1: record ICMP echoes at all.
+    pub icmp: u8,
+    /// 1: record TCP SYN/SYN-ACK/RST to or from `tcp_port`.
+    pub tcp_port_set: u8,
+    pub tcp_port: u16,
+    pub _pad: [u8; 16],
+}
+
+impl Filter {
+    /// Every ICMP echo, no TCP.
+    pub const fn all_icmp() -> Self {
+        Self {
+            peer: [0; 16],
+            peer_family: 0,
+            icmp_id_set: 0,
+            icmp_id: 0,
+            icmp: 1,
+            tcp_port_set: 0,
+            tcp_port: 0,
+            _pad: [0; 16],
+        }
+    }
+}
+
+/// Offsets into kernel structs and tracepoint records, read by user space from the
+/// running kernel's BTF and tracefs `format` files and passed in the `OFFSETS` global,
+/// because aya cannot emit CO-RE relocations from Rust.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    // struct sk_buff
+    pub skb_head: u32,
+    pub skb_data: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    // struct task_struct
+    pub task_policy: u32,
+    /// `task_struct.se.sum_exec_runtime`; 0 = unknown (syscall CPU time not measured).
+    pub task_sum_exec: u32,
+    // tracepoint net:netif_receive_skb
+    pub tp_skbaddr: u32,
+    // tracepoint sched:sched_switch
+    pub ss_prev_comm: u32,
+    pub ss_prev_pid: u32,
+    pub ss_prev_prio: u32,
+    pub ss_next_comm: u32,
+    pub ss_next_pid: u32,
+    pub ss_next_prio: u32,
+    // tracepoint sched:sched_wakeup
+    pub sw_comm: u32,
+    pub sw_pid: u32,
+    pub sw_target_cpu: u32,
+    // tracepoint irq:softirq_*
+    pub si_vec: u32,
+    // tracepoint raw_syscalls:sys_enter / sys_exit
+    pub se_id: u32,
+    pub se_args: u32,
+    pub sx_ret: u32,
+}
+
+impl Offsets {
+    /// The layout of x86_64 kernels 5.x-6.x; user space overrides it with what it reads.
+    pub const fn defaults() -> Self {
+        Self {
+            skb_head: 192,
+            skb_data: 200,
+            skb_network_header: 184,
+            skb_transport_header: 182,
+            task_policy: 0,
+            task_sum_exec: 0,
+            tp_skbaddr: 8,
+            ss_prev_comm: 8,
+            ss_prev_pid: 24,
+            ss_prev_prio: 28,
+            ss_next_comm: 40,
+            ss_next_pid: 56,
+            ss_next_prio: 60,
+            sw_comm: 8,
+            sw_pid: 24,
+            sw_target_cpu: 32,
+            si_vec: 8,
+            se_id: 8,
+            se_args: 16,
+            sx_ret: 16,
+        }
+    }
+}
+
+/// Tuning knobs passed in the `CONFIG` global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Emit waits longer than this.
+    pub wait_threshold_ns: u64,
+    /// Emit syscalls longer than this.
+    pub syscall_threshold_ns: u64,
+    /// 1: track syscalls (raw_syscalls hooks attached).
+    pub track_syscalls: u32,
+    pub _pad: u32,
+}
+
+impl Config {
+    pub const fn defaults() -> Self {
+        Self {
+            wait_threshold_ns: 1_000_000,
+            syscall_threshold_ns: 10_000_000,
+            track_syscalls: 1,
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] with only integer fields and explicit padding,
+    // so every bit pattern is valid and no byte is padding.
+    unsafe impl aya::Pod for Filter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Hist {}
+}
+
+/// Compile-time layout checks: the kernel and user side must agree byte for byte.
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 40);
+    assert!(core::mem::size_of::<PacketEvent>() == 96);
+    assert!(core::mem::size_of::<Holder>() == 72);
+    assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 72 * MAX_HOLDERS);
+    assert!(core::mem::size_of::<SyscallEvent>() == 88);
+    assert!(core::mem::size_of::<Filter>() == 40);
+    assert!(core::mem::size_of::<Offsets>() == 80);
+    assert!(core::mem::size_of::<Config>() == 24);
+};

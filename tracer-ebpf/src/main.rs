@@ -1,0 +1,23 @@
+//! stalltrace's kernel programs. Tracepoints everywhere (they exist on every kernel we
+//! target); `kprobe:icmp_echo` where the kernel has kprobes. Filtering and aggregation
+//! happen here so the ring buffer carries answers, not a firehose: packets only for
+//! probe traffic, waits only above a threshold, syscalls only when they held the CPU.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod sched;
+mod softirq;
+mod syscall;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+// GPL: bpf_probe_read_kernel and the sched tracepoints need a GPL-compatible licence.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

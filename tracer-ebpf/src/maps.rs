@@ -1,0 +1,167 @@
+//! Maps, globals and the per-CPU state shared by all programs.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+    Global,
+};
+use tracer_common::{Config, Filter, Hist, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS, LOST_SLOTS};
+
+#[unsafe(no_mangle)]
+pub static FILTER: Global<Filter> = Global::new(Filter::all_icmp());
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<Offsets> = Global::new(Offsets::defaults());
+#[unsafe(no_mangle)]
+pub static CONFIG: Global<Config> = Global::new(Config::defaults());
+
+/// Size overridden by user space (`--ring-buffer`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Failed ring-buffer reserves, per CPU, by event kind.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
+
+#[map]
+pub static HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HIST_SLOTS, 0);
+
+/// Per-CPU scratch space for a packet record (too large for the BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Pending wakeups of RX threads (ksoftirqd, napi/…, backlog_napi), by thread id.
+#[map]
+pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
+
+/// Syscalls in flight, by thread id.
+#[map]
+pub static SYSCALLS: HashMap<u32, SysState> = HashMap::with_max_entries(32768, 0);
+
+/// Run history kept per CPU: enough to name who held the CPU during a wait.
+pub const SEGS: usize = 16;
+pub const SEG_MASK: u32 = (SEGS as u32) - 1;
+
+/// One run of a task on a CPU, ended by a context switch.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Segment {
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub prio: u32,
+    pub policy: u32,
+    pub sys_nr: i64,
+    pub sys_arg0: u64,
+    pub sys_start: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+pub struct CpuState {
+    /// Task now on this CPU and since when (0 = not yet seen a switch).
+    pub cur_pid: u32,
+    pub cur_prio: u32,
+    pub cur_since: u64,
+    /// First NET_RX raise since the last entry (0 = none pending) and who raised it.
+    pub netrx_raise_ns: u64,
+    pub netrx_raiser_pid: u32,
+    pub _pad0: u32,
+    pub netrx_raiser_comm: [u8; COMM_LEN],
+    /// Start of the NET_RX softirq running now (0 = none).
+    pub netrx_entry_ns: u64,
+    /// Next slot of `segs` to write, and how many were ever written.
+    pub head: u32,
+    pub _pad1: u32,
+    pub written: u64,
+    pub segs: [Segment; SEGS],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RxWake {
+    pub ts: u64,
+    pub waker_pid: u32,
+    pub target_cpu: u32,
+    pub waker_comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SysState {
+    pub nr: i64,
+    pub arg0: u64,
+    pub start: u64,
+    /// The task's sum_exec_runtime at entry (0 when the offset is unknown).
+    pub exec_start: u64,
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper with no arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+pub fn cpu_state() -> Option<&'static mut CpuState> {
+    // SAFETY: index 0 of a per-CPU array: the pointer is valid for this CPU's slot and
+    // programs on one CPU do not run concurrently with each other for the same slot
+    // (tracepoint programs run with preemption disabled).
+    CPU.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+pub fn count_lost(kind: u32) {
+    if let Some(p) = LOST.get_ptr_mut(kind) {
+        // SAFETY: per-CPU slot of this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn hist_add(slot: u32, ns: u64) {
+    let us = ns / 1000;
+    let mut b: usize = 0;
+    let mut v = us;
+    while v > 1 && b < HIST_BUCKETS - 1 {
+        v >>= 1;
+        b += 1;
+    }
+    if let Some(h) = HISTS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot of this CPU; b < HIST_BUCKETS.
+        unsafe { (*h).buckets[b & (HIST_BUCKETS - 1)] += 1 };
+    }
+}
+
+/// Scheduling policy of the current task, u32::MAX when the offset is unknown.
+#[inline(always)]
+pub fn current_policy() -> u32 {
+    let off = OFFSETS.load().task_policy;
+    if off == 0 {
+        return u32::MAX;
+    }
+    // SAFETY: reads a u32 from the current task_struct at an offset taken from BTF;
+    // bpf_probe_read_kernel fails safely on a bad address.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(off as usize) as *const u32).unwrap_or(u32::MAX)
+    }
+}
+
+/// The current task's total time on CPU, 0 when the offset is unknown.
+#[inline(always)]
+pub fn current_exec_runtime() -> u64 {
+    let off = OFFSETS.load().task_sum_exec;
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: as in current_policy.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(off as usize) as *const u64).unwrap_or(0)
+    }
+}

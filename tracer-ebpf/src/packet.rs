@@ -1,0 +1,231 @@
+//! Probe packets on arrival: `tracepoint:net:netif_receive_skb` (every kernel; sees
+//! echo requests and replies, IPv4 and IPv6, TCP) and `kprobe:icmp_echo` (the seed's
+//! hook; IPv4 echo requests only). Unrelated packets cost a few reads and no record.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+    },
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
+};
+use tracer_common::{
+    EventKind, Filter, PacketEvent, COMM_LEN, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, TCP_RST, TCP_SYN,
+};
+
+use crate::maps::{count_lost, cpu_state, now, EVENTS, FILTER, OFFSETS, SCRATCH};
+
+#[tracepoint]
+pub fn netif_receive_skb(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    // SAFETY: offset from this kernel's format file; read_at fails safely.
+    let skb: u64 = match unsafe { ctx.read_at(o.tp_skbaddr as usize) } {
+        Ok(p) => p,
+        Err(_) => return 0,
+    };
+    let skb = skb as *const u8;
+    // At netif_receive_skb, skb->data points at the network header.
+    // SAFETY: bpf_probe_read_kernel fails safely on a bad address; offsets from BTF.
+    let data: u64 = match unsafe { bpf_probe_read_kernel(skb.add(o.skb_data as usize) as *const u64) } {
+        Ok(p) => p,
+        Err(_) => return 0,
+    };
+    handle(data as *const u8, core::ptr::null(), HOOK_TRACEPOINT);
+    0
+}
+
+#[kprobe]
+pub fn icmp_echo(ctx: ProbeContext) -> u32 {
+    let Some(skb) = ctx.arg::<*const u8>(0) else { return 0 };
+    let o = OFFSETS.load();
+    // SAFETY: reads of skb fields at BTF offsets through bpf_probe_read_kernel, which
+    // fails safely.
+    let (head, nh, th) = unsafe {
+        let head: u64 = match bpf_probe_read_kernel(skb.add(o.skb_head as usize) as *const u64) {
+            Ok(h) => h,
+            Err(_) => return 0,
+        };
+        let nh: u16 = bpf_probe_read_kernel(skb.add(o.skb_network_header as usize) as *const u16)
+            .unwrap_or(0xffff);
+        let th: u16 = bpf_probe_read_kernel(skb.add(o.skb_transport_header as usize) as *const u16)
+            .unwrap_or(0xffff);
+        (head, nh, th)
+    };
+    if nh == 0xffff || th == 0xffff {
+        return 0;
+    }
+    let head = head as *const u8;
+    // SAFETY: pointer arithmetic only; the result is read through bpf_probe_read_kernel.
+    let (l3, l4) = unsafe { (head.add(nh as usize), head.add(th as usize)) };
+    handle(l3, l4, HOOK_KPROBE);
+    0
+}
+
+#[inline(always)]
+fn be16(b0: u8, b1: u8) -> u16 {
+    ((b0 as u16) << 8) | b1 as u16
+}
+
+#[inline(always)]
+fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], n: usize) -> bool {
+    if f.peer_family == 0 {
+        return true;
+    }
+    let mut eq_s = true;
+    let mut eq_d = true;
+    let mut i = 0;
+    while i < 16 {
+        if i < n {
+            if s[i] != f.peer[i] {
+                eq_s = false;
+            }
+            if d[i] != f.peer[i] {
+                eq_d = false;
+            }
+        }
+        i += 1;
+    }
+    eq_s || eq_d
+}
+
+/// Parses IP and ICMP/TCP at `l3` (and `l4` when the hook knows it) into this CPU's
+/// scratch record (the BPF stack is too small for it), applies the filter, and emits
+/// a record for probe traffic.
+#[inline(always)]
+fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
+    let ev = unsafe { &mut *ev };
+    let f = FILTER.load();
+    // SAFETY: all packet reads go through bpf_probe_read_kernel, which fails safely.
+    let first: u8 = match unsafe { bpf_probe_read_kernel(l3) } {
+        Ok(b) => b,
+        Err(_) => return,
+    };
+    ev.saddr = [0; 16];
+    ev.daddr = [0; 16];
+    let l4;
+    match first >> 4 {
+        4 => {
+            // SAFETY: as above.
+            let ip: [u8; 12] = match unsafe { bpf_probe_read_kernel(l3 as *const [u8; 12]) } {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            // Later fragments carry no L4 header.
+            if (be16(ip[6], ip[7]) & 0x1fff) != 0 {
+                return;
+            }
+            ev.family = 4;
+            ev.proto = ip[9];
+            // SAFETY: as above.
+            unsafe {
+                if bpf_probe_read_kernel_buf(l3.add(12), &mut ev.saddr[..4]).is_err()
+                    || bpf_probe_read_kernel_buf(l3.add(16), &mut ev.daddr[..4]).is_err()
+                {
+                    return;
+                }
+            }
+            let ihl = ((ip[0] & 0x0f) as usize) * 4;
+            if ihl < 20 {
+                return;
+            }
+            // SAFETY: pointer arithmetic only.
+            l4 = if l4_known.is_null() { unsafe { l3.add(ihl) } } else { l4_known };
+        }
+        6 => {
+            // SAFETY: as above.
+            let nexthdr: u8 = match unsafe { bpf_probe_read_kernel(l3.add(6)) } {
+                Ok(b) => b,
+                Err(_) => return,
+            };
+            ev.family = 6;
+            ev.proto = nexthdr;
+            // SAFETY: as above.
+            unsafe {
+                if bpf_probe_read_kernel_buf(l3.add(8), &mut ev.saddr).is_err()
+                    || bpf_probe_read_kernel_buf(l3.add(24), &mut ev.daddr).is_err()
+                {
+                    return;
+                }
+            }
+            // SAFETY: pointer arithmetic only.
+            l4 = if l4_known.is_null() { unsafe { l3.add(40) } } else { l4_known };
+        }
+        _ => return,
+    }
+    let proto = ev.proto;
+    if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
+        if f.icmp == 0 {
+            return;
+        }
+        // SAFETY: as above.
+        let h: [u8; 8] = match unsafe { bpf_probe_read_kernel(l4 as *const [u8; 8]) } {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let echo = if proto == PROTO_ICMP { h[0] == 8 || h[0] == 0 } else { h[0] == 128 || h[0] == 129 };
+        if !echo {
+            return;
+        }
+        let id = be16(h[4], h[5]);
+        if f.icmp_id_set != 0 && id != f.icmp_id && id != f.icmp_id.swap_bytes() {
+            return;
+        }
+        ev.icmp_type = h[0];
+        ev.tcp_flags = 0;
+        ev.ident = id;
+        ev.seq = be16(h[6], h[7]);
+        ev.tcp_seq = 0;
+    } else if proto == PROTO_TCP {
+        if f.tcp_port_set == 0 {
+            return;
+        }
+        // SAFETY: as above.
+        let h: [u8; 14] = match unsafe { bpf_probe_read_kernel(l4 as *const [u8; 14]) } {
+            Ok(b) => b,
+            Err(_) => return,
+        };
+        let sport = be16(h[0], h[1]);
+        let dport = be16(h[2], h[3]);
+        if sport != f.tcp_port && dport != f.tcp_port {
+            return;
+        }
+        if h[13] & (TCP_SYN | TCP_RST) == 0 {
+            return;
+        }
+        ev.icmp_type = 0;
+        ev.tcp_flags = h[13];
+        ev.ident = sport;
+        ev.seq = dport;
+        ev.tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    } else {
+        return;
+    }
+    let n = if ev.family == 4 { 4 } else { 16 };
+    if !peer_ok(&f, &ev.saddr, &ev.daddr, n) {
+        return;
+    }
+
+    let pt = bpf_get_current_pid_tgid();
+    ev.header.kind = EventKind::Packet as u32;
+    // SAFETY: helper with no arguments.
+    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.header.ts_ns = now();
+    ev.header.pid = pt as u32;
+    ev.header.tgid = (pt >> 32) as u32;
+    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    ev.hook = hook;
+    ev._pad0 = [0; 2];
+    let (in_softirq, rx_start) = match cpu_state() {
+        Some(st) if st.netrx_entry_ns != 0 => (1, st.netrx_entry_ns),
+        Some(st) => (0, st.cur_since),
+        None => (0, 0),
+    };
+    ev.in_softirq = in_softirq;
+    ev.rx_start_ns = rx_start;
+    if EVENTS.output::<PacketEvent>(&*ev, 0).is_err() {
+        count_lost(EventKind::Packet as u32);
+    }
+}

@@ -1,0 +1,308 @@
+//! Context switches (run history per CPU, RX-thread switch-in) and RX-thread wakeups.
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{
+    EventKind, Holder, WaitEvent, COMM_LEN, HIST_RX_THREAD, MAX_HOLDERS, VEC_THREAD,
+};
+
+use crate::maps::{
+    count_lost, cpu_state, current_policy, hist_add, now, CpuState, RxWake, CONFIG, EVENTS,
+    OFFSETS, RX_WAKE, SEGS, SEG_MASK, SYSCALLS,
+};
+
+/// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N.
+#[inline(always)]
+pub fn is_rx_thread(c: &[u8; COMM_LEN]) -> bool {
+    (c[0] == b'k' && c[1] == b's' && c[2] == b'o' && c[3] == b'f' && c[8] == b'd' && c[9] == b'/')
+        || (c[0] == b'n' && c[1] == b'a' && c[2] == b'p' && c[3] == b'i' && c[4] == b'/')
+        || (c[0] == b'b' && c[1] == b'a' && c[2] == b'c' && c[3] == b'k' && c[7] == b'_'
+            && c[8] == b'n')
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    // SAFETY: offsets come from this kernel's tracepoint format file; read_at uses
+    // bpf_probe_read and fails safely.
+    let comm: [u8; COMM_LEN] = match unsafe { ctx.read_at(o.sw_comm as usize) } {
+        Ok(c) => c,
+        Err(_) => return 0,
+    };
+    if !is_rx_thread(&comm) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let pid: i32 = unsafe { ctx.read_at(o.sw_pid as usize) }.unwrap_or(0);
+    // SAFETY: as above.
+    let target_cpu: i32 = unsafe { ctx.read_at(o.sw_target_cpu as usize) }.unwrap_or(-1);
+    let pid = pid as u32;
+    // Keep the earliest pending wakeup: the wait runs from it.
+    if RX_WAKE.get_ptr(pid).is_some() {
+        return 0;
+    }
+    let w = RxWake {
+        ts: now(),
+        waker_pid: bpf_get_current_pid_tgid() as u32,
+        target_cpu: target_cpu as u32,
+        waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    let _ = RX_WAKE.insert(pid, w, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    let Some(st) = cpu_state() else { return 0 };
+    let ts = now();
+    // SAFETY (all reads below): offsets from this kernel's format file; read_at uses
+    // bpf_probe_read and fails safely.
+    let prev_pid: i32 = unsafe { ctx.read_at(o.ss_prev_pid as usize) }.unwrap_or(0);
+    let prev_prio: i32 = unsafe { ctx.read_at(o.ss_prev_prio as usize) }.unwrap_or(0);
+    let next_pid: i32 = unsafe { ctx.read_at(o.ss_next_pid as usize) }.unwrap_or(0);
+    let next_prio: i32 = unsafe { ctx.read_at(o.ss_next_prio as usize) }.unwrap_or(0);
+    let prev_pid = prev_pid as u32;
+    let next_pid = next_pid as u32;
+
+    // Record prev's run. At sched_switch `current` is still prev.
+    let idx = (st.head & SEG_MASK) as usize;
+    let start = if st.cur_pid == prev_pid && st.cur_since != 0 { st.cur_since } else { 0 };
+    {
+        let seg = &mut st.segs[idx & (SEGS - 1)];
+        seg.start = start;
+        seg.end = ts;
+        seg.pid = prev_pid;
+        seg.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        seg.prio = prev_prio as u32;
+        // SAFETY: helper with no arguments.
+        seg.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        seg.policy = current_policy();
+        seg.comm = unsafe { ctx.read_at(o.ss_prev_comm as usize) }.unwrap_or([0; COMM_LEN]);
+        match SYSCALLS.get_ptr(prev_pid) {
+            Some(s) => {
+                // SAFETY: pointer returned by a map lookup, valid for this program run.
+                let s = unsafe { &*s };
+                seg.sys_nr = s.nr;
+                seg.sys_arg0 = s.arg0;
+                seg.sys_start = s.start;
+            }
+            None => {
+                seg.sys_nr = -1;
+                seg.sys_arg0 = 0;
+                seg.sys_start = 0;
+            }
+        }
+        if is_rx_thread(&seg.comm) {
+            // An RX thread leaving the CPU has no wakeup pending any more (a wakeup
+            // of a running thread leaves an entry that no switch-in consumes).
+            let _ = RX_WAKE.remove(prev_pid);
+        }
+    }
+    st.head = st.head.wrapping_add(1) & SEG_MASK;
+    st.written = st.written.wrapping_add(1);
+    st.cur_pid = next_pid;
+    st.cur_prio = next_prio as u32;
+    st.cur_since = ts;
+
+    // RX thread switching in: close its wakeup wait.
+    if let Some(w) = RX_WAKE.get_ptr(next_pid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        let w = unsafe { *w };
+        let _ = RX_WAKE.remove(next_pid);
+        if ts > w.ts {
+            let wait = ts - w.ts;
+            hist_add(HIST_RX_THREAD, wait);
+            if wait >= CONFIG.load().wait_threshold_ns {
+                let next_comm = unsafe { ctx.read_at(o.ss_next_comm as usize) }
+                    .unwrap_or([0; COMM_LEN]);
+                emit_wait(
+                    st,
+                    EventKind::RxThreadWait,
+                    VEC_THREAD,
+                    w.ts,
+                    ts,
+                    next_pid,
+                    next_pid,
+                    next_comm,
+                    w.waker_pid,
+                    w.waker_comm,
+                    false,
+                );
+            }
+        }
+    }
+    0
+}
+
+/// Adds `run` ns of the task in `src` to the holders, keeping the longest three.
+#[inline(always)]
+fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) {
+    let mut i = 0;
+    while i < MAX_HOLDERS {
+        if h[i].run_ns != 0 && h[i].pid == src.pid {
+            h[i].run_ns += run;
+            // A later run carries the newer syscall state.
+            h[i].sys_nr = src.sys_nr;
+            h[i].sys_arg0 = src.sys_arg0;
+            h[i].sys_start_ns = src.sys_start_ns;
+            return;
+        }
+        i += 1;
+    }
+    // Replace the empty or the smallest slot if this run is longer.
+    let mut min = 0;
+    let mut j = 1;
+    while j < MAX_HOLDERS {
+        if h[j].run_ns < h[min].run_ns {
+            min = j;
+        }
+        j += 1;
+    }
+    if run > h[min].run_ns {
+        h[min] = *src;
+        h[min].run_ns = run;
+    }
+}
+
+/// Writes a wait record: the RX context in the header, and the tasks that held this
+/// CPU between `start` and `end` from the run history (plus, for softirq waits, the
+/// task still running now).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn emit_wait(
+    st: &CpuState,
+    kind: EventKind,
+    vec: u32,
+    start: u64,
+    end: u64,
+    pid: u32,
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+    waker_pid: u32,
+    waker_comm: [u8; COMM_LEN],
+    include_current: bool,
+) {
+    let Some(mut entry) = EVENTS.reserve::<WaitEvent>(0) else {
+        count_lost(kind as u32);
+        return;
+    };
+    // SAFETY: `entry` is a reserved, exclusively owned ring-buffer slot of the right
+    // size; every field is written below before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header.kind = kind as u32;
+    // SAFETY: helper with no arguments.
+    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.header.ts_ns = end;
+    ev.header.pid = pid;
+    ev.header.tgid = tgid;
+    ev.header.comm = comm;
+    ev.wait_start_ns = start;
+    ev.vec = vec;
+    ev.waker_pid = waker_pid;
+    ev.waker_comm = waker_comm;
+    ev.nr_switches = 0;
+    ev.nr_tasks = 0;
+    ev._pad0 = 0;
+    let mut i = 0;
+    while i < MAX_HOLDERS {
+        ev.holders[i] = EMPTY_HOLDER;
+        i += 1;
+    }
+    let mut oldest_in_window = false;
+    let mut k = 0;
+    while k < SEGS {
+        let seg = &st.segs[k];
+        if seg.end > start && seg.end <= end && st.written > k as u64 {
+            ev.nr_switches += 1;
+            if seg.pid != 0 {
+                let from = if seg.start > start { seg.start } else { start };
+                let run = seg.end - from;
+                let h = Holder {
+                    pid: seg.pid,
+                    tgid: seg.tgid,
+                    run_ns: run,
+                    cgroup_id: seg.cgroup_id,
+                    prio: seg.prio,
+                    policy: seg.policy,
+                    sys_nr: seg.sys_nr,
+                    sys_arg0: seg.sys_arg0,
+                    sys_start_ns: seg.sys_start,
+                    comm: seg.comm,
+                };
+                add_holder(&mut ev.holders, &h, run);
+            }
+            if seg.start != 0 && seg.start <= start {
+                oldest_in_window = true;
+            }
+        }
+        k += 1;
+    }
+    // The window reaches back past the history when every slot is inside it and none
+    // started before the wait.
+    ev.truncated = (ev.nr_switches as usize >= SEGS && !oldest_in_window) as u32;
+    if include_current && st.cur_pid != 0 {
+        let from = if st.cur_since > start { st.cur_since } else { start };
+        if end > from {
+            let pt = bpf_get_current_pid_tgid();
+            let (nr, arg0, sstart) = match SYSCALLS.get_ptr(pt as u32) {
+                // SAFETY: pointer from a map lookup, valid for this program run.
+                Some(s) => unsafe { ((*s).nr, (*s).arg0, (*s).start) },
+                None => (-1, 0, 0),
+            };
+            let h = Holder {
+                pid: pt as u32,
+                tgid: (pt >> 32) as u32,
+                run_ns: end - from,
+                // SAFETY: helper with no arguments.
+                cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+                prio: st.cur_prio,
+                policy: current_policy(),
+                sys_nr: nr,
+                sys_arg0: arg0,
+                sys_start_ns: sstart,
+                comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            };
+            add_holder(&mut ev.holders, &h, end - from);
+        }
+    }
+    let mut n = 0;
+    let mut j = 0;
+    while j < MAX_HOLDERS {
+        if ev.holders[j].run_ns != 0 {
+            n += 1;
+        }
+        j += 1;
+    }
+    ev.nr_tasks = n;
+    sort_holders(&mut ev.holders);
+    entry.submit(0);
+}
+
+#[inline(always)]
+fn sort_holders(h: &mut [Holder; MAX_HOLDERS]) {
+    if h[1].run_ns > h[0].run_ns {
+        h.swap(0, 1);
+    }
+    if h[2].run_ns > h[1].run_ns {
+        h.swap(1, 2);
+    }
+    if h[1].run_ns > h[0].run_ns {
+        h.swap(0, 1);
+    }
+}
+
+const EMPTY_HOLDER: Holder = Holder {
+    pid: 0,
+    tgid: 0,
+    run_ns: 0,
+    cgroup_id: 0,
+    prio: 0,
+    policy: u32::MAX,
+    sys_nr: -1,
+    sys_arg0: 0,
+    sys_start_ns: 0,
+    comm: [0; COMM_LEN],
+};

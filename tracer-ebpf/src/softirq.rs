@@ -1,0 +1,78 @@
+//! NET_RX softirq raise→entry waits, and whether a NET_RX run is in progress (which
+//! tells the packet hook it runs in softirq context).
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{EventKind, COMM_LEN, HIST_NET_RX, NET_RX_SOFTIRQ};
+
+use crate::{
+    maps::{cpu_state, hist_add, now, CONFIG, OFFSETS},
+    sched::emit_wait,
+};
+
+#[inline(always)]
+fn vec(ctx: &TracePointContext) -> u32 {
+    // SAFETY: offset from this kernel's format file; read_at fails safely.
+    unsafe { ctx.read_at::<u32>(OFFSETS.load().si_vec as usize) }.unwrap_or(u32::MAX)
+}
+
+#[tracepoint]
+pub fn softirq_raise(ctx: TracePointContext) -> u32 {
+    if vec(&ctx) != NET_RX_SOFTIRQ {
+        return 0;
+    }
+    let Some(st) = cpu_state() else { return 0 };
+    if st.netrx_raise_ns == 0 {
+        st.netrx_raise_ns = now();
+        st.netrx_raiser_pid = bpf_get_current_pid_tgid() as u32;
+        st.netrx_raiser_comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn softirq_entry(ctx: TracePointContext) -> u32 {
+    if vec(&ctx) != NET_RX_SOFTIRQ {
+        return 0;
+    }
+    let Some(st) = cpu_state() else { return 0 };
+    let ts = now();
+    st.netrx_entry_ns = ts;
+    let raised = st.netrx_raise_ns;
+    st.netrx_raise_ns = 0;
+    if raised == 0 || ts <= raised {
+        return 0;
+    }
+    let wait = ts - raised;
+    hist_add(HIST_NET_RX, wait);
+    if wait >= CONFIG.load().wait_threshold_ns {
+        let pt = bpf_get_current_pid_tgid();
+        emit_wait(
+            st,
+            EventKind::SoftirqWait,
+            NET_RX_SOFTIRQ,
+            raised,
+            ts,
+            pt as u32,
+            (pt >> 32) as u32,
+            bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            st.netrx_raiser_pid,
+            st.netrx_raiser_comm,
+            true,
+        );
+    }
+    0
+}
+
+#[tracepoint]
+pub fn softirq_exit(ctx: TracePointContext) -> u32 {
+    if vec(&ctx) != NET_RX_SOFTIRQ {
+        return 0;
+    }
+    if let Some(st) = cpu_state() {
+        st.netrx_entry_ns = 0;
+    }
+    0
+}

@@ -1,0 +1,67 @@
+//! Syscalls in flight per thread, and the ones that held the CPU longer than the
+//! threshold (time on CPU, so blocking waits such as futex or epoll are not reported).
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{EventKind, SyscallEvent, COMM_LEN};
+
+use crate::maps::{count_lost, current_exec_runtime, now, SysState, CONFIG, EVENTS, OFFSETS, SYSCALLS};
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let o = OFFSETS.load();
+    // SAFETY: offsets from this kernel's format file; read_at fails safely.
+    let nr: i64 = unsafe { ctx.read_at(o.se_id as usize) }.unwrap_or(-1);
+    // SAFETY: as above.
+    let arg0: u64 = unsafe { ctx.read_at(o.se_args as usize) }.unwrap_or(0);
+    let pid = bpf_get_current_pid_tgid() as u32;
+    let s = SysState { nr, arg0, start: now(), exec_start: current_exec_runtime() };
+    let _ = SYSCALLS.insert(pid, s, 0);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let pt = bpf_get_current_pid_tgid();
+    let pid = pt as u32;
+    let Some(s) = SYSCALLS.get_ptr(pid) else { return 0 };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let s = unsafe { *s };
+    let _ = SYSCALLS.remove(pid);
+    if s.exec_start == 0 {
+        return 0;
+    }
+    let exec = current_exec_runtime();
+    if exec <= s.exec_start {
+        return 0;
+    }
+    let cpu_ns = exec - s.exec_start;
+    if cpu_ns < CONFIG.load().syscall_threshold_ns {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        count_lost(EventKind::Syscall as u32);
+        return 0;
+    };
+    // SAFETY: reserved, exclusively owned slot; all fields written before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.header.kind = EventKind::Syscall as u32;
+    // SAFETY: helper with no arguments.
+    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
+    ev.header.ts_ns = now();
+    ev.header.pid = pid;
+    ev.header.tgid = (pt >> 32) as u32;
+    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    ev.nr = s.nr;
+    ev.arg0 = s.arg0;
+    ev.start_ns = s.start;
+    // SAFETY: offset from this kernel's format file; read_at fails safely.
+    ev.ret = unsafe { ctx.read_at(OFFSETS.load().sx_ret as usize) }.unwrap_or(0);
+    // SAFETY: helper with no arguments.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.cpu_ns = cpu_ns;
+    entry.submit(0);
+    0
+}
