@@ -1,1 +1,72 @@
+//! Test kit for stalltrace's root-only integration tests: network namespaces with a
+//! veth pair that are removed on drop (also on panic), bounded hog processes, the
+//! stalltrace binary, and the "must run under CI" rule.
+//!
+//! Every test that needs root calls [`require_root`]: outside CI it skips with a
+//! message; under `CI=true` it fails, so CI never passes by skipping.
+pub mod netns;
 
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
+
+pub use netns::Netns;
+
+/// Returns false (skip) when not root outside CI; panics under CI=true.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+        panic!("{test}: needs root and a real kernel, and CI=true: refusing to skip");
+    }
+    eprintln!("SKIP {test}: needs root (runs in CI, where it fails instead of skipping)");
+    false
+}
+
+/// The stalltrace binary under test: $STALLTRACE_BIN, else the workspace's debug build.
+pub fn stalltrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("STALLTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    let ws = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or(ws.join("target"));
+    let p = target.join("debug").join("stalltrace");
+    assert!(p.exists(), "{} is missing: build it first (cargo build -p stalltrace) or set STALLTRACE_BIN", p.display());
+    p
+}
+
+/// Runs a command to completion, panicking with its output when it fails.
+pub fn sh(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Ids of loaded BPF programs whose name matches one of ours (bpftool).
+pub fn our_bpf_programs() -> Vec<String> {
+    const OURS: &[&str] = &[
+        "netif_receive_s", "icmp_echo", "sched_switch", "sched_wakeup", "softirq_raise",
+        "softirq_entry", "softirq_exit", "sys_enter", "sys_exit",
+    ];
+    let out = match Command::new("bpftool").args(["prog", "show"]).output() {
+        Ok(o) => o,
+        Err(e) => panic!("bpftool is needed to check for leftover programs: {e}"),
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(": tracepoint") || l.contains(": kprobe"))
+        .filter(|l| OURS.iter().any(|n| l.contains(&format!("name {n}"))))
+        .map(|l| l.split(':').next().unwrap_or("").to_string())
+        .collect()
+}
