@@ -2,13 +2,16 @@
 mod analyze;
 mod attribution;
 mod dump;
+mod enrich;
+mod events;
 mod exit;
+mod kernel;
+mod live;
 mod probe;
+mod record;
 mod timefmt;
 
 use clap::{Parser, Subcommand};
-
-use crate::exit::ExitCode;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -39,6 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Trace probe packets and RX waits; print them live and write a JSON Lines dump.
+    Record(record::RecordArgs),
     /// Send ICMP echo or TCP SYN probes and print hping3-style lines with RTTs.
     Probe(probe::ProbeArgs),
     /// Correlate a recorded dump (and optionally a prober's log) into stall episodes.
@@ -56,6 +61,7 @@ fn main() -> std::process::ExitCode {
         .format_timestamp(None)
         .init();
     let res = match cli.cmd {
+        Cmd::Record(a) => record::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Analyze(a) => analyze::run(a),
     };

@@ -1,0 +1,173 @@
+//! Live lines of `record`: packets in the seed's table layout, waits and long syscalls
+//! in plain words.
+use crate::{
+    dump::{HolderRec, PacketRec, RxContext, SyscallRec, WaitKind, WaitRec},
+    timefmt::human_ns,
+};
+
+pub const PACKET_HEADER: &str =
+    "  TGID    PID PROCESS          CPU CONTEXT          PACKET            ID   SEQ";
+
+pub fn context_name(c: RxContext) -> &'static str {
+    match c {
+        RxContext::Ksoftirqd => "ksoftirqd",
+        RxContext::Napi => "threaded-napi",
+        RxContext::BacklogNapi => "backlog-napi",
+        RxContext::Idle => "softirq(idle)",
+        RxContext::ProcessSoftirq => "softirq(process)",
+        RxContext::Process => "process",
+    }
+}
+
+pub fn packet_line(p: &PacketRec) -> String {
+    let kind = serde_json::to_value(p.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    format!(
+        "{:>6} {:>6} {:<16} {:>3} {:<16} {:<14} {:>6} {:>5}",
+        p.tgid,
+        p.pid,
+        p.comm,
+        p.cpu,
+        context_name(p.context),
+        format!("{} {kind}", p.proto),
+        p.ident,
+        p.seq
+    )
+}
+
+/// `stall-hog (pid 4242, SCHED_FIFO 50)`.
+pub fn task_words(h: &HolderRec) -> String {
+    let ids = if h.tgid != 0 && h.tgid != h.pid {
+        format!("pid {}, tgid {}", h.pid, h.tgid)
+    } else {
+        format!("pid {}", h.pid)
+    };
+    let sched = match h.policy.as_str() {
+        "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
+        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => format!("RT {}", h.priority),
+        p => format!("{p} nice {}", h.priority),
+    };
+    format!("{} ({ids}, {sched})", h.comm)
+}
+
+/// What the holder was doing: `inside read() of /path for 98 ms`, or `no syscall`.
+pub fn syscall_words(h: &HolderRec, until_ns: u64) -> String {
+    match &h.syscall {
+        None => "no syscall".into(),
+        Some(s) => {
+            let of = s.path.as_deref().map(|p| format!(" of {p}")).unwrap_or_default();
+            let dur = if s.since_ns > 0 && s.since_ns < until_ns {
+                format!(" for {}", human_ns(until_ns - s.since_ns))
+            } else {
+                String::new()
+            };
+            format!("inside {}(){of}{dur}", s.name)
+        }
+    }
+}
+
+pub fn wait_sentence(w: &WaitRec) -> String {
+    let head = match w.kind {
+        WaitKind::NetRxSoftirq => format!(
+            "CPU {}: NET_RX waited {} (raised by {} pid {}); RX ran in {}",
+            w.cpu,
+            human_ns(w.wait_ns),
+            w.waker.comm,
+            w.waker.pid,
+            rx_words(w)
+        ),
+        WaitKind::RxThread => format!(
+            "CPU {}: RX thread {} waited {} from wakeup (by {} pid {}) to run",
+            w.cpu,
+            w.rx.comm,
+            human_ns(w.wait_ns),
+            w.waker.comm,
+            w.waker.pid
+        ),
+    };
+    let held = match w.holders.first() {
+        None => "; no task held the CPU (idle, or interrupts)".to_string(),
+        Some(h) => {
+            let others = w.holders.len().saturating_sub(1);
+            let more = if others > 0 {
+                format!("; {others} other task{} ran", if others == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            };
+            format!(
+                "; CPU held by {} for {}, {}{more}",
+                task_words(h),
+                human_ns(h.run_ns),
+                syscall_words(h, w.ts_ns)
+            )
+        }
+    };
+    let trunc = if w.truncated { " (history shorter than the wait: earlier holders may be missing)" } else { "" };
+    format!("{head}{held}{trunc}")
+}
+
+fn rx_words(w: &WaitRec) -> String {
+    match w.rx_context {
+        RxContext::ProcessSoftirq => format!("softirq on {}'s stack (pid {})", w.rx.comm, w.rx.pid),
+        RxContext::Idle => "softirq on the idle CPU".into(),
+        _ => w.rx.comm.clone(),
+    }
+}
+
+pub fn syscall_sentence(s: &SyscallRec) -> String {
+    let of = s.path.as_deref().map(|p| format!(" of {p}")).unwrap_or_default();
+    format!(
+        "CPU {}: {} (pid {}, tgid {}) spent {} on CPU inside {}(){of} ({} wall)",
+        s.cpu,
+        s.comm,
+        s.pid,
+        s.tgid,
+        human_ns(s.cpu_ns),
+        s.name,
+        human_ns(s.dur_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::{SyscallRef, TaskRef};
+
+    #[test]
+    fn wait_sentence_names_culprit_and_rx_thread() {
+        let w = WaitRec {
+            kind: WaitKind::RxThread,
+            cpu: 1,
+            start_ns: 1_000_000_000,
+            ts_ns: 1_712_000_000,
+            wait_ns: 712_000_000,
+            rx: TaskRef { pid: 258, tgid: 258, comm: "napi/vB-258".into() },
+            rx_context: RxContext::Napi,
+            waker: TaskRef { pid: 881, tgid: 0, comm: "ping".into() },
+            holders: vec![HolderRec {
+                pid: 4242,
+                tgid: 4242,
+                comm: "stall-hog".into(),
+                run_ns: 705_000_000,
+                cgroup_id: 1,
+                cgroup: None,
+                policy: "SCHED_FIFO".into(),
+                priority: 50,
+                syscall: Some(SyscallRef {
+                    nr: 0,
+                    name: "read".into(),
+                    arg0: 3,
+                    path: Some("/tmp/big".into()),
+                    since_ns: 1_614_000_000,
+                }),
+            }],
+            nr_switches: 1,
+            nr_tasks: 1,
+            truncated: false,
+        };
+        assert_eq!(
+            wait_sentence(&w),
+            "CPU 1: RX thread napi/vB-258 waited 712 ms from wakeup (by ping pid 881) to run; \
+             CPU held by stall-hog (pid 4242, SCHED_FIFO 50) for 705 ms, inside read() of /tmp/big for 98 ms"
+        );
+    }
+}

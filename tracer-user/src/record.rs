@@ -1,0 +1,402 @@
+//! `stalltrace record`: load, attach, stream the ring buffer into the dump and the
+//! terminal until Ctrl-C, SIGTERM or `--duration`; then drain, write the footer with
+//! lost-event counts and histograms, and detach.
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+use tracer_common::{Config, Filter};
+
+use crate::{
+    dump::{Counts, DumpWriter, Footer, Header, Lost, Options, Record, DUMP_FORMAT, DUMP_VERSION},
+    enrich::Enricher,
+    events::decode,
+    exit::{CodedError, ExitCode},
+    kernel::{
+        loader::{AttachMode, LoadError, LoadOptions, Tracer},
+        offsets, preflight,
+    },
+    live,
+    timefmt::{human_ns, parse_duration},
+};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Examples:
+  sudo stalltrace record -o stalls.jsonl                 # every ICMP echo, until Ctrl-C
+  sudo stalltrace record --peer 10.0.0.7 --duration 60s  # only traffic to/from one host
+  sudo stalltrace record --icmp-id 4242 --quiet          # one prober's echoes, waits only
+  sudo stalltrace record --tcp-port 30927                # TCP SYN probes to a NodePort")]
+pub struct RecordArgs {
+    /// Only ICMP echoes with this identifier (either byte order: hping3 writes it in
+    /// host order).
+    #[arg(long, value_name = "N")]
+    pub icmp_id: Option<u16>,
+    /// Only packets from or to this address.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<IpAddr>,
+    /// Also record TCP SYN / SYN-ACK / RST to or from this port.
+    #[arg(long, value_name = "PORT")]
+    pub tcp_port: Option<u16>,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// Dump file (JSON Lines); default stalltrace-<unix time>.jsonl.
+    #[arg(short, long, value_name = "DUMP")]
+    pub output: Option<PathBuf>,
+    /// Overwrite the dump file if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Which hook reports packets.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: AttachMode,
+    /// Report RX waits longer than this (shorter ones only go to the histograms).
+    #[arg(long, value_parser = parse_duration, default_value = "1ms", value_name = "D")]
+    pub wait_threshold: Duration,
+    /// Report syscalls that held the CPU longer than this.
+    #[arg(long, value_parser = parse_duration, default_value = "10ms", value_name = "D")]
+    pub syscall_threshold: Duration,
+    /// A probe slower than this is stalled (used by the episode report).
+    #[arg(long, value_parser = parse_duration, default_value = "50ms", value_name = "D")]
+    pub stall_threshold: Duration,
+    /// Ring buffer size (power of two, e.g. 256KiB, 4MiB, 64MiB). Raise it when the
+    /// recorder reports lost events.
+    #[arg(long, value_parser = parse_size, default_value = "4MiB", value_name = "BYTES")]
+    pub ring_buffer: u32,
+    /// Do not trace syscalls (saves the per-syscall hook cost; culprits are then named
+    /// without the syscall they were in).
+    #[arg(long)]
+    pub no_syscalls: bool,
+    /// Print waits and syscalls only, not every packet.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Load every program through the verifier and print the plan; attach nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `4MiB`, `256KiB`, `65536`: a power of two of at least one page.
+pub fn parse_size(s: &str) -> Result<u32, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB").or_else(|| s.strip_suffix('M')) {
+        (n, 1u64 << 20)
+    } else if let Some(n) = s.strip_suffix("KiB").or_else(|| s.strip_suffix('K')) {
+        (n, 1u64 << 10)
+    } else {
+        (s, 1)
+    };
+    let v = num.trim().parse::<u64>().map_err(|e| format!("{s:?}: {e} (examples: 256KiB, 4MiB)"))? * mult;
+    if !v.is_power_of_two() || !(4096..=1 << 30).contains(&v) {
+        return Err(format!("{s:?}: must be a power of two between 4KiB and 1024MiB"));
+    }
+    Ok(v as u32)
+}
+
+/// Output that survives a closed pipe (`stalltrace record | head`): printing stops,
+/// recording goes on.
+struct Out {
+    w: io::LineWriter<io::Stdout>,
+    broken: bool,
+}
+
+impl Out {
+    fn line(&mut self, s: &str) {
+        if !self.broken && writeln!(self.w, "{s}").is_err() {
+            self.broken = true;
+        }
+    }
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; clock ids used are always supported.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn read_trim(p: &str) -> String {
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(record(args))
+}
+
+fn filter_for(args: &RecordArgs) -> Filter {
+    let mut f = Filter::all_icmp();
+    if let Some(id) = args.icmp_id {
+        f.icmp_id_set = 1;
+        f.icmp_id = id;
+    }
+    if let Some(p) = args.peer {
+        match p {
+            IpAddr::V4(a) => {
+                f.peer_family = 4;
+                f.peer[..4].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                f.peer_family = 6;
+                f.peer = a.octets();
+            }
+        }
+    }
+    if let Some(port) = args.tcp_port {
+        f.tcp_port_set = 1;
+        f.tcp_port = port;
+    }
+    f
+}
+
+async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    preflight::check_privileges("stalltrace record")?;
+    preflight::check_btf()?;
+    let mut tracefs = preflight::Tracefs::find_or_mount()?;
+    if let Some(note) = preflight::raise_memlock() {
+        log::info!("{note}");
+    }
+    let (offs, notes) = offsets::read(&tracefs.path, std::path::Path::new(offsets::VMLINUX_BTF))
+        .map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    let config = Config {
+        wait_threshold_ns: args.wait_threshold.as_nanos() as u64,
+        syscall_threshold_ns: args.syscall_threshold.as_nanos() as u64,
+        track_syscalls: u32::from(!args.no_syscalls),
+        _pad: 0,
+    };
+    let opts = LoadOptions { filter: filter_for(&args), offsets: offs, config, ring_bytes: args.ring_buffer };
+    let with_sys = !args.no_syscalls;
+    let mut tracer = Tracer::load(&opts, with_sys).map_err(load_err)?;
+
+    if args.dry_run {
+        println!("dry run: every program passed the verifier; nothing attached");
+        println!("would attach: sched:sched_switch sched:sched_wakeup irq:softirq_raise irq:softirq_entry irq:softirq_exit{}",
+            if with_sys { " raw_syscalls:sys_enter raw_syscalls:sys_exit" } else { "" });
+        let pk = match (args.attach, preflight::kprobe_support(&tracefs.path)) {
+            (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => "tracepoint:net:netif_receive_skb".to_string(),
+            (_, Ok(())) => "kprobe:icmp_echo".to_string(),
+            (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
+        };
+        println!("packets via: {pk}");
+        return Ok(ExitCode::Ok);
+    }
+
+    // Signal handlers first, so Ctrl-C during attach still ends cleanly.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let path = args.output.clone().unwrap_or_else(|| {
+        PathBuf::from(format!("stalltrace-{}.jsonl", clock_ns(libc::CLOCK_REALTIME) / 1_000_000_000))
+    });
+    let mut dump = DumpWriter::create(&path, args.force).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            anyhow::Error::new(CodedError::new(
+                ExitCode::Usage,
+                format!("{} exists; choose another -o or pass --force to overwrite it", path.display()),
+            ))
+        } else {
+            anyhow::Error::new(e).context(format!("creating the dump {}", path.display()))
+        }
+    })?;
+
+    let notes = tracer.attach(args.attach, &tracefs.path, with_sys).map_err(load_err)?;
+    for n in &notes {
+        eprintln!("{n}");
+    }
+    // Attached: tracefs is no longer needed by this run.
+    tracefs.release();
+
+    let started = Instant::now();
+    let boot_to_wall = clock_ns(libc::CLOCK_REALTIME) as i64 - clock_ns(libc::CLOCK_BOOTTIME) as i64;
+    let header = Header {
+        format: DUMP_FORMAT.into(),
+        version: DUMP_VERSION,
+        host: read_trim("/proc/sys/kernel/hostname"),
+        kernel: read_trim("/proc/sys/kernel/osrelease"),
+        cpus: aya::util::nr_cpus().map(|n| n as u32).unwrap_or(0),
+        boot_to_wall_ns: boot_to_wall,
+        started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        hooks: tracer.hooks.clone(),
+        packet_hook: tracer.packet_hook.into(),
+        options: Options {
+            icmp_id: args.icmp_id,
+            peer: args.peer.map(|p| p.to_string()),
+            tcp_port: args.tcp_port,
+            wait_threshold_ns: config.wait_threshold_ns,
+            syscall_threshold_ns: config.syscall_threshold_ns,
+            stall_threshold_ns: args.stall_threshold.as_nanos() as u64,
+            ring_buffer_bytes: args.ring_buffer,
+            probe: None,
+        },
+    };
+    dump.write(&Record::Header(header)).context("writing the dump header")?;
+    dump.flush().context("writing the dump")?;
+
+    let ring = tracer.take_ring().map_err(load_err)?;
+    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+    let mut out = Out { w: io::LineWriter::new(io::stdout()), broken: false };
+    eprintln!(
+        "recording to {} ({}); Ctrl-C to stop",
+        path.display(),
+        args.duration.map(|d| format!("for {}", human_ns(d.as_nanos() as u64))).unwrap_or_else(|| "until stopped".into())
+    );
+    if !args.quiet {
+        out.line(live::PACKET_HEADER);
+    }
+
+    let mut st = State { enricher: Enricher::default(), counts: Counts::default(), last_lost: 0 };
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let reason = loop {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => break "sigint",
+            _ = sigterm.recv() => break "sigterm",
+            _ = sleep => break "duration",
+            _ = tick.tick() => {
+                dump.flush().context("writing the dump")?;
+                let lost = tracer.lost().map_err(load_err)?;
+                if lost.total() > st.last_lost {
+                    eprintln!(
+                        "warning: {} events lost so far (ring buffer full); raise --ring-buffer (now {} KiB)",
+                        lost.total(), args.ring_buffer / 1024
+                    );
+                    st.last_lost = lost.total();
+                }
+            }
+            g = ring.readable_mut() => {
+                let mut g = g.context("polling the ring buffer")?;
+                drain(g.get_inner_mut(), &mut st, &mut dump, &mut out, args.quiet)?;
+                g.clear_ready();
+            }
+        }
+    };
+    // Whatever is still in the ring buffer belongs to the recording.
+    drain(ring.get_mut(), &mut st, &mut dump, &mut out, args.quiet)?;
+    let lost = tracer.lost().map_err(load_err)?;
+    let (hist_net_rx, hist_rx_thread) = tracer.hists().map_err(load_err)?;
+    drop(ring);
+    drop(tracer); // detaches every program
+    let footer = Footer {
+        ended_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        duration_ns: started.elapsed().as_nanos() as u64,
+        counts: st.counts.clone(),
+        lost: lost.clone(),
+        hist_net_rx: hist_net_rx.clone(),
+        hist_rx_thread: hist_rx_thread.clone(),
+        reason: reason.into(),
+    };
+    dump.write(&Record::Footer(footer)).context("writing the dump footer")?;
+    dump.finish().context("closing the dump")?;
+    summary(&st.counts, &lost, &hist_net_rx, &hist_rx_thread, &path, reason);
+    Ok(ExitCode::Ok)
+}
+
+struct State {
+    enricher: Enricher,
+    counts: Counts,
+    last_lost: u64,
+}
+
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    st: &mut State,
+    dump: &mut DumpWriter,
+    out: &mut Out,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        let ev = match decode(&item) {
+            Ok(ev) => ev,
+            Err(e) => {
+                log::warn!("skipping a ring-buffer record: {e}");
+                continue;
+            }
+        };
+        drop(item);
+        let rec = st.enricher.record(&ev);
+        match &rec {
+            Record::Packet(p) => {
+                st.counts.packets += 1;
+                if !quiet {
+                    out.line(&live::packet_line(p));
+                }
+            }
+            Record::Wait(w) => {
+                st.counts.waits += 1;
+                out.line(&live::wait_sentence(w));
+            }
+            Record::Syscall(s) => {
+                st.counts.syscalls += 1;
+                out.line(&live::syscall_sentence(s));
+            }
+            _ => {}
+        }
+        dump.write(&rec).context("writing the dump")?;
+    }
+    Ok(())
+}
+
+fn summary(
+    c: &Counts,
+    lost: &Lost,
+    net_rx: &[crate::dump::CpuHist],
+    rx_thread: &[crate::dump::CpuHist],
+    path: &std::path::Path,
+    reason: &str,
+) {
+    eprintln!(
+        "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, syscalls {})",
+        c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.syscalls
+    );
+    for (name, hs) in [("NET_RX raise->entry", net_rx), ("RX thread wakeup->run", rx_thread)] {
+        for h in hs {
+            let total: u64 = h.buckets.iter().sum();
+            let max_b = h.buckets.iter().rposition(|&b| b != 0).unwrap_or(0);
+            eprintln!("  CPU {:>3} {name}: {total} waits, longest < {}", h.cpu, human_ns((2u64 << max_b) * 1000));
+        }
+    }
+    eprintln!("dump: {}", path.display());
+}
+
+fn load_err(e: LoadError) -> anyhow::Error {
+    let code = match &e {
+        LoadError::KprobeUnavailable { .. } => ExitCode::KernelFeature,
+        LoadError::Verifier { .. } | LoadError::Attach { .. } => ExitCode::KernelFeature,
+        _ => ExitCode::Failure,
+    };
+    let hint = match &e {
+        LoadError::KprobeUnavailable { .. } => "; use --attach tracepoint (or auto, which falls back by itself)",
+        _ => "",
+    };
+    anyhow::Error::new(CodedError::new(code, format!("{e}{hint}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_as_powers_of_two() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("256KiB"), Ok(256 << 10));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("3MiB").is_err());
+        assert!(parse_size("1KiB").is_err());
+        assert!(parse_size("lots").is_err());
+    }
+}
