@@ -67,26 +67,27 @@ fn be16(b0: u8, b1: u8) -> u16 {
     ((b0 as u16) << 8) | b1 as u16
 }
 
+/// Source or destination equals the filter's peer. Branch-free over two u64 words:
+/// a byte loop with early outs multiplies verifier states past its limit.
 #[inline(always)]
-fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], n: usize) -> bool {
+fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
     if f.peer_family == 0 {
         return true;
     }
-    let mut eq_s = true;
-    let mut eq_d = true;
-    let mut i = 0;
-    while i < 16 {
-        if i < n {
-            if s[i] != f.peer[i] {
-                eq_s = false;
-            }
-            if d[i] != f.peer[i] {
-                eq_d = false;
-            }
-        }
-        i += 1;
-    }
-    eq_s || eq_d
+    let w = |a: &[u8; 16]| {
+        (
+            u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+        )
+    };
+    let (p0, p1) = w(&f.peer);
+    let (s0, s1) = w(s);
+    let (d0, d1) = w(d);
+    // IPv4 lives in the first 4 bytes (the low half of word 0 on little endian).
+    let (m0, m1) = if v4 { (u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), 0) } else { (u64::MAX, u64::MAX) };
+    let ds = ((s0 ^ p0) & m0) | ((s1 ^ p1) & m1);
+    let dd = ((d0 ^ p0) & m0) | ((d1 ^ p1) & m1);
+    ds == 0 || dd == 0
 }
 
 /// Parses IP and ICMP/TCP at `l3` (and `l4` when the hook knows it) into this CPU's
@@ -203,8 +204,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     } else {
         return;
     }
-    let n = if ev.family == 4 { 4 } else { 16 };
-    if !peer_ok(&f, &ev.saddr, &ev.daddr, n) {
+    if !peer_ok(&f, &ev.saddr, &ev.daddr, ev.family == 4) {
         return;
     }
 

@@ -3,7 +3,7 @@
 //! programs take these as a global at load time.
 use std::{fs, path::Path};
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Btf, Type};
 use thiserror::Error;
 use tracer_common::Offsets;
 
@@ -115,7 +115,9 @@ fn tp_field(tracefs: &Path, tp: &str, field: &str) -> Result<u32, OffsetError> {
 /// output (policy, CPU time) are left at 0, which the programs treat as unknown; the
 /// returned notes say which.
 pub fn read(tracefs: &Path, btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
-    let btf = Btf::from_file(btf_path).map_err(|e| OffsetError::Btf(e.to_string()))?;
+    // From memory: btf-rs's file backend seeks per type and takes seconds.
+    let bytes = fs::read(btf_path).map_err(|e| OffsetError::Btf(e.to_string()))?;
+    let btf = Btf::from_bytes(&bytes).map_err(|e| OffsetError::Btf(e.to_string()))?;
     let mut o = Offsets::defaults();
     let mut notes = vec![];
     o.skb_head = member_offset(&btf, "sk_buff", &["head"])?;
@@ -179,7 +181,7 @@ format:
             assert!(std::env::var("CI").is_err(), "CI machines have BTF");
             return;
         }
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = Btf::from_bytes(&fs::read(VMLINUX_BTF).unwrap()).unwrap();
         let data = member_offset(&btf, "sk_buff", &["data"]).unwrap();
         let head = member_offset(&btf, "sk_buff", &["head"]).unwrap();
         let nh = member_offset(&btf, "sk_buff", &["network_header"]).unwrap();
