@@ -1,6 +1,6 @@
 //! Test kit for stalltrace's root-only integration tests: network namespaces with a
-//! veth pair that are removed on drop (also on panic), bounded hog processes, the
-//! stalltrace binary, and the "must run under CI" rule.
+//! veth pair that are removed on drop (also on panic), the stalltrace binary, leftover
+//! checks, and the "must run under CI" rule.
 //!
 //! Every test that needs root calls [`require_root`]: outside CI it skips with a
 //! message; under `CI=true` it fails, so CI never passes by skipping.

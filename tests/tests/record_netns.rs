@@ -83,7 +83,7 @@ fn every_ping_sequence_is_recorded_once_with_cpu_and_comm() {
     if !require_root("every_ping_sequence_is_recorded_once_with_cpu_and_comm") {
         return;
     }
-    let ns = Netns::create("rec").expect("creating the namespace");
+    let ns = Netns::create_unique("rec").expect("creating the namespace");
     let dir = tempdir();
     let dump = dir.join("ping.jsonl");
     let rec = start_record(&["--attach", "tracepoint", "--peer", &ns.ns_addr, "-o", dump.to_str().unwrap()]);

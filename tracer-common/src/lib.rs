@@ -132,7 +132,7 @@ pub const TIMER_SOFTIRQ: u32 = 1;
 
 /// A wait above the threshold: NET_RX raise→entry ([`EventKind::SoftirqWait`]) or an RX
 /// thread's wakeup→switch-in ([`EventKind::RxThreadWait`]). The header's pid/comm is the
-/// context that then ran the RX work; `ts_ns` is when the wait ended. 304 bytes.
+/// context that then ran the RX work; `ts_ns` is when the wait ended. 312 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitEvent {
@@ -146,12 +146,14 @@ pub struct WaitEvent {
     pub waker_comm: [u8; COMM_LEN],
     /// Context switches on this CPU inside the window.
     pub nr_switches: u32,
-    /// Distinct tasks seen in the window (holders plus others), capped by the history size.
-    pub nr_tasks: u32,
+    /// Runs in the window by tasks other than the listed holders.
+    pub nr_other_runs: u32,
     /// 1 when the per-CPU run history was shorter than the window, so the holders may
     /// miss early runs.
     pub truncated: u32,
     pub _pad0: u32,
+    /// How long the RX work then ran (softirq entry→exit); 0 for RX-thread waits.
+    pub run_ns: u64,
     pub holders: [Holder; MAX_HOLDERS],
 }
 
@@ -297,6 +299,10 @@ pub struct Config {
     pub syscall_threshold_ns: u64,
     /// 1: track syscalls (raw_syscalls hooks attached).
     pub track_syscalls: u32,
+    /// Syscall numbers that never return (exit, exit_group on this architecture): not
+    /// tracked, or their entry would outlive the task.
+    pub nr_exit: u32,
+    pub nr_exit_group: u32,
     pub _pad: u32,
 }
 
@@ -306,6 +312,8 @@ impl Config {
             wait_threshold_ns: 1_000_000,
             syscall_threshold_ns: 10_000_000,
             track_syscalls: 1,
+            nr_exit: 60,
+            nr_exit_group: 231,
             _pad: 0,
         }
     }
@@ -330,9 +338,9 @@ const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
     assert!(core::mem::size_of::<PacketEvent>() == 96);
     assert!(core::mem::size_of::<Holder>() == 72);
-    assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 72 * MAX_HOLDERS);
+    assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 80);
-    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::size_of::<Config>() == 32);
 };

@@ -74,6 +74,9 @@ pub struct CpuState {
     pub netrx_raiser_comm: [u8; COMM_LEN],
     /// Start of the NET_RX softirq running now (0 = none).
     pub netrx_entry_ns: u64,
+    /// A NET_RX wait above the threshold, reported at softirq exit with its run time
+    /// (0 = none): when it was raised.
+    pub netrx_wait_raised: u64,
     /// Next slot of `segs` to write, and how many were ever written.
     pub head: u32,
     pub _pad1: u32,

@@ -124,6 +124,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
                     VEC_THREAD,
                     w.ts,
                     ts,
+                    0,
                     next_pid,
                     next_pid,
                     next_comm,
@@ -138,8 +139,9 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
 }
 
 /// Adds `run` ns of the task in `src` to the holders, keeping the longest three.
+/// Returns false when the run was not kept, or displaced another task's run.
 #[inline(always)]
-fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) {
+fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) -> bool {
     let mut i = 0;
     while i < MAX_HOLDERS {
         if h[i].run_ns != 0 && h[i].pid == src.pid {
@@ -148,7 +150,7 @@ fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) {
             h[i].sys_nr = src.sys_nr;
             h[i].sys_arg0 = src.sys_arg0;
             h[i].sys_start_ns = src.sys_start_ns;
-            return;
+            return true;
         }
         i += 1;
     }
@@ -162,9 +164,12 @@ fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) {
         j += 1;
     }
     if run > h[min].run_ns {
+        let displaced = h[min].run_ns != 0;
         h[min] = *src;
         h[min].run_ns = run;
+        return !displaced;
     }
+    false
 }
 
 /// Writes a wait record: the RX context in the header, and the tasks that held this
@@ -178,6 +183,7 @@ pub fn emit_wait(
     vec: u32,
     start: u64,
     end: u64,
+    run_ns: u64,
     pid: u32,
     tgid: u32,
     comm: [u8; COMM_LEN],
@@ -204,8 +210,9 @@ pub fn emit_wait(
     ev.waker_pid = waker_pid;
     ev.waker_comm = waker_comm;
     ev.nr_switches = 0;
-    ev.nr_tasks = 0;
+    ev.nr_other_runs = 0;
     ev._pad0 = 0;
+    ev.run_ns = run_ns;
     let mut i = 0;
     while i < MAX_HOLDERS {
         ev.holders[i] = EMPTY_HOLDER;
@@ -232,7 +239,9 @@ pub fn emit_wait(
                     sys_start_ns: seg.sys_start,
                     comm: seg.comm,
                 };
-                add_holder(&mut ev.holders, &h, run);
+                if !add_holder(&mut ev.holders, &h, run) {
+                    ev.nr_other_runs += 1;
+                }
             }
             if seg.start != 0 && seg.start <= start {
                 oldest_in_window = true;
@@ -265,18 +274,11 @@ pub fn emit_wait(
                 sys_start_ns: sstart,
                 comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             };
-            add_holder(&mut ev.holders, &h, end - from);
+            if !add_holder(&mut ev.holders, &h, end - from) {
+                ev.nr_other_runs += 1;
+            }
         }
     }
-    let mut n = 0;
-    let mut j = 0;
-    while j < MAX_HOLDERS {
-        if ev.holders[j].run_ns != 0 {
-            n += 1;
-        }
-        j += 1;
-    }
-    ev.nr_tasks = n;
     sort_holders(&mut ev.holders);
     entry.submit(0);
 }

@@ -48,20 +48,9 @@ pub fn softirq_entry(ctx: TracePointContext) -> u32 {
     let wait = ts - raised;
     hist_add(HIST_NET_RX, wait);
     if wait >= CONFIG.load().wait_threshold_ns {
-        let pt = bpf_get_current_pid_tgid();
-        emit_wait(
-            st,
-            EventKind::SoftirqWait,
-            NET_RX_SOFTIRQ,
-            raised,
-            ts,
-            pt as u32,
-            (pt >> 32) as u32,
-            bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            st.netrx_raiser_pid,
-            st.netrx_raiser_comm,
-            true,
-        );
+        // Reported at exit, with the run time; no context switch happens in between,
+        // so the run history is the same then.
+        st.netrx_wait_raised = raised;
     }
     0
 }
@@ -71,8 +60,27 @@ pub fn softirq_exit(ctx: TracePointContext) -> u32 {
     if vec(&ctx) != NET_RX_SOFTIRQ {
         return 0;
     }
-    if let Some(st) = cpu_state() {
-        st.netrx_entry_ns = 0;
+    let Some(st) = cpu_state() else { return 0 };
+    let entry = st.netrx_entry_ns;
+    let raised = st.netrx_wait_raised;
+    st.netrx_entry_ns = 0;
+    st.netrx_wait_raised = 0;
+    if raised != 0 && entry > raised {
+        let pt = bpf_get_current_pid_tgid();
+        emit_wait(
+            st,
+            EventKind::SoftirqWait,
+            NET_RX_SOFTIRQ,
+            raised,
+            entry,
+            now().saturating_sub(entry),
+            pt as u32,
+            (pt >> 32) as u32,
+            bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            st.netrx_raiser_pid,
+            st.netrx_raiser_comm,
+            true,
+        );
     }
     0
 }

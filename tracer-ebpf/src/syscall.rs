@@ -14,6 +14,10 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     let o = OFFSETS.load();
     // SAFETY: offsets from this kernel's format file; read_at fails safely.
     let nr: i64 = unsafe { ctx.read_at(o.se_id as usize) }.unwrap_or(-1);
+    let c = CONFIG.load();
+    if nr == c.nr_exit as i64 || nr == c.nr_exit_group as i64 {
+        return 0;
+    }
     // SAFETY: as above.
     let arg0: u64 = unsafe { ctx.read_at(o.se_args as usize) }.unwrap_or(0);
     let pid = bpf_get_current_pid_tgid() as u32;

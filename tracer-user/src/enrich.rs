@@ -60,10 +60,15 @@ pub fn user_priority(prio: u32) -> i32 {
     }
 }
 
+/// Long syscalls kept to explain later waits (they exit before the wait they caused
+/// ends, so they reach us first).
+const RECENT_SYSCALLS: usize = 512;
+
 #[derive(Default)]
 pub struct Enricher {
     cgroups: HashMap<u64, String>,
     cgroups_scanned: bool,
+    recent: std::collections::VecDeque<SyscallRec>,
 }
 
 impl Enricher {
@@ -71,7 +76,14 @@ impl Enricher {
         match ev {
             RawEvent::Packet(p) => Record::Packet(packet(p)),
             RawEvent::Wait(w) => Record::Wait(self.wait(w)),
-            RawEvent::Syscall(s) => Record::Syscall(self.syscall(s)),
+            RawEvent::Syscall(s) => {
+                let rec = self.syscall(s);
+                if self.recent.len() == RECENT_SYSCALLS {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(rec.clone());
+                Record::Syscall(rec)
+            }
         }
     }
 
@@ -87,16 +99,53 @@ impl Enricher {
         self.cgroups.get(&id).cloned()
     }
 
-    fn syscall_ref(&mut self, pid: u32, nr: i64, arg0: u64, since: u64) -> Option<SyscallRef> {
-        if nr < 0 {
+    /// What `h` was doing in [start, end]: see [`HolderRec::syscall`].
+    fn holder_syscall(&self, h: &Holder, start: u64, end: u64) -> Option<SyscallRef> {
+        let mut best: Option<SyscallRef> = None;
+        for s in self.recent.iter().filter(|s| s.pid == h.pid && s.ts_ns > start && s.start_ns < end) {
+            let overlap = s.ts_ns.min(end) - s.start_ns.max(start);
+            match best.as_mut() {
+                Some(b) if b.nr == s.nr && b.path == s.path => {
+                    b.calls += 1;
+                    b.in_window_ns += overlap;
+                    b.since_ns = b.since_ns.min(s.start_ns);
+                }
+                Some(b) if b.in_window_ns >= overlap => {}
+                _ => {
+                    best = Some(SyscallRef {
+                        nr: s.nr,
+                        name: s.name.clone(),
+                        arg0: s.arg0,
+                        path: s.path.clone(),
+                        since_ns: s.start_ns,
+                        calls: 1,
+                        in_window_ns: overlap,
+                    })
+                }
+            }
+        }
+        if best.is_some() {
+            return best;
+        }
+        // In flight when it left the CPU: relevant only if it covers most of its run
+        // (a busy loop that ends by calling nanosleep was not "inside nanosleep").
+        if h.sys_nr < 0 || h.sys_start_ns == 0 || h.sys_start_ns > end.saturating_sub(h.run_ns / 2) {
             return None;
         }
-        let name = syscall_name(nr);
-        let path = fd_path(pid, &name, arg0);
-        Some(SyscallRef { nr, name, arg0, path, since_ns: since })
+        let name = syscall_name(h.sys_nr);
+        let path = fd_path(h.pid, &name, h.sys_arg0);
+        Some(SyscallRef {
+            nr: h.sys_nr,
+            name,
+            arg0: h.sys_arg0,
+            path,
+            since_ns: h.sys_start_ns,
+            calls: 1,
+            in_window_ns: end - h.sys_start_ns.max(start),
+        })
     }
 
-    fn holder(&mut self, h: &Holder) -> HolderRec {
+    fn holder(&mut self, h: &Holder, start: u64, end: u64) -> HolderRec {
         HolderRec {
             pid: h.pid,
             tgid: h.tgid,
@@ -106,7 +155,7 @@ impl Enricher {
             cgroup: self.cgroup_path(h.cgroup_id),
             policy: policy_name(h.policy).to_string(),
             priority: user_priority(h.prio),
-            syscall: self.syscall_ref(h.pid, h.sys_nr, h.sys_arg0, h.sys_start_ns),
+            syscall: self.holder_syscall(h, start, end),
         }
     }
 
@@ -128,9 +177,15 @@ impl Enricher {
             rx: TaskRef { pid: w.header.pid, tgid: w.header.tgid, comm: rx_comm },
             rx_context,
             waker: TaskRef { pid: w.waker_pid, tgid: 0, comm: comm_str(&w.waker_comm) },
-            holders: w.holders.iter().filter(|h| h.run_ns > 0).map(|h| self.holder(h)).collect(),
+            holders: w
+                .holders
+                .iter()
+                .filter(|h| h.run_ns > 0)
+                .map(|h| self.holder(h, w.wait_start_ns, w.header.ts_ns))
+                .collect(),
             nr_switches: w.nr_switches,
-            nr_tasks: w.nr_tasks,
+            nr_other_runs: w.nr_other_runs,
+            run_ns: w.run_ns,
             truncated: w.truncated != 0,
         }
     }

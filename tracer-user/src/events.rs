@@ -127,9 +127,10 @@ pub mod tests {
             waker_pid: 0,
             waker_comm: comm("swapper/11"),
             nr_switches: 2,
-            nr_tasks: 1,
+            nr_other_runs: 1,
             truncated: 0,
             _pad0: 0,
+            run_ns: 150_000,
             holders: [
                 holder(10436, 10137, "cadvisor", 98_000_000),
                 holder(0, 0, "", 0),

@@ -49,18 +49,20 @@ pub fn task_words(h: &HolderRec) -> String {
     format!("{} ({ids}, {sched})", h.comm)
 }
 
-/// What the holder was doing: `inside read() of /path for 98 ms`, or `no syscall`.
+/// What the holder was doing: `inside read() of /path for 98 ms`,
+/// `inside pread64() of /path (3 calls, 92 ms of the wait)`, or `in user space`.
 pub fn syscall_words(h: &HolderRec, until_ns: u64) -> String {
     match &h.syscall {
-        None => "no syscall".into(),
+        None => "in user space (no long syscall)".into(),
         Some(s) => {
             let of = s.path.as_deref().map(|p| format!(" of {p}")).unwrap_or_default();
-            let dur = if s.since_ns > 0 && s.since_ns < until_ns {
-                format!(" for {}", human_ns(until_ns - s.since_ns))
+            if s.calls > 1 {
+                format!("inside {}(){of} ({} calls, {} of the wait)", s.name, s.calls, human_ns(s.in_window_ns))
+            } else if s.since_ns > 0 && s.since_ns < until_ns {
+                format!("inside {}(){of} for {}", s.name, human_ns(until_ns - s.since_ns))
             } else {
-                String::new()
-            };
-            format!("inside {}(){of}{dur}", s.name)
+                format!("inside {}(){of}", s.name)
+            }
         }
     }
 }
@@ -87,9 +89,9 @@ pub fn wait_sentence(w: &WaitRec) -> String {
     let held = match w.holders.first() {
         None => "; no task held the CPU (idle, or interrupts)".to_string(),
         Some(h) => {
-            let others = w.holders.len().saturating_sub(1);
+            let others = w.holders.len().saturating_sub(1) + w.nr_other_runs as usize;
             let more = if others > 0 {
-                format!("; {others} other task{} ran", if others == 1 { "" } else { "s" })
+                format!("; {others} other run{} on the CPU", if others == 1 { "" } else { "s" })
             } else {
                 String::new()
             };
@@ -158,10 +160,13 @@ mod tests {
                     arg0: 3,
                     path: Some("/tmp/big".into()),
                     since_ns: 1_614_000_000,
+                    calls: 1,
+                    in_window_ns: 98_000_000,
                 }),
             }],
             nr_switches: 1,
-            nr_tasks: 1,
+            nr_other_runs: 0,
+            run_ns: 0,
             truncated: false,
         };
         assert_eq!(

@@ -1,15 +1,5 @@
 //! `stalltrace`: why did this packet wait on this node, and who is to blame?
-mod analyze;
-mod attribution;
-mod dump;
-mod enrich;
-mod events;
-mod exit;
-mod kernel;
-mod live;
-mod probe;
-mod record;
-mod timefmt;
+use stalltrace::{analyze, exit, lab, probe, record};
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +36,11 @@ enum Cmd {
     Record(record::RecordArgs),
     /// Send ICMP echo or TCP SYN probes and print hping3-style lines with RTTs.
     Probe(probe::ProbeArgs),
+    /// Build namespaces, plant a culprit that stalls RX, record it, and check the blame.
+    Lab(lab::LabArgs),
+    /// (internal) The lab's planted culprit.
+    #[command(hide = true)]
+    Hog(lab::hog::HogArgs),
     /// Correlate a recorded dump (and optionally a prober's log) into stall episodes.
     Analyze(analyze::AnalyzeArgs),
 }
@@ -63,6 +58,8 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Record(a) => record::run(a),
         Cmd::Probe(a) => probe::run(a),
+        Cmd::Lab(a) => lab::run(a),
+        Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Analyze(a) => analyze::run(a),
     };
     match res {

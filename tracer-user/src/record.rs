@@ -171,6 +171,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         wait_threshold_ns: args.wait_threshold.as_nanos() as u64,
         syscall_threshold_ns: args.syscall_threshold.as_nanos() as u64,
         track_syscalls: u32::from(!args.no_syscalls),
+        nr_exit: syscalls::Sysno::exit as u32,
+        nr_exit_group: syscalls::Sysno::exit_group as u32,
         _pad: 0,
     };
     let opts = LoadOptions { filter: filter_for(&args), offsets: offs, config, ring_bytes: args.ring_buffer };

@@ -160,8 +160,18 @@ pub struct SyscallRef {
     /// The file behind an fd argument, resolved from /proc while the task lived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// When the syscall was entered (boot ns).
+    /// When the syscall was entered (boot ns); for several calls, the first.
     pub since_ns: u64,
+    /// How many calls of it fell in the wait window (1 for the one in flight).
+    #[serde(default = "one")]
+    pub calls: u32,
+    /// Time inside it within the wait window.
+    #[serde(default)]
+    pub in_window_ns: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +189,10 @@ pub struct HolderRec {
     pub policy: String,
     /// Real-time priority (1..99) for RT tasks, nice (-20..19) otherwise.
     pub priority: i32,
-    /// The syscall it was inside when it last left the CPU in the window.
+    /// What it was doing in the window: the long syscalls (on CPU over the syscall
+    /// threshold) it spent the most of the window in, else the syscall it was inside
+    /// when it left the CPU if that covers most of its run; absent when it held the
+    /// CPU in user space (or syscalls were not traced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<SyscallRef>,
 }
@@ -201,7 +214,12 @@ pub struct WaitRec {
     /// Longest holders first (at most three).
     pub holders: Vec<HolderRec>,
     pub nr_switches: u32,
-    pub nr_tasks: u32,
+    /// Runs in the window by tasks other than the listed holders.
+    #[serde(default)]
+    pub nr_other_runs: u32,
+    /// How long the RX work then ran (softirq entry→exit); 0 for RX-thread waits.
+    #[serde(default)]
+    pub run_ns: u64,
     /// The per-CPU run history was shorter than the window; holders may miss early runs.
     pub truncated: bool,
 }

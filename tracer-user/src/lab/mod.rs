@@ -1,0 +1,275 @@
+//! `stalltrace lab`: builds its own namespace and veth pair, makes a threaded-NAPI
+//! kthread do the namespace's RX on one CPU, plants a named culprit on that CPU, probes
+//! across the pair while recording, and checks that the tool blames the planted task.
+//! Everything it makes is removed whatever happens (guards run on errors, panics and
+//! Ctrl-C/SIGTERM).
+pub mod hog;
+pub mod netns;
+pub mod verdict;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use self::{
+    hog::{Hog, HogArgs},
+    netns::{Netns, NetnsError},
+};
+use crate::{
+    exit::{CodedError, ExitCode},
+    kernel::preflight,
+    timefmt::parse_duration,
+};
+
+pub const NS_NAME: &str = "stlab";
+pub const HOST_IF: &str = "stl-h";
+pub const NS_IF: &str = "stl-n";
+pub const SUBNET: u8 = 254;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub culprit: &'static str,
+    pub reads_file: bool,
+}
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "rt-hog",
+        summary: "a SCHED_FIFO busy loop (stall-hog) holds the RX CPU in 100 ms bursts; the napi thread starves",
+        culprit: "stall-hog",
+        reads_file: false,
+    },
+    Scenario {
+        name: "slow-syscall",
+        summary: "a SCHED_FIFO reader (stat-reader) sits inside 256 MiB read()s of a file in 100 ms bursts, as cadvisor read memory.stat",
+        culprit: "stat-reader",
+        reads_file: true,
+    },
+];
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Examples:
+  sudo stalltrace lab                          # the rt-hog scenario
+  sudo stalltrace lab --scenario slow-syscall --duration 5s
+  stalltrace lab --list")]
+pub struct LabArgs {
+    /// Scenario to run (see --list).
+    #[arg(long, default_value = "rt-hog")]
+    pub scenario: String,
+    /// How long the culprit runs (the recording lasts about 3 s longer).
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub duration: Duration,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Where to keep the dump (default: /tmp/stalltrace-lab-<scenario>-<pid>.jsonl).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// CPU to starve (default: the last CPU).
+    #[arg(long)]
+    pub cpu: Option<u32>,
+}
+
+/// Removes a file on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A child process killed (SIGINT first, so a recorder writes its footer) on drop.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn interrupt_and_wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.0.as_mut()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.0 = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.interrupt_and_wait(Duration::from_secs(10)).is_none() {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn list() {
+    for s in SCENARIOS {
+        println!("{:<14} {}", s.name, s.summary);
+    }
+}
+
+fn nr_cpus() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).max(1) as u32
+}
+
+pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
+    if a.list {
+        list();
+        return Ok(ExitCode::Ok);
+    }
+    let Some(sc) = SCENARIOS.iter().find(|s| s.name == a.scenario) else {
+        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        return Err(CodedError::new(
+            ExitCode::Usage,
+            format!("unknown scenario {:?}; choose one of: {}", a.scenario, names.join(", ")),
+        )
+        .into());
+    };
+    preflight::check_privileges("stalltrace lab")?;
+    let cpus = nr_cpus();
+    if cpus < 2 {
+        return Err(CodedError::new(
+            ExitCode::KernelFeature,
+            "stalltrace lab needs at least 2 CPUs: one to starve, one for the prober",
+        )
+        .into());
+    }
+    let cpu = a.cpu.unwrap_or(cpus - 1);
+    if cpu == 0 || cpu >= cpus {
+        return Err(CodedError::new(ExitCode::Usage, format!("--cpu must be between 1 and {}", cpus - 1)).into());
+    }
+    if !Path::new("/proc/self/ns/net").exists() {
+        return Err(CodedError::new(ExitCode::KernelFeature, "this kernel has no network namespaces").into());
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+
+    println!("lab: scenario {} — {}", sc.name, sc.summary);
+    let ns = Netns::create(NS_NAME, HOST_IF, NS_IF, SUBNET).map_err(|e| match e {
+        NetnsError::NamespaceTaken(_) | NetnsError::LinkTaken(_) => {
+            anyhow::Error::new(CodedError::new(ExitCode::Failure, e.to_string()))
+        }
+        e => anyhow::Error::new(e).context("building the lab namespace"),
+    })?;
+    let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
+    println!(
+        "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
+        ns.name, ns.host_addr, ns.ns_addr
+    );
+
+    let _file = if sc.reads_file {
+        let p = PathBuf::from(format!("/dev/shm/stalltrace-lab-{}.dat", std::process::id()));
+        let guard = TempFile(p.clone());
+        fs::write(&p, vec![0u8; 256 << 20]).with_context(|| format!("writing {}", p.display()))?;
+        Some(guard)
+    } else {
+        None
+    };
+
+    let dump = a.output.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("stalltrace-lab-{}-{}.jsonl", sc.name, std::process::id()))
+    });
+    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
+    let record_for = a.duration + Duration::from_secs(3);
+    let mut recorder = ChildGuard(Some(
+        Command::new(&exe)
+            .args(["record", "--quiet", "--force", "--peer", &ns.ns_addr, "-o"])
+            .arg(&dump)
+            .args(["--duration", &format!("{}ms", record_for.as_millis())])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the recorder")?,
+    ));
+    wait_for_header(&dump, &stop)?;
+
+    // Probe from CPU 0 so the RX CPU only runs the napi thread and the culprit.
+    let count = (record_for.as_millis() / 10).saturating_sub(150).max(100);
+    let probe_log = dump.with_extension("ping.log");
+    let mut prober = ChildGuard(Some(
+        Command::new("taskset")
+            .args(["-c", "0", "ping", "-D", "-n", "-i", "0.01", "-W", "2", "-c", &count.to_string(), &ns.ns_addr])
+            .stdout(fs::File::create(&probe_log).context("creating the probe log")?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting ping")?,
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let hog_args = HogArgs {
+        cpu,
+        fifo: 50,
+        name: sc.culprit.into(),
+        duration: a.duration,
+        burst: Duration::from_millis(100),
+        gap: Duration::from_millis(30),
+        read_file: _file.as_ref().map(|f| f.0.clone()),
+        read_size: 256 << 20,
+    };
+    let hog = Hog::spawn(&hog_args)?;
+    let hog_pid = hog.pid;
+    println!("lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}", sc.culprit, a.duration);
+    let t0 = Instant::now();
+    while t0.elapsed() < a.duration + Duration::from_millis(500) {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted; cleaned up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    hog.wait()?;
+    let _ = prober.0.as_mut().map(|c| c.wait());
+    prober.0 = None;
+    let status = recorder.interrupt_and_wait(Duration::from_secs(15));
+    match status {
+        Some(s) if s.success() => {}
+        Some(s) => bail!("the recorder failed ({s})"),
+        None => bail!("the recorder did not stop"),
+    }
+    drop(ns);
+
+    let v = verdict::judge(&dump, Some(&probe_log), hog_pid, sc.culprit)?;
+    println!("{}", v.report);
+    println!("lab: dump kept at {} (probe log {})", dump.display(), probe_log.display());
+    if v.blamed_planted {
+        println!("lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})", sc.culprit);
+        Ok(ExitCode::Ok)
+    } else {
+        println!("lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above", sc.culprit);
+        Ok(ExitCode::LabMismatch)
+    }
+}
+
+fn wait_for_header(dump: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted; cleaned up");
+        }
+        if fs::read_to_string(dump).map(|s| s.contains("\"type\":\"header\"")).unwrap_or(false) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the recorder did not start within 60 s")
+}
