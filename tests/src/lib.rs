@@ -11,7 +11,7 @@ use std::{
     process::{Command, Output},
 };
 
-pub use netns::Netns;
+pub use netns::{find_thread, Netns};
 
 /// Returns false (skip) when not root outside CI; panics under CI=true.
 pub fn require_root(test: &str) -> bool {

@@ -224,7 +224,9 @@ pub fn emit_wait(
         let seg = &st.segs[k];
         if seg.end > start && seg.end <= end && st.written > k as u64 {
             ev.nr_switches += 1;
-            if seg.pid != 0 {
+            // A run whose start was not seen (the first switch on this CPU after
+            // attach) counts as a switch but not as time held.
+            if seg.pid != 0 && seg.start != 0 {
                 let from = if seg.start > start { seg.start } else { start };
                 let run = seg.end - from;
                 let h = Holder {

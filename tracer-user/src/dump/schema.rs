@@ -82,7 +82,8 @@ impl RxContext {
             RxContext::Napi
         } else if comm.starts_with("backlog_napi/") {
             RxContext::BacklogNapi
-        } else if in_softirq && comm.starts_with("ksoftirqd/") {
+        } else if comm.starts_with("ksoftirqd/") {
+            // ksoftirqd only ever runs softirqs: its waits and packets are NET_RX work.
             RxContext::Ksoftirqd
         } else if in_softirq && pid == 0 {
             RxContext::Idle
