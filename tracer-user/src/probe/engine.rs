@@ -10,7 +10,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{schedule::Schedule, stats::ProbeStats};
+use super::{
+    schedule::{poll_wait, set_tight_timer_slack, step_toward, Schedule},
+    stats::ProbeStats,
+};
 use crate::dump::{ProbeProto, ProbeRec, ProbeStatus};
 
 /// What a prober put on the wire for one probe, as the kernel reads it big-endian.
@@ -199,6 +202,7 @@ impl Engine {
     /// Runs until `count` probes are settled or `stop` is set. `on` sees every outcome;
     /// it returns false to stop the run (e.g. the receiver of records went away).
     pub fn run(&mut self, stop: &AtomicBool, mut on: impl FnMut(Outcome<'_>) -> bool) -> std::io::Result<()> {
+        set_tight_timer_slack();
         self.sched = Schedule::new(Instant::now(), self.cfg.interval);
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -222,8 +226,7 @@ impl Engine {
             if more {
                 until = until.min(due);
             }
-            let wait = until.saturating_duration_since(now).min(Duration::from_millis(100));
-            if wait_readable(self.transport.fd(), wait)? {
+            if poll_wait(self.transport.fd(), step_toward(until, now))? {
                 // Drain what is queued, then go back to the schedule.
                 for _ in 0..64 {
                     match self.transport.try_recv() {
@@ -333,21 +336,6 @@ impl Engine {
 
 fn would_block(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
-}
-
-/// Waits up to `wait` (ns resolution, unlike poll's ms) for `fd` to become readable.
-/// A signal ends the wait early (returns false) so Ctrl-C is seen at once.
-fn wait_readable(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos() as libc::c_long };
-    // SAFETY: `pfd` and `ts` are valid for the call; one fd; a null sigmask keeps the
-    // thread's signal mask.
-    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
-    }
-    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
 /// Reads one datagram into `buf` with `recvfrom(MSG_DONTWAIT)`; returns its length and

@@ -142,7 +142,9 @@ pub fn resolve_host(host: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
         }
         return Ok(ip);
     }
-    let addrs = (host, 0u16).to_socket_addrs().with_context(|| format!("resolving {host}"))?;
+    let addrs = (host, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| CodedError::new(ExitCode::Usage, format!("cannot resolve {host}: {e}")))?;
     addrs
         .map(|a| a.ip())
         .find(|ip| ip.is_ipv6() == ipv6)
