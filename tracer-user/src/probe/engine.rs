@@ -370,6 +370,112 @@ mod tests {
         assert_eq!(t.counter_for(4464), Some(4464));
     }
 
+    /// A scripted network: each probe's answers arrive after the given delays.
+    struct Fake {
+        script: fn(u64) -> Vec<u64>,
+        queue: Vec<(Instant, u64)>,
+        modulus: u64,
+        // Always readable: a byte written and never read.
+        pair: (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream),
+    }
+
+    impl Fake {
+        fn new(script: fn(u64) -> Vec<u64>, modulus: u64) -> Self {
+            use std::io::Write;
+            let mut pair = std::os::unix::net::UnixStream::pair().unwrap();
+            pair.0.write_all(b"x").unwrap();
+            Self { script, queue: Vec::new(), modulus, pair }
+        }
+    }
+
+    impl Transport for Fake {
+        fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
+            let now = Instant::now();
+            for d in (self.script)(counter) {
+                self.queue.push((now + Duration::from_millis(d), counter % self.modulus));
+            }
+            Ok(Sent { wire_ident: 7, wire_seq: counter as u16 })
+        }
+        fn try_recv(&mut self) -> std::io::Result<Option<Reply>> {
+            let now = Instant::now();
+            let Some(i) = self.queue.iter().position(|(t, _)| *t <= now) else {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            };
+            let (_, slot) = self.queue.remove(i);
+            let info = ReplyInfo::Icmp { len: 28, from: "10.0.0.2".parse().unwrap(), ttl: None, ip_id: None };
+            Ok(Some(Reply { slot, at: now, info }))
+        }
+        fn fd(&self) -> RawFd {
+            use std::os::fd::AsRawFd;
+            self.pair.1.as_raw_fd()
+        }
+        fn modulus(&self) -> u64 {
+            self.modulus
+        }
+        fn proto(&self) -> ProbeProto {
+            ProbeProto::Icmp
+        }
+    }
+
+    fn run_fake(fake: Fake, interval_ms: u64, timeout_ms: u64, count: u64) -> (ProbeStats, Vec<ProbeRec>, Vec<u64>) {
+        let cfg = EngineConfig {
+            target: "10.0.0.2".parse().unwrap(),
+            interval: Duration::from_millis(interval_ms),
+            count: Some(count),
+            timeout: Duration::from_millis(timeout_ms),
+        };
+        let mut e = Engine::new(Box::new(fake), cfg);
+        let (mut recs, mut late) = (Vec::new(), Vec::new());
+        let stop = AtomicBool::new(false);
+        e.run(&stop, |o| {
+            match o {
+                Outcome::Answer { rec, .. } | Outcome::Lost { rec } => recs.push(rec),
+                Outcome::Late { seq, .. } => late.push(seq),
+            }
+            true
+        })
+        .unwrap();
+        (e.into_stats(), recs, late)
+    }
+
+    #[test]
+    fn duplicates_reordering_loss_and_late_answers() {
+        // 20 ms apart, 100 ms timeout, 16 probes (the run lasts past 6's late answer).
+        // 2: answered twice; 3: never; 4: answered after 5; 6: answered after its timeout.
+        let script: fn(u64) -> Vec<u64> = |c| match c {
+            2 => vec![2, 8],
+            3 => vec![],
+            4 => vec![35],
+            6 => vec![130],
+            _ => vec![2],
+        };
+        let (st, recs, late) = run_fake(Fake::new(script, 65536), 20, 100, 16);
+        assert_eq!((st.transmitted, st.received, st.lost, st.duplicates, st.reordered, st.late), (16, 14, 2, 1, 1, 1), "{st:?}");
+        assert_eq!(late, vec![6]);
+        let of = |s: ProbeStatus| recs.iter().filter(|r| r.status == s).map(|r| r.seq).collect::<Vec<_>>();
+        assert_eq!(of(ProbeStatus::Lost), vec![3, 6]);
+        assert_eq!(of(ProbeStatus::Dup), vec![2]);
+        let mut ok = of(ProbeStatus::Ok);
+        ok.sort();
+        assert_eq!(ok, [0, 1, 2, 4, 5].into_iter().chain(7..16).collect::<Vec<_>>());
+        let r4 = recs.iter().find(|r| r.seq == 4).unwrap();
+        assert!(r4.rtt_ns.unwrap() >= 35_000_000, "{r4:?}");
+        assert!(recs.iter().all(|r| r.source == "builtin" && r.wire_ident == Some(7) && r.wire_seq == Some(r.seq as u16)));
+        assert!(recs.iter().all(|r| r.sent_ns.is_some_and(|t| t > 0)));
+        assert_eq!(st.rtts_ns.len(), 14);
+        assert_eq!(st.drift.samples, 16);
+    }
+
+    #[test]
+    fn wrapping_wire_sequence_maps_to_the_right_probe() {
+        // A wire that tells only 4 sequences apart: probe 9 answers as slot 1.
+        let (st, recs, _) = run_fake(Fake::new(|_| vec![3], 4), 10, 25, 12);
+        assert_eq!((st.received, st.lost, st.duplicates, st.late), (12, 0, 0, 0), "{st:?}");
+        let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..12).collect::<Vec<_>>());
+        assert!(st.rtts_ns.iter().all(|&r| r >= 3_000_000 && r < 25_000_000), "{:?}", st.rtts_ns);
+    }
+
     #[test]
     fn counter_for_nothing_sent() {
         let t = Tracker::new(Duration::from_secs(1), 65536);

@@ -419,6 +419,40 @@ mod tests {
         assert_eq!(parsed.probes[0].rtt_ns, Some(412_000));
     }
 
+    /// The recorder's API end to end, on loopback (skips where no ICMP socket may be
+    /// opened: not root and no ping_group_range).
+    #[test]
+    fn spawn_streams_records_and_stop_returns_stats() {
+        let mut cfg = ProberConfig::new("127.0.0.1".parse().unwrap());
+        cfg.count = Some(20);
+        cfg.interval = Duration::from_millis(5);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let before = boot_ns();
+        let h = match spawn(cfg, tx) {
+            Ok(h) => h,
+            Err(e) if crate::exit::classify(&e) == ExitCode::Privileges => {
+                eprintln!("SKIP: {e}");
+                return;
+            }
+            Err(e) => panic!("{e:#}"),
+        };
+        let id = h.wire_ident().expect("ICMP has an echo id");
+        assert_eq!(h.tcp_port(), None);
+        let recs: Vec<ProbeRec> = rx.iter().take(20).collect();
+        let st = h.stop();
+        assert_eq!(recs.len(), 20);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!((r.seq, r.status, r.wire_ident, r.wire_seq), (i as u32, crate::dump::ProbeStatus::Ok, Some(id), Some(i as u16)));
+            assert_eq!((r.source.as_str(), r.proto), ("builtin", crate::dump::ProbeProto::Icmp));
+            let sent = r.sent_ns.unwrap();
+            assert!(sent >= before && sent <= boot_ns(), "sent_ns is CLOCK_BOOTTIME");
+            assert!(r.rtt_ns.unwrap() > 0);
+        }
+        assert!(recs.windows(2).all(|w| w[1].sent_ns >= w[0].sent_ns));
+        assert_eq!((st.transmitted, st.received, st.lost), (20, 20, 0));
+        assert!(st.error.is_none());
+    }
+
     #[test]
     fn resolve_literal_addresses() {
         assert_eq!(resolve_host("10.1.2.3", false).unwrap(), "10.1.2.3".parse::<IpAddr>().unwrap());
