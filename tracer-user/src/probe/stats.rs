@@ -21,6 +21,7 @@ pub struct ProbeStats {
     pub rtts_ns: Vec<u64>,
     pub drift: Drift,
     /// Why the prober thread ended early, when it failed.
+    #[allow(dead_code)] // read by the recorder through ProberHandle::stop
     pub error: Option<String>,
 }
 

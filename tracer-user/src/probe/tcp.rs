@@ -128,7 +128,7 @@ impl Transport for TcpTransport {
         }
         let Ok(t) = TcpSlice::from_slice(seg) else { return Ok(None) };
         let dst = t.destination_port();
-        if t.source_port() != self.dport || dst < self.base || dst >= self.base + PORT_SPAN {
+        if t.source_port() != self.dport || !(self.base..self.base + PORT_SPAN).contains(&dst) {
             return Ok(None);
         }
         if !(t.rst() || (t.syn() && t.ack())) {
