@@ -334,30 +334,37 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         }
         let count = a.count.unwrap_or(10_000);
         let d = schedule::bench(count, a.interval, &SIGNALLED);
-        println!("{count} slots at {:?}: {}", a.interval, d.line());
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{count} slots at {:?}: {}", a.interval, d.line());
         return Ok(ExitCode::Ok);
     }
     let host = a.host.as_deref().ok_or_else(|| CodedError::new(ExitCode::Usage, "HOST is required"))?;
     let target = resolve_host(host, a.ipv6)?;
     let cfg = ProberConfig { target, tcp_port: a.tcp, interval: a.interval, count: a.count, size: a.size, timeout: a.timeout };
     let Opened { mut engine, describe, .. } = open(&cfg)?;
-    println!("PROBE {host} ({target}): {describe}, interval {:?}, timeout {:?}", cfg.interval, cfg.timeout);
+    // Write errors (a closed pipe: `| head`) end the run quietly instead of panicking
+    // as println! would.
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    if writeln!(out, "PROBE {host} ({target}): {describe}, interval {:?}, timeout {:?}", cfg.interval, cfg.timeout).is_err() {
+        return Ok(ExitCode::Ok);
+    }
     let is_tcp = cfg.tcp_port.is_some();
     let res = engine.run(&SIGNALLED, |o| {
-        match o {
+        let line = match o {
             Outcome::Answer { rec, reply } => {
                 let mark = if rec.status == crate::dump::ProbeStatus::Dup { "DUP! " } else { "" };
-                println!("{}", reply_line(mark, u64::from(rec.seq), rec.rtt_ns.unwrap_or(0), &reply.info));
+                reply_line(mark, u64::from(rec.seq), rec.rtt_ns.unwrap_or(0), &reply.info)
             }
             Outcome::Lost { rec } => {
                 let key = if is_tcp { "seq" } else { "icmp_seq" };
-                println!("no answer for {key}={} within {:?}", rec.seq, cfg.timeout);
+                format!("no answer for {key}={} within {:?}", rec.seq, cfg.timeout)
             }
-            Outcome::Late { seq, rtt_ns, reply } => println!("{}", reply_line("LATE! ", seq, rtt_ns, &reply.info)),
-        }
-        true
+            Outcome::Late { seq, rtt_ns, reply } => reply_line("LATE! ", seq, rtt_ns, &reply.info),
+        };
+        writeln!(out, "{line}").is_ok()
     });
-    print!("{}", engine.stats().render(&target.to_string()));
+    let _ = write!(std::io::stdout(), "{}", engine.stats().render(&target.to_string()));
     res.with_context(|| format!("probing {target}"))?;
     Ok(ExitCode::Ok)
 }
