@@ -1,8 +1,36 @@
 //! Parsing hping3 and iputils ping output into probe records.
-//! (Placeholder interface, owned by the prober work: see issue 4.)
-use std::path::{Path, PathBuf};
+//!
+//! Lenient, never inventive: copy-pasted logs glue records together
+//! (`rtt=127.1 mslen=46 ip= ttl=59 …`), split them over lines, and insert spaces
+//! (`icmp_ seq=`, `id= 49452`). A record is whatever ends in `rtt=N ms` (hping3) or
+//! holds `bytes from …: icmp_seq=N … time=N ms` (ping); fields the log lacks stay
+//! empty. Lines we do not understand are counted, not fatal.
+//!
+//! Byte order, checked against a capture (`testdata/tcpdump_hping_icmp.txt`, hping3
+//! 3.0.0-alpha-2 on x86-64, and the root test `probe_netns`):
+//! - hping3 writes the ICMP echo id (its pid) and sequence in host order and prints
+//!   the sequence as it wrote it: `icmp_seq=1` is the bytes `01 00` on the wire, which
+//!   the kernel (and `tcpdump`, "seq 256") reads big-endian as 256. So
+//!   `wire_seq = seq.swap_bytes()`. The echo id is not printed (`id=` is the reply's
+//!   IP id), so `wire_ident` stays empty.
+//! - iputils ping writes both in network order and prints them as such: the printed
+//!   `icmp_seq` (and `ident=` with `-v`) are the wire values.
+//! - hping3 TCP (`-S -p PORT`): probe i leaves from source port `base + i` (base is
+//!   random per run and not printed) to PORT; `sport=` in a line is the answer's source
+//!   port = PORT, and `seq=` is the answer's destination port minus base. So the log
+//!   gives the probe's destination port (`wire_seq`) and its offset `seq`, not its
+//!   source port (`wire_ident` empty): a correlator can learn base from one kernel-side
+//!   SYN (its source port minus the probe's seq) and match the rest by ports.
+use std::{
+    collections::HashMap,
+    io::BufRead,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
-use crate::dump::ProbeRec;
+use regex::Regex;
+
+use crate::dump::{ProbeProto, ProbeRec, ProbeStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeLogError {
@@ -12,13 +40,377 @@ pub enum ProbeLogError {
     NoProbes { path: PathBuf },
 }
 
+/// A closing statistics block (`--- X hping statistic ---` / `--- X ping statistics ---`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogStats {
+    /// `hping3` or `ping`.
+    pub tool: String,
+    /// Target named in the block's title, when present.
+    pub target: Option<String>,
+    pub transmitted: u64,
+    pub received: u64,
+    /// ping's `+N duplicates`.
+    pub duplicates: Option<u64>,
+    pub loss_pct: f64,
+    pub rtt_min_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_max_ms: Option<f64>,
+}
+
 /// Probes parsed from a log, and how many lines were not understood.
 #[derive(Debug, Default)]
 pub struct ProbeLog {
     pub probes: Vec<ProbeRec>,
     pub unknown_lines: u64,
+    /// The statistics blocks found, in log order.
+    pub stats: Vec<LogStats>,
+}
+
+impl ProbeLog {
+    /// `log: N probes (ok, dup, lost), M unknown lines; stats: …`.
+    pub fn summary_line(&self) -> String {
+        let n = |s: ProbeStatus| self.probes.iter().filter(|p| p.status == s).count();
+        let mut line = format!(
+            "log: {} probes ({} ok, {} dup, {} lost), {} unknown lines",
+            self.probes.len(),
+            n(ProbeStatus::Ok),
+            n(ProbeStatus::Dup),
+            n(ProbeStatus::Lost),
+            self.unknown_lines
+        );
+        for s in &self.stats {
+            line.push_str(&format!(
+                "; {} statistics: {} transmitted, {} received, {}% loss",
+                s.tool, s.transmitted, s.received, s.loss_pct
+            ));
+        }
+        line
+    }
 }
 
 pub fn parse_file(path: &Path) -> Result<ProbeLog, ProbeLogError> {
-    Err(ProbeLogError::NoProbes { path: path.to_path_buf() })
+    let io = |source| ProbeLogError::Io { path: path.to_path_buf(), source };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let log = parse_reader(std::io::BufReader::new(f)).map_err(io)?;
+    if log.probes.is_empty() {
+        return Err(ProbeLogError::NoProbes { path: path.to_path_buf() });
+    }
+    Ok(log)
 }
+
+/// Parses a log from a reader; bytes that are not UTF-8 are replaced, not fatal.
+pub fn parse_reader(mut r: impl BufRead) -> std::io::Result<ProbeLog> {
+    let mut p = Parser::default();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        p.line(&String::from_utf8_lossy(&buf));
+    }
+    Ok(p.finish())
+}
+
+/// Parses a whole log held in memory.
+#[allow(dead_code)] // for callers holding text (tests, analyze)
+pub fn parse_str(s: &str) -> ProbeLog {
+    let mut p = Parser::default();
+    for l in s.lines() {
+        p.line(l);
+    }
+    p.finish()
+}
+
+struct Re {
+    ts: Regex,
+    glue_seq: Regex,
+    glue_val: Regex,
+    hping_rtt: Regex,
+    kv: Regex,
+    hping_head: Regex,
+    hping_title: Regex,
+    hping_counts: Regex,
+    hping_rtts: Regex,
+    ping_reply: Regex,
+    ping_ident: Regex,
+    ping_time: Regex,
+    ping_noanswer: Regex,
+    ping_from_err: Regex,
+    ping_head: Regex,
+    ping_title: Regex,
+    ping_counts: Regex,
+    ping_rtts: Regex,
+}
+
+fn re() -> &'static Re {
+    static RE: OnceLock<Re> = OnceLock::new();
+    RE.get_or_init(|| {
+        // The patterns are constants; a typo is caught by every unit test.
+        let r = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("bad built-in pattern {s}: {e}"));
+        Re {
+            ts: r(r"^\s*\[(\d+(?:\.\d+)?)\]\s*"),
+            glue_seq: r(r"icmp_\s+seq="),
+            glue_val: r(r"\b(len|ttl|id|icmp_seq|seq|sport|win)=\s+(\d)"),
+            hping_rtt: r(r"rtt=(\d+(?:\.\d+)?)\s*ms"),
+            kv: r(r"\b(len|ip|ttl|id|icmp_seq|seq|sport|flags|win)=(\S*)"),
+            hping_head: r(r"HPING\s+(\S+)\s+\("),
+            hping_title: r(r"---\s*(\S*)\s*hping\s+statistic\s*---"),
+            hping_counts: r(r"(\d+)\s+packets\s+transmitted,\s+(\d+)\s+packets\s+received,\s+(\d+(?:\.\d+)?)%\s+packet\s+loss"),
+            hping_rtts: r(r"round-trip\s+min/avg/max\s+=\s+(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)\s+ms"),
+            ping_reply: r(r"(\d+)\s+bytes\s+from\s+(.+?):\s+icmp_seq=(\d+)"),
+            ping_ident: r(r"\bident=(\d+)"),
+            ping_time: r(r"\btime=(\d+(?:\.\d+)?)\s*ms"),
+            ping_noanswer: r(r"no\s+answer\s+yet\s+for\s+icmp_seq=(\d+)"),
+            ping_from_err: r(r"^From\s+\S+.*\s+icmp_seq=\d+\s+"),
+            ping_head: r(r"^PING\s+(\S+?)\s*\(([^)]+)\)"),
+            ping_title: r(r"---\s*(\S+)\s+ping\s+statistics\s*---"),
+            ping_counts: r(
+                r"(\d+)\s+packets\s+transmitted,\s+(\d+)\s+received(?:,\s+\+(\d+)\s+duplicates)?(?:,\s+\+(\d+)\s+errors)?,\s+(\d+(?:\.\d+)?)%\s+packet\s+loss",
+            ),
+            ping_rtts: r(r"rtt\s+min/avg/max/mdev\s+=\s+(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)/\d+(?:\.\d+)?\s+ms"),
+        }
+    })
+}
+
+fn ms_to_ns(s: &str) -> Option<u64> {
+    let ms: f64 = s.parse().ok()?;
+    (ms.is_finite() && ms >= 0.0).then(|| (ms * 1e6).round() as u64)
+}
+
+#[derive(Default)]
+struct Parser {
+    probes: Vec<Option<ProbeRec>>,
+    unknown_lines: u64,
+    stats: Vec<LogStats>,
+    /// Target from the last `HPING`/`PING` header line.
+    head_target: Option<String>,
+    /// hping3 records with no target yet (empty `ip=`, no header): filled from the
+    /// next statistics block that names one.
+    untargeted: Vec<usize>,
+    /// ping -O `no answer yet` records by printed seq: dropped if the answer follows.
+    no_answer: HashMap<u32, usize>,
+}
+
+impl Parser {
+    fn push(&mut self, rec: ProbeRec) -> usize {
+        self.probes.push(Some(rec));
+        self.probes.len() - 1
+    }
+
+    fn line(&mut self, raw: &str) {
+        let re = re();
+        let line = raw.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() {
+            return;
+        }
+        let body = match re.ts.find(line) {
+            Some(m) => &line[m.end()..],
+            None => line,
+        };
+        let mut known = self.ping_line(body);
+        if !known {
+            known = self.hping_records(body);
+        }
+        known |= self.headers_and_stats(body);
+        if !known {
+            self.unknown_lines += 1;
+        }
+    }
+
+    /// iputils ping reply, `no answer yet`, or an ICMP error line.
+    fn ping_line(&mut self, body: &str) -> bool {
+        let re = re();
+        if let Some(c) = re.ping_reply.captures(body) {
+            let Some(seq) = c.get(3).and_then(|m| m.as_str().parse::<u32>().ok()) else { return false };
+            let rest = &body[c.get(0).map_or(0, |m| m.end())..];
+            let Some(rtt_ns) = re.ping_time.captures(rest).and_then(|t| ms_to_ns(&t[1])) else { return false };
+            let from = c.get(2).map_or("", |m| m.as_str());
+            // `name (addr)` when ping resolved the host.
+            let addr = match (from.rfind('('), from.rfind(')')) {
+                (Some(a), Some(b)) if a < b => &from[a + 1..b],
+                _ => from,
+            };
+            let dup = rest.contains("DUP!");
+            if !dup {
+                if let Some(i) = self.no_answer.remove(&seq) {
+                    // The answer came after `no answer yet`: late, not lost.
+                    self.probes[i] = None;
+                }
+            }
+            self.push(ProbeRec {
+                source: "ping".into(),
+                proto: if addr.contains(':') { ProbeProto::Icmpv6 } else { ProbeProto::Icmp },
+                target: addr.to_string(),
+                seq,
+                // ping prints what it wrote in network order: the wire values.
+                wire_ident: re.ping_ident.captures(rest).and_then(|i| i[1].parse::<u16>().ok()),
+                wire_seq: u16::try_from(seq).ok(),
+                sent_ns: None,
+                rtt_ns: Some(rtt_ns),
+                status: if dup { ProbeStatus::Dup } else { ProbeStatus::Ok },
+            });
+            return true;
+        }
+        if let Some(c) = re.ping_noanswer.captures(body) {
+            let Ok(seq) = c[1].parse::<u32>() else { return false };
+            let target = self.head_target.clone().unwrap_or_default();
+            let proto = if target.contains(':') { ProbeProto::Icmpv6 } else { ProbeProto::Icmp };
+            let i = self.push(ProbeRec {
+                source: "ping".into(),
+                proto,
+                target,
+                seq,
+                wire_ident: None,
+                wire_seq: u16::try_from(seq).ok(),
+                sent_ns: None,
+                rtt_ns: None,
+                status: ProbeStatus::Lost,
+            });
+            self.no_answer.insert(seq, i);
+            return true;
+        }
+        re.ping_from_err.is_match(body)
+    }
+
+    /// hping3 records: each ends in `rtt=N ms`; several may share a line.
+    fn hping_records(&mut self, body: &str) -> bool {
+        let re = re();
+        let norm = re.glue_seq.replace_all(body, "icmp_seq=");
+        let norm = re.glue_val.replace_all(&norm, "$1=$2");
+        let mut start = 0;
+        let mut any = false;
+        for m in re.hping_rtt.captures_iter(&norm) {
+            let (Some(whole), Some(rtt)) = (m.get(0), m.get(1)) else { continue };
+            let seg = &norm[start..whole.start()];
+            start = whole.end();
+            if let Some(rec) = self.hping_record(seg, rtt.as_str()) {
+                let empty = rec.target.is_empty();
+                let i = self.push(rec);
+                if empty {
+                    self.untargeted.push(i);
+                }
+                any = true;
+            }
+        }
+        any
+    }
+
+    fn hping_record(&self, seg: &str, rtt: &str) -> Option<ProbeRec> {
+        let mut kv: HashMap<&str, &str> = HashMap::new();
+        for c in re().kv.captures_iter(seg) {
+            if let (Some(k), Some(v)) = (c.get(1), c.get(2)) {
+                // The last occurrence wins: earlier text may be leftovers of a cut record.
+                kv.insert(k.as_str(), v.as_str());
+            }
+        }
+        let rtt_ns = ms_to_ns(rtt)?;
+        let dup = seg.contains("DUP!");
+        let ip = kv.get("ip").copied().unwrap_or("");
+        let target = if ip.is_empty() { self.head_target.clone().unwrap_or_default() } else { ip.to_string() };
+        let status = if dup { ProbeStatus::Dup } else { ProbeStatus::Ok };
+        if let Some(s) = kv.get("icmp_seq") {
+            let seq: u32 = s.parse().ok()?;
+            return Some(ProbeRec {
+                source: "hping3".into(),
+                proto: ProbeProto::Icmp,
+                target,
+                seq,
+                // hping3 writes the sequence in host order (x86: little-endian) and
+                // prints it as written; the kernel reads the bytes big-endian.
+                wire_ident: None,
+                wire_seq: u16::try_from(seq).ok().map(u16::swap_bytes),
+                sent_ns: None,
+                rtt_ns: Some(rtt_ns),
+                status,
+            });
+        }
+        // TCP answers carry `flags=`; a bare `seq=` line is UDP mode, which the dump
+        // cannot represent: left as unknown.
+        if let (Some(s), true) = (kv.get("seq"), kv.contains_key("flags") || kv.contains_key("sport")) {
+            let seq: u32 = s.parse().ok()?;
+            return Some(ProbeRec {
+                source: "hping3".into(),
+                proto: ProbeProto::Tcp,
+                target,
+                seq,
+                // The probe's source port (base + seq) is not in the log.
+                wire_ident: None,
+                // `sport=` of the answer is the port the probe went to.
+                wire_seq: kv.get("sport").and_then(|p| p.parse::<u16>().ok()),
+                sent_ns: None,
+                rtt_ns: Some(rtt_ns),
+                status,
+            });
+        }
+        None
+    }
+
+    /// Header lines and statistics blocks (which may be glued onto one line).
+    fn headers_and_stats(&mut self, body: &str) -> bool {
+        let re = re();
+        let mut known = false;
+        if let Some(c) = re.hping_head.captures(body) {
+            self.head_target = Some(c[1].to_string());
+            known = true;
+        }
+        if let Some(c) = re.ping_head.captures(body) {
+            self.head_target = Some(c[2].to_string());
+            known = true;
+        }
+        for (title, counts, rtts, tool) in
+            [(&re.hping_title, &re.hping_counts, &re.hping_rtts, "hping3"), (&re.ping_title, &re.ping_counts, &re.ping_rtts, "ping")]
+        {
+            if let Some(c) = title.captures(body) {
+                let target = c.get(1).map(|m| m.as_str()).filter(|t| !t.is_empty()).map(str::to_string);
+                if let Some(t) = &target {
+                    for i in self.untargeted.drain(..) {
+                        if let Some(Some(p)) = self.probes.get_mut(i) {
+                            p.target = t.clone();
+                        }
+                    }
+                }
+                self.stats.push(LogStats { tool: tool.into(), target, ..Default::default() });
+                known = true;
+            }
+            if let Some(c) = counts.captures(body) {
+                let st = self.stats_for(tool);
+                st.transmitted = c[1].parse().unwrap_or(0);
+                st.received = c[2].parse().unwrap_or(0);
+                if tool == "ping" {
+                    st.duplicates = c.get(3).and_then(|m| m.as_str().parse().ok()).or(Some(0));
+                    st.loss_pct = c[5].parse().unwrap_or(0.0);
+                } else {
+                    st.loss_pct = c[3].parse().unwrap_or(0.0);
+                }
+                known = true;
+            }
+            if let Some(c) = rtts.captures(body) {
+                let st = self.stats_for(tool);
+                st.rtt_min_ms = c[1].parse().ok();
+                st.rtt_avg_ms = c[2].parse().ok();
+                st.rtt_max_ms = c[3].parse().ok();
+                known = true;
+            }
+        }
+        known
+    }
+
+    /// The open statistics block of `tool` (a block whose title line was lost
+    /// starts a new one).
+    fn stats_for(&mut self, tool: &str) -> &mut LogStats {
+        let open = self.stats.last().is_some_and(|s| s.tool == tool);
+        if !open {
+            self.stats.push(LogStats { tool: tool.into(), ..Default::default() });
+        }
+        let last = self.stats.len() - 1;
+        &mut self.stats[last]
+    }
+
+    fn finish(self) -> ProbeLog {
+        ProbeLog { probes: self.probes.into_iter().flatten().collect(), unknown_lines: self.unknown_lines, stats: self.stats }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! Absolute send schedule: probe `i` leaves at `t0 + i * interval`, never at
+//! "previous send + interval", so a late wake-up delays one probe and does not shift
+//! every probe after it (no drift over hours at 10 ms).
+use std::{
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    t0: Instant,
+    interval: Duration,
+}
+
+impl Schedule {
+    pub fn new(t0: Instant, interval: Duration) -> Self {
+        Self { t0, interval }
+    }
+
+    /// When probe `i` is due. Computed from `t0` each time (no accumulated error).
+    pub fn deadline(&self, i: u64) -> Instant {
+        let ns = self.interval.as_nanos().saturating_mul(u128::from(i));
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+        self.t0.checked_add(Duration::from_nanos(ns)).unwrap_or(self.t0)
+    }
+}
+
+/// How late sends were against their absolute deadline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drift {
+    pub samples: u64,
+    pub max_ns: u64,
+    pub final_ns: u64,
+    pub sum_ns: u128,
+}
+
+impl Drift {
+    pub fn record(&mut self, deadline: Instant, actual: Instant) {
+        let late = u64::try_from(actual.saturating_duration_since(deadline).as_nanos()).unwrap_or(u64::MAX);
+        self.samples += 1;
+        self.max_ns = self.max_ns.max(late);
+        self.final_ns = late;
+        self.sum_ns += u128::from(late);
+    }
+
+    pub fn mean_ns(&self) -> u64 {
+        if self.samples == 0 {
+            0
+        } else {
+            u64::try_from(self.sum_ns / u128::from(self.samples)).unwrap_or(u64::MAX)
+        }
+    }
+
+    /// `schedule drift: max X µs, final Y µs, mean Z µs over N sends`.
+    pub fn line(&self) -> String {
+        format!(
+            "schedule drift: max {} µs, final {} µs, mean {} µs over {} sends",
+            self.max_ns / 1_000,
+            self.final_ns / 1_000,
+            self.mean_ns() / 1_000,
+            self.samples
+        )
+    }
+}
+
+/// How long to wait now to reach `until`. The kernel lets a wait overrun by its
+/// "slack" (0.1% of the wait, at least the thread's timer slack), so long waits stop
+/// 1 ms short and the last stretch is a short, precise wait; never more than 100 ms,
+/// so a stop request is seen promptly.
+pub fn step_toward(until: Instant, now: Instant) -> Duration {
+    let left = until.saturating_duration_since(now).min(Duration::from_millis(100));
+    if left > Duration::from_millis(2) {
+        left - Duration::from_millis(1)
+    } else {
+        left
+    }
+}
+
+/// Asks for 1 µs timer slack on this thread (default 50 µs) so sends are on time.
+pub fn set_tight_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects this thread.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        log::debug!("PR_SET_TIMERSLACK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Waits up to `wait` (ns resolution, unlike poll's ms) for `fd` to become readable;
+/// a negative `fd` just sleeps. A signal ends the wait early (returns false) so
+/// Ctrl-C is seen at once.
+pub fn poll_wait(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos() as libc::c_long };
+    // SAFETY: `pfd` and `ts` are valid for the call; one entry (poll ignores a negative
+    // fd); a null sigmask keeps the thread's signal mask.
+    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
+/// Waits until `deadline` the way the prober does, or until `stop` is set; returns
+/// false when stopped.
+pub fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        if poll_wait(-1, step_toward(deadline, now)).is_err() {
+            std::thread::sleep(deadline - now);
+        }
+    }
+}
+
+/// The drift benchmark: runs the scheduler alone (no sockets, no root) for `count`
+/// slots and returns how late each wake-up was against its absolute deadline.
+pub fn bench(count: u64, interval: Duration, stop: &AtomicBool) -> Drift {
+    set_tight_timer_slack();
+    let sched = Schedule::new(Instant::now(), interval);
+    let mut drift = Drift::default();
+    for i in 0..count {
+        let due = sched.deadline(i);
+        if !sleep_until(due, stop) {
+            break;
+        }
+        drift.record(due, Instant::now());
+    }
+    drift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_absolute_and_do_not_accumulate() {
+        let t0 = Instant::now();
+        let s = Schedule::new(t0, Duration::from_millis(10));
+        assert_eq!(s.deadline(0), t0);
+        assert_eq!(s.deadline(1) - t0, Duration::from_millis(10));
+        // 10 ms * 360 000 = one hour, exactly: no rounding creeps in.
+        assert_eq!(s.deadline(360_000) - t0, Duration::from_secs(3600));
+        // 1/3 ms does not divide evenly in ns, yet slot i is still i * interval.
+        let s = Schedule::new(t0, Duration::from_nanos(333_333));
+        assert_eq!(s.deadline(3_000_000) - t0, Duration::from_nanos(333_333 * 3_000_000));
+    }
+
+    #[test]
+    fn late_wakeups_do_not_shift_later_slots() {
+        let stop = AtomicBool::new(false);
+        let interval = Duration::from_millis(2);
+        let sched = Schedule::new(Instant::now(), interval);
+        let mut drift = Drift::default();
+        for i in 0..50u64 {
+            let due = sched.deadline(i);
+            assert!(sleep_until(due, &stop));
+            if i == 10 {
+                // A stall in the prober: 7 ms late for this one.
+                std::thread::sleep(Duration::from_millis(7));
+            }
+            drift.record(due, Instant::now());
+        }
+        assert!(drift.max_ns >= 7_000_000, "{drift:?}");
+        // Slots after the stall caught up: the final one is on time again (well
+        // under one interval), which a relative schedule could not achieve.
+        assert!(drift.final_ns < interval.as_nanos() as u64, "{drift:?}");
+        assert_eq!(drift.samples, 50);
+    }
+
+    #[test]
+    fn bench_stops_on_request() {
+        let stop = AtomicBool::new(true);
+        let d = bench(1000, Duration::from_millis(10), &stop);
+        assert_eq!(d.samples, 0);
+    }
+}
