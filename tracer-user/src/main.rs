@@ -4,6 +4,7 @@ mod attribution;
 mod dump;
 mod exit;
 mod probe;
+mod report;
 mod timefmt;
 
 use clap::{Parser, Subcommand};
