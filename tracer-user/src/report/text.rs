@@ -116,13 +116,13 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(
         s,
-        "  stall threshold {}; probes from {src}: {} probes, {} at or above it, {} lost; {} packets, {} waits",
+        "  stall threshold {}; probes from {src}: {}, {} at or above it, {} lost; {}, {}",
         dur(r.stall_threshold_ns),
-        t.probes,
+        plural(t.probes, "probe", "probes"),
         t.probes_stalled,
         t.probes_lost,
-        t.packets,
-        t.waits
+        plural(t.packets, "packet", "packets"),
+        plural(t.waits, "wait", "waits"),
     );
     if t.probes_ignored > 0 {
         let _ = writeln!(s, "  ({} probe records in the dump ignored in favour of the log)", t.probes_ignored);
