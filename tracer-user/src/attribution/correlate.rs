@@ -160,6 +160,10 @@ pub struct Correlator {
     log: Option<(LogAligner, Vec<ProbeState>)>,
     probe_seen: bool,
     stalls: Vec<OpenStall>,
+    /// Earliest `end + linger` and earliest start over open stalls (`u64::MAX` when
+    /// none), so a push does not scan them.
+    next_due: u64,
+    open_min_start: u64,
     syscalls: VecDeque<(u64, SyscallRec)>,
     comms: HashMap<Box<str>, Rc<str>>,
     next_episode: u64,
@@ -195,6 +199,8 @@ impl Correlator {
             log: None,
             probe_seen: false,
             stalls: Vec::new(),
+            next_due: u64::MAX,
+            open_min_start: u64::MAX,
             syscalls: VecDeque::new(),
             comms: HashMap::new(),
             next_episode: 1,
@@ -272,6 +278,7 @@ impl Correlator {
                 out.push(ep);
             }
         }
+        self.stalls_changed();
         out
     }
 
@@ -374,6 +381,13 @@ impl Correlator {
                 waits: vec![w.clone()],
             }),
         }
+        self.stalls_changed();
+    }
+
+    fn stalls_changed(&mut self) {
+        let linger = self.cfg.linger_ns;
+        self.next_due = self.stalls.iter().map(|s| s.end_ns.saturating_add(linger)).min().unwrap_or(u64::MAX);
+        self.open_min_start = self.stalls.iter().map(|s| s.start_ns).min().unwrap_or(u64::MAX);
     }
 
     fn on_syscall(&mut self, s: &SyscallRec) {
@@ -402,18 +416,28 @@ impl Correlator {
         let mut st = ProbeState::default();
         if let Some(k) = key {
             let join = ProbeJoin { idx: ProbeIdx::Inline(id), seq: p.seq, rtt_ns: p.rtt_ns, status: p.status };
-            // Its request and its reply may both have been seen: join every one not
-            // yet joined (a wrapped sequence cannot recur within the window).
+            // Its request and its reply may both have been seen: join the newest
+            // unjoined one of each direction (older ones are an earlier wrap).
             if let Some(ids) = self.by_key.get(&(k.proto, k.varying)) {
                 let base = self.pkts.front().map_or(0, |f| f.id);
-                for &pid in ids {
+                let (mut request, mut reply) = (false, false);
+                for &pid in ids.iter().rev() {
                     let Some(pk) = pid.checked_sub(base).and_then(|i| self.pkts.get_mut(i as usize)) else {
                         continue;
                     };
-                    if pk.probe.is_none() && pk.key.is_some_and(|pkk| keys_match(&k, &pkk)) {
-                        pk.probe = Some(join);
-                        st.matched = true;
+                    let is_request = matches!(pk.kind, PacketKind::EchoRequest | PacketKind::Syn);
+                    let done = if is_request { &mut request } else { &mut reply };
+                    if *done || pk.probe.is_some() || !pk.key.is_some_and(|pkk| keys_match(&k, &pkk)) {
+                        continue;
+                    }
+                    *done = true;
+                    pk.probe = Some(join);
+                    if !st.matched || is_request {
                         st.cpu = Some(pk.cpu);
+                    }
+                    st.matched = true;
+                    if request && reply {
+                        break;
                     }
                 }
             }
@@ -426,15 +450,19 @@ impl Correlator {
     fn advance(&mut self) -> Vec<Episode> {
         let mut out = Vec::new();
         let linger = self.cfg.linger_ns;
-        while let Some(i) = self
+        while self.next_due <= self.now {
+            let Some(i) = self
             .stalls
             .iter()
             .enumerate()
             .filter(|(_, s)| s.end_ns.saturating_add(linger) <= self.now)
             .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
             .map(|(i, _)| i)
-        {
+            else {
+                break;
+            };
             let st = self.stalls.swap_remove(i);
+            self.stalls_changed();
             if let Some(ep) = self.close_stall(st) {
                 out.push(ep);
             }
@@ -447,8 +475,8 @@ impl Correlator {
         let floor = self.now.saturating_sub(self.cfg.max_retain_ns);
         let mut keep_from = self.now.saturating_sub(self.cfg.window_ns);
         // An open wait needs the packets just before it (the seed's context lines).
-        if let Some(s) = self.stalls.iter().map(|s| s.start_ns).min() {
-            keep_from = keep_from.min(s.saturating_sub(self.cfg.linger_ns));
+        if self.open_min_start != u64::MAX {
+            keep_from = keep_from.min(self.open_min_start.saturating_sub(self.cfg.linger_ns));
         }
         keep_from = keep_from.max(floor);
         while self.pkts.front().is_some_and(|p| p.seen_at < keep_from) {
