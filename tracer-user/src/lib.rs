@@ -11,4 +11,5 @@ pub mod lab;
 pub mod live;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod timefmt;
