@@ -16,7 +16,8 @@ use tokio::{
 use tracer_common::{Config, Filter};
 
 use crate::{
-    dump::{Counts, DumpWriter, Footer, Header, Lost, Options, Record, DUMP_FORMAT, DUMP_VERSION},
+    attribution::{Config as CorConfig, Correlator, Report},
+    dump::{Counts, DumpWriter, Footer, Header, Lost, Options, ProbeRec, ProbeStatus, Record, DUMP_FORMAT, DUMP_VERSION},
     enrich::Enricher,
     events::decode,
     exit::{CodedError, ExitCode},
@@ -24,7 +25,7 @@ use crate::{
         loader::{AttachMode, LoadError, LoadOptions, Tracer},
         offsets, preflight,
     },
-    live,
+    live, probe, report,
     timefmt::{human_ns, parse_duration},
 };
 
@@ -33,7 +34,10 @@ use crate::{
   sudo stalltrace record -o stalls.jsonl                 # every ICMP echo, until Ctrl-C
   sudo stalltrace record --peer 10.0.0.7 --duration 60s  # only traffic to/from one host
   sudo stalltrace record --icmp-id 4242 --quiet          # one prober's echoes, waits only
-  sudo stalltrace record --tcp-port 30927                # TCP SYN probes to a NodePort")]
+  sudo stalltrace record --tcp-port 30927                # TCP SYN probes to a NodePort
+  sudo stalltrace record --probe 10.0.0.7                # probe every 10 ms and record together
+  sudo stalltrace record --probe 10.0.0.7 --tcp 30927    # TCP SYN probes instead of ICMP
+  sudo stalltrace record --probe-log hping3.log          # a prober elsewhere writes hping3.log")]
 pub struct RecordArgs {
     /// Only ICMP echoes with this identifier (either byte order: hping3 writes it in
     /// host order).
@@ -80,6 +84,20 @@ pub struct RecordArgs {
     /// Load every program through the verifier and print the plan; attach nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Probe this host with the built-in prober while recording (ICMP echo, or TCP SYN
+    /// with --tcp); its probes go into the dump and are matched to kernel events.
+    #[arg(long, value_name = "HOST")]
+    pub probe: Option<String>,
+    /// With --probe: send TCP SYNs to this port instead of ICMP echoes.
+    #[arg(long, value_name = "PORT", requires = "probe")]
+    pub tcp: Option<u16>,
+    /// With --probe: time between probes.
+    #[arg(long, value_parser = parse_duration, default_value = "10ms", value_name = "D")]
+    pub interval: Duration,
+    /// hping3 or ping output of a prober running elsewhere (possibly another host):
+    /// the final report matches its probes to this recording by wire id/sequence.
+    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
+    pub probe_log: Option<PathBuf>,
 }
 
 /// `4MiB`, `256KiB`, `65536`: a power of two of at least one page.
@@ -130,13 +148,13 @@ pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(record(args))
 }
 
-fn filter_for(args: &RecordArgs) -> Filter {
+fn filter_for(args: &RecordArgs, probe_target: Option<IpAddr>) -> Filter {
     let mut f = Filter::all_icmp();
     if let Some(id) = args.icmp_id {
         f.icmp_id_set = 1;
         f.icmp_id = id;
     }
-    if let Some(p) = args.peer {
+    if let Some(p) = args.peer.or(probe_target) {
         match p {
             IpAddr::V4(a) => {
                 f.peer_family = 4;
@@ -148,7 +166,7 @@ fn filter_for(args: &RecordArgs) -> Filter {
             }
         }
     }
-    if let Some(port) = args.tcp_port {
+    if let Some(port) = args.tcp_port.or(args.tcp) {
         f.tcp_port_set = 1;
         f.tcp_port = port;
     }
@@ -157,6 +175,16 @@ fn filter_for(args: &RecordArgs) -> Filter {
 
 async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     preflight::check_privileges("stalltrace record")?;
+    // Resolve and check the prober's target and the probe log before touching the kernel.
+    let probe_target = match &args.probe {
+        Some(h) => Some(probe::resolve_host(h, false).with_context(|| format!("resolving --probe {h}"))?),
+        None => None,
+    };
+    if let Some(p) = &args.probe_log {
+        if let Err(e) = std::fs::metadata(p) {
+            return Err(anyhow::Error::new(CodedError::new(ExitCode::BadInput, format!("{}: cannot read: {e}", p.display()))));
+        }
+    }
     preflight::check_btf()?;
     let mut tracefs = preflight::Tracefs::find_or_mount()?;
     if let Some(note) = preflight::raise_memlock() {
@@ -175,7 +203,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         nr_exit_group: syscalls::Sysno::exit_group as u32,
         _pad: 0,
     };
-    let opts = LoadOptions { filter: filter_for(&args), offsets: offs, config, ring_bytes: args.ring_buffer };
+    let opts = LoadOptions { filter: filter_for(&args, probe_target), offsets: offs, config, ring_bytes: args.ring_buffer };
     let with_sys = !args.no_syscalls;
     let mut tracer = Tracer::load(&opts, with_sys).map_err(load_err)?;
 
@@ -237,11 +265,31 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             syscall_threshold_ns: config.syscall_threshold_ns,
             stall_threshold_ns: args.stall_threshold.as_nanos() as u64,
             ring_buffer_bytes: args.ring_buffer,
-            probe: None,
+            probe: probe_target.map(|t| match args.tcp {
+                Some(p) => format!("tcp:{t}:{p}"),
+                None => format!("icmp:{t}"),
+            }),
         },
     };
+    let stall_ns = args.stall_threshold.as_nanos() as u64;
+    let live = Live::new(&header, stall_ns);
     dump.write(&Record::Header(header)).context("writing the dump header")?;
     dump.flush().context("writing the dump")?;
+
+    // The prober starts once the programs are attached, so the kernel sees every probe.
+    let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+    let prober = match probe_target {
+        Some(t) => {
+            let mut cfg = probe::ProberConfig::new(t);
+            cfg.tcp_port = args.tcp;
+            cfg.interval = args.interval;
+            Some(probe::spawn(cfg, probe_tx).context("starting the prober")?)
+        }
+        None => {
+            drop(probe_tx);
+            None
+        }
+    };
 
     let ring = tracer.take_ring().map_err(load_err)?;
     let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
@@ -255,9 +303,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         out.line(live::PACKET_HEADER);
     }
 
-    let mut st = State { enricher: Enricher::default(), counts: Counts::default(), last_lost: 0 };
+    let mut st = State { enricher: Enricher::default(), counts: Counts::default(), last_lost: 0, live };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks: u64 = 0;
     let reason = loop {
         let sleep = async {
             match deadline {
@@ -270,7 +319,13 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => break "sigterm",
             _ = sleep => break "duration",
             _ = tick.tick() => {
+                ticks += 1;
+                drain_probes(&probe_rx, &mut st, &mut dump, &mut out, args.quiet)?;
+                st.live.tick(clock_ns(libc::CLOCK_BOOTTIME), &mut out);
                 dump.flush().context("writing the dump")?;
+                if ticks % 4 != 0 {
+                    continue;
+                }
                 let lost = tracer.lost().map_err(load_err)?;
                 if lost.total() > st.last_lost {
                     eprintln!(
@@ -287,8 +342,13 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    // Whatever is still in the ring buffer belongs to the recording.
+    // Stop probing, let the last answers land, then take everything still queued.
+    let probe_stats = prober.map(|p| {
+        std::thread::sleep(Duration::from_millis(100));
+        p.stop()
+    });
     drain(ring.get_mut(), &mut st, &mut dump, &mut out, args.quiet)?;
+    drain_probes(&probe_rx, &mut st, &mut dump, &mut out, args.quiet)?;
     let lost = tracer.lost().map_err(load_err)?;
     let (hist_net_rx, hist_rx_thread) = tracer.hists().map_err(load_err)?;
     drop(ring);
@@ -302,9 +362,34 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         hist_rx_thread: hist_rx_thread.clone(),
         reason: reason.into(),
     };
-    dump.write(&Record::Footer(footer)).context("writing the dump footer")?;
+    let footer_rec = Record::Footer(footer);
+    dump.write(&footer_rec).context("writing the dump footer")?;
     dump.finish().context("closing the dump")?;
+    if let Some(ps) = &probe_stats {
+        if let Some(e) = &ps.error {
+            eprintln!("warning: {e}");
+        }
+    }
     summary(&st.counts, &lost, &hist_net_rx, &hist_rx_thread, &path, reason);
+    // The final report: the live correlator's, or with an external prober's log, the
+    // same engine over the dump and that log.
+    let report = match &args.probe_log {
+        None => st.live.finish(&footer_rec, &mut out),
+        Some(log) => {
+            let a = crate::analyze::AnalyzeArgs {
+                dump: path.clone(),
+                probe_log: Some(log.clone()),
+                format: crate::analyze::Format::Text,
+                perfetto: None,
+                stall_threshold: Some(args.stall_threshold),
+            };
+            crate::analyze::analyze(&a, |ep| out.line(&report::text::episode_line(ep)))?
+        }
+    };
+    out.line("");
+    for l in report::text::render(&report).lines() {
+        out.line(l);
+    }
     Ok(ExitCode::Ok)
 }
 
@@ -312,6 +397,62 @@ struct State {
     enricher: Enricher,
     counts: Counts,
     last_lost: u64,
+    live: Live,
+}
+
+/// The correlator fed as the dump is written, printing each episode as it closes.
+struct Live {
+    cor: Correlator,
+    stall_ns: u64,
+}
+
+impl Live {
+    fn new(h: &Header, stall_ns: u64) -> Self {
+        let mut cor = Correlator::new(CorConfig::from_header(h, Some(stall_ns)));
+        let _ = cor.push(&Record::Header(h.clone()));
+        Self { cor, stall_ns }
+    }
+
+    fn push(&mut self, rec: &Record, out: &mut Out) {
+        for ep in self.cor.push(rec) {
+            out.line(&report::text::episode_line(&ep));
+        }
+    }
+
+    fn tick(&mut self, now_ns: u64, out: &mut Out) {
+        for ep in self.cor.tick(now_ns) {
+            out.line(&report::text::episode_line(&ep));
+        }
+    }
+
+    fn finish(mut self, footer: &Record, out: &mut Out) -> Report {
+        let _ = self.cor.push(footer);
+        for ep in self.cor.flush() {
+            out.line(&report::text::episode_line(&ep));
+        }
+        self.cor.finish()
+    }
+}
+
+fn drain_probes(
+    rx: &std::sync::mpsc::Receiver<ProbeRec>,
+    st: &mut State,
+    dump: &mut DumpWriter,
+    out: &mut Out,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    while let Ok(p) = rx.try_recv() {
+        st.counts.probes += 1;
+        let slow = p.rtt_ns.is_some_and(|r| r >= st.live.stall_ns);
+        if !quiet && (slow || p.status != ProbeStatus::Ok) {
+            let rtt = p.rtt_ns.map(|r| format!("rtt={:.1} ms", r as f64 / 1e6)).unwrap_or_else(|| "no answer".into());
+            out.line(&format!("probe {} seq={} {rtt}{}", p.target, p.seq, if slow { " (stalled)" } else { "" }));
+        }
+        let rec = Record::Probe(p);
+        st.live.push(&rec, out);
+        dump.write(&rec).context("writing the dump")?;
+    }
+    Ok(())
 }
 
 fn drain(
@@ -348,6 +489,7 @@ fn drain(
             }
             _ => {}
         }
+        st.live.push(&rec, out);
         dump.write(&rec).context("writing the dump")?;
     }
     Ok(())
