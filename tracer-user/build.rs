@@ -14,11 +14,18 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("no workspace above {}", manifest.display()))?
         .join("tracer-ebpf");
-    let common_dir = manifest.parent().map(|p| p.join("tracer-common")).unwrap_or_default();
+    let common_dir = manifest
+        .parent()
+        .map(|p| p.join("tracer-common"))
+        .unwrap_or_default();
     println!("cargo:rerun-if-changed={}", common_dir.display());
     let ebpf_dir_s = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [aya_build::Package { name: "tracer-ebpf", root_dir: ebpf_dir_s, ..Default::default() }],
+        [aya_build::Package {
+            name: "tracer-ebpf",
+            root_dir: ebpf_dir_s,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
     .context(

@@ -35,7 +35,11 @@ fn lab(scenario: &str, dump_name: &str) -> LabRun {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let hog_pid = stdout
         .lines()
-        .find_map(|l| l.split("(pid ").nth(1).filter(|_| l.starts_with("lab: planted")))
+        .find_map(|l| {
+            l.split("(pid ")
+                .nth(1)
+                .filter(|_| l.starts_with("lab: planted"))
+        })
         .and_then(|r| r.split(',').next())
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("lab did not say what it planted:\n{stdout}\n{stderr}"));
@@ -44,7 +48,14 @@ fn lab(scenario: &str, dump_name: &str) -> LabRun {
         .lines()
         .map(|l| serde_json::from_str(l).expect("dump line is JSON"))
         .collect();
-    LabRun { path: dump.clone(), code: out.status.code().unwrap_or(-1), stdout, stderr, dump: dump_recs, hog_pid }
+    LabRun {
+        path: dump.clone(),
+        code: out.status.code().unwrap_or(-1),
+        stdout,
+        stderr,
+        dump: dump_recs,
+        hog_pid,
+    }
 }
 
 impl LabRun {
@@ -55,20 +66,36 @@ impl LabRun {
 }
 
 fn long_waits(run: &LabRun, min_ns: u64) -> Vec<&Value> {
-    run.dump.iter().filter(|r| r["type"] == "wait" && r["wait_ns"].as_u64().unwrap() >= min_ns).collect()
+    run.dump
+        .iter()
+        .filter(|r| r["type"] == "wait" && r["wait_ns"].as_u64().unwrap() >= min_ns)
+        .collect()
 }
 
 fn assert_clean() {
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let ns = String::from_utf8_lossy(&ns.stdout);
-    assert!(!ns.lines().any(|l| l.starts_with("stlab")), "lab namespace left: {ns}");
+    assert!(
+        !ns.lines().any(|l| l.starts_with("stlab")),
+        "lab namespace left: {ns}"
+    );
     assert!(!Netns::exists("stlab", "stl-h"), "lab veth left");
-    assert!(find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(), "culprit left running");
-    assert!(our_bpf_programs().is_empty(), "programs left: {:?}", our_bpf_programs());
+    assert!(
+        find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
+        "culprit left running"
+    );
+    {
+        let left = our_bpf_programs();
+        assert!(left.is_empty(), "programs left: {left:?}");
+    }
     let shm: Vec<_> = std::fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("stalltrace-lab-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("stalltrace-lab-")
+        })
         .collect();
     assert!(shm.is_empty(), "lab file left in /dev/shm");
 }
@@ -82,8 +109,16 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     // The hog holds the CPU in 100 ms bursts: waits approach 100 ms.
     let waits = long_waits(&run, 80_000_000);
-    let napi = waits.iter().filter(|w| w["rx"]["comm"].as_str().unwrap().starts_with("napi/stl-n-")).count();
-    assert!(napi >= 5, "expected several ~100 ms napi waits, got {napi} ({}):\n{}", run.path.display(), run.stdout);
+    let napi = waits
+        .iter()
+        .filter(|w| w["rx"]["comm"].as_str().unwrap().starts_with("napi/stl-n-"))
+        .count();
+    assert!(
+        napi >= 5,
+        "expected several ~100 ms napi waits, got {napi} ({}):\n{}",
+        run.path.display(),
+        run.stdout
+    );
     for w in &waits {
         let cpu = w["cpu"].as_u64().unwrap();
         assert_eq!(w["kind"], "rx_thread");
@@ -92,17 +127,38 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
         if rx.starts_with("napi/") {
             assert_eq!(w["rx_context"], "napi", "{w}");
         } else {
-            assert!(rx.starts_with("ksoftirqd/") && w["rx_context"] == "ksoftirqd", "{w}");
+            assert!(
+                rx.starts_with("ksoftirqd/") && w["rx_context"] == "ksoftirqd",
+                "{w}"
+            );
         }
-        assert_eq!(w["holders"][0]["pid"].as_u64().unwrap() as u32, run.hog_pid, "{} {w}", run.path.display());
+        assert_eq!(
+            w["holders"][0]["pid"].as_u64().unwrap() as u32,
+            run.hog_pid,
+            "{} {w}",
+            run.path.display()
+        );
         assert_eq!(w["holders"][0]["comm"], "stall-hog");
         assert_eq!(w["holders"][0]["policy"], "SCHED_FIFO");
         assert_eq!(w["holders"][0]["priority"], 50);
-        assert!(w["holders"][0]["run_ns"].as_u64().unwrap() * 10 >= w["wait_ns"].as_u64().unwrap() * 9, "held most of the wait: {w}");
-        assert!(w["holders"][0].get("syscall").is_none(), "a busy loop is in user space: {w}");
+        assert!(
+            w["holders"][0]["run_ns"].as_u64().unwrap() * 10 >= w["wait_ns"].as_u64().unwrap() * 9,
+            "held most of the wait: {w}"
+        );
+        assert!(
+            w["holders"][0].get("syscall").is_none(),
+            "a busy loop is in user space: {w}"
+        );
         assert!(cpu >= 1, "the lab starves a CPU other than the prober's 0");
     }
-    assert!(run.stdout.contains(&format!("CPU held by stall-hog (pid {}, SCHED_FIFO 50)", run.hog_pid)), "live sentence:\n{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!(
+            "CPU held by stall-hog (pid {}, SCHED_FIFO 50)",
+            run.hog_pid
+        )),
+        "live sentence:\n{}",
+        run.stdout
+    );
     run.done();
     assert_clean();
 }
@@ -119,17 +175,33 @@ fn slow_syscall_culprit_is_named_with_its_syscall_and_file() {
     let mut named = 0;
     for w in &waits {
         let h = &w["holders"][0];
-        assert_eq!(h["pid"].as_u64().unwrap() as u32, run.hog_pid, "{} {w}", run.path.display());
+        assert_eq!(
+            h["pid"].as_u64().unwrap() as u32,
+            run.hog_pid,
+            "{} {w}",
+            run.path.display()
+        );
         assert_eq!(h["comm"], "stat-reader");
         if let Some(sc) = h.get("syscall") {
             assert_eq!(sc["name"], "pread64", "{w}");
             let path = sc["path"].as_str().unwrap_or_default();
-            assert!(path.starts_with("/dev/shm/stalltrace-lab-") && path.ends_with(".dat"), "{w}");
+            assert!(
+                path.starts_with("/dev/shm/stalltrace-lab-") && path.ends_with(".dat"),
+                "{w}"
+            );
             named += 1;
         }
     }
-    assert!(named * 10 >= waits.len() * 8, "most waits name the read: {named}/{}", waits.len());
-    let syscalls = run.dump.iter().filter(|r| r["type"] == "syscall" && r["comm"] == "stat-reader").count();
+    assert!(
+        named * 10 >= waits.len() * 8,
+        "most waits name the read: {named}/{}",
+        waits.len()
+    );
+    let syscalls = run
+        .dump
+        .iter()
+        .filter(|r| r["type"] == "syscall" && r["comm"] == "stat-reader")
+        .count();
     assert!(syscalls >= 10, "long reads are recorded as syscalls");
     run.done();
     assert_clean();
@@ -145,18 +217,36 @@ fn a_quiet_recording_reports_no_wait_over_50ms() {
     let rec = Command::new(stalltrace_bin())
         // Bounded by the SIGINT below; --duration only guards a hung test (ping -i 0.01
         // really sends every ~20 ms on a HZ=250 kernel).
-        .args(["record", "--quiet", "--force", "--peer", &ns.ns_addr, "--duration", "120s", "-o"])
+        .args([
+            "record",
+            "--quiet",
+            "--force",
+            "--peer",
+            &ns.ns_addr,
+            "--duration",
+            "120s",
+            "-o",
+        ])
         .arg(&dump)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while !std::fs::read_to_string(&dump).map(|s| s.contains("header")).unwrap_or(false) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "recorder did not start");
+    while !std::fs::read_to_string(&dump)
+        .map(|s| s.contains("header"))
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "recorder did not start"
+        );
         thread::sleep(Duration::from_millis(50));
     }
-    let ping = Command::new("ping").args(["-q", "-c", "1000", "-i", "0.01", &ns.ns_addr]).output().unwrap();
+    let ping = Command::new("ping")
+        .args(["-q", "-c", "1000", "-i", "0.01", &ns.ns_addr])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&ping.stdout).contains("1000 received"));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
@@ -168,7 +258,10 @@ fn a_quiet_recording_reports_no_wait_over_50ms() {
     for l in text.lines() {
         let r: Value = serde_json::from_str(l).unwrap();
         if r["type"] == "wait" {
-            assert!(r["wait_ns"].as_u64().unwrap() < 50_000_000, "no stall was planted, yet: {r}");
+            assert!(
+                r["wait_ns"].as_u64().unwrap() < 50_000_000,
+                "no stall was planted, yet: {r}"
+            );
         }
         if r["type"] == "packet" {
             packets += 1;
@@ -186,18 +279,38 @@ fn lost_events_are_counted_and_shown() {
     let dump = tmp("lost.jsonl");
     // A one-page ring buffer cannot keep up with a flood of echoes.
     let rec = Command::new(stalltrace_bin())
-        .args(["record", "--quiet", "--force", "--ring-buffer", "4KiB", "--peer", &ns.ns_addr, "--duration", "6s", "-o"])
+        .args([
+            "record",
+            "--quiet",
+            "--force",
+            "--ring-buffer",
+            "4KiB",
+            "--peer",
+            &ns.ns_addr,
+            "--duration",
+            "6s",
+            "-o",
+        ])
         .arg(&dump)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while !std::fs::read_to_string(&dump).map(|s| s.contains("header")).unwrap_or(false) {
-        assert!(t0.elapsed() < Duration::from_secs(30), "recorder did not start");
+    while !std::fs::read_to_string(&dump)
+        .map(|s| s.contains("header"))
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "recorder did not start"
+        );
         thread::sleep(Duration::from_millis(50));
     }
-    let _ = Command::new("ping").args(["-q", "-f", "-c", "20000", "-w", "3", &ns.ns_addr]).output().unwrap();
+    let _ = Command::new("ping")
+        .args(["-q", "-f", "-c", "20000", "-w", "3", &ns.ns_addr])
+        .output()
+        .unwrap();
     let out = rec.wait_with_output().unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -206,9 +319,33 @@ fn lost_events_are_counted_and_shown() {
     let footer: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(footer["type"], "footer");
     let lost = footer["lost"]["packets"].as_u64().unwrap();
-    assert!(lost > 0, "a 4 KiB ring buffer under a flood must lose some: {footer}");
-    assert!(stderr.contains(&format!("lost {lost} (packets {lost}")), "summary shows the count: {stderr}");
-    assert!(stderr.contains("raise --ring-buffer"), "live warning names the knob: {stderr}");
-    let recorded = text.lines().filter(|l| l.contains("\"type\":\"packet\"")).count() as u64;
-    assert_eq!(footer["counts"]["packets"].as_u64().unwrap(), recorded, "footer counts what the dump holds");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring buffer under a flood must lose some: {footer}"
+    );
+    let (w, sc) = (
+        footer["lost"]["waits"].as_u64().unwrap(),
+        footer["lost"]["syscalls"].as_u64().unwrap(),
+    );
+    let shown = format!(
+        "lost {} (packets {lost}, waits {w}, syscalls {sc})",
+        lost + w + sc
+    );
+    assert!(
+        stderr.contains(&shown),
+        "summary shows the counts ({shown}): {stderr}"
+    );
+    assert!(
+        stderr.contains("raise --ring-buffer"),
+        "live warning names the knob: {stderr}"
+    );
+    let recorded = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"packet\""))
+        .count() as u64;
+    assert_eq!(
+        footer["counts"]["packets"].as_u64().unwrap(),
+        recorded,
+        "footer counts what the dump holds"
+    );
 }

@@ -12,10 +12,19 @@ use integration_tests::{find_thread, our_bpf_programs, require_root, stalltrace_
 fn assert_clean(ctx: &str) {
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let ns = String::from_utf8_lossy(&ns.stdout).to_string();
-    assert!(!ns.lines().any(|l| l.starts_with("stlab")), "{ctx}: lab namespace left: {ns}");
+    assert!(
+        !ns.lines().any(|l| l.starts_with("stlab")),
+        "{ctx}: lab namespace left: {ns}"
+    );
     assert!(!Netns::exists("stlab", "stl-h"), "{ctx}: lab veth left");
-    assert!(find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(), "{ctx}: culprit left");
-    assert!(our_bpf_programs().is_empty(), "{ctx}: programs left: {:?}", our_bpf_programs());
+    assert!(
+        find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
+        "{ctx}: culprit left"
+    );
+    {
+        let left = our_bpf_programs();
+        assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
+    }
 }
 
 #[test]
@@ -23,22 +32,47 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
     if !require_root("every_scenario_blames_its_planted_culprit_three_times") {
         return;
     }
-    let list = Command::new(stalltrace_bin()).args(["lab", "--list"]).output().unwrap();
+    let list = Command::new(stalltrace_bin())
+        .args(["lab", "--list"])
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout).to_string();
-    let scenarios: Vec<String> = list.lines().filter_map(|l| l.split_whitespace().next().map(String::from)).collect();
+    let scenarios: Vec<String> = list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
     assert!(scenarios.len() >= 2, "at least two scenarios: {list}");
     for sc in &scenarios {
         for run in 1..=3 {
-            let dump = std::env::temp_dir().join(format!("stalltrace-labtest-{}-{sc}-{run}.jsonl", std::process::id()));
+            let dump = std::env::temp_dir().join(format!(
+                "stalltrace-labtest-{}-{sc}-{run}.jsonl",
+                std::process::id()
+            ));
             let out = Command::new(stalltrace_bin())
                 .args(["lab", "--scenario", sc, "--duration", "2s", "-o"])
                 .arg(&dump)
                 .output()
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
-            println!("== {sc} run {run}: exit {:?}\n{}", out.status.code(), stdout.lines().filter(|l| l.starts_with("lab:")).collect::<Vec<_>>().join("\n"));
-            assert_eq!(out.status.code(), Some(0), "{sc} run {run}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-            assert!(stdout.contains("lab: PASS — the tool blamed the planted culprit"), "{stdout}");
+            println!(
+                "== {sc} run {run}: exit {:?}\n{}",
+                out.status.code(),
+                stdout
+                    .lines()
+                    .filter(|l| l.starts_with("lab:"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{sc} run {run}:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains("lab: PASS — the tool blamed the planted culprit"),
+                "{stdout}"
+            );
             let _ = std::fs::remove_file(&dump);
             let _ = std::fs::remove_file(dump.with_extension("ping.log"));
             assert_clean(&format!("{sc} run {run}"));
@@ -61,7 +95,10 @@ fn a_lab_killed_halfway_leaves_nothing_behind() {
         // Halfway: once the culprit is running.
         let t0 = Instant::now();
         while find_thread("stat-reader").is_none() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "the lab never planted its culprit");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the lab never planted its culprit"
+            );
             thread::sleep(Duration::from_millis(20));
         }
         thread::sleep(Duration::from_millis(500));
@@ -72,12 +109,18 @@ fn a_lab_killed_halfway_leaves_nothing_behind() {
             if let Some(st) = child.try_wait().unwrap() {
                 break st;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "lab did not exit after signal {sig}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "lab did not exit after signal {sig}"
+            );
             thread::sleep(Duration::from_millis(50));
         };
         let out = child.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!status.success(), "an interrupted lab does not claim success");
+        assert!(
+            !status.success(),
+            "an interrupted lab does not claim success"
+        );
         assert!(err.contains("interrupted; cleaned up"), "{err}");
         thread::sleep(Duration::from_millis(300));
         assert_clean(&format!("after signal {sig}"));
@@ -95,26 +138,44 @@ fn the_lab_refuses_clearly_where_it_cannot_run() {
         .args(["lab"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("stalltrace lab needs root"));
 
-    let out = Command::new(stalltrace_bin()).args(["lab", "--scenario", "nope"]).output().unwrap();
+    let out = Command::new(stalltrace_bin())
+        .args(["lab", "--scenario", "nope"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"nope\"; choose one of: rt-hog"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("unknown scenario \"nope\"; choose one of: rt-hog"));
 
     // A single CPU: pin the lab to one CPU's worth by asking for a CPU that is not there.
-    let out = Command::new(stalltrace_bin()).args(["lab", "--cpu", "4096"]).output().unwrap();
+    let out = Command::new(stalltrace_bin())
+        .args(["lab", "--cpu", "4096"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cpu must be between 1 and"));
 
     // Name taken: someone else's namespace with the lab's name is left alone.
     let _ = Command::new("ip").args(["netns", "add", "stlab"]).status();
-    let out = Command::new(stalltrace_bin()).args(["lab"]).output().unwrap();
+    let out = Command::new(stalltrace_bin())
+        .args(["lab"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     let still_there = std::path::Path::new("/run/netns/stlab").exists();
     let _ = Command::new("ip").args(["netns", "del", "stlab"]).status();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("network namespace stlab already exists"), "{err}");
+    assert!(
+        err.contains("network namespace stlab already exists"),
+        "{err}"
+    );
     assert!(still_there, "the lab does not delete what it did not make");
     assert_clean("after refusals");
 }

@@ -26,7 +26,10 @@ struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
     fn spawn(cmd: &mut Command) -> Self {
-        Self(Some(cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"))))
+        Self(Some(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}")),
+        ))
     }
 
     fn id(&self) -> u32 {
@@ -84,46 +87,81 @@ impl Drop for Scratch {
 }
 
 /// Runs `cmd` with stdout and stderr into files, bounded in time; returns both.
-fn run_logged(cmd: &mut Command, dir: &Scratch, name: &str, limit: Duration) -> (ExitStatus, String, String) {
+fn run_logged(
+    cmd: &mut Command,
+    dir: &Scratch,
+    name: &str,
+    limit: Duration,
+) -> (ExitStatus, String, String) {
     let out = dir.file(&format!("{name}.out"));
     let err = dir.file(&format!("{name}.err"));
-    cmd.stdout(fs::File::create(&out).expect("out file")).stderr(fs::File::create(&err).expect("err file"));
+    cmd.stdout(fs::File::create(&out).expect("out file"))
+        .stderr(fs::File::create(&err).expect("err file"));
     let mut g = ChildGuard::spawn(cmd);
     let st = g.wait(limit);
-    (st, fs::read_to_string(&out).unwrap_or_default(), fs::read_to_string(&err).unwrap_or_default())
+    (
+        st,
+        fs::read_to_string(&out).unwrap_or_default(),
+        fs::read_to_string(&err).unwrap_or_default(),
+    )
 }
 
 /// `stalltrace probe --parse-log FILE`: the records, and the summary line.
 fn parse_log(file: &Path) -> (Vec<Value>, String) {
-    let out = Command::new(stalltrace_bin()).args(["probe", "--parse-log"]).arg(file).output().expect("run stalltrace");
-    assert!(out.status.success(), "parse-log failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(stalltrace_bin())
+        .args(["probe", "--parse-log"])
+        .arg(file)
+        .output()
+        .expect("run stalltrace");
+    assert!(
+        out.status.success(),
+        "parse-log failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let recs = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))
+        })
         .collect();
     (recs, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Number after `key` (e.g. "packets transmitted" preceded by the number).
 fn number_before(text: &str, key: &str) -> u64 {
-    let line = text.lines().find(|l| l.contains(key)).unwrap_or_else(|| panic!("no {key:?} in:\n{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("no {key:?} in:\n{text}"));
     let i = line.find(key).expect("key");
-    line[..i].split([' ', ',']).filter(|s| !s.is_empty()).last().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no number before {key:?} in {line:?}"))
+    line[..i]
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .last()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {key:?} in {line:?}"))
 }
 
 /// `a/b/c` after `key = ` on the line containing `key`, in ms.
 fn triple(text: &str, key: &str) -> Vec<f64> {
-    let line = text.lines().find(|l| l.contains(key)).unwrap_or_else(|| panic!("no {key:?} in:\n{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("no {key:?} in:\n{text}"));
     let v = line.split(" = ").nth(1).expect("=").trim_end_matches(" ms");
-    v.split('/').map(|x| x.parse::<f64>().expect("number")).collect()
+    v.split('/')
+        .map(|x| x.parse::<f64>().expect("number"))
+        .collect()
 }
 
 /// Captures ICMP echo replies from `from` on a raw socket while `f` runs: the
 /// (identifier, sequence) read big-endian off the wire, as the kernel sees them.
 fn capture_echo_replies<R>(from: IpAddr, f: impl FnOnce() -> R) -> (R, Vec<(u16, u16)>) {
     use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw ICMP socket");
-    sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let sock =
+        Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw ICMP socket");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
     let _ = sock.set_recv_buffer_size(4 << 20);
     let done = Arc::new(AtomicBool::new(false));
     let flag = done.clone();
@@ -142,9 +180,15 @@ fn capture_echo_replies<R>(from: IpAddr, f: impl FnOnce() -> R) -> (R, Vec<(u16,
             }
             let Ok(n) = sock.recv(&mut buf) else { continue };
             // SAFETY: recv initialised the first n bytes.
-            let b: Vec<u8> = buf[..n].iter().map(|x| unsafe { x.assume_init() }).collect();
+            let b: Vec<u8> = buf[..n]
+                .iter()
+                .map(|x| unsafe { x.assume_init() })
+                .collect();
             let ihl = usize::from(b[0] & 0x0f) * 4;
-            if b.len() < ihl + 8 || IpAddr::from([b[12], b[13], b[14], b[15]]) != from || b[ihl] != 0 {
+            if b.len() < ihl + 8
+                || IpAddr::from([b[12], b[13], b[14], b[15]]) != from
+                || b[ihl] != 0
+            {
                 continue;
             }
             let id = u16::from_be_bytes([b[ihl + 4], b[ihl + 5]]);
@@ -179,7 +223,11 @@ fn hping3_icmp_log_parses_and_byte_order_matches_the_wire() {
         let mut g = ChildGuard::spawn(&mut cmd);
         hping_pid = g.id();
         let st = g.wait(Duration::from_secs(30));
-        (st, fs::read_to_string(&out).unwrap_or_default(), fs::read_to_string(&errf).unwrap_or_default())
+        (
+            st,
+            fs::read_to_string(&out).unwrap_or_default(),
+            fs::read_to_string(&errf).unwrap_or_default(),
+        )
     });
     assert!(st.success(), "hping3 failed: {err}");
     // The log as a user would save it: lines, then the statistics (hping3 sends them to stderr).
@@ -188,8 +236,15 @@ fn hping3_icmp_log_parses_and_byte_order_matches_the_wire() {
     let (recs, summary) = parse_log(&log);
 
     assert_eq!(recs.len(), 100, "{summary}\n{out}");
-    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().expect("seq")).collect();
-    assert_eq!(seqs, (0..100).collect::<Vec<_>>(), "every sequence answered, in order");
+    let seqs: Vec<u64> = recs
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..100).collect::<Vec<_>>(),
+        "every sequence answered, in order"
+    );
     for r in &recs {
         assert_eq!(r["source"], "hping3");
         assert_eq!(r["proto"], "icmp");
@@ -197,24 +252,50 @@ fn hping3_icmp_log_parses_and_byte_order_matches_the_wire() {
         assert_eq!(r["target"], ns.ns_addr.as_str());
         let rtt = r["rtt_ns"].as_u64().expect("rtt");
         assert!(rtt < 1_000_000_000, "rtt {rtt} ns on a veth");
-        assert!(r.get("wire_ident").is_none(), "hping3 does not print its echo id");
+        assert!(
+            r.get("wire_ident").is_none(),
+            "hping3 does not print its echo id"
+        );
     }
     // The statistics block agrees with the lines.
     assert_eq!(number_before(&err, "packets transmitted"), 100);
     assert_eq!(number_before(&err, "packets received"), recs.len() as u64);
     let mm = triple(&err, "round-trip min/avg/max");
-    let rtts: Vec<f64> = recs.iter().map(|r| r["rtt_ns"].as_u64().unwrap_or(0) as f64 / 1e6).collect();
+    let rtts: Vec<f64> = recs
+        .iter()
+        .map(|r| r["rtt_ns"].as_u64().unwrap_or(0) as f64 / 1e6)
+        .collect();
     let close = |a: f64, b: f64| (a - b).abs() < 0.051; // hping3 prints 0.1 ms
-    assert!(close(rtts.iter().cloned().fold(f64::MAX, f64::min), mm[0]), "{rtts:?} vs {mm:?}");
-    assert!(close(rtts.iter().cloned().fold(0.0, f64::max), mm[2]), "{rtts:?} vs {mm:?}");
+    assert!(
+        close(rtts.iter().cloned().fold(f64::MAX, f64::min), mm[0]),
+        "{rtts:?} vs {mm:?}"
+    );
+    assert!(
+        close(rtts.iter().cloned().fold(0.0, f64::max), mm[2]),
+        "{rtts:?} vs {mm:?}"
+    );
 
     // Byte order, on the wire: hping3's id is its pid in host (little-endian) order,
     // so the kernel reads it byte-swapped; and so is every sequence.
     let id_on_wire = (hping_pid as u16).swap_bytes();
-    let ours: BTreeSet<u16> = wire.iter().filter(|(id, _)| *id == id_on_wire).map(|&(_, s)| s).collect();
-    assert!(ours.len() >= 95, "captured {} of hping3's replies (id {id_on_wire:#06x}); all: {wire:?}", ours.len());
-    let parsed: BTreeSet<u16> = recs.iter().map(|r| r["wire_seq"].as_u64().expect("wire_seq") as u16).collect();
-    assert!(ours.is_subset(&parsed), "wire seqs {ours:?} not all in parsed {parsed:?}");
+    let ours: BTreeSet<u16> = wire
+        .iter()
+        .filter(|(id, _)| *id == id_on_wire)
+        .map(|&(_, s)| s)
+        .collect();
+    assert!(
+        ours.len() >= 95,
+        "captured {} of hping3's replies (id {id_on_wire:#06x}); all: {wire:?}",
+        ours.len()
+    );
+    let parsed: BTreeSet<u16> = recs
+        .iter()
+        .map(|r| r["wire_seq"].as_u64().expect("wire_seq") as u16)
+        .collect();
+    assert!(
+        ours.is_subset(&parsed),
+        "wire seqs {ours:?} not all in parsed {parsed:?}"
+    );
     // …and not in network order: seq 1 is 256 on the wire.
     assert!(ours.contains(&256) && !ours.contains(&1), "{ours:?}");
 }
@@ -226,27 +307,49 @@ fn ping_log_parses_with_wire_sequence_as_printed() {
     }
     let ns = Netns::create_unique("pp").expect("netns");
     let dir = Scratch::new("ping");
-    let (st, out, err) =
-        run_logged(Command::new("ping").args(["-D", "-i", "0.01", "-c", "100", &ns.ns_addr]), &dir, "ping", Duration::from_secs(30));
+    let (st, out, err) = run_logged(
+        Command::new("ping").args(["-D", "-i", "0.01", "-c", "100", &ns.ns_addr]),
+        &dir,
+        "ping",
+        Duration::from_secs(30),
+    );
     assert!(st.success(), "ping failed: {err}");
     let log = dir.file("ping.out");
     let (recs, summary) = parse_log(&log);
     assert_eq!(recs.len(), 100, "{summary}\n{out}");
-    let seqs: Vec<u64> = recs.iter().map(|r| r["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = recs
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
     for r in &recs {
         assert_eq!(r["source"], "ping");
         assert_eq!(r["status"], "ok");
-        assert_eq!(r["wire_seq"], r["seq"], "ping prints the network-order value");
+        assert_eq!(
+            r["wire_seq"], r["seq"],
+            "ping prints the network-order value"
+        );
         assert_eq!(r["target"], ns.ns_addr.as_str());
     }
     assert_eq!(number_before(&out, "packets transmitted"), 100);
     assert_eq!(number_before(&out, "received"), recs.len() as u64);
     let mm = triple(&out, "rtt min/avg/max/mdev");
-    let rtts: Vec<f64> = recs.iter().map(|r| r["rtt_ns"].as_u64().unwrap_or(0) as f64 / 1e6).collect();
-    assert!((rtts.iter().cloned().fold(f64::MAX, f64::min) - mm[0]).abs() < 0.0011, "{rtts:?} vs {mm:?}");
-    assert!((rtts.iter().cloned().fold(0.0, f64::max) - mm[2]).abs() < 0.0011, "{rtts:?} vs {mm:?}");
-    assert!(summary.contains("100 probes (100 ok, 0 dup, 0 lost)"), "{summary}");
+    let rtts: Vec<f64> = recs
+        .iter()
+        .map(|r| r["rtt_ns"].as_u64().unwrap_or(0) as f64 / 1e6)
+        .collect();
+    assert!(
+        (rtts.iter().cloned().fold(f64::MAX, f64::min) - mm[0]).abs() < 0.0011,
+        "{rtts:?} vs {mm:?}"
+    );
+    assert!(
+        (rtts.iter().cloned().fold(0.0, f64::max) - mm[2]).abs() < 0.0011,
+        "{rtts:?} vs {mm:?}"
+    );
+    assert!(
+        summary.contains("100 probes (100 ok, 0 dup, 0 lost)"),
+        "{summary}"
+    );
 }
 
 /// A reply line of `stalltrace probe`: (seq, rtt ms, the whole line).
@@ -254,9 +357,21 @@ fn reply_lines(out: &str) -> Vec<(u64, f64, String)> {
     out.lines()
         .filter(|l| l.starts_with("len=") || l.starts_with("DUP! "))
         .map(|l| {
-            let field = |k: &str| l.split_whitespace().find_map(|w| w.strip_prefix(k)).unwrap_or_else(|| panic!("no {k} in {l}"));
-            let seq = if l.contains("icmp_seq=") { field("icmp_seq=") } else { field("seq=") };
-            (seq.parse().expect("seq"), field("rtt=").parse().expect("rtt"), l.to_string())
+            let field = |k: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .unwrap_or_else(|| panic!("no {k} in {l}"))
+            };
+            let seq = if l.contains("icmp_seq=") {
+                field("icmp_seq=")
+            } else {
+                field("seq=")
+            };
+            (
+                seq.parse().expect("seq"),
+                field("rtt=").parse().expect("rtt"),
+                l.to_string(),
+            )
         })
         .collect()
 }
@@ -267,8 +382,16 @@ fn check_builtin_run(out: &str, count: u64) {
     let lines = reply_lines(out);
     let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
     let uniq: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(uniq, (0..count).collect::<BTreeSet<_>>(), "every sequence answered:\n{out}");
-    assert_eq!(seqs.len() as u64, count, "no duplicates expected on a veth:\n{out}");
+    assert_eq!(
+        uniq,
+        (0..count).collect::<BTreeSet<_>>(),
+        "every sequence answered:\n{out}"
+    );
+    assert_eq!(
+        seqs.len() as u64,
+        count,
+        "no duplicates expected on a veth:\n{out}"
+    );
     for (_, rtt, l) in &lines {
         assert!(*rtt > 0.0 && *rtt < 1000.0, "rtt out of range: {l}");
     }
@@ -282,8 +405,14 @@ fn check_builtin_run(out: &str, count: u64) {
     assert_eq!((mm[0], mm[2]), (min, max), "stats vs lines");
     assert!(mm[0] <= mm[1] && mm[1] <= mm[2]);
     let pct = triple(out, "round-trip p50/p99/p99.9");
-    assert!(mm[0] <= pct[0] && pct[0] <= pct[1] && pct[1] <= pct[2] && pct[2] <= mm[2], "{pct:?} {mm:?}");
-    let drift = out.lines().find(|l| l.starts_with("schedule drift: max ")).expect("drift line");
+    assert!(
+        mm[0] <= pct[0] && pct[0] <= pct[1] && pct[1] <= pct[2] && pct[2] <= mm[2],
+        "{pct:?} {mm:?}"
+    );
+    let drift = out
+        .lines()
+        .find(|l| l.starts_with("schedule drift: max "))
+        .expect("drift line");
     assert!(drift.ends_with(&format!("over {count} sends")), "{drift}");
 }
 
@@ -296,7 +425,14 @@ fn builtin_icmp_probe_200() {
     let dir = Scratch::new("icmp");
     let start = Instant::now();
     let (st, out, err) = run_logged(
-        Command::new(stalltrace_bin()).args(["probe", &ns.ns_addr, "--count", "200", "--interval", "10ms"]),
+        Command::new(stalltrace_bin()).args([
+            "probe",
+            &ns.ns_addr,
+            "--count",
+            "200",
+            "--interval",
+            "10ms",
+        ]),
         &dir,
         "probe",
         Duration::from_secs(30),
@@ -305,8 +441,14 @@ fn builtin_icmp_probe_200() {
     assert!(st.success(), "stalltrace probe failed: {err}\n{out}");
     check_builtin_run(&out, 200);
     // The absolute schedule: probe 199 leaves at 1.99 s, not earlier.
-    assert!(took >= Duration::from_millis(1990), "200 probes at 10 ms took only {took:?}");
-    assert!(out.lines().next().unwrap_or("").contains("raw socket"), "{out}");
+    assert!(
+        took >= Duration::from_millis(1990),
+        "200 probes at 10 ms took only {took:?}"
+    );
+    assert!(
+        out.lines().next().unwrap_or("").contains("raw socket"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -317,7 +459,15 @@ fn builtin_icmpv6_probe() {
     let ns = Netns::create_unique("p6").expect("netns");
     let dir = Scratch::new("icmp6");
     let (st, out, err) = run_logged(
-        Command::new(stalltrace_bin()).args(["probe", "-6", &ns.ns_addr6, "--count", "50", "--interval", "10ms"]),
+        Command::new(stalltrace_bin()).args([
+            "probe",
+            "-6",
+            &ns.ns_addr6,
+            "--count",
+            "50",
+            "--interval",
+            "10ms",
+        ]),
         &dir,
         "probe",
         Duration::from_secs(30),
@@ -352,10 +502,23 @@ fn builtin_tcp_probe_rst_and_synack() {
     let listener = listen_in_netns(&ns);
     let open_port = listener.local_addr().expect("local addr").port();
     // A closed port answers RST-ACK; the listening one SYN-ACK.
-    let closed_port = if open_port == 65535 { open_port - 1 } else { open_port + 1 };
+    let closed_port = if open_port == 65535 {
+        open_port - 1
+    } else {
+        open_port + 1
+    };
     for (port, flags) in [(closed_port, "flags=RA"), (open_port, "flags=SA")] {
         let (st, out, err) = run_logged(
-            Command::new(stalltrace_bin()).args(["probe", &ns.ns_addr, "--tcp", &port.to_string(), "--count", "50", "--interval", "10ms"]),
+            Command::new(stalltrace_bin()).args([
+                "probe",
+                &ns.ns_addr,
+                "--tcp",
+                &port.to_string(),
+                "--count",
+                "50",
+                "--interval",
+                "10ms",
+            ]),
             &dir,
             &format!("tcp{port}"),
             Duration::from_secs(30),
@@ -363,7 +526,10 @@ fn builtin_tcp_probe_rst_and_synack() {
         assert!(st.success(), "stalltrace probe --tcp failed: {err}\n{out}");
         check_builtin_run(&out, 50);
         for (_, _, l) in reply_lines(&out) {
-            assert!(l.contains(flags) && l.contains(&format!("sport={port} ")), "{l}");
+            assert!(
+                l.contains(flags) && l.contains(&format!("sport={port} ")),
+                "{l}"
+            );
         }
     }
     drop(listener);
@@ -384,14 +550,21 @@ fn sigint_ends_the_run_with_statistics_and_exit_0() {
     let mut g = ChildGuard::spawn(&mut cmd);
     std::thread::sleep(Duration::from_millis(600));
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(g.id() as libc::pid_t, libc::SIGINT) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(g.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
     let st = g.wait(Duration::from_secs(5));
     assert_eq!(st.code(), Some(0), "{st:?}");
     let out = fs::read_to_string(&out_path).expect("output");
     let lines = reply_lines(&out);
     let sent = number_before(&out, "packets transmitted");
     assert!(sent >= 10, "only {sent} probes in 600 ms at 20 ms:\n{out}");
-    assert_eq!(number_before(&out, "packets received"), lines.len() as u64, "{out}");
+    assert_eq!(
+        number_before(&out, "packets received"),
+        lines.len() as u64,
+        "{out}"
+    );
     // Probes still in flight at the signal are neither received nor lost.
     assert!(sent - lines.len() as u64 <= 2, "{out}");
 }
@@ -405,21 +578,42 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     let dir = Scratch::new("lost");
     let out_path = dir.file("probe.out");
     let mut cmd = Command::new(stalltrace_bin());
-    cmd.args(["probe", &ns.ns_addr, "--count", "60", "--interval", "10ms", "--timeout", "150ms"])
-        .stdout(fs::File::create(&out_path).expect("out"))
-        .stderr(Stdio::null());
+    cmd.args([
+        "probe",
+        &ns.ns_addr,
+        "--count",
+        "60",
+        "--interval",
+        "10ms",
+        "--timeout",
+        "150ms",
+    ])
+    .stdout(fs::File::create(&out_path).expect("out"))
+    .stderr(Stdio::null());
     let mut g = ChildGuard::spawn(&mut cmd);
     std::thread::sleep(Duration::from_millis(150));
-    let down = Command::new("ip").args(["-n", &ns.name, "link", "set", &ns.ns_if, "down"]).status().expect("ip");
+    let down = Command::new("ip")
+        .args(["-n", &ns.name, "link", "set", &ns.ns_if, "down"])
+        .status()
+        .expect("ip");
     std::thread::sleep(Duration::from_millis(200));
-    let up = Command::new("ip").args(["-n", &ns.name, "link", "set", &ns.ns_if, "up"]).status().expect("ip");
+    let up = Command::new("ip")
+        .args(["-n", &ns.name, "link", "set", &ns.ns_if, "up"])
+        .status()
+        .expect("ip");
     let st = g.wait(Duration::from_secs(20));
     assert!(down.success() && up.success());
     assert_eq!(st.code(), Some(0));
     let out = fs::read_to_string(&out_path).expect("output");
     let answered = reply_lines(&out).len() as u64;
-    let lost_lines = out.lines().filter(|l| l.starts_with("no answer for icmp_seq=")).count() as u64;
-    assert!(lost_lines >= 5, "the link was down for 200 ms at 10 ms intervals:\n{out}");
+    let lost_lines = out
+        .lines()
+        .filter(|l| l.starts_with("no answer for icmp_seq="))
+        .count() as u64;
+    assert!(
+        lost_lines >= 5,
+        "the link was down for 200 ms at 10 ms intervals:\n{out}"
+    );
     assert_eq!(number_before(&out, "packets transmitted"), 60);
     assert_eq!(number_before(&out, "lost,"), lost_lines, "{out}");
     assert_eq!(number_before(&out, "packets received"), answered, "{out}");

@@ -225,9 +225,10 @@ impl Filter {
     }
 }
 
-/// Offsets into kernel structs and tracepoint records, read by user space from the
-/// running kernel's BTF and tracefs `format` files and passed in the `OFFSETS` global,
-/// because aya cannot emit CO-RE relocations from Rust.
+/// Offsets into kernel structs, read by user space from the running kernel's BTF and
+/// passed in the `OFFSETS` global, because aya cannot emit CO-RE relocations from Rust.
+/// The programs are raw tracepoints: their arguments are the tracepoint's `TP_PROTO`
+/// (task_struct and sk_buff pointers), so every field is read through these.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offsets {
@@ -237,54 +238,36 @@ pub struct Offsets {
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
     // struct task_struct
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_prio: u32,
+    /// 0 = unknown (policy reported as unknown).
     pub task_policy: u32,
+    /// `task_struct.cpu` (or `thread_info.cpu` on older kernels).
+    pub task_cpu: u32,
     /// `task_struct.se.sum_exec_runtime`; 0 = unknown (syscall CPU time not measured).
     pub task_sum_exec: u32,
-    // tracepoint net:netif_receive_skb
-    pub tp_skbaddr: u32,
-    // tracepoint sched:sched_switch
-    pub ss_prev_comm: u32,
-    pub ss_prev_pid: u32,
-    pub ss_prev_prio: u32,
-    pub ss_next_comm: u32,
-    pub ss_next_pid: u32,
-    pub ss_next_prio: u32,
-    // tracepoint sched:sched_wakeup
-    pub sw_comm: u32,
-    pub sw_pid: u32,
-    pub sw_target_cpu: u32,
-    // tracepoint irq:softirq_*
-    pub si_vec: u32,
-    // tracepoint raw_syscalls:sys_enter / sys_exit
-    pub se_id: u32,
-    pub se_args: u32,
-    pub sx_ret: u32,
+    /// `struct pt_regs` member holding a syscall's first argument (`di` on x86_64).
+    pub regs_arg0: u32,
 }
 
 impl Offsets {
-    /// The layout of x86_64 kernels 5.x-6.x; user space overrides it with what it reads.
+    /// The layout of an x86_64 6.x kernel; user space overrides it with what it reads.
     pub const fn defaults() -> Self {
         Self {
             skb_head: 192,
             skb_data: 200,
             skb_network_header: 184,
             skb_transport_header: 182,
+            task_pid: 0,
+            task_tgid: 0,
+            task_comm: 0,
+            task_prio: 0,
             task_policy: 0,
+            task_cpu: 0,
             task_sum_exec: 0,
-            tp_skbaddr: 8,
-            ss_prev_comm: 8,
-            ss_prev_pid: 24,
-            ss_prev_prio: 28,
-            ss_next_comm: 40,
-            ss_next_pid: 56,
-            ss_next_prio: 60,
-            sw_comm: 8,
-            sw_pid: 24,
-            sw_target_cpu: 32,
-            si_vec: 8,
-            se_id: 8,
-            se_args: 16,
-            sx_ret: 16,
+            regs_arg0: 112,
         }
     }
 }
@@ -341,6 +324,6 @@ const _: () = {
     assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<Filter>() == 40);
-    assert!(core::mem::size_of::<Offsets>() == 80);
+    assert!(core::mem::size_of::<Offsets>() == 48);
     assert!(core::mem::size_of::<Config>() == 32);
 };

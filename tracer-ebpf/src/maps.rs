@@ -5,7 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     Global,
 };
-use tracer_common::{Config, Filter, Hist, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS, LOST_SLOTS};
+use tracer_common::{
+    Config, Filter, Hist, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS, LOST_SLOTS,
+};
 
 #[unsafe(no_mangle)]
 pub static FILTER: Global<Filter> = Global::new(Filter::all_icmp());
@@ -138,6 +140,18 @@ pub fn hist_add(slot: u32, ns: u64) {
         // SAFETY: per-CPU slot of this CPU; b < HIST_BUCKETS.
         unsafe { (*h).buckets[b & (HIST_BUCKETS - 1)] += 1 };
     }
+}
+
+/// Reads a `T` at `off` bytes into a kernel object; `None` when the offset is unknown
+/// (0) or the read faults.
+#[inline(always)]
+pub fn kread<T>(base: *const u8, off: u32) -> Option<T> {
+    if off == 0 || base.is_null() {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address and fails safely; the offset
+    // comes from this kernel's BTF.
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
 }
 
 /// Scheduling policy of the current task, u32::MAX when the offset is unknown.

@@ -6,30 +6,22 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
         bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
     },
-    macros::{kprobe, tracepoint},
-    programs::{ProbeContext, TracePointContext},
+    macros::{kprobe, raw_tracepoint},
+    programs::{ProbeContext, RawTracePointContext},
 };
 use tracer_common::{
     EventKind, Filter, PacketEvent, COMM_LEN, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_TCP, TCP_RST, TCP_SYN,
 };
 
-use crate::maps::{count_lost, cpu_state, now, EVENTS, FILTER, OFFSETS, SCRATCH};
+use crate::maps::{count_lost, cpu_state, kread, now, EVENTS, FILTER, OFFSETS, SCRATCH};
 
-#[tracepoint]
-pub fn netif_receive_skb(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
-    // SAFETY: offset from this kernel's format file; read_at fails safely.
-    let skb: u64 = match unsafe { ctx.read_at(o.tp_skbaddr as usize) } {
-        Ok(p) => p,
-        Err(_) => return 0,
-    };
-    let skb = skb as *const u8;
+#[raw_tracepoint(tracepoint = "netif_receive_skb")]
+pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
     // At netif_receive_skb, skb->data points at the network header.
-    // SAFETY: bpf_probe_read_kernel fails safely on a bad address; offsets from BTF.
-    let data: u64 = match unsafe { bpf_probe_read_kernel(skb.add(o.skb_data as usize) as *const u64) } {
-        Ok(p) => p,
-        Err(_) => return 0,
+    let Some(data) = kread::<u64>(skb, OFFSETS.load().skb_data) else {
+        return 0;
     };
     handle(data as *const u8, core::ptr::null(), HOOK_TRACEPOINT);
     0
@@ -37,7 +29,9 @@ pub fn netif_receive_skb(ctx: TracePointContext) -> u32 {
 
 #[kprobe]
 pub fn icmp_echo(ctx: ProbeContext) -> u32 {
-    let Some(skb) = ctx.arg::<*const u8>(0) else { return 0 };
+    let Some(skb) = ctx.arg::<*const u8>(0) else {
+        return 0;
+    };
     let o = OFFSETS.load();
     // SAFETY: reads of skb fields at BTF offsets through bpf_probe_read_kernel, which
     // fails safely.
@@ -84,7 +78,11 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
     let (s0, s1) = w(s);
     let (d0, d1) = w(d);
     // IPv4 lives in the first 4 bytes (the low half of word 0 on little endian).
-    let (m0, m1) = if v4 { (u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), 0) } else { (u64::MAX, u64::MAX) };
+    let (m0, m1) = if v4 {
+        (u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]), 0)
+    } else {
+        (u64::MAX, u64::MAX)
+    };
     let ds = ((s0 ^ p0) & m0) | ((s1 ^ p1) & m1);
     let dd = ((d0 ^ p0) & m0) | ((d1 ^ p1) & m1);
     ds == 0 || dd == 0
@@ -95,7 +93,9 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
 /// a record for probe traffic.
 #[inline(always)]
 fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
     let ev = unsafe { &mut *ev };
     let f = FILTER.load();
@@ -133,7 +133,11 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
                 return;
             }
             // SAFETY: pointer arithmetic only.
-            l4 = if l4_known.is_null() { unsafe { l3.add(ihl) } } else { l4_known };
+            l4 = if l4_known.is_null() {
+                unsafe { l3.add(ihl) }
+            } else {
+                l4_known
+            };
         }
         6 => {
             // SAFETY: as above.
@@ -152,7 +156,11 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
                 }
             }
             // SAFETY: pointer arithmetic only.
-            l4 = if l4_known.is_null() { unsafe { l3.add(40) } } else { l4_known };
+            l4 = if l4_known.is_null() {
+                unsafe { l3.add(40) }
+            } else {
+                l4_known
+            };
         }
         _ => return,
     }
@@ -166,7 +174,11 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             Ok(b) => b,
             Err(_) => return,
         };
-        let echo = if proto == PROTO_ICMP { h[0] == 8 || h[0] == 0 } else { h[0] == 128 || h[0] == 129 };
+        let echo = if proto == PROTO_ICMP {
+            h[0] == 8 || h[0] == 0
+        } else {
+            h[0] == 128 || h[0] == 129
+        };
         if !echo {
             return;
         }

@@ -1,15 +1,18 @@
 //! Context switches (run history per CPU, RX-thread switch-in) and RX-thread wakeups.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{
     EventKind, Holder, WaitEvent, COMM_LEN, HIST_RX_THREAD, MAX_HOLDERS, VEC_THREAD,
 };
 
 use crate::maps::{
-    count_lost, cpu_state, current_policy, hist_add, now, CpuState, RxWake, CONFIG, EVENTS,
+    count_lost, cpu_state, current_policy, hist_add, kread, now, CpuState, RxWake, CONFIG, EVENTS,
     OFFSETS, RX_WAKE, SEGS, SEG_MASK, SYSCALLS,
 };
 
@@ -18,26 +21,29 @@ use crate::maps::{
 pub fn is_rx_thread(c: &[u8; COMM_LEN]) -> bool {
     (c[0] == b'k' && c[1] == b's' && c[2] == b'o' && c[3] == b'f' && c[8] == b'd' && c[9] == b'/')
         || (c[0] == b'n' && c[1] == b'a' && c[2] == b'p' && c[3] == b'i' && c[4] == b'/')
-        || (c[0] == b'b' && c[1] == b'a' && c[2] == b'c' && c[3] == b'k' && c[7] == b'_'
+        || (c[0] == b'b'
+            && c[1] == b'a'
+            && c[2] == b'c'
+            && c[3] == b'k'
+            && c[7] == b'_'
             && c[8] == b'n')
 }
 
-#[tracepoint]
-pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+/// TP_PROTO(struct task_struct *p)
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     let o = OFFSETS.load();
-    // SAFETY: offsets come from this kernel's tracepoint format file; read_at uses
-    // bpf_probe_read and fails safely.
-    let comm: [u8; COMM_LEN] = match unsafe { ctx.read_at(o.sw_comm as usize) } {
-        Ok(c) => c,
-        Err(_) => return 0,
+    let p: *const u8 = ctx.arg(0);
+    let Some(comm) = kread::<[u8; COMM_LEN]>(p, o.task_comm) else {
+        return 0;
     };
     if !is_rx_thread(&comm) {
         return 0;
     }
-    // SAFETY: as above.
-    let pid: i32 = unsafe { ctx.read_at(o.sw_pid as usize) }.unwrap_or(0);
-    // SAFETY: as above.
-    let target_cpu: i32 = unsafe { ctx.read_at(o.sw_target_cpu as usize) }.unwrap_or(-1);
+    let Some(pid) = kread::<i32>(p, o.task_pid) else {
+        return 0;
+    };
+    let target_cpu: u32 = kread(p, o.task_cpu).unwrap_or(u32::MAX);
     let pid = pid as u32;
     // Keep the earliest pending wakeup: the wait runs from it.
     if RX_WAKE.get_ptr(pid).is_some() {
@@ -46,41 +52,46 @@ pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
     let w = RxWake {
         ts: now(),
         waker_pid: bpf_get_current_pid_tgid() as u32,
-        target_cpu: target_cpu as u32,
+        target_cpu,
         waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
     let _ = RX_WAKE.insert(pid, w, 0);
     0
 }
 
-#[tracepoint]
-pub fn sched_switch(ctx: TracePointContext) -> u32 {
+/// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let o = OFFSETS.load();
     let Some(st) = cpu_state() else { return 0 };
     let ts = now();
-    // SAFETY (all reads below): offsets from this kernel's format file; read_at uses
-    // bpf_probe_read and fails safely.
-    let prev_pid: i32 = unsafe { ctx.read_at(o.ss_prev_pid as usize) }.unwrap_or(0);
-    let prev_prio: i32 = unsafe { ctx.read_at(o.ss_prev_prio as usize) }.unwrap_or(0);
-    let next_pid: i32 = unsafe { ctx.read_at(o.ss_next_pid as usize) }.unwrap_or(0);
-    let next_prio: i32 = unsafe { ctx.read_at(o.ss_next_prio as usize) }.unwrap_or(0);
-    let prev_pid = prev_pid as u32;
-    let next_pid = next_pid as u32;
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    // `current` is still prev here: its ids and comm come from cheap helpers.
+    let prev_pt = bpf_get_current_pid_tgid();
+    let prev_pid = prev_pt as u32;
+    let prev_prio: i32 = kread(prev, o.task_prio).unwrap_or(0);
+    let next_pid = kread::<i32>(next, o.task_pid).unwrap_or(0) as u32;
+    let next_prio: i32 = kread(next, o.task_prio).unwrap_or(0);
 
     // Record prev's run. At sched_switch `current` is still prev.
     let idx = (st.head & SEG_MASK) as usize;
-    let start = if st.cur_pid == prev_pid && st.cur_since != 0 { st.cur_since } else { 0 };
+    let start = if st.cur_pid == prev_pid && st.cur_since != 0 {
+        st.cur_since
+    } else {
+        0
+    };
     {
         let seg = &mut st.segs[idx & (SEGS - 1)];
         seg.start = start;
         seg.end = ts;
         seg.pid = prev_pid;
-        seg.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        seg.tgid = (prev_pt >> 32) as u32;
         seg.prio = prev_prio as u32;
         // SAFETY: helper with no arguments.
         seg.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         seg.policy = current_policy();
-        seg.comm = unsafe { ctx.read_at(o.ss_prev_comm as usize) }.unwrap_or([0; COMM_LEN]);
+        seg.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
         match SYSCALLS.get_ptr(prev_pid) {
             Some(s) => {
                 // SAFETY: pointer returned by a map lookup, valid for this program run.
@@ -116,8 +127,7 @@ pub fn sched_switch(ctx: TracePointContext) -> u32 {
             let wait = ts - w.ts;
             hist_add(HIST_RX_THREAD, wait);
             if wait >= CONFIG.load().wait_threshold_ns {
-                let next_comm = unsafe { ctx.read_at(o.ss_next_comm as usize) }
-                    .unwrap_or([0; COMM_LEN]);
+                let next_comm = kread(next, o.task_comm).unwrap_or([0; COMM_LEN]);
                 emit_wait(
                     st,
                     EventKind::RxThreadWait,
@@ -255,7 +265,11 @@ pub fn emit_wait(
     // started before the wait.
     ev.truncated = (ev.nr_switches as usize >= SEGS && !oldest_in_window) as u32;
     if include_current && st.cur_pid != 0 {
-        let from = if st.cur_since > start { st.cur_since } else { start };
+        let from = if st.cur_since > start {
+            st.cur_since
+        } else {
+            start
+        };
         if end > from {
             let pt = bpf_get_current_pid_tgid();
             let (nr, arg0, sstart) = match SYSCALLS.get_ptr(pt as u32) {

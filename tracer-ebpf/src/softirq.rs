@@ -2,24 +2,24 @@
 //! tells the packet hook it runs in softirq context).
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{EventKind, COMM_LEN, HIST_NET_RX, NET_RX_SOFTIRQ};
 
 use crate::{
-    maps::{cpu_state, hist_add, now, CONFIG, OFFSETS},
+    maps::{cpu_state, hist_add, now, CONFIG},
     sched::emit_wait,
 };
 
+/// The softirq vector: the tracepoints' only argument.
 #[inline(always)]
-fn vec(ctx: &TracePointContext) -> u32 {
-    // SAFETY: offset from this kernel's format file; read_at fails safely.
-    unsafe { ctx.read_at::<u32>(OFFSETS.load().si_vec as usize) }.unwrap_or(u32::MAX)
+fn vec(ctx: &RawTracePointContext) -> u32 {
+    ctx.arg::<u64>(0) as u32
 }
 
-#[tracepoint]
-pub fn softirq_raise(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "softirq_raise")]
+pub fn softirq_raise(ctx: RawTracePointContext) -> i32 {
     if vec(&ctx) != NET_RX_SOFTIRQ {
         return 0;
     }
@@ -32,8 +32,8 @@ pub fn softirq_raise(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn softirq_entry(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "softirq_entry")]
+pub fn softirq_entry(ctx: RawTracePointContext) -> i32 {
     if vec(&ctx) != NET_RX_SOFTIRQ {
         return 0;
     }
@@ -55,8 +55,8 @@ pub fn softirq_entry(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn softirq_exit(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "softirq_exit")]
+pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
     if vec(&ctx) != NET_RX_SOFTIRQ {
         return 0;
     }

@@ -1,36 +1,48 @@
 //! Syscalls in flight per thread, and the ones that held the CPU longer than the
 //! threshold (time on CPU, so blocking waits such as futex or epoll are not reported).
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_smp_processor_id,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracer_common::{EventKind, SyscallEvent, COMM_LEN};
 
-use crate::maps::{count_lost, current_exec_runtime, now, SysState, CONFIG, EVENTS, OFFSETS, SYSCALLS};
+use crate::maps::{
+    count_lost, current_exec_runtime, kread, now, SysState, CONFIG, EVENTS, OFFSETS, SYSCALLS,
+};
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
-    let o = OFFSETS.load();
-    // SAFETY: offsets from this kernel's format file; read_at fails safely.
-    let nr: i64 = unsafe { ctx.read_at(o.se_id as usize) }.unwrap_or(-1);
+/// TP_PROTO(struct pt_regs *regs, long id)
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr: i64 = ctx.arg(1);
     let c = CONFIG.load();
     if nr == c.nr_exit as i64 || nr == c.nr_exit_group as i64 {
         return 0;
     }
-    // SAFETY: as above.
-    let arg0: u64 = unsafe { ctx.read_at(o.se_args as usize) }.unwrap_or(0);
+    let regs: *const u8 = ctx.arg(0);
+    let arg0: u64 = kread(regs, OFFSETS.load().regs_arg0).unwrap_or(0);
     let pid = bpf_get_current_pid_tgid() as u32;
-    let s = SysState { nr, arg0, start: now(), exec_start: current_exec_runtime() };
+    let s = SysState {
+        nr,
+        arg0,
+        start: now(),
+        exec_start: current_exec_runtime(),
+    };
     let _ = SYSCALLS.insert(pid, s, 0);
     0
 }
 
-#[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
+/// TP_PROTO(struct pt_regs *regs, long ret)
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let pt = bpf_get_current_pid_tgid();
     let pid = pt as u32;
-    let Some(s) = SYSCALLS.get_ptr(pid) else { return 0 };
+    let Some(s) = SYSCALLS.get_ptr(pid) else {
+        return 0;
+    };
     // SAFETY: pointer from a map lookup, valid for this program run.
     let s = unsafe { *s };
     let _ = SYSCALLS.remove(pid);
@@ -61,8 +73,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
     ev.nr = s.nr;
     ev.arg0 = s.arg0;
     ev.start_ns = s.start;
-    // SAFETY: offset from this kernel's format file; read_at fails safely.
-    ev.ret = unsafe { ctx.read_at(OFFSETS.load().sx_ret as usize) }.unwrap_or(0);
+    ev.ret = ctx.arg(1);
     // SAFETY: helper with no arguments.
     ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     ev.cpu_ns = cpu_ns;

@@ -68,7 +68,9 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         Format::Json => report::json::render(&report).context("encoding the JSON report")?,
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing the report")?;
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the report")?;
     Ok(ExitCode::Ok)
 }
 
@@ -77,7 +79,11 @@ pub fn run(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 pub fn analyze(a: &AnalyzeArgs, mut on_episode: impl FnMut(&Episode)) -> anyhow::Result<Report> {
     let mut reader = DumpReader::open(&a.dump)?;
     let header = reader.header().clone();
-    let cfg = Config::from_header(&header, a.stall_threshold.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
+    let cfg = Config::from_header(
+        &header,
+        a.stall_threshold
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+    );
     let mut cor = Correlator::new(cfg);
     let mut log_unknown = 0;
     if let Some(p) = &a.probe_log {
@@ -91,10 +97,19 @@ pub fn analyze(a: &AnalyzeArgs, mut on_episode: impl FnMut(&Episode)) -> anyhow:
         None => None,
     };
     let trace_err = |p: &Option<PathBuf>| {
-        format!("writing the Perfetto trace {}", p.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default())
+        format!(
+            "writing the Perfetto trace {}",
+            p.as_deref()
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default()
+        )
     };
 
-    let mut feed = |cor: &mut Correlator, rec: &Record, trace: &mut Option<PerfettoWriter<BufWriter<File>>>| -> anyhow::Result<()> {
+    let mut feed = |cor: &mut Correlator,
+                    rec: &Record,
+                    trace: &mut Option<PerfettoWriter<BufWriter<File>>>|
+     -> anyhow::Result<()> {
         if let Some(t) = trace.as_mut() {
             t.record(rec).with_context(|| trace_err(&a.perfetto))?;
         }
@@ -133,7 +148,8 @@ pub fn analyze(a: &AnalyzeArgs, mut on_episode: impl FnMut(&Episode)) -> anyhow:
 }
 
 fn open_trace(p: &Path) -> anyhow::Result<PerfettoWriter<BufWriter<File>>> {
-    let f = File::create(p).with_context(|| format!("creating the Perfetto trace {}", p.display()))?;
+    let f =
+        File::create(p).with_context(|| format!("creating the Perfetto trace {}", p.display()))?;
     PerfettoWriter::new(BufWriter::with_capacity(1 << 16, f))
         .with_context(|| format!("writing the Perfetto trace {}", p.display()))
 }
@@ -145,12 +161,20 @@ mod tests {
     use crate::report::text::episode_line;
 
     fn args(dump: PathBuf) -> AnalyzeArgs {
-        AnalyzeArgs { dump, probe_log: None, format: Format::Text, perfetto: None, stall_threshold: None }
+        AnalyzeArgs {
+            dump,
+            probe_log: None,
+            format: Format::Text,
+            perfetto: None,
+            stall_threshold: None,
+        }
     }
 
     /// The live path: records pushed as they come, a tick every 100 ms of kernel time.
     fn live_lines(recs: &[Record]) -> Vec<String> {
-        let Record::Header(h) = &recs[0] else { panic!("no header") };
+        let Record::Header(h) = &recs[0] else {
+            panic!("no header")
+        };
         let mut cor = Correlator::new(Config::from_header(h, None));
         let mut lines = vec![];
         let mut now = 0;
@@ -193,7 +217,9 @@ mod tests {
     #[test]
     fn the_live_path_reports_within_a_second_of_the_end() {
         let recs = fixture::records(Seed::default());
-        let Record::Header(h) = &recs[0] else { panic!() };
+        let Record::Header(h) = &recs[0] else {
+            panic!()
+        };
         let mut cor = Correlator::new(Config::from_header(h, None));
         let end = fixture::arrival(1953) + 99 * MS;
         let mut got = None;
@@ -218,7 +244,10 @@ mod tests {
 
     #[test]
     fn cut_short_dump_is_reported_with_what_it_holds() {
-        let recs = fixture::records(Seed { footer: false, ..Seed::default() });
+        let recs = fixture::records(Seed {
+            footer: false,
+            ..Seed::default()
+        });
         let mut text = fixture::jsonl(&recs);
         text.push_str("{\"type\":\"packet\",\"ts_ns\":12"); // torn
         let path = fixture::temp_path("cut.jsonl");
@@ -227,7 +256,11 @@ mod tests {
         assert!(!r.input.complete);
         assert!(r.input.partial_last_line);
         assert_eq!(r.totals.episodes, 1);
-        assert!(report::summary(&r)[0].contains("cut short"), "{:?}", report::summary(&r));
+        assert!(
+            report::summary(&r)[0].contains("cut short"),
+            "{:?}",
+            report::summary(&r)
+        );
         std::fs::remove_file(path).ok();
     }
 
@@ -240,7 +273,10 @@ mod tests {
         std::fs::write(&path, lines.join("\n")).unwrap();
         let e = analyze(&args(path.clone()), |_| {}).unwrap_err();
         assert_eq!(crate::exit::classify(&e), ExitCode::BadInput);
-        assert!(format!("{e:#}").contains(&format!("{}:5:", path.display())), "{e:#}");
+        assert!(
+            format!("{e:#}").contains(&format!("{}:5:", path.display())),
+            "{e:#}"
+        );
         std::fs::remove_file(path).ok();
     }
 
@@ -254,7 +290,9 @@ mod tests {
         analyze(&a, |_| {}).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         let evs = v["traceEvents"].as_array().unwrap();
-        assert!(evs.iter().any(|e| e["name"].as_str().is_some_and(|n| n.starts_with("episode 1: cadvisor"))));
+        assert!(evs.iter().any(|e| e["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("episode 1: cadvisor"))));
         std::fs::remove_file(path).ok();
         std::fs::remove_file(out).ok();
     }

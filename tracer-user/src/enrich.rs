@@ -16,18 +16,43 @@ use tracer_common::{
 
 use crate::{
     dump::{
-        HolderRec, PacketKind, PacketRec, Record, RxContext, SyscallRec, SyscallRef, TaskRef, WaitKind,
-        WaitRec,
+        HolderRec, PacketKind, PacketRec, Record, RxContext, SyscallRec, SyscallRef, TaskRef,
+        WaitKind, WaitRec,
     },
     events::{comm_str, RawEvent},
 };
 
 /// Syscalls whose first argument is a file descriptor (x86_64 names).
 const FD_SYSCALLS: &[&str] = &[
-    "read", "write", "pread64", "pwrite64", "readv", "writev", "preadv", "pwritev", "preadv2",
-    "pwritev2", "ioctl", "fstat", "newfstatat", "lseek", "getdents64", "fsync", "fdatasync",
-    "sendmsg", "recvmsg", "sendto", "recvfrom", "splice", "copy_file_range", "fallocate",
-    "ftruncate", "flock", "fcntl", "close", "sendfile",
+    "read",
+    "write",
+    "pread64",
+    "pwrite64",
+    "readv",
+    "writev",
+    "preadv",
+    "pwritev",
+    "preadv2",
+    "pwritev2",
+    "ioctl",
+    "fstat",
+    "newfstatat",
+    "lseek",
+    "getdents64",
+    "fsync",
+    "fdatasync",
+    "sendmsg",
+    "recvmsg",
+    "sendto",
+    "recvfrom",
+    "splice",
+    "copy_file_range",
+    "fallocate",
+    "ftruncate",
+    "flock",
+    "fcntl",
+    "close",
+    "sendfile",
 ];
 
 pub fn syscall_name(nr: i64) -> String {
@@ -102,7 +127,11 @@ impl Enricher {
     /// What `h` was doing in [start, end]: see [`HolderRec::syscall`].
     fn holder_syscall(&self, h: &Holder, start: u64, end: u64) -> Option<SyscallRef> {
         let mut best: Option<SyscallRef> = None;
-        for s in self.recent.iter().filter(|s| s.pid == h.pid && s.ts_ns > start && s.start_ns < end) {
+        for s in self
+            .recent
+            .iter()
+            .filter(|s| s.pid == h.pid && s.ts_ns > start && s.start_ns < end)
+        {
             let overlap = s.ts_ns.min(end) - s.start_ns.max(start);
             match best.as_mut() {
                 Some(b) if b.nr == s.nr && b.path == s.path => {
@@ -129,7 +158,8 @@ impl Enricher {
         }
         // In flight when it left the CPU: relevant only if it covers most of its run
         // (a busy loop that ends by calling nanosleep was not "inside nanosleep").
-        if h.sys_nr < 0 || h.sys_start_ns == 0 || h.sys_start_ns > end.saturating_sub(h.run_ns / 2) {
+        if h.sys_nr < 0 || h.sys_start_ns == 0 || h.sys_start_ns > end.saturating_sub(h.run_ns / 2)
+        {
             return None;
         }
         let name = syscall_name(h.sys_nr);
@@ -167,16 +197,25 @@ impl Enricher {
         };
         let rx_comm = comm_str(&w.header.comm);
         // A thread wait ends when the thread runs; a softirq wait when NET_RX starts.
-        let rx_context = RxContext::classify(&rx_comm, w.header.pid, kind == WaitKind::NetRxSoftirq);
+        let rx_context =
+            RxContext::classify(&rx_comm, w.header.pid, kind == WaitKind::NetRxSoftirq);
         WaitRec {
             kind,
             cpu: w.header.cpu,
             start_ns: w.wait_start_ns,
             ts_ns: w.header.ts_ns,
             wait_ns: w.header.ts_ns.saturating_sub(w.wait_start_ns),
-            rx: TaskRef { pid: w.header.pid, tgid: w.header.tgid, comm: rx_comm },
+            rx: TaskRef {
+                pid: w.header.pid,
+                tgid: w.header.tgid,
+                comm: rx_comm,
+            },
             rx_context,
-            waker: TaskRef { pid: w.waker_pid, tgid: 0, comm: comm_str(&w.waker_comm) },
+            waker: TaskRef {
+                pid: w.waker_pid,
+                tgid: 0,
+                comm: comm_str(&w.waker_comm),
+            },
             holders: w
                 .holders
                 .iter()
@@ -217,7 +256,14 @@ fn scan_cgroups(dir: &Path, rel: &str, depth: u32, out: &mut HashMap<u64, String
         return;
     }
     if let Ok(md) = fs::metadata(dir) {
-        out.insert(md.ino(), if rel.is_empty() { "/".into() } else { rel.to_string() });
+        out.insert(
+            md.ino(),
+            if rel.is_empty() {
+                "/".into()
+            } else {
+                rel.to_string()
+            },
+        );
     }
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
@@ -232,7 +278,9 @@ fn fd_path(pid: u32, name: &str, arg0: u64) -> Option<String> {
     if !FD_SYSCALLS.contains(&name) || arg0 > i32::MAX as u64 {
         return None;
     }
-    fs::read_link(format!("/proc/{pid}/fd/{arg0}")).ok().map(|p| p.to_string_lossy().into_owned())
+    fs::read_link(format!("/proc/{pid}/fd/{arg0}"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
 fn addr(family: u8, a: &[u8; 16]) -> String {
@@ -251,7 +299,11 @@ pub fn packet(p: &PacketEvent) -> PacketRec {
         PROTO_TCP => "tcp",
         _ => "other",
     };
-    let kind = match (p.proto, p.icmp_type, p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST)) {
+    let kind = match (
+        p.proto,
+        p.icmp_type,
+        p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST),
+    ) {
         (PROTO_ICMP, 8, _) | (PROTO_ICMPV6, 128, _) => PacketKind::EchoRequest,
         (PROTO_ICMP, _, _) | (PROTO_ICMPV6, _, _) => PacketKind::EchoReply,
         (_, _, f) if f == TCP_SYN => PacketKind::Syn,
@@ -266,7 +318,12 @@ pub fn packet(p: &PacketEvent) -> PacketRec {
         tgid: p.header.tgid,
         context: RxContext::classify(&comm, p.header.pid, p.in_softirq != 0),
         comm,
-        hook: if p.hook == HOOK_KPROBE { "kprobe" } else { "tracepoint" }.into(),
+        hook: if p.hook == HOOK_KPROBE {
+            "kprobe"
+        } else {
+            "tracepoint"
+        }
+        .into(),
         proto: proto.into(),
         kind,
         src: addr(p.family, &p.saddr),

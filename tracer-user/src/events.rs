@@ -45,7 +45,11 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     };
     // The ring buffer rounds records up to 8 bytes; all our types are multiples of 8.
     if bytes.len() != want {
-        return Err(DecodeError::Length { kind: h.kind, len: bytes.len(), want });
+        return Err(DecodeError::Length {
+            kind: h.kind,
+            len: bytes.len(),
+            want,
+        });
     }
     Ok(match EventKind::from_u32(h.kind) {
         Some(EventKind::Packet) => RawEvent::Packet(read(bytes)),
@@ -59,7 +63,9 @@ pub fn encode<T: Copy>(v: &T) -> Vec<u8> {
     let mut out = vec![0u8; size_of::<T>()];
     // SAFETY: `out` has exactly size_of::<T>() bytes; T is a padding-free #[repr(C)]
     // type, so every byte of `v` is initialised.
-    unsafe { std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), out.as_mut_ptr(), out.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping((v as *const T).cast::<u8>(), out.as_mut_ptr(), out.len())
+    };
     out
 }
 
@@ -82,7 +88,14 @@ pub mod tests {
     }
 
     pub fn header(kind: EventKind, name: &str) -> EventHeader {
-        EventHeader { kind: kind as u32, cpu: 11, ts_ns: 123_456_789, pid: 76, tgid: 76, comm: comm(name) }
+        EventHeader {
+            kind: kind as u32,
+            cpu: 11,
+            ts_ns: 123_456_789,
+            pid: 76,
+            tgid: 76,
+            comm: comm(name),
+        }
     }
 
     pub fn packet() -> PacketEvent {
@@ -123,7 +136,11 @@ pub mod tests {
         WaitEvent {
             header: header(kind, "ksoftirqd/11"),
             wait_start_ns: 24_000_000,
-            vec: if kind == EventKind::RxThreadWait { VEC_THREAD } else { NET_RX_SOFTIRQ },
+            vec: if kind == EventKind::RxThreadWait {
+                VEC_THREAD
+            } else {
+                NET_RX_SOFTIRQ
+            },
             waker_pid: 0,
             waker_comm: comm("swapper/11"),
             nr_switches: 2,
@@ -170,7 +187,10 @@ pub mod tests {
         b[0] = 99;
         assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
         let b = encode(&packet());
-        assert!(matches!(decode(&b[..b.len() - 8]), Err(DecodeError::Length { kind: 1, .. })));
+        assert!(matches!(
+            decode(&b[..b.len() - 8]),
+            Err(DecodeError::Length { kind: 1, .. })
+        ));
     }
 
     #[test]

@@ -28,7 +28,10 @@ pub struct CodedError {
 
 impl CodedError {
     pub fn new(code: ExitCode, msg: impl Into<String>) -> Self {
-        Self { code, msg: msg.into() }
+        Self {
+            code,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -41,7 +44,10 @@ pub fn classify(e: &anyhow::Error) -> ExitCode {
         if cause.downcast_ref::<DumpError>().is_some() {
             return ExitCode::BadInput;
         }
-        if cause.downcast_ref::<crate::probe::log::ProbeLogError>().is_some() {
+        if cause
+            .downcast_ref::<crate::probe::log::ProbeLogError>()
+            .is_some()
+        {
             return ExitCode::BadInput;
         }
     }

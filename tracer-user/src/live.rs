@@ -20,7 +20,10 @@ pub fn context_name(c: RxContext) -> &'static str {
 }
 
 pub fn packet_line(p: &PacketRec) -> String {
-    let kind = serde_json::to_value(p.kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let kind = serde_json::to_value(p.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     format!(
         "{:>6} {:>6} {:<16} {:>3} {:<16} {:<14} {:>6} {:>5}",
         p.tgid,
@@ -43,7 +46,9 @@ pub fn task_words(h: &HolderRec) -> String {
     };
     let sched = match h.policy.as_str() {
         "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
-        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => format!("RT {}", h.priority),
+        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => {
+            format!("RT {}", h.priority)
+        }
         p => format!("{p} nice {}", h.priority),
     };
     format!("{} ({ids}, {sched})", h.comm)
@@ -55,11 +60,24 @@ pub fn syscall_words(h: &HolderRec, until_ns: u64) -> String {
     match &h.syscall {
         None => "in user space (no long syscall)".into(),
         Some(s) => {
-            let of = s.path.as_deref().map(|p| format!(" of {p}")).unwrap_or_default();
+            let of = s
+                .path
+                .as_deref()
+                .map(|p| format!(" of {p}"))
+                .unwrap_or_default();
             if s.calls > 1 {
-                format!("inside {}(){of} ({} calls, {} of the wait)", s.name, s.calls, human_ns(s.in_window_ns))
+                format!(
+                    "inside {}(){of} ({} calls, {} of the wait)",
+                    s.name,
+                    s.calls,
+                    human_ns(s.in_window_ns)
+                )
             } else if s.since_ns > 0 && s.since_ns < until_ns {
-                format!("inside {}(){of} for {}", s.name, human_ns(until_ns - s.since_ns))
+                format!(
+                    "inside {}(){of} for {}",
+                    s.name,
+                    human_ns(until_ns - s.since_ns)
+                )
             } else {
                 format!("inside {}(){of}", s.name)
             }
@@ -91,7 +109,10 @@ pub fn wait_sentence(w: &WaitRec) -> String {
         Some(h) => {
             let others = w.holders.len().saturating_sub(1) + w.nr_other_runs as usize;
             let more = if others > 0 {
-                format!("; {others} other run{} on the CPU", if others == 1 { "" } else { "s" })
+                format!(
+                    "; {others} other run{} on the CPU",
+                    if others == 1 { "" } else { "s" }
+                )
             } else {
                 String::new()
             };
@@ -103,7 +124,11 @@ pub fn wait_sentence(w: &WaitRec) -> String {
             )
         }
     };
-    let trunc = if w.truncated { " (history shorter than the wait: earlier holders may be missing)" } else { "" };
+    let trunc = if w.truncated {
+        " (history shorter than the wait: earlier holders may be missing)"
+    } else {
+        ""
+    };
     format!("{head}{held}{trunc}")
 }
 
@@ -116,7 +141,11 @@ fn rx_words(w: &WaitRec) -> String {
 }
 
 pub fn syscall_sentence(s: &SyscallRec) -> String {
-    let of = s.path.as_deref().map(|p| format!(" of {p}")).unwrap_or_default();
+    let of = s
+        .path
+        .as_deref()
+        .map(|p| format!(" of {p}"))
+        .unwrap_or_default();
     format!(
         "CPU {}: {} (pid {}, tgid {}) spent {} on CPU inside {}(){of} ({} wall)",
         s.cpu,
@@ -142,9 +171,17 @@ mod tests {
             start_ns: 1_000_000_000,
             ts_ns: 1_712_000_000,
             wait_ns: 712_000_000,
-            rx: TaskRef { pid: 258, tgid: 258, comm: "napi/vB-258".into() },
+            rx: TaskRef {
+                pid: 258,
+                tgid: 258,
+                comm: "napi/vB-258".into(),
+            },
             rx_context: RxContext::Napi,
-            waker: TaskRef { pid: 881, tgid: 0, comm: "ping".into() },
+            waker: TaskRef {
+                pid: 881,
+                tgid: 0,
+                comm: "ping".into(),
+            },
             holders: vec![HolderRec {
                 pid: 4242,
                 tgid: 4242,

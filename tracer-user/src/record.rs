@@ -17,7 +17,10 @@ use tracer_common::{Config, Filter};
 
 use crate::{
     attribution::{Config as CorConfig, Correlator, Report},
-    dump::{Counts, DumpWriter, Footer, Header, Lost, Options, ProbeRec, ProbeStatus, Record, DUMP_FORMAT, DUMP_VERSION},
+    dump::{
+        Counts, DumpWriter, Footer, Header, Lost, Options, ProbeRec, ProbeStatus, Record,
+        DUMP_FORMAT, DUMP_VERSION,
+    },
     enrich::Enricher,
     events::decode,
     exit::{CodedError, ExitCode},
@@ -110,9 +113,15 @@ pub fn parse_size(s: &str) -> Result<u32, String> {
     } else {
         (s, 1)
     };
-    let v = num.trim().parse::<u64>().map_err(|e| format!("{s:?}: {e} (examples: 256KiB, 4MiB)"))? * mult;
+    let v = num
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: {e} (examples: 256KiB, 4MiB)"))?
+        * mult;
     if !v.is_power_of_two() || !(4096..=1 << 30).contains(&v) {
-        return Err(format!("{s:?}: must be a power of two between 4KiB and 1024MiB"));
+        return Err(format!(
+            "{s:?}: must be a power of two between 4KiB and 1024MiB"
+        ));
     }
     Ok(v as u32)
 }
@@ -133,18 +142,26 @@ impl Out {
 }
 
 pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; clock ids used are always supported.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(record(args))
 }
 
@@ -177,20 +194,24 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     preflight::check_privileges("stalltrace record")?;
     // Resolve and check the prober's target and the probe log before touching the kernel.
     let probe_target = match &args.probe {
-        Some(h) => Some(probe::resolve_host(h, false).with_context(|| format!("resolving --probe {h}"))?),
+        Some(h) => {
+            Some(probe::resolve_host(h, false).with_context(|| format!("resolving --probe {h}"))?)
+        }
         None => None,
     };
     if let Some(p) = &args.probe_log {
         if let Err(e) = std::fs::metadata(p) {
-            return Err(anyhow::Error::new(CodedError::new(ExitCode::BadInput, format!("{}: cannot read: {e}", p.display()))));
+            return Err(anyhow::Error::new(CodedError::new(
+                ExitCode::BadInput,
+                format!("{}: cannot read: {e}", p.display()),
+            )));
         }
     }
     preflight::check_btf()?;
-    let mut tracefs = preflight::Tracefs::find_or_mount()?;
     if let Some(note) = preflight::raise_memlock() {
         log::info!("{note}");
     }
-    let (offs, notes) = offsets::read(&tracefs.path, std::path::Path::new(offsets::VMLINUX_BTF))
+    let (offs, notes) = offsets::read(std::path::Path::new(offsets::VMLINUX_BTF))
         .map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
     for n in notes {
         eprintln!("note: {n}");
@@ -203,7 +224,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         nr_exit_group: syscalls::Sysno::exit_group as u32,
         _pad: 0,
     };
-    let opts = LoadOptions { filter: filter_for(&args, probe_target), offsets: offs, config, ring_bytes: args.ring_buffer };
+    let opts = LoadOptions {
+        filter: filter_for(&args, probe_target),
+        offsets: offs,
+        config,
+        ring_bytes: args.ring_buffer,
+    };
     let with_sys = !args.no_syscalls;
     let mut tracer = Tracer::load(&opts, with_sys).map_err(load_err)?;
 
@@ -211,8 +237,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         println!("dry run: every program passed the verifier; nothing attached");
         println!("would attach: sched:sched_switch sched:sched_wakeup irq:softirq_raise irq:softirq_entry irq:softirq_exit{}",
             if with_sys { " raw_syscalls:sys_enter raw_syscalls:sys_exit" } else { "" });
-        let pk = match (args.attach, preflight::kprobe_support(&tracefs.path)) {
-            (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => "tracepoint:net:netif_receive_skb".to_string(),
+        let pk = match (args.attach, preflight::kprobe_support()) {
+            (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => {
+                "tracepoint:net:netif_receive_skb".to_string()
+            }
             (_, Ok(())) => "kprobe:icmp_echo".to_string(),
             (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
         };
@@ -225,28 +253,33 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
     let path = args.output.clone().unwrap_or_else(|| {
-        PathBuf::from(format!("stalltrace-{}.jsonl", clock_ns(libc::CLOCK_REALTIME) / 1_000_000_000))
+        PathBuf::from(format!(
+            "stalltrace-{}.jsonl",
+            clock_ns(libc::CLOCK_REALTIME) / 1_000_000_000
+        ))
     });
     let mut dump = DumpWriter::create(&path, args.force).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             anyhow::Error::new(CodedError::new(
                 ExitCode::Usage,
-                format!("{} exists; choose another -o or pass --force to overwrite it", path.display()),
+                format!(
+                    "{} exists; choose another -o or pass --force to overwrite it",
+                    path.display()
+                ),
             ))
         } else {
             anyhow::Error::new(e).context(format!("creating the dump {}", path.display()))
         }
     })?;
 
-    let notes = tracer.attach(args.attach, &tracefs.path, with_sys).map_err(load_err)?;
+    let notes = tracer.attach(args.attach, with_sys).map_err(load_err)?;
     for n in &notes {
         eprintln!("{n}");
     }
-    // Attached: tracefs is no longer needed by this run.
-    tracefs.release();
 
     let started = Instant::now();
-    let boot_to_wall = clock_ns(libc::CLOCK_REALTIME) as i64 - clock_ns(libc::CLOCK_BOOTTIME) as i64;
+    let boot_to_wall =
+        clock_ns(libc::CLOCK_REALTIME) as i64 - clock_ns(libc::CLOCK_BOOTTIME) as i64;
     let header = Header {
         format: DUMP_FORMAT.into(),
         version: DUMP_VERSION,
@@ -273,7 +306,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     };
     let stall_ns = args.stall_threshold.as_nanos() as u64;
     let live = Live::new(&header, stall_ns);
-    dump.write(&Record::Header(header)).context("writing the dump header")?;
+    dump.write(&Record::Header(header))
+        .context("writing the dump header")?;
     dump.flush().context("writing the dump")?;
 
     // The prober starts once the programs are attached, so the kernel sees every probe.
@@ -292,18 +326,32 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     };
 
     let ring = tracer.take_ring().map_err(load_err)?;
-    let mut ring = AsyncFd::new(ring).context("polling the ring buffer")?;
-    let mut out = Out { w: io::LineWriter::new(io::stdout()), broken: false };
+    // SAFETY: `register` requires that the fd stays open and is not closed and reused
+    // while registered: the RingBuf owns its map fd and is owned by the AsyncFd, so the
+    // fd lives exactly as long as the registration.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut out = Out {
+        w: io::LineWriter::new(io::stdout()),
+        broken: false,
+    };
     eprintln!(
         "recording to {} ({}); Ctrl-C to stop",
         path.display(),
-        args.duration.map(|d| format!("for {}", human_ns(d.as_nanos() as u64))).unwrap_or_else(|| "until stopped".into())
+        args.duration
+            .map(|d| format!("for {}", human_ns(d.as_nanos() as u64)))
+            .unwrap_or_else(|| "until stopped".into())
     );
     if !args.quiet {
         out.line(live::PACKET_HEADER);
     }
 
-    let mut st = State { enricher: Enricher::default(), counts: Counts::default(), last_lost: 0, live };
+    let mut st = State {
+        enricher: Enricher::default(),
+        counts: Counts::default(),
+        last_lost: 0,
+        live,
+    };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks: u64 = 0;
@@ -370,7 +418,14 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {e}");
         }
     }
-    summary(&st.counts, &lost, &hist_net_rx, &hist_rx_thread, &path, reason);
+    summary(
+        &st.counts,
+        &lost,
+        &hist_net_rx,
+        &hist_rx_thread,
+        &path,
+        reason,
+    );
     // The final report: the live correlator's, or with an external prober's log, the
     // same engine over the dump and that log.
     let report = match &args.probe_log {
@@ -445,8 +500,16 @@ fn drain_probes(
         st.counts.probes += 1;
         let slow = p.rtt_ns.is_some_and(|r| r >= st.live.stall_ns);
         if !quiet && (slow || p.status != ProbeStatus::Ok) {
-            let rtt = p.rtt_ns.map(|r| format!("rtt={:.1} ms", r as f64 / 1e6)).unwrap_or_else(|| "no answer".into());
-            out.line(&format!("probe {} seq={} {rtt}{}", p.target, p.seq, if slow { " (stalled)" } else { "" }));
+            let rtt = p
+                .rtt_ns
+                .map(|r| format!("rtt={:.1} ms", r as f64 / 1e6))
+                .unwrap_or_else(|| "no answer".into());
+            out.line(&format!(
+                "probe {} seq={} {rtt}{}",
+                p.target,
+                p.seq,
+                if slow { " (stalled)" } else { "" }
+            ));
         }
         let rec = Record::Probe(p);
         st.live.push(&rec, out);
@@ -507,11 +570,18 @@ fn summary(
         "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, syscalls {})",
         c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.syscalls
     );
-    for (name, hs) in [("NET_RX raise->entry", net_rx), ("RX thread wakeup->run", rx_thread)] {
+    for (name, hs) in [
+        ("NET_RX raise->entry", net_rx),
+        ("RX thread wakeup->run", rx_thread),
+    ] {
         for h in hs {
             let total: u64 = h.buckets.iter().sum();
             let max_b = h.buckets.iter().rposition(|&b| b != 0).unwrap_or(0);
-            eprintln!("  CPU {:>3} {name}: {total} waits, longest < {}", h.cpu, human_ns((2u64 << max_b) * 1000));
+            eprintln!(
+                "  CPU {:>3} {name}: {total} waits, longest < {}",
+                h.cpu,
+                human_ns((2u64 << max_b) * 1000)
+            );
         }
     }
     eprintln!("dump: {}", path.display());
@@ -524,7 +594,9 @@ fn load_err(e: LoadError) -> anyhow::Error {
         _ => ExitCode::Failure,
     };
     let hint = match &e {
-        LoadError::KprobeUnavailable { .. } => "; use --attach tracepoint (or auto, which falls back by itself)",
+        LoadError::KprobeUnavailable { .. } => {
+            "; use --attach tracepoint (or auto, which falls back by itself)"
+        }
         _ => "",
     };
     anyhow::Error::new(CodedError::new(code, format!("{e}{hint}")))

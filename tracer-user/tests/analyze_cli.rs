@@ -20,7 +20,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn analyze(args: &[&str]) -> Output {
-    Command::new(BIN).arg("analyze").args(args).output().unwrap()
+    Command::new(BIN)
+        .arg("analyze")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -28,7 +32,11 @@ fn text(b: &[u8]) -> String {
 }
 
 fn seed_lines() -> Vec<String> {
-    std::fs::read_to_string(seed()).unwrap().lines().map(str::to_string).collect()
+    std::fs::read_to_string(seed())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -50,10 +58,24 @@ fn seed_text_report_blames_cadvisor_in_one_episode() {
     assert_eq!(eps.len(), 1, "{out}");
     assert!(eps[0].contains("RX waited 99 ms"), "{}", eps[0]);
     // The seed's table: context before, stalled probes marked, below-threshold in ().
-    let row = |seq: u32| out.lines().find(|l| l.contains(&format!(" {seq} ")) || l.trim_end().ends_with(&format!(" {seq}"))).map(str::split_whitespace).map(Iterator::collect::<Vec<_>>);
-    assert_eq!(row(1951).unwrap(), vec!["10137", "10436", "cadvisor", "11", "1951"]);
-    assert_eq!(row(1953).unwrap(), vec!["76", "76", "ksoftirqd/11", "11", "1953", "**", "99ms"]);
-    assert_eq!(row(1958).unwrap(), vec!["76", "76", "ksoftirqd/11", "11", "1958", "**", "(49ms)"]);
+    let row = |seq: u32| {
+        out.lines()
+            .find(|l| l.contains(&format!(" {seq} ")) || l.trim_end().ends_with(&format!(" {seq}")))
+            .map(str::split_whitespace)
+            .map(Iterator::collect::<Vec<_>>)
+    };
+    assert_eq!(
+        row(1951).unwrap(),
+        vec!["10137", "10436", "cadvisor", "11", "1951"]
+    );
+    assert_eq!(
+        row(1953).unwrap(),
+        vec!["76", "76", "ksoftirqd/11", "11", "1953", "**", "99ms"]
+    );
+    assert_eq!(
+        row(1958).unwrap(),
+        vec!["76", "76", "ksoftirqd/11", "11", "1958", "**", "(49ms)"]
+    );
     assert!(!out.contains("CUT SHORT"));
 }
 
@@ -64,7 +86,10 @@ fn seed_json_report_has_versioned_schema_and_the_episode() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["format"], "stalltrace-report");
     assert_eq!(v["version"], 1);
-    assert!(v["summary"][0].as_str().unwrap().starts_with("CPU 11: 1 episode"));
+    assert!(v["summary"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("CPU 11: 1 episode"));
     let eps = v["episodes"].as_array().unwrap();
     assert_eq!(eps.len(), 1);
     let e = &eps[0];
@@ -77,7 +102,10 @@ fn seed_json_report_has_versioned_schema_and_the_episode() {
     assert_eq!(e["culprit"]["tgid"], 10137);
     assert_eq!(e["culprit"]["syscall"]["name"], "read");
     assert_eq!(e["culprit"]["syscall"]["nr"], 0);
-    assert_eq!(e["culprit"]["syscall"]["path"], "/sys/fs/cgroup/memory/memory.stat");
+    assert_eq!(
+        e["culprit"]["syscall"]["path"],
+        "/sys/fs/cgroup/memory/memory.stat"
+    );
     let stalled: Vec<u64> = e["lines"]
         .as_array()
         .unwrap()
@@ -94,21 +122,30 @@ fn seed_json_report_has_versioned_schema_and_the_episode() {
 #[test]
 fn perfetto_file_holds_per_cpu_tracks() {
     let out = scratch("seed.trace.json");
-    let o = analyze(&[seed().to_str().unwrap(), "--perfetto", out.to_str().unwrap()]);
+    let o = analyze(&[
+        seed().to_str().unwrap(),
+        "--perfetto",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let evs = v["traceEvents"].as_array().unwrap();
     let meta = |what: &str, pid: u64, tid: Option<u64>| {
         evs.iter()
             .find(|e| {
-                e["ph"] == "M" && e["name"] == what && e["pid"] == pid && tid.is_none_or(|t| e["tid"] == t)
+                e["ph"] == "M"
+                    && e["name"] == what
+                    && e["pid"] == pid
+                    && tid.is_none_or(|t| e["tid"] == t)
             })
             .map(|e| e["args"]["name"].as_str().unwrap().to_string())
     };
     // CPU 11 is process 12, its tracks are named.
     assert_eq!(meta("process_name", 12, None).as_deref(), Some("CPU 11"));
     let on = |ph: &str, tid: u64| -> Vec<&Value> {
-        evs.iter().filter(|e| e["ph"] == ph && e["pid"] == 12 && e["tid"] == tid).collect()
+        evs.iter()
+            .filter(|e| e["ph"] == ph && e["pid"] == 12 && e["tid"] == tid)
+            .collect()
     };
     // Waits as slices, one track per kind.
     for tid in [1, 2] {
@@ -123,13 +160,20 @@ fn perfetto_file_holds_per_cpu_tracks() {
     assert_eq!(holders.len(), 1);
     assert!(holders[0]["name"].as_str().unwrap().starts_with("cadvisor"));
     assert_eq!(holders[0]["dur"].as_f64().unwrap(), 98_000.0);
-    assert_eq!(meta("thread_name", 12, Some(10)).as_deref(), Some("CPU holder #1"));
+    assert_eq!(
+        meta("thread_name", 12, Some(10)).as_deref(),
+        Some("CPU holder #1")
+    );
     // Every packet as an instant; probe RTTs as a counter; the episode as a slice.
     assert_eq!(on("i", 3).len(), 61);
     assert!(evs.iter().filter(|e| e["ph"] == "C").count() >= 10);
     assert_eq!(on("X", 4).len(), 1);
     // Times are µs from the first event: none negative, the earliest at 0.
-    let ts: Vec<f64> = evs.iter().filter(|e| e["ph"] != "M").map(|e| e["ts"].as_f64().unwrap()).collect();
+    let ts: Vec<f64> = evs
+        .iter()
+        .filter(|e| e["ph"] != "M")
+        .map(|e| e["ts"].as_f64().unwrap())
+        .collect();
     assert!(ts.iter().all(|t| *t >= 0.0));
     assert_eq!(ts.iter().cloned().fold(f64::INFINITY, f64::min), 0.0);
 }
@@ -174,7 +218,13 @@ fn cut_short_dump_is_reported_and_said_so() {
 
 fn assert_bad_input(p: &Path, needle: &str) {
     let o = analyze(&[p.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(5), "stdout {} stderr {}", text(&o.stdout), text(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "stdout {} stderr {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     let err = text(&o.stderr);
     assert!(err.contains(needle), "{needle:?} not in {err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -37,7 +37,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Runs scripts/setup.sh and returns PATH with bpf-linker's directory in front.
@@ -104,7 +107,11 @@ fn main() -> anyhow::Result<()> {
             let status = if unsafe { libc_geteuid() } == 0 {
                 Command::new(&bin).arg("lab").args(&args).status()
             } else {
-                Command::new("sudo").arg(&bin).arg("lab").args(&args).status()
+                Command::new("sudo")
+                    .arg(&bin)
+                    .arg("lab")
+                    .args(&args)
+                    .status()
             }
             .context("running stalltrace lab")?;
             std::process::exit(status.code().unwrap_or(1));

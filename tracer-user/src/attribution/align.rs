@@ -36,7 +36,11 @@ pub fn packet_key(p: &PacketRec) -> Option<WireKey> {
         (_, PacketKind::EchoRequest | PacketKind::EchoReply) => (p.seq, p.ident),
         _ => return None,
     };
-    Some(WireKey { proto, varying, fixed: Some(fixed) })
+    Some(WireKey {
+        proto,
+        varying,
+        fixed: Some(fixed),
+    })
 }
 
 pub fn probe_key(p: &ProbeRec) -> Option<WireKey> {
@@ -45,7 +49,11 @@ pub fn probe_key(p: &ProbeRec) -> Option<WireKey> {
         ProbeProto::Icmpv6 => (P_ICMPV6, p.wire_seq?, p.wire_ident),
         ProbeProto::Tcp => (P_TCP, p.wire_ident?, p.wire_seq),
     };
-    Some(WireKey { proto, varying, fixed })
+    Some(WireKey {
+        proto,
+        varying,
+        fixed,
+    })
 }
 
 /// A probe key matches a packet key when the varying parts agree and the fixed parts
@@ -119,7 +127,13 @@ impl LogAligner {
                 index.entry((k.proto, k.varying)).or_default().push(pos);
             }
         }
-        Self { probes, keys, unwrapped, index, chain: HashMap::new() }
+        Self {
+            probes,
+            keys,
+            unwrapped,
+            index,
+            chain: HashMap::new(),
+        }
     }
 
     pub fn probes(&self) -> &[ProbeRec] {
@@ -138,7 +152,9 @@ impl LogAligner {
             None => UNWRAP_BASE + i64::from(key.varying),
         };
         let found = self.nearest(key, predicted);
-        let u = found.and_then(|p| self.unwrapped.get(p as usize).copied()).unwrap_or(predicted);
+        let u = found
+            .and_then(|p| self.unwrapped.get(p as usize).copied())
+            .unwrap_or(predicted);
         // Resynchronise on every match so a dump that starts mid-log stays aligned.
         self.chain.insert(key.proto, (key.varying, u));
         found
@@ -146,10 +162,22 @@ impl LogAligner {
 
     fn nearest(&self, key: &WireKey, predicted: i64) -> Option<u32> {
         let cands = self.index.get(&(key.proto, key.varying))?;
-        let u_of = |pos: u32| self.unwrapped.get(pos as usize).copied().unwrap_or(i64::MIN);
+        let u_of = |pos: u32| {
+            self.unwrapped
+                .get(pos as usize)
+                .copied()
+                .unwrap_or(i64::MIN)
+        };
         let ok = |pos: u32| {
-            self.keys.get(pos as usize).copied().flatten().is_some_and(|k| keys_match(&k, key))
-                && self.probes.get(pos as usize).is_some_and(|p| p.status != ProbeStatus::Dup)
+            self.keys
+                .get(pos as usize)
+                .copied()
+                .flatten()
+                .is_some_and(|k| keys_match(&k, key))
+                && self
+                    .probes
+                    .get(pos as usize)
+                    .is_some_and(|p| p.status != ProbeStatus::Dup)
         };
         let at = cands.partition_point(|&p| u_of(p) < predicted);
         // Look a few candidates each way (ident filtering may skip some).
@@ -189,7 +217,11 @@ mod tests {
     }
 
     fn key(v: u16) -> WireKey {
-        WireKey { proto: P_ICMP, varying: v, fixed: Some(0x77) }
+        WireKey {
+            proto: P_ICMP,
+            varying: v,
+            fixed: Some(0x77),
+        }
     }
 
     #[test]
@@ -233,7 +265,14 @@ mod tests {
         p.wire_ident = Some(0x99);
         let mut a = LogAligner::new(vec![p]);
         assert_eq!(a.match_packet(&key(5)), None);
-        assert_eq!(a.match_packet(&WireKey { proto: P_ICMP, varying: 5, fixed: Some(0x99) }), Some(0));
+        assert_eq!(
+            a.match_packet(&WireKey {
+                proto: P_ICMP,
+                varying: 5,
+                fixed: Some(0x99)
+            }),
+            Some(0)
+        );
     }
 
     #[test]

@@ -207,7 +207,10 @@ impl Correlator {
             ranking: Ranking::default(),
             episodes: Vec::new(),
             totals: Totals::default(),
-            input: InputInfo { probe_source: "none".into(), ..Default::default() },
+            input: InputInfo {
+                probe_source: "none".into(),
+                ..Default::default()
+            },
             unexplained: Vec::new(),
             unexplained_by: [0; 3],
         }
@@ -319,7 +322,10 @@ impl Correlator {
                 // The probe came first (rare: reordering); newest match wins.
                 let base = self.probes.front().map_or(0, |f| f.id);
                 for &pid in ids.iter().rev() {
-                    let Some(ip) = pid.checked_sub(base).and_then(|i| self.probes.get_mut(i as usize)) else {
+                    let Some(ip) = pid
+                        .checked_sub(base)
+                        .and_then(|i| self.probes.get_mut(i as usize))
+                    else {
                         continue;
                     };
                     if ip.key.is_some_and(|pk| keys_match(&pk, &k)) {
@@ -335,7 +341,10 @@ impl Correlator {
                     }
                 }
             }
-            self.by_key.entry((k.proto, k.varying)).or_default().push(id);
+            self.by_key
+                .entry((k.proto, k.varying))
+                .or_default()
+                .push(id);
         }
         if let Some(rx) = p.rx_start_ns {
             self.by_run.entry((p.cpu, rx)).or_default().push(id);
@@ -386,8 +395,18 @@ impl Correlator {
 
     fn stalls_changed(&mut self) {
         let linger = self.cfg.linger_ns;
-        self.next_due = self.stalls.iter().map(|s| s.end_ns.saturating_add(linger)).min().unwrap_or(u64::MAX);
-        self.open_min_start = self.stalls.iter().map(|s| s.start_ns).min().unwrap_or(u64::MAX);
+        self.next_due = self
+            .stalls
+            .iter()
+            .map(|s| s.end_ns.saturating_add(linger))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.open_min_start = self
+            .stalls
+            .iter()
+            .map(|s| s.start_ns)
+            .min()
+            .unwrap_or(u64::MAX);
     }
 
     fn on_syscall(&mut self, s: &SyscallRec) {
@@ -412,22 +431,37 @@ impl Correlator {
         }
         let id = self.next_probe;
         self.next_probe += 1;
-        let key = if p.status == ProbeStatus::Dup { None } else { probe_key(p) };
+        let key = if p.status == ProbeStatus::Dup {
+            None
+        } else {
+            probe_key(p)
+        };
         let mut st = ProbeState::default();
         if let Some(k) = key {
-            let join = ProbeJoin { idx: ProbeIdx::Inline(id), seq: p.seq, rtt_ns: p.rtt_ns, status: p.status };
+            let join = ProbeJoin {
+                idx: ProbeIdx::Inline(id),
+                seq: p.seq,
+                rtt_ns: p.rtt_ns,
+                status: p.status,
+            };
             // Its request and its reply may both have been seen: join the newest
             // unjoined one of each direction (older ones are an earlier wrap).
             if let Some(ids) = self.by_key.get(&(k.proto, k.varying)) {
                 let base = self.pkts.front().map_or(0, |f| f.id);
                 let (mut request, mut reply) = (false, false);
                 for &pid in ids.iter().rev() {
-                    let Some(pk) = pid.checked_sub(base).and_then(|i| self.pkts.get_mut(i as usize)) else {
+                    let Some(pk) = pid
+                        .checked_sub(base)
+                        .and_then(|i| self.pkts.get_mut(i as usize))
+                    else {
                         continue;
                     };
                     let is_request = matches!(pk.kind, PacketKind::EchoRequest | PacketKind::Syn);
                     let done = if is_request { &mut request } else { &mut reply };
-                    if *done || pk.probe.is_some() || !pk.key.is_some_and(|pkk| keys_match(&k, &pkk)) {
+                    if *done
+                        || pk.probe.is_some()
+                        || !pk.key.is_some_and(|pkk| keys_match(&k, &pkk))
+                    {
                         continue;
                     }
                     *done = true;
@@ -441,9 +475,18 @@ impl Correlator {
                     }
                 }
             }
-            self.probes_by_key.entry((k.proto, k.varying)).or_default().push(id);
+            self.probes_by_key
+                .entry((k.proto, k.varying))
+                .or_default()
+                .push(id);
         }
-        self.probes.push_back(InlineProbe { id, seen_at: self.now, rec: p.clone(), key, st });
+        self.probes.push_back(InlineProbe {
+            id,
+            seen_at: self.now,
+            rec: p.clone(),
+            key,
+            st,
+        });
     }
 
     /// Closes due episodes, then forgets what no open or future episode can need.
@@ -452,12 +495,12 @@ impl Correlator {
         let linger = self.cfg.linger_ns;
         while self.next_due <= self.now {
             let Some(i) = self
-            .stalls
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.end_ns.saturating_add(linger) <= self.now)
-            .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
-            .map(|(i, _)| i)
+                .stalls
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.end_ns.saturating_add(linger) <= self.now)
+                .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
+                .map(|(i, _)| i)
             else {
                 break;
             };
@@ -480,7 +523,9 @@ impl Correlator {
         }
         keep_from = keep_from.max(floor);
         while self.pkts.front().is_some_and(|p| p.seen_at < keep_from) {
-            let Some(p) = self.pkts.pop_front() else { break };
+            let Some(p) = self.pkts.pop_front() else {
+                break;
+            };
             if let Some(k) = p.key {
                 unindex(&mut self.by_key, (k.proto, k.varying), p.id);
             }
@@ -488,14 +533,20 @@ impl Correlator {
                 unindex(&mut self.by_run, (p.cpu, rx), p.id);
             }
         }
-        while self.syscalls.front().is_some_and(|(seen, _)| *seen < keep_from) {
+        while self
+            .syscalls
+            .front()
+            .is_some_and(|(seen, _)| *seen < keep_from)
+        {
             self.syscalls.pop_front();
         }
         // Probes arrive after their packets, so their episodes closed (linger) before
         // they leave the window; a stalled one still unclaimed is unexplained.
         let probe_cut = self.now.saturating_sub(self.cfg.window_ns);
         while self.probes.front().is_some_and(|p| p.seen_at < probe_cut) {
-            let Some(p) = self.probes.pop_front() else { break };
+            let Some(p) = self.probes.pop_front() else {
+                break;
+            };
             if let Some(k) = p.key {
                 unindex(&mut self.probes_by_key, (k.proto, k.varying), p.id);
             }
@@ -504,7 +555,10 @@ impl Correlator {
     }
 
     fn finalize_probe(&mut self, rec: &ProbeRec, st: ProbeState) {
-        if rec.status != ProbeStatus::Ok || !is_stalled(rec, self.cfg.stall_threshold_ns) || st.claimed {
+        if rec.status != ProbeStatus::Ok
+            || !is_stalled(rec, self.cfg.stall_threshold_ns)
+            || st.claimed
+        {
             return;
         }
         self.totals.probes_unexplained += 1;
@@ -533,7 +587,9 @@ impl Correlator {
             ProbeIdx::Inline(id) => {
                 let base = self.probes.front().map_or(0, |f| f.id);
                 let i = id.checked_sub(base)?;
-                self.probes.get_mut(usize::try_from(i).ok()?).map(|p| &mut p.st)
+                self.probes
+                    .get_mut(usize::try_from(i).ok()?)
+                    .map(|p| &mut p.st)
             }
         }
     }
@@ -557,7 +613,10 @@ impl Correlator {
         let base = self.pkts.front().map_or(0, |f| f.id);
         let mut run: Vec<&Pkt> = ids
             .iter()
-            .filter_map(|&id| id.checked_sub(base).and_then(|i| self.pkts.get(usize::try_from(i).ok()?)))
+            .filter_map(|&id| {
+                id.checked_sub(base)
+                    .and_then(|i| self.pkts.get(usize::try_from(i).ok()?))
+            })
             .collect();
         run.sort_by_key(|p| (p.ts_ns, p.id));
 
@@ -609,19 +668,34 @@ impl Correlator {
         }
 
         let rx = match run.first() {
-            Some(p) => RxTask { pid: p.pid, tgid: p.tgid, comm: p.comm.to_string(), context: p.context },
+            Some(p) => RxTask {
+                pid: p.pid,
+                tgid: p.tgid,
+                comm: p.comm.to_string(),
+                context: p.context,
+            },
             None => {
                 let w = st
                     .waits
                     .iter()
                     .find(|w| w.kind == WaitKind::RxThread)
                     .or(st.waits.first())?;
-                RxTask { pid: w.rx.pid, tgid: w.rx.tgid, comm: w.rx.comm.clone(), context: w.rx_context }
+                RxTask {
+                    pid: w.rx.pid,
+                    tgid: w.rx.tgid,
+                    comm: w.rx.comm.clone(),
+                    context: w.rx_context,
+                }
             }
         };
         let holders = merge_holders(&st.waits);
         let culprit = pick_culprit(&holders, rx.pid).map(|h| {
-            let sys = culprit_syscall(h, st.start_ns, st.end_ns, &mut self.syscalls.iter().map(|(_, s)| s));
+            let sys = culprit_syscall(
+                h,
+                st.start_ns,
+                st.end_ns,
+                &mut self.syscalls.iter().map(|(_, s)| s),
+            );
             Culprit::from_holder(h, sys)
         });
 
@@ -686,7 +760,12 @@ impl Correlator {
             culprit,
             holders: holders
                 .iter()
-                .map(|h| HolderSummary { pid: h.pid, tgid: h.tgid, comm: h.comm.clone(), run_ns: h.run_ns })
+                .map(|h| HolderSummary {
+                    pid: h.pid,
+                    tgid: h.tgid,
+                    comm: h.comm.clone(),
+                    run_ns: h.run_ns,
+                })
                 .collect(),
             probes_delayed: delayed,
             probes_in_run,
@@ -701,7 +780,9 @@ impl Correlator {
 
         let mut newly_explained = 0;
         for (idx, explained, answered) in claims {
-            let Some(s) = self.probe_state(idx) else { continue };
+            let Some(s) = self.probe_state(idx) else {
+                continue;
+            };
             if !explained {
                 s.short_wait = true;
             } else if !s.claimed {
@@ -755,11 +836,15 @@ impl Correlator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::fixture::{self, Seed, CADVISOR_PID, CADVISOR_TGID, CPU, MEMORY_STAT, MS, US};
+    use crate::attribution::fixture::{
+        self, Seed, CADVISOR_PID, CADVISOR_TGID, CPU, MEMORY_STAT, MS, US,
+    };
     use crate::dump::{Record, TaskRef};
 
     fn run(recs: &[Record], cfg: Option<Config>, log: Option<Vec<ProbeRec>>) -> Report {
-        let Record::Header(h) = &recs[0] else { panic!("no header") };
+        let Record::Header(h) = &recs[0] else {
+            panic!("no header")
+        };
         let mut c = Correlator::new(cfg.unwrap_or_else(|| Config::from_header(h, None)));
         if let Some(l) = log {
             c.set_probe_log(l);
@@ -771,7 +856,15 @@ mod tests {
     }
 
     fn probes_of(recs: &[Record]) -> Vec<ProbeRec> {
-        recs.iter().filter_map(|r| if let Record::Probe(p) = r { Some(p.clone()) } else { None }).collect()
+        recs.iter()
+            .filter_map(|r| {
+                if let Record::Probe(p) = r {
+                    Some(p.clone())
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -781,35 +874,79 @@ mod tests {
         assert_eq!(r.episodes.len(), 1, "{:#?}", r.episodes);
         let e = &r.episodes[0];
         assert_eq!(e.cpu, CPU);
-        assert_eq!(e.waits.len(), 2, "the softirq and ksoftirqd waits are one stall");
+        assert_eq!(
+            e.waits.len(),
+            2,
+            "the softirq and ksoftirqd waits are one stall"
+        );
         assert!((98 * MS..=100 * MS).contains(&e.wait_ns), "{}", e.wait_ns);
         let c = e.culprit.as_ref().unwrap();
-        assert_eq!((c.comm.as_str(), c.pid, c.tgid), ("cadvisor", CADVISOR_PID, CADVISOR_TGID));
+        assert_eq!(
+            (c.comm.as_str(), c.pid, c.tgid),
+            ("cadvisor", CADVISOR_PID, CADVISOR_TGID)
+        );
         assert_eq!(c.run_ns, 98 * MS);
         let s = c.syscall.as_ref().unwrap();
-        assert_eq!((s.nr, s.name.as_str(), s.path.as_deref()), (0, "read", Some(MEMORY_STAT)));
-        assert!(s.dur_ns.unwrap() > 200 * MS, "joined with the syscall record");
-        assert_eq!((e.rx.comm.as_str(), e.rx.context), ("ksoftirqd/11", RxContext::Ksoftirqd));
+        assert_eq!(
+            (s.nr, s.name.as_str(), s.path.as_deref()),
+            (0, "read", Some(MEMORY_STAT))
+        );
+        assert!(
+            s.dur_ns.unwrap() > 200 * MS,
+            "joined with the syscall record"
+        );
+        assert_eq!(
+            (e.rx.comm.as_str(), e.rx.context),
+            ("ksoftirqd/11", RxContext::Ksoftirqd)
+        );
         assert_eq!(e.probes_delayed, 5);
         assert_eq!(e.probes_in_run, 10);
         assert_eq!(e.packets_delayed, 10);
         assert_eq!(e.worst_rtt_ns.map(|n| n / MS), Some(99));
-        let seqs: Vec<(u32, bool, bool)> =
-            e.lines.iter().map(|l| (l.seq.unwrap(), l.delayed, l.over_threshold)).collect();
-        let mut want = vec![(1950, false, false), (1951, false, false), (1952, false, false)];
+        let seqs: Vec<(u32, bool, bool)> = e
+            .lines
+            .iter()
+            .map(|l| (l.seq.unwrap(), l.delayed, l.over_threshold))
+            .collect();
+        let mut want = vec![
+            (1950, false, false),
+            (1951, false, false),
+            (1952, false, false),
+        ];
         want.extend((1953..=1962).map(|s| (s, true, s <= 1957)));
         assert_eq!(seqs, want);
         assert_eq!(e.lines[1].comm, "cadvisor");
         assert_eq!(e.lines[1].context, RxContext::ProcessSoftirq);
-        assert_eq!((r.totals.probes_stalled, r.totals.probes_explained, r.totals.probes_unexplained), (5, 5, 0));
+        assert_eq!(
+            (
+                r.totals.probes_stalled,
+                r.totals.probes_explained,
+                r.totals.probes_unexplained
+            ),
+            (5, 5, 0)
+        );
         assert_eq!(r.culprits.len(), 1);
-        assert_eq!((r.culprits[0].tgid, r.culprits[0].episodes, r.culprits[0].probes_delayed), (CADVISOR_TGID, 1, 5));
+        assert_eq!(
+            (
+                r.culprits[0].tgid,
+                r.culprits[0].episodes,
+                r.culprits[0].probes_delayed
+            ),
+            (CADVISOR_TGID, 1, 5)
+        );
         assert_eq!(r.cpus.len(), 1);
     }
 
     #[test]
     fn quiet_recording_has_no_episode() {
-        let r = run(&fixture::records(Seed { stall: false, ..Seed::default() }), None, None);
+        let r = run(
+            &fixture::records(Seed {
+                stall: false,
+                ..Seed::default()
+            }),
+            None,
+            None,
+        );
         assert_eq!(r.totals.waits, 1, "a short wait is there");
         assert_eq!(r.totals.stalls_over_threshold, 0);
         assert!(r.episodes.is_empty());
@@ -820,7 +957,11 @@ mod tests {
 
     #[test]
     fn a_lower_threshold_turns_the_short_wait_into_an_episode_in_packet_mode() {
-        let recs = fixture::records(Seed { stall: false, probes: false, footer: true });
+        let recs = fixture::records(Seed {
+            stall: false,
+            probes: false,
+            footer: true,
+        });
         assert!(run(&recs, None, None).episodes.is_empty());
         let r = run(&recs, Some(Config::new(2 * MS)), None);
         assert_eq!(r.mode, Mode::Packets);
@@ -830,7 +971,14 @@ mod tests {
 
     #[test]
     fn packet_only_recording_groups_delayed_packets_by_wait() {
-        let r = run(&fixture::records(Seed { probes: false, ..Seed::default() }), None, None);
+        let r = run(
+            &fixture::records(Seed {
+                probes: false,
+                ..Seed::default()
+            }),
+            None,
+            None,
+        );
         assert_eq!(r.mode, Mode::Packets);
         assert_eq!(r.episodes.len(), 1);
         let e = &r.episodes[0];
@@ -854,7 +1002,10 @@ mod tests {
         assert_eq!(r.episodes.len(), 1);
         assert_eq!(r.episodes[0].probes_delayed, 5);
         assert_eq!(r.input.probe_source, "log");
-        let without = fixture::records(Seed { probes: false, ..Seed::default() });
+        let without = fixture::records(Seed {
+            probes: false,
+            ..Seed::default()
+        });
         let r2 = run(&without, None, Some(log));
         assert_eq!(r2.episodes, r.episodes);
     }
@@ -866,7 +1017,12 @@ mod tests {
         // The prober's side: every reply processed promptly on CPU 3.
         let mut extra = vec![];
         for seq in 1940u32..=2000 {
-            let mut p = fixture::packet(seq, fixture::arrival(seq) + 300 * US, fixture::arrival(seq) + 290 * US, (0, 0, "swapper/3", RxContext::Idle));
+            let mut p = fixture::packet(
+                seq,
+                fixture::arrival(seq) + 300 * US,
+                fixture::arrival(seq) + 290 * US,
+                (0, 0, "swapper/3", RxContext::Idle),
+            );
             p.cpu = 3;
             p.kind = PacketKind::EchoReply;
             extra.push(Record::Packet(p));
@@ -875,7 +1031,10 @@ mod tests {
         let mut merged = vec![];
         for r in recs {
             if let Record::Probe(p) = &r {
-                if let Some(pos) = extra.iter().position(|e| matches!(e, Record::Packet(x) if u32::from(x.seq) == p.seq)) {
+                if let Some(pos) = extra
+                    .iter()
+                    .position(|e| matches!(e, Record::Packet(x) if u32::from(x.seq) == p.seq))
+                {
                     merged.push(extra.remove(pos));
                 }
             }
@@ -891,7 +1050,10 @@ mod tests {
 
     #[test]
     fn stalled_probes_without_a_wait_are_unexplained_with_a_reason() {
-        let mut recs = fixture::records(Seed { stall: false, ..Seed::default() });
+        let mut recs = fixture::records(Seed {
+            stall: false,
+            ..Seed::default()
+        });
         for r in &mut recs {
             if let Record::Probe(p) = r {
                 if p.seq == 1990 {
@@ -906,7 +1068,11 @@ mod tests {
         assert!(r.episodes.is_empty());
         assert_eq!(r.totals.probes_unexplained, 2);
         assert_eq!((r.unexplained_no_wait, r.unexplained_no_packet), (1, 1));
-        let u: Vec<(u32, Unexplained, Option<u32>)> = r.unexplained.iter().map(|u| (u.seq, u.reason, u.cpu)).collect();
+        let u: Vec<(u32, Unexplained, Option<u32>)> = r
+            .unexplained
+            .iter()
+            .map(|u| (u.seq, u.reason, u.cpu))
+            .collect();
         assert!(u.contains(&(1990, Unexplained::NoWait, Some(CPU))), "{u:?}");
         assert!(u.contains(&(2500, Unexplained::NoPacket, None)), "{u:?}");
     }
@@ -918,10 +1084,24 @@ mod tests {
             start_ns: start,
             ts_ns: end,
             wait_ns: end - start,
-            rx: TaskRef { pid: 76, tgid: 76, comm: format!("ksoftirqd/{cpu}") },
+            rx: TaskRef {
+                pid: 76,
+                tgid: 76,
+                comm: format!("ksoftirqd/{cpu}"),
+            },
             rx_context: RxContext::Ksoftirqd,
-            waker: TaskRef { pid: 0, tgid: 0, comm: "swapper".into() },
-            holders: vec![fixture::holder(holder.0, holder.0, holder.1, end.saturating_sub(start + MS), None)],
+            waker: TaskRef {
+                pid: 0,
+                tgid: 0,
+                comm: "swapper".into(),
+            },
+            holders: vec![fixture::holder(
+                holder.0,
+                holder.0,
+                holder.1,
+                end.saturating_sub(start + MS),
+                None,
+            )],
             nr_switches: 1,
             nr_other_runs: 0,
             run_ns: 0,
@@ -943,11 +1123,19 @@ mod tests {
             let stalled = second % 10 == 5 && t >= in_stall_at && t < in_stall_at + 120 * MS;
             let end = in_stall_at + 120 * MS;
             if stalled && t == in_stall_at {
-                let who = if stall_no % 3 == 2 { (500, "backup") } else { (400, "cadvisor") };
+                let who = if stall_no % 3 == 2 {
+                    (500, "backup")
+                } else {
+                    (400, "cadvisor")
+                };
                 stall_no += 1;
                 each(&Record::Wait(synth_wait(CPU, t, end, who)));
             }
-            let (ts, rx) = if stalled { (end + 5 * US, end) } else { (t + 5 * US, t + 2 * US) };
+            let (ts, rx) = if stalled {
+                (end + 5 * US, end)
+            } else {
+                (t + 5 * US, t + 2 * US)
+            };
             let mut p = fixture::packet(seq, ts, rx, (0, 0, "swapper/11", RxContext::Idle));
             p.seq = seq as u16;
             each(&Record::Packet(p));
@@ -969,14 +1157,19 @@ mod tests {
         long_stream(700, |r| {
             closed += c.push(r).len();
             max_pkts = max_pkts.max(c.pkts.len());
-            max_keys = max_keys.max(c.by_key.len() + c.by_run.len() + c.probes_by_key.len() + c.probes.len());
+            max_keys = max_keys
+                .max(c.by_key.len() + c.by_run.len() + c.probes_by_key.len() + c.probes.len());
         });
         let r = c.finish();
         assert_eq!(r.totals.episodes, 70);
         assert_eq!(closed, 70, "all but none closed while streaming");
         assert!(max_pkts < 1000, "kept {max_pkts} packets");
         assert!(max_keys < 4000, "kept {max_keys} index entries");
-        let ranks: Vec<(&str, u64)> = r.culprits.iter().map(|c| (c.comm.as_str(), c.episodes)).collect();
+        let ranks: Vec<(&str, u64)> = r
+            .culprits
+            .iter()
+            .map(|c| (c.comm.as_str(), c.episodes))
+            .collect();
         assert_eq!(ranks, vec![("cadvisor", 47), ("backup", 23)]);
         // Each stall delays the 12 probes sent in it; those of 50 ms or more: 8.
         assert_eq!(r.totals.probes_explained, 70 * 8);
@@ -1004,6 +1197,9 @@ mod tests {
         let r = c.finish();
         let _ = crate::report::text::render(&r);
         let _ = crate::report::json::render(&r).unwrap();
-        assert_eq!((r.totals.waits, r.totals.packets, r.totals.probes), (2, 1, 1));
+        assert_eq!(
+            (r.totals.waits, r.totals.packets, r.totals.probes),
+            (2, 1, 1)
+        );
     }
 }

@@ -267,9 +267,17 @@ mod tests {
             start_ns: 0,
             ts_ns: 10,
             wait_ns: 10,
-            rx: TaskRef { pid: 9, tgid: 9, comm: "ksoftirqd/0".into() },
+            rx: TaskRef {
+                pid: 9,
+                tgid: 9,
+                comm: "ksoftirqd/0".into(),
+            },
             rx_context: RxContext::Ksoftirqd,
-            waker: TaskRef { pid: 1, tgid: 1, comm: "x".into() },
+            waker: TaskRef {
+                pid: 1,
+                tgid: 1,
+                comm: "x".into(),
+            },
             holders,
             nr_switches: 1,
             nr_other_runs: 0,
@@ -281,11 +289,18 @@ mod tests {
     #[test]
     fn merging_keeps_longest_run_and_any_syscall() {
         let a = wait(vec![holder(1, 50, false), holder(2, 10, false)]);
-        let b = wait(vec![holder(2, 70, false), holder(1, 40, true), holder(9, 100, false)]);
+        let b = wait(vec![
+            holder(2, 70, false),
+            holder(1, 40, true),
+            holder(9, 100, false),
+        ]);
         let m = merge_holders(&[a, b]);
         let got: Vec<(u32, u64)> = m.iter().map(|h| (h.pid, h.run_ns)).collect();
         assert_eq!(got, vec![(9, 100), (2, 70), (1, 50)]);
-        assert!(m[2].syscall.is_some(), "syscall from the shorter record is kept");
+        assert!(
+            m[2].syscall.is_some(),
+            "syscall from the shorter record is kept"
+        );
         // The RX thread itself is never the culprit.
         assert_eq!(pick_culprit(&m, 9).map(|h| h.pid), Some(2));
     }
@@ -319,7 +334,10 @@ mod tests {
 
     #[test]
     fn wall_time_formats_or_declines() {
-        assert_eq!(wall_time(1_500_000_000, Some(0)).as_deref(), Some("1970-01-01T00:00:01.500Z"));
+        assert_eq!(
+            wall_time(1_500_000_000, Some(0)).as_deref(),
+            Some("1970-01-01T00:00:01.500Z")
+        );
         assert_eq!(wall_time(5, Some(-10)), None);
         assert_eq!(wall_time(5, None), None);
     }

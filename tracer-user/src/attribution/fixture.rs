@@ -27,7 +27,11 @@ pub struct Seed {
 
 impl Default for Seed {
     fn default() -> Self {
-        Self { stall: true, probes: true, footer: true }
+        Self {
+            stall: true,
+            probes: true,
+            footer: true,
+        }
     }
 }
 
@@ -40,7 +44,11 @@ pub fn header(probe: Option<String>) -> Header {
         cpus: 24,
         boot_to_wall_ns: 1_700_000_000_000_000_000 - T0 as i64,
         started_at: "2023-11-14T22:13:20Z".into(),
-        hooks: vec!["kprobe:icmp_echo".into(), "irq:softirq_raise".into(), "sched:sched_switch".into()],
+        hooks: vec![
+            "kprobe:icmp_echo".into(),
+            "irq:softirq_raise".into(),
+            "sched:sched_switch".into(),
+        ],
         packet_hook: "kprobe".into(),
         options: Options {
             icmp_id: Some(IDENT),
@@ -61,10 +69,20 @@ pub fn arrival(seq: u32) -> u64 {
 }
 
 fn task(pid: u32, tgid: u32, comm: &str) -> TaskRef {
-    TaskRef { pid, tgid, comm: comm.into() }
+    TaskRef {
+        pid,
+        tgid,
+        comm: comm.into(),
+    }
 }
 
-pub fn holder(pid: u32, tgid: u32, comm: &str, run_ns: u64, syscall: Option<SyscallRef>) -> HolderRec {
+pub fn holder(
+    pid: u32,
+    tgid: u32,
+    comm: &str,
+    run_ns: u64,
+    syscall: Option<SyscallRef>,
+) -> HolderRec {
     HolderRec {
         pid,
         tgid,
@@ -78,7 +96,12 @@ pub fn holder(pid: u32, tgid: u32, comm: &str, run_ns: u64, syscall: Option<Sysc
     }
 }
 
-pub fn packet(seq: u32, ts_ns: u64, rx_start_ns: u64, who: (u32, u32, &str, RxContext)) -> PacketRec {
+pub fn packet(
+    seq: u32,
+    ts_ns: u64,
+    rx_start_ns: u64,
+    who: (u32, u32, &str, RxContext),
+) -> PacketRec {
     PacketRec {
         ts_ns,
         cpu: CPU,
@@ -115,8 +138,18 @@ pub fn probe(seq: u32, rtt_ns: u64) -> ProbeRec {
 /// The records in arrival order (header first, footer last when asked).
 pub fn records(s: Seed) -> Vec<Record> {
     let idle = (0, 0, "swapper/11", RxContext::Idle);
-    let cadvisor = (CADVISOR_PID, CADVISOR_TGID, "cadvisor", RxContext::ProcessSoftirq);
-    let ksoftirqd = (KSOFTIRQD_PID, KSOFTIRQD_PID, "ksoftirqd/11", RxContext::Ksoftirqd);
+    let cadvisor = (
+        CADVISOR_PID,
+        CADVISOR_TGID,
+        "cadvisor",
+        RxContext::ProcessSoftirq,
+    );
+    let ksoftirqd = (
+        KSOFTIRQD_PID,
+        KSOFTIRQD_PID,
+        "ksoftirqd/11",
+        RxContext::Ksoftirqd,
+    );
     // (arrival order key, record)
     let mut ev: Vec<(u64, Record)> = Vec::new();
     let reply = 400 * US; // the rest of the round trip when nothing waits
@@ -171,7 +204,10 @@ pub fn records(s: Seed) -> Vec<Record> {
             truncated: false,
         };
         ev.push((end, Record::Wait(wait(WaitKind::RxThread, a + 3 * US, end))));
-        ev.push((entry, Record::Wait(wait(WaitKind::NetRxSoftirq, a + US, entry))));
+        ev.push((
+            entry,
+            Record::Wait(wait(WaitKind::NetRxSoftirq, a + US, entry)),
+        ));
         let sys_end = end - 10 * US;
         ev.push((
             sys_end,
@@ -268,7 +304,8 @@ mod tests {
 
     #[test]
     fn seed_fixture_file_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/seed.jsonl");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/seed.jsonl");
         let want = jsonl(&records(Seed::default()));
         if std::env::var_os("STALLTRACE_REGEN_FIXTURES").is_some() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();

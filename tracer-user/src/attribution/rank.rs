@@ -84,22 +84,25 @@ impl Ranking {
             return;
         };
         // One row per process: threads of one process (cadvisor's readers) add up.
-        let r = self.by_proc.entry((c.tgid, c.comm.clone())).or_insert_with(|| CulpritRank {
-            rank: 0,
-            tgid: c.tgid,
-            comm: c.comm.clone(),
-            pids: vec![],
-            episodes: 0,
-            probes_delayed: 0,
-            packets_delayed: 0,
-            total_wait_ns: 0,
-            worst_wait_ns: 0,
-            worst_rtt_ns: None,
-            run_ns: 0,
-            cpus: vec![],
-            cgroup: None,
-            syscalls: vec![],
-        });
+        let r = self
+            .by_proc
+            .entry((c.tgid, c.comm.clone()))
+            .or_insert_with(|| CulpritRank {
+                rank: 0,
+                tgid: c.tgid,
+                comm: c.comm.clone(),
+                pids: vec![],
+                episodes: 0,
+                probes_delayed: 0,
+                packets_delayed: 0,
+                total_wait_ns: 0,
+                worst_wait_ns: 0,
+                worst_rtt_ns: None,
+                run_ns: 0,
+                cpus: vec![],
+                cgroup: None,
+                syscalls: vec![],
+            });
         r.episodes += 1;
         r.probes_delayed += u64::from(ep.probes_delayed);
         r.packets_delayed += u64::from(ep.packets_delayed);
@@ -118,7 +121,11 @@ impl Ranking {
             r.cgroup.clone_from(&c.cgroup);
         }
         if let Some(s) = &c.syscall {
-            match r.syscalls.iter().position(|x| x.name == s.name && x.path == s.path) {
+            match r
+                .syscalls
+                .iter()
+                .position(|x| x.name == s.name && x.path == s.path)
+            {
                 Some(i) => {
                     if let Some(x) = r.syscalls.get_mut(i) {
                         x.episodes += 1;
@@ -131,7 +138,8 @@ impl Ranking {
                 }),
                 None => {}
             }
-            r.syscalls.sort_by(|a, b| b.episodes.cmp(&a.episodes).then(a.name.cmp(&b.name)));
+            r.syscalls
+                .sort_by(|a, b| b.episodes.cmp(&a.episodes).then(a.name.cmp(&b.name)));
         }
     }
 

@@ -17,11 +17,23 @@ pub enum DumpError {
     #[error("{path}: empty file, not a stalltrace dump")]
     Empty { path: PathBuf },
     #[error("{path}:{line}: not a stalltrace dump: {why}")]
-    NotADump { path: PathBuf, line: u64, why: String },
+    NotADump {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
     #[error("{path}:{line}: dump format version {found} is newer than this stalltrace understands ({DUMP_VERSION})")]
-    Version { path: PathBuf, line: u64, found: u32 },
+    Version {
+        path: PathBuf,
+        line: u64,
+        found: u32,
+    },
     #[error("{path}:{line}: malformed record: {why}")]
-    Malformed { path: PathBuf, line: u64, why: String },
+    Malformed {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
     #[error("{path}:{line}: binary data, not JSON text")]
     Binary { path: PathBuf, line: u64 },
     #[error("{path}:{line}: record after the footer")]
@@ -42,7 +54,10 @@ pub struct DumpReader<R: Read> {
 
 impl DumpReader<File> {
     pub fn open(path: &Path) -> Result<Self, DumpError> {
-        let f = File::open(path).map_err(|source| DumpError::Io { path: path.into(), source })?;
+        let f = File::open(path).map_err(|source| DumpError::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::new(path, f)
     }
 }
@@ -80,7 +95,11 @@ impl<R: Read> DumpReader<R> {
                     });
                 }
                 if h.version > DUMP_VERSION {
-                    return Err(DumpError::Version { path: me.path, line: 1, found: h.version });
+                    return Err(DumpError::Version {
+                        path: me.path,
+                        line: 1,
+                        found: h.version,
+                    });
                 }
                 me.header = h;
             }
@@ -123,7 +142,10 @@ impl<R: Read> DumpReader<R> {
             let n = self
                 .lines
                 .read_until(b'\n', &mut self.buf)
-                .map_err(|source| DumpError::Io { path: self.path.clone(), source })?;
+                .map_err(|source| DumpError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
             if n == 0 {
                 return Ok(None);
             }
@@ -134,7 +156,10 @@ impl<R: Read> DumpReader<R> {
                 continue;
             }
             if text.contains(&0) || std::str::from_utf8(text).is_err() {
-                return Err(DumpError::Binary { path: self.path.clone(), line: self.line });
+                return Err(DumpError::Binary {
+                    path: self.path.clone(),
+                    line: self.line,
+                });
             }
             match serde_json::from_slice::<Record>(text) {
                 Ok(r) => return Ok(Some(r)),
@@ -164,7 +189,10 @@ impl<R: Read> DumpReader<R> {
                 // Only blank lines may follow a footer.
                 match self.next_line()? {
                     None => Ok(None),
-                    Some(_) => Err(DumpError::AfterFooter { path: self.path.clone(), line: self.line }),
+                    Some(_) => Err(DumpError::AfterFooter {
+                        path: self.path.clone(),
+                        line: self.line,
+                    }),
                 }
             }
             Some(Record::Header(_)) => Err(DumpError::Malformed {
@@ -178,8 +206,14 @@ impl<R: Read> DumpReader<R> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -241,7 +275,12 @@ mod tests {
     #[test]
     fn cut_short_dump_reads_up_to_last_complete_line() {
         let p = probe_line(2);
-        let text = format!("{}\n{}\n{}", header_line(), probe_line(1), &p[..p.len() / 2]);
+        let text = format!(
+            "{}\n{}\n{}",
+            header_line(),
+            probe_line(1),
+            &p[..p.len() / 2]
+        );
         let (v, footer, partial) = read_all(text.as_bytes()).unwrap();
         assert_eq!(v.len(), 1);
         assert!(!footer);
@@ -250,10 +289,17 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let text = format!("{}\n{}\n{{\"type\":\"packet\"}}\n", header_line(), probe_line(1));
+        let text = format!(
+            "{}\n{}\n{{\"type\":\"packet\"}}\n",
+            header_line(),
+            probe_line(1)
+        );
         let e = read_all(text.as_bytes()).unwrap_err();
         assert!(matches!(e, DumpError::Malformed { line: 3, .. }), "{e}");
-        assert!(e.to_string().starts_with("d.jsonl:3: malformed record"), "{e}");
+        assert!(
+            e.to_string().starts_with("d.jsonl:3: malformed record"),
+            "{e}"
+        );
 
         let e = read_all(b"").unwrap_err();
         assert!(matches!(e, DumpError::Empty { .. }));

@@ -25,7 +25,11 @@ impl DumpWriter {
             opts.create_new(true);
         }
         let file = opts.open(path)?;
-        Ok(Self { path: path.to_path_buf(), out: BufWriter::with_capacity(1 << 16, file), lines: 0 })
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 16, file),
+            lines: 0,
+        })
     }
 
     pub fn path(&self) -> &Path {

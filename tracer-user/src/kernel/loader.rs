@@ -1,11 +1,9 @@
 //! Loads the eBPF object with this kernel's offsets and the user's filter, attaches the
 //! programs, and reads the maps. Dropping the [`Tracer`] detaches everything (aya owns
 //! the links and program fds), so no program outlives the process.
-use std::path::Path;
-
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint},
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
@@ -55,7 +53,10 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
 }
 
-/// Tracepoints of the attribution side, as (program, category, name).
+/// Tracepoints of the attribution side, as (program, category, name). All are attached
+/// raw (BPF_RAW_TRACEPOINT_OPEN): cheaper, no tracefs needed, and not skipped by the
+/// per-CPU recursion guard that classic tracepoint programs share (which drops a
+/// softirq or packet event that lands on top of another program, e.g. sys_enter).
 const STATE_TPS: &[(&str, &str, &str)] = &[
     ("sched_switch", "sched", "sched_switch"),
     ("sched_wakeup", "sched", "sched_wakeup"),
@@ -63,8 +64,10 @@ const STATE_TPS: &[(&str, &str, &str)] = &[
     ("softirq_entry", "irq", "softirq_entry"),
     ("softirq_exit", "irq", "softirq_exit"),
 ];
-const SYSCALL_TPS: &[(&str, &str, &str)] =
-    &[("sys_enter", "raw_syscalls", "sys_enter"), ("sys_exit", "raw_syscalls", "sys_exit")];
+const SYSCALL_TPS: &[(&str, &str, &str)] = &[
+    ("sys_enter", "raw_syscalls", "sys_enter"),
+    ("sys_exit", "raw_syscalls", "sys_exit"),
+];
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -93,25 +96,39 @@ impl Tracer {
             names.extend(SYSCALL_TPS.iter().map(|t| t.0));
         }
         for name in names {
-            let prog: &mut TracePoint = ebpf
+            let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
                 .try_into()
                 .map_err(|e| LoadError::Object(format!("{name}: {e}")))?;
-            prog.load().map_err(|e| LoadError::Verifier { prog: name.into(), why: verifier_msg(&e) })?;
+            prog.load().map_err(|e| LoadError::Verifier {
+                prog: name.into(),
+                why: verifier_msg(&e),
+            })?;
         }
         let kp: &mut KProbe = ebpf
             .program_mut("icmp_echo")
             .ok_or_else(|| LoadError::Object("program icmp_echo missing".into()))?
             .try_into()
             .map_err(|e| LoadError::Object(format!("icmp_echo: {e}")))?;
-        kp.load().map_err(|e| LoadError::Verifier { prog: "icmp_echo".into(), why: verifier_msg(&e) })?;
-        Ok(Self { ebpf, hooks: vec![], packet_hook: "tracepoint" })
+        kp.load().map_err(|e| LoadError::Verifier {
+            prog: "icmp_echo".into(),
+            why: verifier_msg(&e),
+        })?;
+        Ok(Self {
+            ebpf,
+            hooks: vec![],
+            packet_hook: "tracepoint",
+        })
     }
 
     /// Attaches the state tracepoints, the syscall ones if asked, and the packet hook
     /// the mode and the kernel allow. Returns notes for the user (fallbacks).
-    pub fn attach(&mut self, mode: AttachMode, tracefs: &Path, with_syscalls: bool) -> Result<Vec<String>, LoadError> {
+    pub fn attach(
+        &mut self,
+        mode: AttachMode,
+        with_syscalls: bool,
+    ) -> Result<Vec<String>, LoadError> {
         let mut notes = vec![];
         let mut tps: Vec<(&str, &str, &str)> = STATE_TPS.to_vec();
         if with_syscalls {
@@ -120,22 +137,31 @@ impl Tracer {
         for (prog, cat, name) in tps {
             self.attach_tp(prog, cat, name)?;
         }
-        let kprobe_ok = super::preflight::kprobe_support(tracefs);
+        let kprobe_ok = super::preflight::kprobe_support();
         match (mode, kprobe_ok) {
-            (AttachMode::Tracepoint, _) => self.attach_tp("netif_receive_skb", "net", "netif_receive_skb")?,
+            (AttachMode::Tracepoint, _) => {
+                self.attach_tp("netif_receive_skb", "net", "netif_receive_skb")?
+            }
             (AttachMode::Kprobe, Err(why)) => {
-                return Err(LoadError::KprobeUnavailable { hook: "kprobe:icmp_echo".into(), why })
+                return Err(LoadError::KprobeUnavailable {
+                    hook: "kprobe:icmp_echo".into(),
+                    why,
+                })
             }
             (AttachMode::Kprobe, Ok(())) => self.attach_kprobe()?,
             (AttachMode::Auto, Ok(())) => match self.attach_kprobe() {
                 Ok(()) => notes.push("packets: kprobe:icmp_echo (kprobes available)".into()),
                 Err(e) => {
-                    notes.push(format!("packets: {e}; falling back to tracepoint:net:netif_receive_skb"));
+                    notes.push(format!(
+                        "packets: {e}; falling back to tracepoint:net:netif_receive_skb"
+                    ));
                     self.attach_tp("netif_receive_skb", "net", "netif_receive_skb")?;
                 }
             },
             (AttachMode::Auto, Err(why)) => {
-                notes.push(format!("packets: tracepoint:net:netif_receive_skb, because {why}"));
+                notes.push(format!(
+                    "packets: tracepoint:net:netif_receive_skb, because {why}"
+                ));
                 self.attach_tp("netif_receive_skb", "net", "netif_receive_skb")?;
             }
         }
@@ -144,13 +170,17 @@ impl Tracer {
 
     fn attach_tp(&mut self, prog: &str, cat: &str, name: &str) -> Result<(), LoadError> {
         let hook = format!("tracepoint:{cat}:{name}");
-        let p: &mut TracePoint = self
+        let p: &mut RawTracePoint = self
             .ebpf
             .program_mut(prog)
             .ok_or_else(|| LoadError::Object(format!("program {prog} missing")))?
             .try_into()
             .map_err(|e| LoadError::Object(format!("{prog}: {e}")))?;
-        p.attach(cat, name).map_err(|e| LoadError::Attach { hook: hook.clone(), why: format!("{e:#}") })?;
+        let _ = cat;
+        p.attach(name).map_err(|e| LoadError::Attach {
+            hook: hook.clone(),
+            why: format!("{e:#}"),
+        })?;
         self.hooks.push(hook);
         Ok(())
     }
@@ -163,7 +193,10 @@ impl Tracer {
             .ok_or_else(|| LoadError::Object("program icmp_echo missing".into()))?
             .try_into()
             .map_err(|e| LoadError::Object(format!("icmp_echo: {e}")))?;
-        p.attach("icmp_echo", 0).map_err(|e| LoadError::Attach { hook: hook.clone(), why: format!("{e:#}") })?;
+        p.attach("icmp_echo", 0).map_err(|e| LoadError::Attach {
+            hook: hook.clone(),
+            why: format!("{e:#}"),
+        })?;
         self.hooks.push(hook);
         self.packet_hook = "kprobe";
         Ok(())
@@ -171,33 +204,55 @@ impl Tracer {
 
     /// The ring buffer, taken out so the reader can own it.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let m = self.ebpf.take_map("EVENTS").ok_or_else(|| LoadError::Map("EVENTS", "missing".into()))?;
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| LoadError::Map("EVENTS", "missing".into()))?;
         RingBuf::try_from(m).map_err(|e| LoadError::Map("EVENTS", e.to_string()))
     }
 
     /// Failed ring-buffer reserves so far, summed over CPUs.
     pub fn lost(&self) -> Result<Lost, LoadError> {
-        let m = self.ebpf.map("LOST").ok_or_else(|| LoadError::Map("LOST", "missing".into()))?;
-        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(m).map_err(|e| LoadError::Map("LOST", e.to_string()))?;
+        let m = self
+            .ebpf
+            .map("LOST")
+            .ok_or_else(|| LoadError::Map("LOST", "missing".into()))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(m).map_err(|e| LoadError::Map("LOST", e.to_string()))?;
         let mut by_kind = [0u64; LOST_SLOTS as usize];
         for (k, slot) in by_kind.iter_mut().enumerate() {
-            let vals = arr.get(&(k as u32), 0).map_err(|e| LoadError::Map("LOST", e.to_string()))?;
+            let vals = arr
+                .get(&(k as u32), 0)
+                .map_err(|e| LoadError::Map("LOST", e.to_string()))?;
             *slot = vals.iter().sum();
         }
-        Ok(Lost { packets: by_kind[1], waits: by_kind[2] + by_kind[3], syscalls: by_kind[4] })
+        Ok(Lost {
+            packets: by_kind[1],
+            waits: by_kind[2] + by_kind[3],
+            syscalls: by_kind[4],
+        })
     }
 
     /// Per-CPU delay histograms: (NET_RX raise→entry, RX-thread wakeup→run).
     pub fn hists(&self) -> Result<(Vec<CpuHist>, Vec<CpuHist>), LoadError> {
-        let m = self.ebpf.map("HISTS").ok_or_else(|| LoadError::Map("HISTS", "missing".into()))?;
-        let arr: PerCpuArray<_, Hist> = PerCpuArray::try_from(m).map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
+        let m = self
+            .ebpf
+            .map("HISTS")
+            .ok_or_else(|| LoadError::Map("HISTS", "missing".into()))?;
+        let arr: PerCpuArray<_, Hist> =
+            PerCpuArray::try_from(m).map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
         let read = |slot: u32| -> Result<Vec<CpuHist>, LoadError> {
-            let vals = arr.get(&slot, 0).map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
+            let vals = arr
+                .get(&slot, 0)
+                .map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
             Ok(vals
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| h.buckets.iter().any(|&b| b != 0))
-                .map(|(cpu, h)| CpuHist { cpu: cpu as u32, buckets: h.buckets.to_vec() })
+                .map(|(cpu, h)| CpuHist {
+                    cpu: cpu as u32,
+                    buckets: h.buckets.to_vec(),
+                })
                 .collect())
         };
         Ok((read(HIST_NET_RX)?, read(HIST_RX_THREAD)?))
@@ -209,7 +264,11 @@ fn verifier_msg(e: &aya::programs::ProgramError) -> String {
     let full = format!("{e:#}");
     let lines: Vec<&str> = full.lines().collect();
     if lines.len() > 12 {
-        format!("{}\n...\n{}", lines[0], lines[lines.len() - 10..].join("\n"))
+        format!(
+            "{}\n...\n{}",
+            lines[0],
+            lines[lines.len() - 10..].join("\n")
+        )
     } else {
         full
     }

@@ -1,10 +1,7 @@
 //! Checks before loading anything, each failing with one actionable line and its
-//! exit code: privileges, tracefs, BTF, kprobe support.
-use std::{
-    ffi::CString,
-    fs,
-    path::{Path, PathBuf},
-};
+//! exit code: privileges, BTF, kprobe support. (No tracefs: every hook is a raw
+//! tracepoint or a perf-PMU kprobe, attached without it.)
+use std::{fs, path::Path};
 
 use crate::exit::{CodedError, ExitCode};
 
@@ -36,63 +33,14 @@ pub fn check_privileges(what: &str) -> Result<(), CodedError> {
     let why = if uid != 0 {
         "not running as root".to_string()
     } else {
-        format!("running as root but without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN (CapEff={caps:016x})")
+        format!(
+            "running as root but without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN (CapEff={caps:016x})"
+        )
     };
     Err(CodedError::new(
         ExitCode::Privileges,
         format!("{what} needs root or CAP_BPF+CAP_PERFMON: {why}; run it with sudo"),
     ))
-}
-
-/// Where tracefs is, and whether this run mounted it (and so should unmount it).
-pub struct Tracefs {
-    pub path: PathBuf,
-    pub mounted_by_us: bool,
-}
-
-impl Tracefs {
-    /// Finds tracefs, mounting it at /sys/kernel/tracing when it is not mounted.
-    pub fn find_or_mount() -> Result<Self, CodedError> {
-        for p in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-            if Path::new(p).join("events").is_dir() {
-                return Ok(Self { path: p.into(), mounted_by_us: false });
-            }
-        }
-        let target = "/sys/kernel/tracing";
-        let (src, dst, fstype) = (c"nodev", CString::new(target).unwrap_or_default(), c"tracefs");
-        // SAFETY: valid NUL-terminated strings that outlive the call; null data is allowed.
-        let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-        if rc == 0 && Path::new(target).join("events").is_dir() {
-            log::info!("mounted tracefs at {target} for this run");
-            return Ok(Self { path: target.into(), mounted_by_us: true });
-        }
-        let err = std::io::Error::last_os_error();
-        Err(CodedError::new(
-            ExitCode::KernelFeature,
-            format!(
-                "tracefs is not mounted and mounting it failed ({err}); mount it with \
-                 `mount -t tracefs nodev /sys/kernel/tracing` (kernel needs CONFIG_TRACING)"
-            ),
-        ))
-    }
-
-    /// Unmounts tracefs if this run mounted it (lazily: attached programs keep working).
-    pub fn release(&mut self) {
-        if !self.mounted_by_us {
-            return;
-        }
-        if let Ok(p) = CString::new(self.path.as_os_str().as_encoded_bytes()) {
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
-        }
-        self.mounted_by_us = false;
-    }
-}
-
-impl Drop for Tracefs {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 pub fn check_btf() -> Result<(), CodedError> {
@@ -109,23 +57,27 @@ pub fn check_btf() -> Result<(), CodedError> {
     ))
 }
 
-/// Whether kprobes can be attached, and if not, why.
-pub fn kprobe_support(tracefs: &Path) -> Result<(), String> {
-    if Path::new("/sys/bus/event_source/devices/kprobe").exists()
-        || tracefs.join("kprobe_events").exists()
-    {
+/// Whether kprobes can be attached (through the perf kprobe PMU, as aya does), and if
+/// not, why.
+pub fn kprobe_support() -> Result<(), String> {
+    if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
         Ok(())
     } else {
-        Err("this kernel has no kprobe support (CONFIG_KPROBES is off: no \
-             /sys/bus/event_source/devices/kprobe, no kprobe_events in tracefs)"
-            .into())
+        Err(
+            "this kernel has no kprobe support (CONFIG_KPROBES is off: no \
+             /sys/bus/event_source/devices/kprobe)"
+                .into(),
+        )
     }
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11; later kernels charge BPF memory to
 /// the cgroup, so a failure here is a note, not an error.
 pub fn raise_memlock() -> Option<String> {
-    let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rl = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to an initialised rlimit.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) };
     if rc != 0 {

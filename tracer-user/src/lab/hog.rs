@@ -98,7 +98,9 @@ fn pin(cpu: u32) -> anyhow::Result<()> {
 
 fn set_fifo(prio: i32) -> anyhow::Result<()> {
     let try_set = || {
-        let p = libc::sched_param { sched_priority: prio };
+        let p = libc::sched_param {
+            sched_priority: prio,
+        };
         // SAFETY: valid sched_param pointer.
         unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) }
     };
@@ -107,13 +109,19 @@ fn set_fifo(prio: i32) -> anyhow::Result<()> {
     }
     // With RT group scheduling, a cgroup without an RT budget refuses SCHED_FIFO: the
     // root cgroup has one.
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.procs", std::process::id().to_string());
+    let _ = std::fs::write(
+        "/sys/fs/cgroup/cgroup.procs",
+        std::process::id().to_string(),
+    );
     if try_set() == 0 {
         return Ok(());
     }
     Err(CodedError::new(
         ExitCode::Privileges,
-        format!("cannot take SCHED_FIFO {prio}: {}", std::io::Error::last_os_error()),
+        format!(
+            "cannot take SCHED_FIFO {prio}: {}",
+            std::io::Error::last_os_error()
+        ),
     )
     .into())
 }
@@ -129,7 +137,14 @@ impl Hog {
         let exe = std::env::current_exe().context("finding the stalltrace binary")?;
         let mut c = Command::new(exe);
         c.arg("hog")
-            .args(["--cpu", &a.cpu.to_string(), "--fifo", &a.fifo.to_string(), "--name", &a.name])
+            .args([
+                "--cpu",
+                &a.cpu.to_string(),
+                "--fifo",
+                &a.fifo.to_string(),
+                "--name",
+                &a.name,
+            ])
             .args(["--duration", &format!("{}ms", a.duration.as_millis())])
             .args(["--burst", &format!("{}ms", a.burst.as_millis())])
             .args(["--gap", &format!("{}ms", a.gap.as_millis())])
@@ -139,7 +154,10 @@ impl Hog {
         }
         let child = c.spawn().context("starting the hog")?;
         let pid = child.id();
-        Ok(Self { child: Some(child), pid })
+        Ok(Self {
+            child: Some(child),
+            pid,
+        })
     }
 
     /// Waits for the hog to finish by itself; an error exit is reported.

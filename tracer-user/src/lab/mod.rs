@@ -140,7 +140,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
         return Err(CodedError::new(
             ExitCode::Usage,
-            format!("unknown scenario {:?}; choose one of: {}", a.scenario, names.join(", ")),
+            format!(
+                "unknown scenario {:?}; choose one of: {}",
+                a.scenario,
+                names.join(", ")
+            ),
         )
         .into());
     };
@@ -155,15 +159,24 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     }
     let cpu = a.cpu.unwrap_or(cpus - 1);
     if cpu == 0 || cpu >= cpus {
-        return Err(CodedError::new(ExitCode::Usage, format!("--cpu must be between 1 and {}", cpus - 1)).into());
+        return Err(CodedError::new(
+            ExitCode::Usage,
+            format!("--cpu must be between 1 and {}", cpus - 1),
+        )
+        .into());
     }
     if !Path::new("/proc/self/ns/net").exists() {
-        return Err(CodedError::new(ExitCode::KernelFeature, "this kernel has no network namespaces").into());
+        return Err(CodedError::new(
+            ExitCode::KernelFeature,
+            "this kernel has no network namespaces",
+        )
+        .into());
     }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
     }
 
     println!("lab: scenario {} — {}", sc.name, sc.summary);
@@ -180,7 +193,10 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     );
 
     let _file = if sc.reads_file {
-        let p = PathBuf::from(format!("/dev/shm/stalltrace-lab-{}.dat", std::process::id()));
+        let p = PathBuf::from(format!(
+            "/dev/shm/stalltrace-lab-{}.dat",
+            std::process::id()
+        ));
         let guard = TempFile(p.clone());
         fs::write(&p, vec![0u8; 256 << 20]).with_context(|| format!("writing {}", p.display()))?;
         Some(guard)
@@ -189,7 +205,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     };
 
     let dump = a.output.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("stalltrace-lab-{}-{}.jsonl", sc.name, std::process::id()))
+        std::env::temp_dir().join(format!(
+            "stalltrace-lab-{}-{}.jsonl",
+            sc.name,
+            std::process::id()
+        ))
     });
     let exe = std::env::current_exe().context("finding the stalltrace binary")?;
     let record_for = a.duration + Duration::from_secs(3);
@@ -199,7 +219,15 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         Command::new("taskset")
             .args(["-c", "0"])
             .arg(&exe)
-            .args(["record", "--quiet", "--force", "--wait-threshold", "20ms", "--probe", &ns.ns_addr])
+            .args([
+                "record",
+                "--quiet",
+                "--force",
+                "--wait-threshold",
+                "20ms",
+                "--probe",
+                &ns.ns_addr,
+            ])
             .args(["--interval", "10ms", "-o"])
             .arg(&dump)
             .args(["--duration", &format!("{}ms", record_for.as_millis())])
@@ -222,7 +250,10 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     };
     let hog = Hog::spawn(&hog_args)?;
     let hog_pid = hog.pid;
-    println!("lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}", sc.culprit, a.duration);
+    println!(
+        "lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
+        sc.culprit, a.duration
+    );
     let t0 = Instant::now();
     while t0.elapsed() < a.duration + Duration::from_millis(500) {
         if stop.load(Ordering::Relaxed) {
@@ -241,12 +272,21 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
 
     let v = verdict::judge(&dump, hog_pid, sc.culprit)?;
     println!("{}", v.summary);
-    println!("lab: dump kept at {} (stalltrace analyze {0} for the report again)", dump.display());
+    println!(
+        "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
+        dump.display()
+    );
     if v.blamed_planted {
-        println!("lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})", sc.culprit);
+        println!(
+            "lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})",
+            sc.culprit
+        );
         Ok(ExitCode::Ok)
     } else {
-        println!("lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above", sc.culprit);
+        println!(
+            "lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above",
+            sc.culprit
+        );
         Ok(ExitCode::LabMismatch)
     }
 }
@@ -257,7 +297,10 @@ fn wait_for_header(dump: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
         if stop.load(Ordering::Relaxed) {
             bail!("interrupted; cleaned up");
         }
-        if fs::read_to_string(dump).map(|s| s.contains("\"type\":\"header\"")).unwrap_or(false) {
+        if fs::read_to_string(dump)
+            .map(|s| s.contains("\"type\":\"header\""))
+            .unwrap_or(false)
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));

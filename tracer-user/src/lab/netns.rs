@@ -15,7 +15,9 @@ pub enum NetnsError {
     NamespaceTaken(String),
     #[error("network interface {0} already exists (remove it with `ip link del {0}`)")]
     LinkTaken(String),
-    #[error("no napi thread appeared for {0} after enabling threaded NAPI (kernel older than 5.12?)")]
+    #[error(
+        "no napi thread appeared for {0} after enabling threaded NAPI (kernel older than 5.12?)"
+    )]
     NoNapiThread(String),
 }
 
@@ -37,7 +39,10 @@ pub fn run(args: &[&str]) -> Result<String, NetnsError> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .map_err(|e| NetnsError::Command { cmd: args.join(" "), why: e.to_string() })?;
+        .map_err(|e| NetnsError::Command {
+            cmd: args.join(" "),
+            why: e.to_string(),
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -81,14 +86,21 @@ impl Netns {
             ns_addr6: format!("fd00:213:{subnet:x}::2"),
         };
         let (h4, n4) = (format!("{}/24", me.host_addr), format!("{}/24", me.ns_addr));
-        let (h6, n6) = (format!("{}/64", me.host_addr6), format!("{}/64", me.ns_addr6));
-        run(&["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if])?;
+        let (h6, n6) = (
+            format!("{}/64", me.host_addr6),
+            format!("{}/64", me.ns_addr6),
+        );
+        run(&[
+            "ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if,
+        ])?;
         run(&["ip", "link", "set", ns_if, "netns", name])?;
         run(&["ip", "addr", "add", &h4, "dev", host_if])?;
         run(&["ip", "-6", "addr", "add", &h6, "dev", host_if, "nodad"])?;
         run(&["ip", "link", "set", host_if, "up"])?;
         run(&["ip", "-n", name, "addr", "add", &n4, "dev", ns_if])?;
-        run(&["ip", "-n", name, "-6", "addr", "add", &n6, "dev", ns_if, "nodad"])?;
+        run(&[
+            "ip", "-n", name, "-6", "addr", "add", &n6, "dev", ns_if, "nodad",
+        ])?;
         run(&["ip", "-n", name, "link", "set", ns_if, "up"])?;
         run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         Ok(me)
@@ -100,14 +112,29 @@ impl Netns {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let n = (std::process::id().wrapping_mul(7).wrapping_add(k)) % 200 + 1;
-        Self::create(&format!("st{tag}{}-{k}", std::process::id()), &format!("sh{n}"), &format!("sn{n}"), n as u8)
+        Self::create(
+            &format!("st{tag}{}-{k}", std::process::id()),
+            &format!("sh{n}"),
+            &format!("sn{n}"),
+            n as u8,
+        )
     }
 
     /// Makes a `napi/<ns_if>-<id>` kthread do RX for the namespace side, pinned to
     /// `cpu`; returns its pid. veth needs GRO on its receiving end for a NAPI instance,
     /// and TSO off on the sending end or it bypasses NAPI.
     pub fn threaded_napi(&self, cpu: u32) -> Result<u32, NetnsError> {
-        run(&["ip", "netns", "exec", &self.name, "ethtool", "-K", &self.ns_if, "gro", "on"])?;
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "ethtool",
+            "-K",
+            &self.ns_if,
+            "gro",
+            "on",
+        ])?;
         let threaded = format!("echo 1 > /sys/class/net/{}/threaded", self.ns_if);
         run(&["ip", "netns", "exec", &self.name, "sh", "-c", &threaded])?;
         run(&["ethtool", "-K", &self.host_if, "tso", "off"])?;
@@ -125,7 +152,10 @@ impl Netns {
     /// Steers the namespace side's RX processing (RPS) to `cpu`.
     pub fn rps_to(&self, cpu: u32) -> Result<(), NetnsError> {
         let mask = format!("{:x}", 1u64 << cpu);
-        let cmd = format!("echo {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus", self.ns_if);
+        let cmd = format!(
+            "echo {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
+            self.ns_if
+        );
         run(&["ip", "netns", "exec", &self.name, "sh", "-c", &cmd]).map(|_| ())
     }
 
@@ -139,7 +169,9 @@ impl Netns {
 pub fn find_thread(prefix: &str) -> Option<u32> {
     let rd = fs::read_dir("/proc").ok()?;
     for e in rd.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(c) = fs::read_to_string(format!("/proc/{pid}/comm")) {
             if c.trim_end().starts_with(prefix) {
                 return Some(pid);

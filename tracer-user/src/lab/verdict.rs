@@ -13,10 +13,23 @@ pub struct Verdict {
 }
 
 pub fn judge(dump: &Path, planted_pid: u32, planted_comm: &str) -> anyhow::Result<Verdict> {
-    let a = AnalyzeArgs { dump: dump.to_path_buf(), probe_log: None, format: Format::Text, perfetto: None, stall_threshold: None };
+    let a = AnalyzeArgs {
+        dump: dump.to_path_buf(),
+        probe_log: None,
+        format: Format::Text,
+        perfetto: None,
+        stall_threshold: None,
+    };
     let report = analyze(&a, |_| {})?;
     let (blamed_planted, summary) = match report.culprits.first() {
-        None => (false, format!("lab: no culprit blamed: {} episodes, {} stalled probes", report.episodes.len(), report.totals.probes_stalled)),
+        None => (
+            false,
+            format!(
+                "lab: no culprit blamed: {} episodes, {} stalled probes",
+                report.episodes.len(),
+                report.totals.probes_stalled
+            ),
+        ),
         Some(c) => {
             // The hog is single-threaded: its tgid is its pid.
             let ok = c.tgid == planted_pid && c.comm == planted_comm;
@@ -34,5 +47,8 @@ pub fn judge(dump: &Path, planted_pid: u32, planted_comm: &str) -> anyhow::Resul
             )
         }
     };
-    Ok(Verdict { blamed_planted, summary })
+    Ok(Verdict {
+        blamed_planted,
+        summary,
+    })
 }

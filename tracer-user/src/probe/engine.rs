@@ -26,8 +26,22 @@ pub struct Sent {
 /// Details of an answer, for the hping3-style line.
 #[derive(Debug, Clone)]
 pub enum ReplyInfo {
-    Icmp { len: usize, from: IpAddr, ttl: Option<u8>, ip_id: Option<u16> },
-    Tcp { len: usize, from: IpAddr, ttl: Option<u8>, df: bool, ip_id: Option<u16>, sport: u16, flags: String, win: u16 },
+    Icmp {
+        len: usize,
+        from: IpAddr,
+        ttl: Option<u8>,
+        ip_id: Option<u16>,
+    },
+    Tcp {
+        len: usize,
+        from: IpAddr,
+        ttl: Option<u8>,
+        df: bool,
+        ip_id: Option<u16>,
+        sport: u16,
+        flags: String,
+        win: u16,
+    },
 }
 
 /// An answer that belongs to this prober: `slot` is the sequence modulo
@@ -68,10 +82,19 @@ struct Slot {
 
 /// What happened to a probe, for the caller's line and record.
 pub enum Outcome<'a> {
-    Answer { rec: ProbeRec, reply: &'a Reply },
-    Lost { rec: ProbeRec },
+    Answer {
+        rec: ProbeRec,
+        reply: &'a Reply,
+    },
+    Lost {
+        rec: ProbeRec,
+    },
     /// An answer after the probe was declared lost: counted, not recorded.
-    Late { seq: u64, rtt_ns: u64, reply: &'a Reply },
+    Late {
+        seq: u64,
+        rtt_ns: u64,
+        reply: &'a Reply,
+    },
 }
 
 pub struct EngineConfig {
@@ -83,13 +106,18 @@ pub struct EngineConfig {
 
 /// Boot-clock nanoseconds (CLOCK_BOOTTIME), the eBPF side's `bpf_ktime_get_boot_ns`.
 pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on Linux ≥ 2.6.39.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     if rc != 0 {
         return 0;
     }
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Tracks in-flight probes by counter; slots are kept for a while after they are
@@ -150,7 +178,8 @@ impl Tracker {
     /// can tell apart (an older slot would alias a newer one).
     fn prune(&mut self, now: Instant) {
         while let Some(front) = self.slots.front() {
-            let old = front.state != State::Pending && now.saturating_duration_since(front.sent) > self.keep;
+            let old = front.state != State::Pending
+                && now.saturating_duration_since(front.sent) > self.keep;
             let too_many = self.slots.len() as u64 > self.modulus;
             if !(old || too_many) {
                 break;
@@ -173,7 +202,13 @@ pub struct Engine {
 impl Engine {
     pub fn new(transport: Box<dyn Transport>, cfg: EngineConfig) -> Self {
         let tracker = Tracker::new(cfg.timeout, transport.modulus());
-        Self { transport, sched: Schedule::new(Instant::now(), cfg.interval), cfg, tracker, stats: ProbeStats::default() }
+        Self {
+            transport,
+            sched: Schedule::new(Instant::now(), cfg.interval),
+            cfg,
+            tracker,
+            stats: ProbeStats::default(),
+        }
     }
 
     pub fn stats(&self) -> &ProbeStats {
@@ -185,7 +220,13 @@ impl Engine {
         self.stats
     }
 
-    fn record(&self, counter: u64, slot: &Slot, rtt_ns: Option<u64>, status: ProbeStatus) -> ProbeRec {
+    fn record(
+        &self,
+        counter: u64,
+        slot: &Slot,
+        rtt_ns: Option<u64>,
+        status: ProbeStatus,
+    ) -> ProbeRec {
         ProbeRec {
             source: "builtin".into(),
             proto: self.transport.proto(),
@@ -202,7 +243,11 @@ impl Engine {
 
     /// Runs until `count` probes are settled or `stop` is set. `on` sees every outcome;
     /// it returns false to stop the run (e.g. the receiver of records went away).
-    pub fn run(&mut self, stop: &AtomicBool, mut on: impl FnMut(Outcome<'_>) -> bool) -> std::io::Result<()> {
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut on: impl FnMut(Outcome<'_>) -> bool,
+    ) -> std::io::Result<()> {
         set_tight_timer_slack();
         self.sched = Schedule::new(Instant::now(), self.cfg.interval);
         loop {
@@ -223,7 +268,10 @@ impl Engine {
             if !more && !self.tracker.pending() {
                 return Ok(());
             }
-            let mut until = self.tracker.next_expiry().unwrap_or(now + Duration::from_millis(100));
+            let mut until = self
+                .tracker
+                .next_expiry()
+                .unwrap_or(now + Duration::from_millis(100));
             if more {
                 until = until.min(due);
             }
@@ -251,7 +299,10 @@ impl Engine {
         let sent = Instant::now();
         let wire = match self.transport.send(counter) {
             Ok(w) => Some(w),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::EACCES) => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EPERM)
+                    || e.raw_os_error() == Some(libc::EACCES) =>
+            {
                 return Err(e);
             }
             Err(e) => {
@@ -265,7 +316,12 @@ impl Engine {
         };
         self.stats.drift.record(due, sent);
         self.stats.transmitted += 1;
-        self.tracker.push(Slot { sent, sent_boot_ns, wire, state: State::Pending });
+        self.tracker.push(Slot {
+            sent,
+            sent_boot_ns,
+            wire,
+            state: State::Pending,
+        });
         Ok(())
     }
 
@@ -305,7 +361,8 @@ impl Engine {
         let Some(slot) = self.tracker.get(c) else {
             return true;
         };
-        let rtt_ns = u64::try_from(r.at.saturating_duration_since(slot.sent).as_nanos()).unwrap_or(u64::MAX);
+        let rtt_ns =
+            u64::try_from(r.at.saturating_duration_since(slot.sent).as_nanos()).unwrap_or(u64::MAX);
         let prev = slot.state;
         if prev == State::Pending {
             slot.state = State::Answered;
@@ -329,19 +386,29 @@ impl Engine {
             }
             State::Lost => {
                 self.stats.late += 1;
-                on(Outcome::Late { seq: c, rtt_ns, reply: &r })
+                on(Outcome::Late {
+                    seq: c,
+                    rtt_ns,
+                    reply: &r,
+                })
             }
         }
     }
 }
 
 fn would_block(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }
 
 /// Reads one datagram into `buf` with `recvfrom(MSG_DONTWAIT)`; returns its length and
 /// the sender.
-pub fn recv_from(sock: &socket2::Socket, buf: &mut [u8]) -> std::io::Result<(usize, Option<std::net::SocketAddr>)> {
+pub fn recv_from(
+    sock: &socket2::Socket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<std::net::SocketAddr>)> {
     // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and `recv_from`
     // only writes initialised bytes into it (socket2 documents it never de-initialises).
     let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
@@ -358,7 +425,12 @@ mod tests {
         let mut t = Tracker::new(Duration::from_secs(1), 65536);
         let now = Instant::now();
         for _ in 0..70_000u64 {
-            t.push(Slot { sent: now, sent_boot_ns: 0, wire: None, state: State::Answered });
+            t.push(Slot {
+                sent: now,
+                sent_boot_ns: 0,
+                wire: None,
+                state: State::Answered,
+            });
             t.prune(now);
         }
         // Never more slots than the wire tells apart.
@@ -377,7 +449,10 @@ mod tests {
         queue: Vec<(Instant, u64)>,
         modulus: u64,
         // Always readable: a byte written and never read.
-        pair: (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream),
+        pair: (
+            std::os::unix::net::UnixStream,
+            std::os::unix::net::UnixStream,
+        ),
     }
 
     impl Fake {
@@ -385,7 +460,12 @@ mod tests {
             use std::io::Write;
             let mut pair = std::os::unix::net::UnixStream::pair().unwrap();
             pair.0.write_all(b"x").unwrap();
-            Self { script, queue: Vec::new(), modulus, pair }
+            Self {
+                script,
+                queue: Vec::new(),
+                modulus,
+                pair,
+            }
         }
     }
 
@@ -393,9 +473,13 @@ mod tests {
         fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
             let now = Instant::now();
             for d in (self.script)(counter) {
-                self.queue.push((now + Duration::from_millis(d), counter % self.modulus));
+                self.queue
+                    .push((now + Duration::from_millis(d), counter % self.modulus));
             }
-            Ok(Sent { wire_ident: 7, wire_seq: counter as u16 })
+            Ok(Sent {
+                wire_ident: 7,
+                wire_seq: counter as u16,
+            })
         }
         fn try_recv(&mut self) -> std::io::Result<Option<Reply>> {
             let now = Instant::now();
@@ -403,8 +487,17 @@ mod tests {
                 return Err(std::io::ErrorKind::WouldBlock.into());
             };
             let (_, slot) = self.queue.remove(i);
-            let info = ReplyInfo::Icmp { len: 28, from: "10.0.0.2".parse().unwrap(), ttl: None, ip_id: None };
-            Ok(Some(Reply { slot, at: now, info }))
+            let info = ReplyInfo::Icmp {
+                len: 28,
+                from: "10.0.0.2".parse().unwrap(),
+                ttl: None,
+                ip_id: None,
+            };
+            Ok(Some(Reply {
+                slot,
+                at: now,
+                info,
+            }))
         }
         fn fd(&self) -> RawFd {
             use std::os::fd::AsRawFd;
@@ -418,7 +511,12 @@ mod tests {
         }
     }
 
-    fn run_fake(fake: Fake, interval_ms: u64, timeout_ms: u64, count: u64) -> (ProbeStats, Vec<ProbeRec>, Vec<u64>) {
+    fn run_fake(
+        fake: Fake,
+        interval_ms: u64,
+        timeout_ms: u64,
+        count: u64,
+    ) -> (ProbeStats, Vec<ProbeRec>, Vec<u64>) {
         let cfg = EngineConfig {
             target: "10.0.0.2".parse().unwrap(),
             interval: Duration::from_millis(interval_ms),
@@ -451,17 +549,38 @@ mod tests {
             _ => vec![2],
         };
         let (st, recs, late) = run_fake(Fake::new(script, 65536), 20, 100, 16);
-        assert_eq!((st.transmitted, st.received, st.lost, st.duplicates, st.reordered, st.late), (16, 14, 2, 1, 1, 1), "{st:?}");
+        assert_eq!(
+            (
+                st.transmitted,
+                st.received,
+                st.lost,
+                st.duplicates,
+                st.reordered,
+                st.late
+            ),
+            (16, 14, 2, 1, 1, 1),
+            "{st:?}"
+        );
         assert_eq!(late, vec![6]);
-        let of = |s: ProbeStatus| recs.iter().filter(|r| r.status == s).map(|r| r.seq).collect::<Vec<_>>();
+        let of = |s: ProbeStatus| {
+            recs.iter()
+                .filter(|r| r.status == s)
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(of(ProbeStatus::Lost), vec![3, 6]);
         assert_eq!(of(ProbeStatus::Dup), vec![2]);
         let mut ok = of(ProbeStatus::Ok);
         ok.sort();
-        assert_eq!(ok, [0, 1, 2, 4, 5].into_iter().chain(7..16).collect::<Vec<_>>());
+        assert_eq!(
+            ok,
+            [0, 1, 2, 4, 5].into_iter().chain(7..16).collect::<Vec<_>>()
+        );
         let r4 = recs.iter().find(|r| r.seq == 4).unwrap();
         assert!(r4.rtt_ns.unwrap() >= 35_000_000, "{r4:?}");
-        assert!(recs.iter().all(|r| r.source == "builtin" && r.wire_ident == Some(7) && r.wire_seq == Some(r.seq as u16)));
+        assert!(recs.iter().all(|r| r.source == "builtin"
+            && r.wire_ident == Some(7)
+            && r.wire_seq == Some(r.seq as u16)));
         assert!(recs.iter().all(|r| r.sent_ns.is_some_and(|t| t > 0)));
         assert_eq!(st.rtts_ns.len(), 14);
         assert_eq!(st.drift.samples, 16);
@@ -471,10 +590,20 @@ mod tests {
     fn wrapping_wire_sequence_maps_to_the_right_probe() {
         // A wire that tells only 4 sequences apart: probe 9 answers as slot 1.
         let (st, recs, _) = run_fake(Fake::new(|_| vec![3], 4), 10, 25, 12);
-        assert_eq!((st.received, st.lost, st.duplicates, st.late), (12, 0, 0, 0), "{st:?}");
+        assert_eq!(
+            (st.received, st.lost, st.duplicates, st.late),
+            (12, 0, 0, 0),
+            "{st:?}"
+        );
         let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..12).collect::<Vec<_>>());
-        assert!(st.rtts_ns.iter().all(|r| (3_000_000..25_000_000).contains(r)), "{:?}", st.rtts_ns);
+        assert!(
+            st.rtts_ns
+                .iter()
+                .all(|r| (3_000_000..25_000_000).contains(r)),
+            "{:?}",
+            st.rtts_ns
+        );
     }
 
     #[test]

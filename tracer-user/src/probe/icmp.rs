@@ -7,7 +7,9 @@ use std::{
     time::Instant,
 };
 
-use etherparse::{IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4HeaderSlice};
+use etherparse::{
+    IcmpEchoHeader, Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, Ipv4HeaderSlice,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::engine::{recv_from, Reply, ReplyInfo, Sent, Transport};
@@ -18,7 +20,10 @@ pub enum OpenError {
     #[error("{0}")]
     NoPermission(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 pub fn is_perm(e: &std::io::Error) -> bool {
@@ -62,14 +67,18 @@ impl IcmpTransport {
                     if is_perm(&e) {
                         OpenError::NoPermission(no_permission_msg())
                     } else {
-                        OpenError::Io { what: "opening an ICMP datagram socket".into(), source: e }
+                        OpenError::Io {
+                            what: "opening an ICMP datagram socket".into(),
+                            source: e,
+                        }
                     }
                 })?;
                 let any: SocketAddr = match target {
                     IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
                     IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
                 };
-                s.bind(&any.into()).map_err(io("binding the ICMP datagram socket"))?;
+                s.bind(&any.into())
+                    .map_err(io("binding the ICMP datagram socket"))?;
                 // The "port" of a ping socket is its echo id, in the same byte order
                 // as the wire field: the kernel copies inet_sport into it.
                 let port = s
@@ -80,9 +89,15 @@ impl IcmpTransport {
                     .unwrap_or(0);
                 (s, SockKind::Dgram, port)
             }
-            Err(e) => return Err(OpenError::Io { what: "opening a raw ICMP socket".into(), source: e }),
+            Err(e) => {
+                return Err(OpenError::Io {
+                    what: "opening a raw ICMP socket".into(),
+                    source: e,
+                })
+            }
         };
-        sock.set_nonblocking(true).map_err(io("making the ICMP socket non-blocking"))?;
+        sock.set_nonblocking(true)
+            .map_err(io("making the ICMP socket non-blocking"))?;
         Ok(Self {
             sock,
             target,
@@ -120,26 +135,41 @@ fn echo_fields(icmp: &[u8]) -> Option<(u8, u16, u16)> {
     if icmp.len() < 8 {
         return None;
     }
-    Some((icmp[0], u16::from_be_bytes([icmp[4], icmp[5]]), u16::from_be_bytes([icmp[6], icmp[7]])))
+    Some((
+        icmp[0],
+        u16::from_be_bytes([icmp[4], icmp[5]]),
+        u16::from_be_bytes([icmp[6], icmp[7]]),
+    ))
 }
 
 impl Transport for IcmpTransport {
     fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
         // The wire sequence is the run's counter modulo 2^16, written big-endian.
         let seq = counter as u16;
-        let echo = IcmpEchoHeader { id: self.ident, seq };
+        let echo = IcmpEchoHeader {
+            id: self.ident,
+            seq,
+        };
         let mut pkt = Vec::with_capacity(8 + self.payload.len());
         match self.target {
             IpAddr::V4(_) => {
-                pkt.extend_from_slice(&Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(echo), &self.payload).to_bytes());
+                pkt.extend_from_slice(
+                    &Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(echo), &self.payload)
+                        .to_bytes(),
+                );
             }
             // The kernel fills in the ICMPv6 checksum (it needs the source address)
             // for raw and datagram ICMPv6 sockets alike.
-            IpAddr::V6(_) => pkt.extend_from_slice(&Icmpv6Header::new(Icmpv6Type::EchoRequest(echo)).to_bytes()),
+            IpAddr::V6(_) => {
+                pkt.extend_from_slice(&Icmpv6Header::new(Icmpv6Type::EchoRequest(echo)).to_bytes())
+            }
         }
         pkt.extend_from_slice(&self.payload);
         self.sock.send_to(&pkt, &self.dest)?;
-        Ok(Sent { wire_ident: self.ident, wire_seq: seq })
+        Ok(Sent {
+            wire_ident: self.ident,
+            wire_seq: seq,
+        })
     }
 
     fn try_recv(&mut self) -> std::io::Result<Option<Reply>> {
@@ -149,12 +179,20 @@ impl Transport for IcmpTransport {
         let (icmp, len, ttl, ip_id, src) = match (self.target, self.kind) {
             // Raw IPv4 sockets deliver the IP header too (and every ICMP packet).
             (IpAddr::V4(_), SockKind::Raw) => {
-                let Ok(ip) = Ipv4HeaderSlice::from_slice(pkt) else { return Ok(None) };
+                let Ok(ip) = Ipv4HeaderSlice::from_slice(pkt) else {
+                    return Ok(None);
+                };
                 if ip.protocol() != etherparse::IpNumber::ICMP {
                     return Ok(None);
                 }
                 let hl = ip.slice().len();
-                (&pkt[hl..], n, Some(ip.ttl()), Some(ip.identification()), IpAddr::V4(ip.source_addr()))
+                (
+                    &pkt[hl..],
+                    n,
+                    Some(ip.ttl()),
+                    Some(ip.identification()),
+                    IpAddr::V4(ip.source_addr()),
+                )
             }
             _ => match from {
                 Some(a) => (pkt, n, None, None, a.ip()),
@@ -164,12 +202,23 @@ impl Transport for IcmpTransport {
         if src != self.target {
             return Ok(None);
         }
-        let Some((ty, id, seq)) = echo_fields(icmp) else { return Ok(None) };
+        let Some((ty, id, seq)) = echo_fields(icmp) else {
+            return Ok(None);
+        };
         let reply_type = if self.target.is_ipv4() { 0 } else { 129 };
         if ty != reply_type || (self.kind == SockKind::Raw && id != self.ident) {
             return Ok(None);
         }
-        Ok(Some(Reply { slot: u64::from(seq), at, info: ReplyInfo::Icmp { len, from: src, ttl, ip_id } }))
+        Ok(Some(Reply {
+            slot: u64::from(seq),
+            at,
+            info: ReplyInfo::Icmp {
+                len,
+                from: src,
+                ttl,
+                ip_id,
+            },
+        }))
     }
 
     fn fd(&self) -> RawFd {
@@ -203,7 +252,13 @@ mod tests {
 
     #[test]
     fn request_bytes_carry_big_endian_id_and_seq() {
-        let h = Icmpv4Header::with_checksum(Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 0x1234, seq: 0x0102 }), &[]);
+        let h = Icmpv4Header::with_checksum(
+            Icmpv4Type::EchoRequest(IcmpEchoHeader {
+                id: 0x1234,
+                seq: 0x0102,
+            }),
+            &[],
+        );
         let b = h.to_bytes();
         assert_eq!(&b[4..8], &[0x12, 0x34, 0x01, 0x02]);
         assert_eq!(b[0], 8);

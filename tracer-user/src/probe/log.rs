@@ -35,7 +35,10 @@ use crate::dump::{ProbeProto, ProbeRec, ProbeStatus};
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeLogError {
     #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no probe line found (expected hping3 or ping output)")]
     NoProbes { path: PathBuf },
 }
@@ -89,11 +92,16 @@ impl ProbeLog {
 }
 
 pub fn parse_file(path: &Path) -> Result<ProbeLog, ProbeLogError> {
-    let io = |source| ProbeLogError::Io { path: path.to_path_buf(), source };
+    let io = |source| ProbeLogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let f = std::fs::File::open(path).map_err(io)?;
     let log = parse_reader(std::io::BufReader::new(f)).map_err(io)?;
     if log.probes.is_empty() {
-        return Err(ProbeLogError::NoProbes { path: path.to_path_buf() });
+        return Err(ProbeLogError::NoProbes {
+            path: path.to_path_buf(),
+        });
     }
     Ok(log)
 }
@@ -222,9 +230,13 @@ impl Parser {
     fn ping_line(&mut self, body: &str) -> bool {
         let re = re();
         if let Some(c) = re.ping_reply.captures(body) {
-            let Some(seq) = c.get(3).and_then(|m| m.as_str().parse::<u32>().ok()) else { return false };
+            let Some(seq) = c.get(3).and_then(|m| m.as_str().parse::<u32>().ok()) else {
+                return false;
+            };
             let rest = &body[c.get(0).map_or(0, |m| m.end())..];
-            let Some(rtt_ns) = re.ping_time.captures(rest).and_then(|t| ms_to_ns(&t[1])) else { return false };
+            let Some(rtt_ns) = re.ping_time.captures(rest).and_then(|t| ms_to_ns(&t[1])) else {
+                return false;
+            };
             let from = c.get(2).map_or("", |m| m.as_str());
             // `name (addr)` when ping resolved the host.
             let addr = match (from.rfind('('), from.rfind(')')) {
@@ -240,22 +252,39 @@ impl Parser {
             }
             self.push(ProbeRec {
                 source: "ping".into(),
-                proto: if addr.contains(':') { ProbeProto::Icmpv6 } else { ProbeProto::Icmp },
+                proto: if addr.contains(':') {
+                    ProbeProto::Icmpv6
+                } else {
+                    ProbeProto::Icmp
+                },
                 target: addr.to_string(),
                 seq,
                 // ping prints what it wrote in network order: the wire values.
-                wire_ident: re.ping_ident.captures(rest).and_then(|i| i[1].parse::<u16>().ok()),
+                wire_ident: re
+                    .ping_ident
+                    .captures(rest)
+                    .and_then(|i| i[1].parse::<u16>().ok()),
                 wire_seq: u16::try_from(seq).ok(),
                 sent_ns: None,
                 rtt_ns: Some(rtt_ns),
-                status: if dup { ProbeStatus::Dup } else { ProbeStatus::Ok },
+                status: if dup {
+                    ProbeStatus::Dup
+                } else {
+                    ProbeStatus::Ok
+                },
             });
             return true;
         }
         if let Some(c) = re.ping_noanswer.captures(body) {
-            let Ok(seq) = c[1].parse::<u32>() else { return false };
+            let Ok(seq) = c[1].parse::<u32>() else {
+                return false;
+            };
             let target = self.head_target.clone().unwrap_or_default();
-            let proto = if target.contains(':') { ProbeProto::Icmpv6 } else { ProbeProto::Icmp };
+            let proto = if target.contains(':') {
+                ProbeProto::Icmpv6
+            } else {
+                ProbeProto::Icmp
+            };
             let i = self.push(ProbeRec {
                 source: "ping".into(),
                 proto,
@@ -281,7 +310,9 @@ impl Parser {
         let mut start = 0;
         let mut any = false;
         for m in re.hping_rtt.captures_iter(&norm) {
-            let (Some(whole), Some(rtt)) = (m.get(0), m.get(1)) else { continue };
+            let (Some(whole), Some(rtt)) = (m.get(0), m.get(1)) else {
+                continue;
+            };
             let seg = &norm[start..whole.start()];
             start = whole.end();
             if let Some(rec) = self.hping_record(seg, rtt.as_str()) {
@@ -307,8 +338,16 @@ impl Parser {
         let rtt_ns = ms_to_ns(rtt)?;
         let dup = seg.contains("DUP!");
         let ip = kv.get("ip").copied().unwrap_or("");
-        let target = if ip.is_empty() { self.head_target.clone().unwrap_or_default() } else { ip.to_string() };
-        let status = if dup { ProbeStatus::Dup } else { ProbeStatus::Ok };
+        let target = if ip.is_empty() {
+            self.head_target.clone().unwrap_or_default()
+        } else {
+            ip.to_string()
+        };
+        let status = if dup {
+            ProbeStatus::Dup
+        } else {
+            ProbeStatus::Ok
+        };
         if let Some(s) = kv.get("icmp_seq") {
             let seq: u32 = s.parse().ok()?;
             return Some(ProbeRec {
@@ -327,7 +366,10 @@ impl Parser {
         }
         // TCP answers carry `flags=`; a bare `seq=` line is UDP mode, which the dump
         // cannot represent: left as unknown.
-        if let (Some(s), true) = (kv.get("seq"), kv.contains_key("flags") || kv.contains_key("sport")) {
+        if let (Some(s), true) = (
+            kv.get("seq"),
+            kv.contains_key("flags") || kv.contains_key("sport"),
+        ) {
             let seq: u32 = s.parse().ok()?;
             return Some(ProbeRec {
                 source: "hping3".into(),
@@ -358,11 +400,16 @@ impl Parser {
             self.head_target = Some(c[2].to_string());
             known = true;
         }
-        for (title, counts, rtts, tool) in
-            [(&re.hping_title, &re.hping_counts, &re.hping_rtts, "hping3"), (&re.ping_title, &re.ping_counts, &re.ping_rtts, "ping")]
-        {
+        for (title, counts, rtts, tool) in [
+            (&re.hping_title, &re.hping_counts, &re.hping_rtts, "hping3"),
+            (&re.ping_title, &re.ping_counts, &re.ping_rtts, "ping"),
+        ] {
             if let Some(c) = title.captures(body) {
-                let target = c.get(1).map(|m| m.as_str()).filter(|t| !t.is_empty()).map(str::to_string);
+                let target = c
+                    .get(1)
+                    .map(|m| m.as_str())
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
                 if let Some(t) = &target {
                     for i in self.untargeted.drain(..) {
                         if let Some(Some(p)) = self.probes.get_mut(i) {
@@ -370,7 +417,11 @@ impl Parser {
                         }
                     }
                 }
-                self.stats.push(LogStats { tool: tool.into(), target, ..Default::default() });
+                self.stats.push(LogStats {
+                    tool: tool.into(),
+                    target,
+                    ..Default::default()
+                });
                 known = true;
             }
             if let Some(c) = counts.captures(body) {
@@ -401,14 +452,21 @@ impl Parser {
     fn stats_for(&mut self, tool: &str) -> &mut LogStats {
         let open = self.stats.last().is_some_and(|s| s.tool == tool);
         if !open {
-            self.stats.push(LogStats { tool: tool.into(), ..Default::default() });
+            self.stats.push(LogStats {
+                tool: tool.into(),
+                ..Default::default()
+            });
         }
         let last = self.stats.len() - 1;
         &mut self.stats[last]
     }
 
     fn finish(self) -> ProbeLog {
-        ProbeLog { probes: self.probes.into_iter().flatten().collect(), unknown_lines: self.unknown_lines, stats: self.stats }
+        ProbeLog {
+            probes: self.probes.into_iter().flatten().collect(),
+            unknown_lines: self.unknown_lines,
+            stats: self.stats,
+        }
     }
 }
 

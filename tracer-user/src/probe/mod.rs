@@ -107,7 +107,14 @@ impl ProberConfig {
     #[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
     /// ICMP echo every 10 ms, 1 s timeout, until stopped.
     pub fn new(target: IpAddr) -> Self {
-        Self { target, tcp_port: None, interval: Duration::from_millis(10), count: None, size: 0, timeout: Duration::from_secs(1) }
+        Self {
+            target,
+            tcp_port: None,
+            interval: Duration::from_millis(10),
+            count: None,
+            size: 0,
+            timeout: Duration::from_secs(1),
+        }
     }
 
     fn validate(&self) -> Result<(), CodedError> {
@@ -119,10 +126,17 @@ impl ProberConfig {
             return Err(usage("--timeout must be above zero".into()));
         }
         if self.size > 65_000 {
-            return Err(usage(format!("--size {} is too large (at most 65000 bytes)", self.size)));
+            return Err(usage(format!(
+                "--size {} is too large (at most 65000 bytes)",
+                self.size
+            )));
         }
         // Every probe in flight needs its own wire sequence (ICMP) or source port (TCP).
-        let span = if self.tcp_port.is_some() { u128::from(PORT_SPAN) } else { 65_536 };
+        let span = if self.tcp_port.is_some() {
+            u128::from(PORT_SPAN)
+        } else {
+            65_536
+        };
         let in_flight = self.timeout.as_nanos() / self.interval.as_nanos() + 1;
         if in_flight >= span {
             return Err(usage(format!(
@@ -140,7 +154,10 @@ impl ProberConfig {
 pub fn resolve_host(host: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         if ip.is_ipv6() != ipv6 && ipv6 {
-            anyhow::bail!(CodedError::new(ExitCode::Usage, format!("{host} is not an IPv6 address, but -6 was given")));
+            anyhow::bail!(CodedError::new(
+                ExitCode::Usage,
+                format!("{host} is not an IPv6 address, but -6 was given")
+            ));
         }
         return Ok(ip);
     }
@@ -150,7 +167,12 @@ pub fn resolve_host(host: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
     addrs
         .map(|a| a.ip())
         .find(|ip| ip.is_ipv6() == ipv6)
-        .ok_or_else(|| anyhow::Error::new(CodedError::new(ExitCode::Usage, format!("{host} has no IPv{} address", if ipv6 { 6 } else { 4 }))))
+        .ok_or_else(|| {
+            anyhow::Error::new(CodedError::new(
+                ExitCode::Usage,
+                format!("{host} has no IPv{} address", if ipv6 { 6 } else { 4 }),
+            ))
+        })
 }
 
 /// An opened prober: the sockets exist, nothing is sent yet.
@@ -171,31 +193,57 @@ fn open(cfg: &ProberConfig) -> anyhow::Result<Opened> {
             OpenError::Io { .. } => anyhow::Error::new(e),
         }
     };
-    let (transport, wire_ident, tcp_ports, describe): (Box<dyn Transport>, _, _, _) = match cfg.tcp_port {
-        None => {
-            // Per-run echo id from the pid, written big-endian (unlike hping3, which
-            // writes its pid in host order).
-            let t = IcmpTransport::open(cfg.target, cfg.size, pid as u16).map_err(map_open)?;
-            let id = t.wire_ident();
-            let how = match t.kind() {
-                SockKind::Raw => "raw socket",
-                SockKind::Dgram => "unprivileged ping socket",
-            };
-            let proto = if cfg.target.is_ipv4() { "icmp" } else { "icmpv6" };
-            (Box::new(t) as Box<dyn Transport>, Some(id), None, format!("{proto} echo, {how}, echo id {id}"))
-        }
-        Some(port) => {
-            let t = TcpTransport::open(cfg.target, port, 10_000 + (pid % 20_000) as u16).map_err(map_open)?;
-            let base = t.base_port();
-            let last = base + (PORT_SPAN - 1);
-            (Box::new(t) as Box<dyn Transport>, None, Some((base, last)), format!("tcp SYN to port {port}, source ports {base}-{last}"))
-        }
-    };
+    let (transport, wire_ident, tcp_ports, describe): (Box<dyn Transport>, _, _, _) =
+        match cfg.tcp_port {
+            None => {
+                // Per-run echo id from the pid, written big-endian (unlike hping3, which
+                // writes its pid in host order).
+                let t = IcmpTransport::open(cfg.target, cfg.size, pid as u16).map_err(map_open)?;
+                let id = t.wire_ident();
+                let how = match t.kind() {
+                    SockKind::Raw => "raw socket",
+                    SockKind::Dgram => "unprivileged ping socket",
+                };
+                let proto = if cfg.target.is_ipv4() {
+                    "icmp"
+                } else {
+                    "icmpv6"
+                };
+                (
+                    Box::new(t) as Box<dyn Transport>,
+                    Some(id),
+                    None,
+                    format!("{proto} echo, {how}, echo id {id}"),
+                )
+            }
+            Some(port) => {
+                let t = TcpTransport::open(cfg.target, port, 10_000 + (pid % 20_000) as u16)
+                    .map_err(map_open)?;
+                let base = t.base_port();
+                let last = base + (PORT_SPAN - 1);
+                (
+                    Box::new(t) as Box<dyn Transport>,
+                    None,
+                    Some((base, last)),
+                    format!("tcp SYN to port {port}, source ports {base}-{last}"),
+                )
+            }
+        };
     let engine = Engine::new(
         transport,
-        EngineConfig { target: cfg.target, interval: cfg.interval, count: cfg.count, timeout: cfg.timeout },
+        EngineConfig {
+            target: cfg.target,
+            interval: cfg.interval,
+            count: cfg.count,
+            timeout: cfg.timeout,
+        },
     );
-    Ok(Opened { engine, wire_ident, tcp_ports, describe })
+    Ok(Opened {
+        engine,
+        wire_ident,
+        tcp_ports,
+        describe,
+    })
 }
 
 /// A prober running on its own thread, sending [`ProbeRec`]s to the sink.
@@ -212,7 +260,12 @@ pub struct ProberHandle {
 /// problems surface here (exit code 3 via [`CodedError`]).
 #[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
 pub fn spawn(cfg: ProberConfig, sink: Sender<ProbeRec>) -> anyhow::Result<ProberHandle> {
-    let Opened { mut engine, wire_ident, tcp_ports, .. } = open(&cfg)?;
+    let Opened {
+        mut engine,
+        wire_ident,
+        tcp_ports,
+        ..
+    } = open(&cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -229,7 +282,13 @@ pub fn spawn(cfg: ProberConfig, sink: Sender<ProbeRec>) -> anyhow::Result<Prober
             st
         })
         .context("starting the prober thread")?;
-    Ok(ProberHandle { stop, thread: Some(thread), wire_ident, tcp_port: cfg.tcp_port, tcp_ports })
+    Ok(ProberHandle {
+        stop,
+        thread: Some(thread),
+        wire_ident,
+        tcp_port: cfg.tcp_port,
+        tcp_ports,
+    })
 }
 
 #[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
@@ -264,7 +323,10 @@ impl ProberHandle {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(st)) => st,
-            Some(Err(_)) => ProbeStats { error: Some("the prober thread panicked".into()), ..Default::default() },
+            Some(Err(_)) => ProbeStats {
+                error: Some("the prober thread panicked".into()),
+                ..Default::default()
+            },
             None => ProbeStats::default(),
         }
     }
@@ -298,7 +360,8 @@ fn install_signal_handlers() -> anyhow::Result<()> {
             libc::sigaction(sig, &sa, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("installing the SIGINT/SIGTERM handler");
+            return Err(std::io::Error::last_os_error())
+                .context("installing the SIGINT/SIGTERM handler");
         }
     }
     Ok(())
@@ -330,31 +393,68 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     install_signal_handlers()?;
     if a.bench_schedule {
         if a.interval.is_zero() {
-            anyhow::bail!(CodedError::new(ExitCode::Usage, "--interval must be above zero"));
+            anyhow::bail!(CodedError::new(
+                ExitCode::Usage,
+                "--interval must be above zero"
+            ));
         }
         let count = a.count.unwrap_or(10_000);
         let d = schedule::bench(count, a.interval, &SIGNALLED);
         use std::io::Write;
-        let _ = writeln!(std::io::stdout(), "{count} slots at {:?}: {}", a.interval, d.line());
+        let _ = writeln!(
+            std::io::stdout(),
+            "{count} slots at {:?}: {}",
+            a.interval,
+            d.line()
+        );
         return Ok(ExitCode::Ok);
     }
-    let host = a.host.as_deref().ok_or_else(|| CodedError::new(ExitCode::Usage, "HOST is required"))?;
+    let host = a
+        .host
+        .as_deref()
+        .ok_or_else(|| CodedError::new(ExitCode::Usage, "HOST is required"))?;
     let target = resolve_host(host, a.ipv6)?;
-    let cfg = ProberConfig { target, tcp_port: a.tcp, interval: a.interval, count: a.count, size: a.size, timeout: a.timeout };
-    let Opened { mut engine, describe, .. } = open(&cfg)?;
+    let cfg = ProberConfig {
+        target,
+        tcp_port: a.tcp,
+        interval: a.interval,
+        count: a.count,
+        size: a.size,
+        timeout: a.timeout,
+    };
+    let Opened {
+        mut engine,
+        describe,
+        ..
+    } = open(&cfg)?;
     // Write errors (a closed pipe: `| head`) end the run quietly instead of panicking
     // as println! would.
     use std::io::Write;
     let mut out = std::io::stdout();
-    if writeln!(out, "PROBE {host} ({target}): {describe}, interval {:?}, timeout {:?}", cfg.interval, cfg.timeout).is_err() {
+    if writeln!(
+        out,
+        "PROBE {host} ({target}): {describe}, interval {:?}, timeout {:?}",
+        cfg.interval, cfg.timeout
+    )
+    .is_err()
+    {
         return Ok(ExitCode::Ok);
     }
     let is_tcp = cfg.tcp_port.is_some();
     let res = engine.run(&SIGNALLED, |o| {
         let line = match o {
             Outcome::Answer { rec, reply } => {
-                let mark = if rec.status == crate::dump::ProbeStatus::Dup { "DUP! " } else { "" };
-                reply_line(mark, u64::from(rec.seq), rec.rtt_ns.unwrap_or(0), &reply.info)
+                let mark = if rec.status == crate::dump::ProbeStatus::Dup {
+                    "DUP! "
+                } else {
+                    ""
+                };
+                reply_line(
+                    mark,
+                    u64::from(rec.seq),
+                    rec.rtt_ns.unwrap_or(0),
+                    &reply.info,
+                )
             }
             Outcome::Lost { rec } => {
                 let key = if is_tcp { "seq" } else { "icmp_seq" };
@@ -364,7 +464,11 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         };
         writeln!(out, "{line}").is_ok()
     });
-    let _ = write!(std::io::stdout(), "{}", engine.stats().render(&target.to_string()));
+    let _ = write!(
+        std::io::stdout(),
+        "{}",
+        engine.stats().render(&target.to_string())
+    );
     res.with_context(|| format!("probing {target}"))?;
     Ok(ExitCode::Ok)
 }
@@ -405,8 +509,16 @@ mod tests {
 
     #[test]
     fn lines_look_like_hping3() {
-        let info = ReplyInfo::Icmp { len: 28, from: "10.0.0.2".parse().unwrap(), ttl: Some(64), ip_id: Some(34179) };
-        assert_eq!(reply_line("", 5, 412_000, &info), "len=28 ip=10.0.0.2 ttl=64 id=34179 icmp_seq=5 rtt=0.412 ms");
+        let info = ReplyInfo::Icmp {
+            len: 28,
+            from: "10.0.0.2".parse().unwrap(),
+            ttl: Some(64),
+            ip_id: Some(34179),
+        };
+        assert_eq!(
+            reply_line("", 5, 412_000, &info),
+            "len=28 ip=10.0.0.2 ttl=64 id=34179 icmp_seq=5 rtt=0.412 ms"
+        );
         let info = ReplyInfo::Tcp {
             len: 40,
             from: "10.0.0.2".parse().unwrap(),
@@ -422,12 +534,17 @@ mod tests {
             "DUP! len=40 ip=10.0.0.2 ttl=64 DF id=0 sport=9876 flags=RA seq=7 win=0 rtt=1.000 ms"
         );
         // Our own lines parse back with the hping3 parser (same keys).
-        let parsed = log::parse_str(&reply_line("", 5, 412_000, &ReplyInfo::Icmp {
-            len: 28,
-            from: "10.0.0.2".parse().unwrap(),
-            ttl: None,
-            ip_id: None,
-        }));
+        let parsed = log::parse_str(&reply_line(
+            "",
+            5,
+            412_000,
+            &ReplyInfo::Icmp {
+                len: 28,
+                from: "10.0.0.2".parse().unwrap(),
+                ttl: None,
+                ip_id: None,
+            },
+        ));
         assert_eq!(parsed.probes.len(), 1);
         assert_eq!(parsed.probes[0].rtt_ns, Some(412_000));
     }
@@ -455,10 +572,24 @@ mod tests {
         let st = h.stop();
         assert_eq!(recs.len(), 20);
         for (i, r) in recs.iter().enumerate() {
-            assert_eq!((r.seq, r.status, r.wire_ident, r.wire_seq), (i as u32, crate::dump::ProbeStatus::Ok, Some(id), Some(i as u16)));
-            assert_eq!((r.source.as_str(), r.proto), ("builtin", crate::dump::ProbeProto::Icmp));
+            assert_eq!(
+                (r.seq, r.status, r.wire_ident, r.wire_seq),
+                (
+                    i as u32,
+                    crate::dump::ProbeStatus::Ok,
+                    Some(id),
+                    Some(i as u16)
+                )
+            );
+            assert_eq!(
+                (r.source.as_str(), r.proto),
+                ("builtin", crate::dump::ProbeProto::Icmp)
+            );
             let sent = r.sent_ns.unwrap();
-            assert!(sent >= before && sent <= boot_ns(), "sent_ns is CLOCK_BOOTTIME");
+            assert!(
+                sent >= before && sent <= boot_ns(),
+                "sent_ns is CLOCK_BOOTTIME"
+            );
             assert!(r.rtt_ns.unwrap() > 0);
         }
         assert!(recs.windows(2).all(|w| w[1].sent_ns >= w[0].sent_ns));
@@ -468,7 +599,10 @@ mod tests {
 
     #[test]
     fn resolve_literal_addresses() {
-        assert_eq!(resolve_host("10.1.2.3", false).unwrap(), "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            resolve_host("10.1.2.3", false).unwrap(),
+            "10.1.2.3".parse::<IpAddr>().unwrap()
+        );
         assert!(resolve_host("fd00::2", true).unwrap().is_ipv6());
         assert!(resolve_host("10.1.2.3", true).is_err());
     }

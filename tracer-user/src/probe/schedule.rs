@@ -22,7 +22,9 @@ impl Schedule {
     pub fn deadline(&self, i: u64) -> Instant {
         let ns = self.interval.as_nanos().saturating_mul(u128::from(i));
         let ns = u64::try_from(ns).unwrap_or(u64::MAX);
-        self.t0.checked_add(Duration::from_nanos(ns)).unwrap_or(self.t0)
+        self.t0
+            .checked_add(Duration::from_nanos(ns))
+            .unwrap_or(self.t0)
     }
 }
 
@@ -37,7 +39,8 @@ pub struct Drift {
 
 impl Drift {
     pub fn record(&mut self, deadline: Instant, actual: Instant) {
-        let late = u64::try_from(actual.saturating_duration_since(deadline).as_nanos()).unwrap_or(u64::MAX);
+        let late = u64::try_from(actual.saturating_duration_since(deadline).as_nanos())
+            .unwrap_or(u64::MAX);
         self.samples += 1;
         self.max_ns = self.max_ns.max(late);
         self.final_ns = late;
@@ -69,7 +72,9 @@ impl Drift {
 /// 1 ms short and the last stretch is a short, precise wait; never more than 100 ms,
 /// so a stop request is seen promptly.
 pub fn step_toward(until: Instant, now: Instant) -> Duration {
-    let left = until.saturating_duration_since(now).min(Duration::from_millis(100));
+    let left = until
+        .saturating_duration_since(now)
+        .min(Duration::from_millis(100));
     if left > Duration::from_millis(2) {
         left - Duration::from_millis(1)
     } else {
@@ -90,14 +95,25 @@ pub fn set_tight_timer_slack() {
 /// a negative `fd` just sleeps. A signal ends the wait early (returns false) so
 /// Ctrl-C is seen at once.
 pub fn poll_wait(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let ts = libc::timespec { tv_sec: wait.as_secs() as libc::time_t, tv_nsec: wait.subsec_nanos() as libc::c_long };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
     // SAFETY: `pfd` and `ts` are valid for the call; one entry (poll ignores a negative
     // fd); a null sigmask keeps the thread's signal mask.
     let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
     if rc < 0 {
         let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
     }
     Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }
@@ -149,7 +165,10 @@ mod tests {
         assert_eq!(s.deadline(360_000) - t0, Duration::from_secs(3600));
         // 1/3 ms does not divide evenly in ns, yet slot i is still i * interval.
         let s = Schedule::new(t0, Duration::from_nanos(333_333));
-        assert_eq!(s.deadline(3_000_000) - t0, Duration::from_nanos(333_333 * 3_000_000));
+        assert_eq!(
+            s.deadline(3_000_000) - t0,
+            Duration::from_nanos(333_333 * 3_000_000)
+        );
     }
 
     #[test]

@@ -30,7 +30,8 @@ impl ProbeStats {
         if self.transmitted == 0 {
             0.0
         } else {
-            100.0 * (self.transmitted.saturating_sub(self.received)) as f64 / self.transmitted as f64
+            100.0 * (self.transmitted.saturating_sub(self.received)) as f64
+                / self.transmitted as f64
         }
     }
 
@@ -79,10 +80,22 @@ impl ProbeStats {
             let _ = writeln!(s, "{} sends failed", self.send_errors);
         }
         if let (Some(min), Some(avg), Some(max)) = (self.min_ns(), self.avg_ns(), self.max_ns()) {
-            let _ = writeln!(s, "round-trip min/avg/max = {}/{}/{} ms", ms(min), ms(avg), ms(max));
+            let _ = writeln!(
+                s,
+                "round-trip min/avg/max = {}/{}/{} ms",
+                ms(min),
+                ms(avg),
+                ms(max)
+            );
         }
         if let Some(p) = self.percentiles(&[50.0, 99.0, 99.9]) {
-            let _ = writeln!(s, "round-trip p50/p99/p99.9 = {}/{}/{} ms", ms(p[0]), ms(p[1]), ms(p[2]));
+            let _ = writeln!(
+                s,
+                "round-trip p50/p99/p99.9 = {}/{}/{} ms",
+                ms(p[0]),
+                ms(p[1]),
+                ms(p[2])
+            );
         }
         let _ = writeln!(s, "{}", self.drift.line());
         s
@@ -115,9 +128,18 @@ mod tests {
 
     #[test]
     fn percentiles_nearest_rank() {
-        let st = ProbeStats { rtts_ns: (1..=1000).rev().collect(), ..Default::default() };
-        assert_eq!(st.percentiles(&[50.0, 99.0, 99.9, 100.0]).unwrap(), vec![500, 990, 999, 1000]);
-        let one = ProbeStats { rtts_ns: vec![7], ..Default::default() };
+        let st = ProbeStats {
+            rtts_ns: (1..=1000).rev().collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            st.percentiles(&[50.0, 99.0, 99.9, 100.0]).unwrap(),
+            vec![500, 990, 999, 1000]
+        );
+        let one = ProbeStats {
+            rtts_ns: vec![7],
+            ..Default::default()
+        };
         assert_eq!(one.percentiles(&[0.0, 50.0, 99.9]).unwrap(), vec![7, 7, 7]);
         assert!(ProbeStats::default().percentiles(&[50.0]).is_none());
     }
@@ -134,10 +156,24 @@ mod tests {
         };
         assert_eq!(st.avg_ns(), Some(566_666));
         let r = st.render("10.0.0.2");
-        assert!(r.contains("--- 10.0.0.2 stalltrace probe statistic ---"), "{r}");
-        assert!(r.contains("4 packets transmitted, 3 packets received, 1 lost, 25% packet loss, 1 duplicates"), "{r}");
-        assert!(r.contains("round-trip min/avg/max = 0.100/0.567/1.200 ms"), "{r}");
-        assert!(r.contains("round-trip p50/p99/p99.9 = 0.400/1.200/1.200 ms"), "{r}");
+        assert!(
+            r.contains("--- 10.0.0.2 stalltrace probe statistic ---"),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                "4 packets transmitted, 3 packets received, 1 lost, 25% packet loss, 1 duplicates"
+            ),
+            "{r}"
+        );
+        assert!(
+            r.contains("round-trip min/avg/max = 0.100/0.567/1.200 ms"),
+            "{r}"
+        );
+        assert!(
+            r.contains("round-trip p50/p99/p99.9 = 0.400/1.200/1.200 ms"),
+            "{r}"
+        );
         assert!(r.contains("schedule drift: max 0 µs"), "{r}");
     }
 }

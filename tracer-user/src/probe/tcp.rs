@@ -35,7 +35,11 @@ impl TcpTransport {
     /// `base` is the first source port; `base + PORT_SPAN` must fit in 16 bits.
     pub fn open(target: IpAddr, dport: u16, base: u16) -> Result<Self, OpenError> {
         let base = base.min(u16::MAX - PORT_SPAN);
-        let domain = if target.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+        let domain = if target.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
         let sock = Socket::new(domain, Type::RAW, Some(Protocol::TCP)).map_err(|e| {
             if is_perm(&e) {
                 OpenError::NoPermission(
@@ -44,16 +48,29 @@ impl TcpTransport {
                         .into(),
                 )
             } else {
-                OpenError::Io { what: "opening a raw TCP socket".into(), source: e }
+                OpenError::Io {
+                    what: "opening a raw TCP socket".into(),
+                    source: e,
+                }
             }
         })?;
-        sock.set_nonblocking(true).map_err(|source| OpenError::Io { what: "making the TCP socket non-blocking".into(), source })?;
+        sock.set_nonblocking(true).map_err(|source| OpenError::Io {
+            what: "making the TCP socket non-blocking".into(),
+            source,
+        })?;
         // The checksum covers the source address: ask routing which one it will use.
-        let any: SocketAddr = if target.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+        let any: SocketAddr = if target.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
         let src = UdpSocket::bind(any)
             .and_then(|u| u.connect((target, dport)).map(|_| u))
             .and_then(|u| u.local_addr())
-            .map_err(|source| OpenError::Io { what: format!("finding a route to {target}"), source })?
+            .map_err(|source| OpenError::Io {
+                what: format!("finding a route to {target}"),
+                source,
+            })?
             .ip();
         Ok(Self {
             sock,
@@ -72,13 +89,25 @@ impl TcpTransport {
         self.base
     }
 
-    pub fn syn(&self, counter: u64) -> Result<(TcpHeader, u16), etherparse::err::ValueTooBigError<usize>> {
+    pub fn syn(
+        &self,
+        counter: u64,
+    ) -> Result<(TcpHeader, u16), etherparse::err::ValueTooBigError<usize>> {
         let sport = self.base + (counter % u64::from(PORT_SPAN)) as u16;
-        let mut h = TcpHeader::new(sport, self.dport, self.isn.wrapping_add(counter as u32), 64240);
+        let mut h = TcpHeader::new(
+            sport,
+            self.dport,
+            self.isn.wrapping_add(counter as u32),
+            64240,
+        );
         h.syn = true;
         h.checksum = match (self.src, self.target) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => h.calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])?,
-            (IpAddr::V6(s), IpAddr::V6(d)) => h.calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])?,
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                h.calc_checksum_ipv4_raw(s.octets(), d.octets(), &[])?
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                h.calc_checksum_ipv6_raw(s.octets(), d.octets(), &[])?
+            }
             // Routing answered with the other family: the send below will fail.
             _ => 0,
         };
@@ -89,7 +118,14 @@ impl TcpTransport {
 /// Flags in hping3's order and spelling (`SA`, `RA`).
 pub fn flags_str(t: &TcpSlice<'_>) -> String {
     let mut f = String::new();
-    for (on, c) in [(t.rst(), 'R'), (t.syn(), 'S'), (t.ack(), 'A'), (t.fin(), 'F'), (t.psh(), 'P'), (t.urg(), 'U')] {
+    for (on, c) in [
+        (t.rst(), 'R'),
+        (t.syn(), 'S'),
+        (t.ack(), 'A'),
+        (t.fin(), 'F'),
+        (t.psh(), 'P'),
+        (t.urg(), 'U'),
+    ] {
         if on {
             f.push(c);
         }
@@ -102,10 +138,15 @@ pub fn flags_str(t: &TcpSlice<'_>) -> String {
 
 impl Transport for TcpTransport {
     fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
-        let (h, sport) = self.syn(counter).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (h, sport) = self
+            .syn(counter)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         self.sock.send_to(&h.to_bytes(), &self.dest)?;
         // For TCP the record's ident is the probe's source port, seq its destination port.
-        Ok(Sent { wire_ident: sport, wire_seq: self.dport })
+        Ok(Sent {
+            wire_ident: sport,
+            wire_seq: self.dport,
+        })
     }
 
     fn try_recv(&mut self) -> std::io::Result<Option<Reply>> {
@@ -115,8 +156,16 @@ impl Transport for TcpTransport {
         // Raw IPv4 sockets deliver the IP header; raw IPv6 sockets do not.
         let (seg, ttl, df, ip_id, src) = match self.target {
             IpAddr::V4(_) => {
-                let Ok(ip) = Ipv4HeaderSlice::from_slice(pkt) else { return Ok(None) };
-                (&pkt[ip.slice().len()..], Some(ip.ttl()), ip.dont_fragment(), Some(ip.identification()), IpAddr::V4(ip.source_addr()))
+                let Ok(ip) = Ipv4HeaderSlice::from_slice(pkt) else {
+                    return Ok(None);
+                };
+                (
+                    &pkt[ip.slice().len()..],
+                    Some(ip.ttl()),
+                    ip.dont_fragment(),
+                    Some(ip.identification()),
+                    IpAddr::V4(ip.source_addr()),
+                )
             }
             IpAddr::V6(_) => match from {
                 Some(a) => (pkt, None, false, None, a.ip()),
@@ -126,7 +175,9 @@ impl Transport for TcpTransport {
         if src != self.target {
             return Ok(None);
         }
-        let Ok(t) = TcpSlice::from_slice(seg) else { return Ok(None) };
+        let Ok(t) = TcpSlice::from_slice(seg) else {
+            return Ok(None);
+        };
         let dst = t.destination_port();
         if t.source_port() != self.dport || !(self.base..self.base + PORT_SPAN).contains(&dst) {
             return Ok(None);
@@ -134,8 +185,21 @@ impl Transport for TcpTransport {
         if !(t.rst() || (t.syn() && t.ack())) {
             return Ok(None);
         }
-        let info = ReplyInfo::Tcp { len: n, from: src, ttl, df, ip_id, sport: t.source_port(), flags: flags_str(&t), win: t.window_size() };
-        Ok(Some(Reply { slot: u64::from(dst - self.base), at, info }))
+        let info = ReplyInfo::Tcp {
+            len: n,
+            from: src,
+            ttl,
+            df,
+            ip_id,
+            sport: t.source_port(),
+            flags: flags_str(&t),
+            win: t.window_size(),
+        };
+        Ok(Some(Reply {
+            slot: u64::from(dst - self.base),
+            at,
+            info,
+        }))
     }
 
     fn fd(&self) -> RawFd {

@@ -32,8 +32,15 @@ pub fn syscall_phrase(s: &CulpritSyscall) -> String {
 
 /// `SCHED_OTHER nice 0`, `SCHED_FIFO prio 50`.
 pub fn sched_phrase(c: &Culprit) -> String {
-    let rt = ["FIFO", "RR", "DEADLINE"].iter().any(|k| c.policy.contains(k));
-    format!("{} {} {}", c.policy, if rt { "prio" } else { "nice" }, c.priority)
+    let rt = ["FIFO", "RR", "DEADLINE"]
+        .iter()
+        .any(|k| c.policy.contains(k));
+    format!(
+        "{} {} {}",
+        c.policy,
+        if rt { "prio" } else { "nice" },
+        c.priority
+    )
 }
 
 /// `cadvisor (pid 10436, tgid 10137) held the CPU for 98 ms inside read() of …`.
@@ -53,7 +60,11 @@ pub fn culprit_phrase(c: &Culprit) -> String {
 }
 
 fn cpu_sentence(c: &CpuSummary, mode: Mode) -> String {
-    let mut s = format!("CPU {}: {}, ", c.cpu, plural(c.episodes, "episode", "episodes"));
+    let mut s = format!(
+        "CPU {}: {}, ",
+        c.cpu,
+        plural(c.episodes, "episode", "episodes")
+    );
     match (mode, c.worst_rtt_ns) {
         (Mode::Probes, Some(rtt)) => s.push_str(&format!(
             "{} delayed up to {}",
@@ -68,14 +79,21 @@ fn cpu_sentence(c: &CpuSummary, mode: Mode) -> String {
     }
     match &c.culprit {
         Some(cul) => {
-            s.push_str(if c.culprits > 1 { "; worst culprit " } else { "; culprit " });
+            s.push_str(if c.culprits > 1 {
+                "; worst culprit "
+            } else {
+                "; culprit "
+            });
             s.push_str(&culprit_phrase(cul));
         }
         None => s.push_str("; no task was recorded holding the CPU"),
     }
     s.push_str(&format!("; RX ran in {}.", c.rx_comm));
     if c.culprits > 1 {
-        s.push_str(&format!(" {} processes were culprits on this CPU.", c.culprits));
+        s.push_str(&format!(
+            " {} processes were culprits on this CPU.",
+            c.culprits
+        ));
     }
     s
 }
@@ -88,7 +106,11 @@ pub fn summary(r: &Report) -> Vec<String> {
     if !r.input.complete {
         out.push(format!(
             "The dump was cut short (no footer{}): this covers what was recorded up to line {}.",
-            if r.input.partial_last_line { ", last line torn" } else { "" },
+            if r.input.partial_last_line {
+                ", last line torn"
+            } else {
+                ""
+            },
             r.input.lines
         ));
     }
@@ -131,7 +153,11 @@ pub fn summary(r: &Report) -> Vec<String> {
             "{} at or above {thr} {} not explained by a wait on this node: {} no packet recorded, \
              {} not processed right after a wait, {} after a wait shorter than half the RTT.",
             plural(t.probes_unexplained, "probe", "probes"),
-            if t.probes_unexplained == 1 { "is" } else { "are" },
+            if t.probes_unexplained == 1 {
+                "is"
+            } else {
+                "are"
+            },
             r.unexplained_no_packet,
             r.unexplained_no_wait,
             r.unexplained_wait_too_short

@@ -100,15 +100,40 @@ impl<W: Write> PerfettoWriter<W> {
         serde_json::to_writer(&mut self.out, o).map_err(std::io::Error::other)
     }
 
-    fn meta(&mut self, pid: u32, tid: u32, name: &str, what: &'static str, sort: u32) -> std::io::Result<()> {
+    fn meta(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        name: &str,
+        what: &'static str,
+        sort: u32,
+    ) -> std::io::Result<()> {
         let args = json!({ "name": name });
-        self.write_raw(&Out { name: what, ph: "M", ts: 0.0, dur: None, pid, tid, s: None, args: &args })?;
+        self.write_raw(&Out {
+            name: what,
+            ph: "M",
+            ts: 0.0,
+            dur: None,
+            pid,
+            tid,
+            s: None,
+            args: &args,
+        })?;
         let (sname, sargs) = if what == "process_name" {
             ("process_sort_index", json!({ "sort_index": sort }))
         } else {
             ("thread_sort_index", json!({ "sort_index": sort }))
         };
-        self.write_raw(&Out { name: sname, ph: "M", ts: 0.0, dur: None, pid, tid, s: None, args: &sargs })
+        self.write_raw(&Out {
+            name: sname,
+            ph: "M",
+            ts: 0.0,
+            dur: None,
+            pid,
+            tid,
+            s: None,
+            args: &sargs,
+        })
     }
 
     /// Names the process and thread of a track the first time it is used.
@@ -150,7 +175,10 @@ impl<W: Write> PerfettoWriter<W> {
     }
 
     fn release(&mut self) -> std::io::Result<()> {
-        let base = self.base.or_else(|| self.held.iter().map(|e| e.ts_ns).min()).unwrap_or(0);
+        let base = self
+            .base
+            .or_else(|| self.held.iter().map(|e| e.ts_ns).min())
+            .unwrap_or(0);
         self.base = Some(base);
         for ev in std::mem::take(&mut self.held) {
             self.write_ev(&ev, base)?;
@@ -213,7 +241,11 @@ impl<W: Write> PerfettoWriter<W> {
                         "truncated": w.truncated, "holders": holders,
                     }),
                 })?;
-                if self.holders_until.get(&w.cpu).is_some_and(|&until| start < until) {
+                if self
+                    .holders_until
+                    .get(&w.cpu)
+                    .is_some_and(|&until| start < until)
+                {
                     return Ok(());
                 }
                 self.holders_until.insert(w.cpu, w.ts_ns);
@@ -281,7 +313,9 @@ impl<W: Write> PerfettoWriter<W> {
             name: format!(
                 "episode {}: {}",
                 e.id,
-                e.culprit.as_ref().map_or("no holder recorded", |c| c.comm.as_str())
+                e.culprit
+                    .as_ref()
+                    .map_or("no holder recorded", |c| c.comm.as_str())
             ),
             ph: "X",
             ts_ns: e.start_ns,

@@ -29,7 +29,11 @@ pub fn episode_line(e: &Episode) -> String {
         .collect();
     let _ = write!(s, ", RX waited {} ({})", dur(e.wait_ns), kinds.join(" + "));
     if e.probes_delayed + e.probes_lost > 0 {
-        let _ = write!(s, ", {} delayed", plural(u64::from(e.probes_delayed), "probe", "probes"));
+        let _ = write!(
+            s,
+            ", {} delayed",
+            plural(u64::from(e.probes_delayed), "probe", "probes")
+        );
         if let Some(w) = e.worst_rtt_ns {
             let _ = write!(s, " up to {}", dur(w));
         }
@@ -37,7 +41,11 @@ pub fn episode_line(e: &Episode) -> String {
             let _ = write!(s, ", {} lost", e.probes_lost);
         }
     } else {
-        let _ = write!(s, ", {} delayed", plural(u64::from(e.packets_delayed), "packet", "packets"));
+        let _ = write!(
+            s,
+            ", {} delayed",
+            plural(u64::from(e.packets_delayed), "packet", "packets")
+        );
     }
     match &e.culprit {
         Some(c) => {
@@ -57,7 +65,9 @@ fn rtt_cell(l: &ProbeLine) -> String {
     if l.status == Some(ProbeStatus::Lost) {
         return "lost".into();
     }
-    let Some(r) = l.rtt_ns else { return String::new() };
+    let Some(r) = l.rtt_ns else {
+        return String::new();
+    };
     let v = if r < 1_000_000 {
         format!("{:.1}ms", r as f64 / 1e6)
     } else {
@@ -72,10 +82,18 @@ fn rtt_cell(l: &ProbeLine) -> String {
 
 /// The seed's table: who processed each probe packet; `**` marks the delayed ones.
 pub fn episode_table(e: &Episode) -> Vec<String> {
-    let mut out = vec![format!("{:<8}{:<8}{:<17}{:<5}{:<8}** RTT", "TGID", "PID", "PROCESS", "CPU", "SEQ")];
+    let mut out = vec![format!(
+        "{:<8}{:<8}{:<17}{:<5}{:<8}** RTT",
+        "TGID", "PID", "PROCESS", "CPU", "SEQ"
+    )];
     for l in &e.lines {
-        let seq = l.seq.map_or_else(|| l.wire_seq.to_string(), |s| s.to_string());
-        let mut row = format!("{:<8}{:<8}{:<17}{:<5}{:<8}", l.tgid, l.pid, l.comm, l.cpu, seq);
+        let seq = l
+            .seq
+            .map_or_else(|| l.wire_seq.to_string(), |s| s.to_string());
+        let mut row = format!(
+            "{:<8}{:<8}{:<17}{:<5}{:<8}",
+            l.tgid, l.pid, l.comm, l.cpu, seq
+        );
         if l.delayed {
             row.push_str("** ");
             row.push_str(&rtt_cell(l));
@@ -91,7 +109,11 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let i = &r.input;
-    let _ = writeln!(s, "stalltrace analyze: {}", i.path.as_deref().unwrap_or("(live)"));
+    let _ = writeln!(
+        s,
+        "stalltrace analyze: {}",
+        i.path.as_deref().unwrap_or("(live)")
+    );
     let _ = writeln!(
         s,
         "  host {}, kernel {}, {} CPUs, started {}, packets via {}",
@@ -106,7 +128,11 @@ pub fn render(r: &Report) -> String {
             i.end_reason.as_deref().unwrap_or("?")
         );
     } else {
-        let _ = writeln!(s, "  CUT SHORT: no footer after line {}; reporting what was recorded", i.lines);
+        let _ = writeln!(
+            s,
+            "  CUT SHORT: no footer after line {}; reporting what was recorded",
+            i.lines
+        );
     }
     let t = &r.totals;
     let src = match i.probe_source.as_str() {
@@ -125,7 +151,11 @@ pub fn render(r: &Report) -> String {
         plural(t.waits, "wait", "waits"),
     );
     if t.probes_ignored > 0 {
-        let _ = writeln!(s, "  ({} probe records in the dump ignored in favour of the log)", t.probes_ignored);
+        let _ = writeln!(
+            s,
+            "  ({} probe records in the dump ignored in favour of the log)",
+            t.probes_ignored
+        );
     }
 
     s.push_str("\nSummary\n");
@@ -171,12 +201,21 @@ pub fn render(r: &Report) -> String {
         s.push_str("\nEpisodes\n");
         for e in &r.episodes {
             let _ = writeln!(s, "{}", episode_line(e));
-            let holders: Vec<String> =
-                e.holders.iter().map(|h| format!("{} (pid {}) {}", h.comm, h.pid, dur(h.run_ns))).collect();
+            let holders: Vec<String> = e
+                .holders
+                .iter()
+                .map(|h| format!("{} (pid {}) {}", h.comm, h.pid, dur(h.run_ns)))
+                .collect();
             let _ = writeln!(s, "  holders: {}", holders.join(", "));
             if let Some(sys) = e.culprit.as_ref().and_then(|c| c.syscall.as_ref()) {
                 if let (Some(d), Some(c)) = (sys.dur_ns, sys.cpu_ns) {
-                    let _ = writeln!(s, "  the culprit's {}() lasted {} ({} on the CPU)", sys.name, dur(d), dur(c));
+                    let _ = writeln!(
+                        s,
+                        "  the culprit's {}() lasted {} ({} on the CPU)",
+                        sys.name,
+                        dur(d),
+                        dur(c)
+                    );
                 }
             }
             for row in episode_table(e) {
@@ -185,7 +224,11 @@ pub fn render(r: &Report) -> String {
             s.push('\n');
         }
         if t.episodes_not_listed > 0 {
-            let _ = writeln!(s, "… {} more episodes counted in the ranking but not listed", t.episodes_not_listed);
+            let _ = writeln!(
+                s,
+                "… {} more episodes counted in the ranking but not listed",
+                t.episodes_not_listed
+            );
         }
     }
 
@@ -198,12 +241,23 @@ pub fn render(r: &Report) -> String {
                     Some(c) => format!("processed on CPU {c}, not right after a wait"),
                     None => "not processed right after a wait".into(),
                 },
-                Unexplained::WaitTooShort => "the wait before it was shorter than half its RTT".into(),
+                Unexplained::WaitTooShort => {
+                    "the wait before it was shorter than half its RTT".into()
+                }
             };
-            let _ = writeln!(s, "  seq {} rtt {}: {why}", u.seq, u.rtt_ns.map(dur).unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "  seq {} rtt {}: {why}",
+                u.seq,
+                u.rtt_ns.map(dur).unwrap_or_default()
+            );
         }
         if t.probes_unexplained > r.unexplained.len() as u64 {
-            let _ = writeln!(s, "  … {} more", t.probes_unexplained - r.unexplained.len() as u64);
+            let _ = writeln!(
+                s,
+                "  … {} more",
+                t.probes_unexplained - r.unexplained.len() as u64
+            );
         }
     }
     s

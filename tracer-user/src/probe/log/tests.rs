@@ -17,7 +17,10 @@ fn seqs(l: &ProbeLog) -> Vec<u32> {
 }
 
 fn rtts_ms(l: &ProbeLog) -> Vec<f64> {
-    l.probes.iter().map(|p| p.rtt_ns.unwrap() as f64 / 1e6).collect()
+    l.probes
+        .iter()
+        .map(|p| p.rtt_ns.unwrap() as f64 / 1e6)
+        .collect()
 }
 
 #[test]
@@ -29,9 +32,19 @@ fn seed_tcp_syn_ack_line_glued_records() {
     for p in &l.probes {
         assert_eq!(p.source, "hping3");
         assert_eq!(p.proto, ProbeProto::Tcp);
-        assert_eq!(p.wire_seq, Some(30927), "the probe's destination port, from sport=");
-        assert_eq!(p.wire_ident, None, "hping3 does not print the probe's source port");
-        assert_eq!(p.target, "", "ip= is empty in the seed and no header names it");
+        assert_eq!(
+            p.wire_seq,
+            Some(30927),
+            "the probe's destination port, from sport="
+        );
+        assert_eq!(
+            p.wire_ident, None,
+            "hping3 does not print the probe's source port"
+        );
+        assert_eq!(
+            p.target, "",
+            "ip= is empty in the seed and no header names it"
+        );
         assert_eq!(p.status, ProbeStatus::Ok);
     }
     assert_eq!(l.unknown_lines, 0);
@@ -42,9 +55,18 @@ fn seed_icmp_lines_with_split_fields() {
     // `icmp_ seq=4023` and `id= 49452` (inserted spaces, some non-breaking).
     let line = SEED.lines().nth(2).unwrap();
     let l = parse_str(line);
-    assert_eq!(seqs(&l), vec![104, 4022, 4023, 4024, 4025, 4026, 4343, 4344, 4345, 9836]);
-    assert_eq!(rtts_ms(&l), vec![110.0, 141.3, 131.3, 121.2, 111.2, 101.1, 126.8, 116.8, 106.8, 106.1]);
-    assert!(l.probes.iter().all(|p| p.proto == ProbeProto::Icmp && p.wire_ident.is_none()));
+    assert_eq!(
+        seqs(&l),
+        vec![104, 4022, 4023, 4024, 4025, 4026, 4343, 4344, 4345, 9836]
+    );
+    assert_eq!(
+        rtts_ms(&l),
+        vec![110.0, 141.3, 131.3, 121.2, 111.2, 101.1, 126.8, 116.8, 106.8, 106.1]
+    );
+    assert!(l
+        .probes
+        .iter()
+        .all(|p| p.proto == ProbeProto::Icmp && p.wire_ident.is_none()));
     // hping3 prints host-order sequences: the wire (big-endian) reading is swapped.
     assert_eq!(l.probes[1].wire_seq, Some(4022u16.swap_bytes()));
     assert_eq!(l.probes[1].wire_seq, Some(0xB60F));
@@ -55,19 +77,44 @@ fn whole_seed_excerpt() {
     let l = parse_str(SEED);
     assert_eq!(l.probes.len(), 6 + 3 + 10 + 9 + 4 + 1 + 7);
     // Line 2: `sport=0 flags=RA` (hping3 -S without -p).
-    let ra: Vec<_> = l.probes.iter().filter(|p| p.wire_seq == Some(0)).map(|p| p.seq).collect();
+    let ra: Vec<_> = l
+        .probes
+        .iter()
+        .filter(|p| p.wire_seq == Some(0))
+        .map(|p| p.seq)
+        .collect();
     assert_eq!(ra, vec![7346, 7347, 7348]);
     // The record cut by a line break: `…icmp_seq=1953 rtt=99.3 mslen=46 ip=` / blank /
     // `ttl=61 id=29574 icmp_seq=1954 rtt=89.3 ms…`: 1954 is kept (its fields are all on
     // its line); nothing is invented for the dangling `len=46 ip=`.
-    let stair: Vec<_> = l.probes.iter().filter(|p| (1953..=2072).contains(&p.seq)).map(|p| (p.seq, p.rtt_ns.unwrap() / 100_000)).collect();
-    assert_eq!(stair, vec![(1953, 993), (1954, 893), (1955, 792), (1956, 691), (1957, 591), (2070, 757), (2071, 656), (2072, 555)]);
+    let stair: Vec<_> = l
+        .probes
+        .iter()
+        .filter(|p| (1953..=2072).contains(&p.seq))
+        .map(|p| (p.seq, p.rtt_ns.unwrap() / 100_000))
+        .collect();
+    assert_eq!(
+        stair,
+        vec![
+            (1953, 993),
+            (1954, 893),
+            (1955, 792),
+            (1956, 691),
+            (1957, 591),
+            (2070, 757),
+            (2071, 656),
+            (2072, 555)
+        ]
+    );
     // The glued statistics block: `^C--- hping statistic ---22352 packets …lossround-trip …`.
     assert_eq!(l.stats.len(), 1);
     let s = &l.stats[0];
     assert_eq!((s.tool.as_str(), s.target.as_deref()), ("hping3", None));
     assert_eq!((s.transmitted, s.received, s.loss_pct), (22352, 22350, 1.0));
-    assert_eq!((s.rtt_min_ms, s.rtt_avg_ms, s.rtt_max_ms), (Some(0.2), Some(7.6), Some(1010.6)));
+    assert_eq!(
+        (s.rtt_min_ms, s.rtt_avg_ms, s.rtt_max_ms),
+        (Some(0.2), Some(7.6), Some(1010.6))
+    );
     assert_eq!(l.unknown_lines, 0);
 }
 
@@ -81,14 +128,26 @@ fn hping3_wire_seq_matches_tcpdump_capture() {
     let wire: Vec<u16> = TCPDUMP_HPING_ICMP
         .lines()
         .filter(|x| x.contains("ICMP echo request"))
-        .map(|x| x.split("seq ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap())
+        .map(|x| {
+            x.split("seq ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     assert_eq!(wire, vec![0, 256, 512]);
     let parsed: Vec<u16> = l.probes.iter().map(|p| p.wire_seq.unwrap()).collect();
     assert_eq!(parsed, wire);
     // And the raw bytes agree: seq field of the second request is `01 00`.
     assert!(TCPDUMP_HPING_ICMP.contains("0x0020:  0002 0800 84d7 7228 0100"));
-    assert!(l.probes.iter().all(|p| p.target == "10.214.0.2" && p.source == "hping3"));
+    assert!(l
+        .probes
+        .iter()
+        .all(|p| p.target == "10.214.0.2" && p.source == "hping3"));
     assert_eq!(l.stats[0].transmitted, 3);
     assert_eq!(l.stats[0].target.as_deref(), Some("10.214.0.2"));
     assert_eq!(l.unknown_lines, 0);
@@ -103,7 +162,10 @@ fn hping3_captured_loss_run() {
     // The block's numbers agree with the lines.
     assert_eq!(s.received as usize, l.probes.len());
     let r = rtts_ms(&l);
-    assert_eq!(r.iter().cloned().fold(f64::MAX, f64::min), s.rtt_min_ms.unwrap());
+    assert_eq!(
+        r.iter().cloned().fold(f64::MAX, f64::min),
+        s.rtt_min_ms.unwrap()
+    );
     assert_eq!(r.iter().cloned().fold(0.0, f64::max), s.rtt_max_ms.unwrap());
 }
 
@@ -111,7 +173,9 @@ fn hping3_captured_loss_run() {
 fn hping3_captured_tcp_rst_and_synack() {
     let l = parse_str(HPING_TCP_RST);
     assert_eq!(seqs(&l), vec![0, 1, 2]);
-    assert!(l.probes.iter().all(|p| p.proto == ProbeProto::Tcp && p.wire_seq == Some(9876) && p.target == "10.214.0.2"));
+    assert!(l.probes.iter().all(|p| p.proto == ProbeProto::Tcp
+        && p.wire_seq == Some(9876)
+        && p.target == "10.214.0.2"));
     let l = parse_str(HPING_TCP_SA);
     assert_eq!(seqs(&l), vec![0, 1, 2]);
     assert!(l.probes.iter().all(|p| p.wire_seq == Some(8080)));
@@ -123,7 +187,10 @@ fn hping3_dup_marker() {
     let l = parse_str(
         "len=28 ip=10.0.0.2 ttl=64 id=1 icmp_seq=7 rtt=0.3 ms\nDUP! len=28 ip=10.0.0.2 ttl=64 id=2 icmp_seq=7 rtt=0.9 ms\n",
     );
-    assert_eq!(l.probes.iter().map(|p| p.status).collect::<Vec<_>>(), vec![ProbeStatus::Ok, ProbeStatus::Dup]);
+    assert_eq!(
+        l.probes.iter().map(|p| p.status).collect::<Vec<_>>(),
+        vec![ProbeStatus::Ok, ProbeStatus::Dup]
+    );
     assert_eq!(l.probes[1].rtt_ns, Some(900_000));
 }
 
@@ -132,9 +199,14 @@ fn ping_captured_with_timestamps() {
     let l = parse_str(PING_D);
     assert_eq!(seqs(&l), vec![1, 2, 3]);
     assert_eq!(l.probes[0].rtt_ns, Some(126_000));
-    assert!(l.probes.iter().all(|p| p.source == "ping" && p.wire_seq == Some(p.seq as u16) && p.target == "10.214.0.2"));
+    assert!(l.probes.iter().all(|p| p.source == "ping"
+        && p.wire_seq == Some(p.seq as u16)
+        && p.target == "10.214.0.2"));
     let s = &l.stats[0];
-    assert_eq!((s.tool.as_str(), s.transmitted, s.received, s.duplicates), ("ping", 3, 3, Some(0)));
+    assert_eq!(
+        (s.tool.as_str(), s.transmitted, s.received, s.duplicates),
+        ("ping", 3, 3, Some(0))
+    );
     assert_eq!((s.rtt_min_ms, s.rtt_max_ms), (Some(0.048), Some(0.126)));
     assert_eq!(l.unknown_lines, 0);
 }
@@ -142,12 +214,29 @@ fn ping_captured_with_timestamps() {
 #[test]
 fn ping_captured_no_answer_yet() {
     let l = parse_str(PING_DO);
-    let ok: Vec<u32> = l.probes.iter().filter(|p| p.status == ProbeStatus::Ok).map(|p| p.seq).collect();
-    let lost: Vec<u32> = l.probes.iter().filter(|p| p.status == ProbeStatus::Lost).map(|p| p.seq).collect();
+    let ok: Vec<u32> = l
+        .probes
+        .iter()
+        .filter(|p| p.status == ProbeStatus::Ok)
+        .map(|p| p.seq)
+        .collect();
+    let lost: Vec<u32> = l
+        .probes
+        .iter()
+        .filter(|p| p.status == ProbeStatus::Lost)
+        .map(|p| p.seq)
+        .collect();
     assert_eq!(ok, vec![1, 2, 3, 4, 5]);
     assert_eq!(lost, (6..=15).collect::<Vec<_>>());
     assert!(l.probes.iter().all(|p| p.target == "10.214.0.2"));
-    assert_eq!((l.stats[0].transmitted, l.stats[0].received, l.stats[0].loss_pct), (16, 5, 68.75));
+    assert_eq!(
+        (
+            l.stats[0].transmitted,
+            l.stats[0].received,
+            l.stats[0].loss_pct
+        ),
+        (16, 5, 68.75)
+    );
 }
 
 #[test]
@@ -170,7 +259,11 @@ this line is not from a prober
 rtt min/avg/max/mdev = 0.045/194.521/1002.000/300.111 ms
 ";
     let l = parse_str(log);
-    let got: Vec<(u32, ProbeStatus, Option<u64>)> = l.probes.iter().map(|p| (p.seq, p.status, p.rtt_ns)).collect();
+    let got: Vec<(u32, ProbeStatus, Option<u64>)> = l
+        .probes
+        .iter()
+        .map(|p| (p.seq, p.status, p.rtt_ns))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -200,7 +293,10 @@ rtt min/avg/max/mdev = 0.045/194.521/1002.000/300.111 ms
 fn sequences_beyond_16_bits_keep_no_wire_value() {
     let l = parse_str("64 bytes from 10.0.0.2: icmp_seq=70000 ttl=64 time=1 ms\nlen=28 ip= ttl=64 id=1 icmp_seq=70000 rtt=1.0 ms\n");
     assert_eq!(l.probes.len(), 2);
-    assert!(l.probes.iter().all(|p| p.seq == 70000 && p.wire_seq.is_none()));
+    assert!(l
+        .probes
+        .iter()
+        .all(|p| p.seq == 70000 && p.wire_seq.is_none()));
 }
 
 #[test]
@@ -210,7 +306,18 @@ fn never_panics_on_garbage() {
         let c = char::from_u32((i.wrapping_mul(2_654_435_761) >> 20) % 0x3000).unwrap_or('?');
         s.push(c);
         if i % 37 == 0 {
-            s.push_str(["rtt=", " ms", "icmp_seq=", "seq=99999999999 ", "bytes from ", ": icmp_seq=1 time=", "---", "\n"][(i % 8) as usize]);
+            s.push_str(
+                [
+                    "rtt=",
+                    " ms",
+                    "icmp_seq=",
+                    "seq=99999999999 ",
+                    "bytes from ",
+                    ": icmp_seq=1 time=",
+                    "---",
+                    "\n",
+                ][(i % 8) as usize],
+            );
         }
     }
     let l = parse_str(&s);
