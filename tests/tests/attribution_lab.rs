@@ -159,6 +159,26 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
         "live sentence:\n{}",
         run.stdout
     );
+
+    // `analyze` of the dump prints the episodes the recorder printed live, word for word.
+    // Live: what the recorder printed before its final report.
+    let live: Vec<&str> = run
+        .stdout
+        .lines()
+        .take_while(|l| !l.starts_with("stalltrace report:"))
+        .filter(|l| l.starts_with("episode "))
+        .collect();
+    assert!(run.stdout.contains("stalltrace report: (live)"), "final report printed");
+    let out = Command::new(stalltrace_bin()).arg("analyze").arg(&run.path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let analyzed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let offline: Vec<&str> = analyzed.lines().filter(|l| l.starts_with("episode ")).collect();
+    assert!(offline.len() >= 5, "several episodes: {analyzed}");
+    assert_eq!(live, offline, "live and offline episodes differ");
+    for e in &offline {
+        assert!(e.contains(&format!("culprit stall-hog (pid {0}, tgid {0})", run.hog_pid)), "{e}");
+        assert!(e.contains("RX ran in napi/stl-n-"), "{e}");
+    }
     run.done();
     assert_clean();
 }

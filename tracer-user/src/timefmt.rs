@@ -13,9 +13,9 @@ pub fn human_ns(ns: u64) -> String {
     } else if ns >= 1_000_000_000 {
         format!("{:.1} s", ns as f64 / 1e9)
     } else if ns >= 1_000_000 {
-        format!("{} ms", (ns + 500_000) / 1_000_000)
+        format!("{} ms", ns.saturating_add(500_000) / 1_000_000)
     } else if ns >= 1_000 {
-        format!("{} µs", (ns + 500) / 1_000)
+        format!("{} µs", ns.saturating_add(500) / 1_000)
     } else {
         format!("{ns} ns")
     }
@@ -34,5 +34,6 @@ mod tests {
         assert_eq!(human_ns(1_340_000_000), "1.3 s");
         assert_eq!(human_ns(850_000), "850 µs");
         assert_eq!(human_ns(12), "12 ns");
+        assert_eq!(human_ns(u64::MAX), "18446744074 s", "no overflow at the top");
     }
 }

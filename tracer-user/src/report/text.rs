@@ -111,7 +111,7 @@ pub fn render(r: &Report) -> String {
     let i = &r.input;
     let _ = writeln!(
         s,
-        "stalltrace analyze: {}",
+        "stalltrace report: {}",
         i.path.as_deref().unwrap_or("(live)")
     );
     let _ = writeln!(
