@@ -97,6 +97,10 @@ pub struct RecordArgs {
     /// With --probe: time between probes.
     #[arg(long, value_parser = parse_duration, default_value = "10ms", value_name = "D")]
     pub interval: Duration,
+    /// Print a summary every D while recording: per-CPU RX delay histograms and the
+    /// culprits ranked so far.
+    #[arg(long, value_parser = parse_duration, value_name = "D")]
+    pub summary_every: Option<Duration>,
     /// hping3 or ping output of a prober running elsewhere (possibly another host):
     /// the final report matches its probes to this recording by wire id/sequence.
     #[arg(long, value_name = "FILE", conflicts_with = "probe")]
@@ -355,6 +359,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks: u64 = 0;
+    let mut next_summary = args.summary_every.map(|d| Instant::now() + d);
     let reason = loop {
         let sleep = async {
             match deadline {
@@ -371,6 +376,13 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 drain_probes(&probe_rx, &mut st, &mut dump, &mut out, args.quiet)?;
                 st.live.tick(clock_ns(libc::CLOCK_BOOTTIME), &mut out);
                 dump.flush().context("writing the dump")?;
+                if let (Some(at), Some(every)) = (next_summary, args.summary_every) {
+                    if Instant::now() >= at {
+                        next_summary = Some(at + every);
+                        let (net_rx, rx_thread) = tracer.hists().map_err(load_err)?;
+                        periodic_summary(&mut out, started.elapsed(), &net_rx, &rx_thread, &st.live.cor.culprits_so_far());
+                    }
+                }
                 if ticks % 4 != 0 {
                     continue;
                 }
@@ -558,6 +570,56 @@ fn drain(
     Ok(())
 }
 
+/// One line per CPU and histogram (count, p50/p99 bucket, longest), then the top
+/// culprits so far.
+fn periodic_summary(
+    out: &mut Out,
+    elapsed: Duration,
+    net_rx: &[crate::dump::CpuHist],
+    rx_thread: &[crate::dump::CpuHist],
+    culprits: &[crate::attribution::rank::CulpritRank],
+) {
+    out.line(&format!("-- summary after {} --", human_ns(elapsed.as_nanos() as u64)));
+    for (name, hs) in [("NET_RX raise->entry", net_rx), ("RX thread wakeup->run", rx_thread)] {
+        for h in hs {
+            out.line(&format!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets)));
+        }
+    }
+    if culprits.is_empty() {
+        out.line("  no stall episode yet");
+    }
+    for c in culprits.iter().take(3) {
+        out.line(&format!(
+            "  #{} {} (tgid {}): {} episodes, {} in total, worst {}",
+            c.rank,
+            c.comm,
+            c.tgid,
+            c.episodes,
+            human_ns(c.total_wait_ns),
+            human_ns(c.worst_wait_ns)
+        ));
+    }
+}
+
+/// `1234 waits, p50 < 4 µs, p99 < 64 µs, longest < 131 ms` from log2 µs buckets.
+pub fn hist_words(b: &[u64]) -> String {
+    let total: u64 = b.iter().sum();
+    let upper = |i: usize| human_ns((2u64 << i.min(40)) * 1000);
+    let quant = |q: f64| {
+        let want = (total as f64 * q).ceil() as u64;
+        let mut acc = 0;
+        for (i, n) in b.iter().enumerate() {
+            acc += n;
+            if acc >= want {
+                return upper(i);
+            }
+        }
+        upper(b.len().saturating_sub(1))
+    };
+    let longest = b.iter().rposition(|&n| n != 0).map(upper).unwrap_or_else(|| "-".into());
+    format!("{total} waits, p50 < {}, p99 < {}, longest < {longest}", quant(0.5), quant(0.99))
+}
+
 fn summary(
     c: &Counts,
     lost: &Lost,
@@ -575,13 +637,7 @@ fn summary(
         ("RX thread wakeup->run", rx_thread),
     ] {
         for h in hs {
-            let total: u64 = h.buckets.iter().sum();
-            let max_b = h.buckets.iter().rposition(|&b| b != 0).unwrap_or(0);
-            eprintln!(
-                "  CPU {:>3} {name}: {total} waits, longest < {}",
-                h.cpu,
-                human_ns((2u64 << max_b) * 1000)
-            );
+            eprintln!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets));
         }
     }
     eprintln!("dump: {}", path.display());
@@ -605,6 +661,17 @@ fn load_err(e: LoadError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_words_give_quantiles_from_log2_buckets() {
+        // 90 waits under 2 µs, 9 in [4, 8) µs, 1 in [64, 128) ms.
+        let mut b = vec![0u64; 32];
+        b[0] = 90;
+        b[2] = 9;
+        b[16] = 1;
+        assert_eq!(hist_words(&b), "100 waits, p50 < 2 µs, p99 < 8 µs, longest < 131 ms");
+        assert_eq!(hist_words(&[0; 32]), "0 waits, p50 < 2 µs, p99 < 2 µs, longest < -");
+    }
 
     #[test]
     fn sizes_parse_as_powers_of_two() {

@@ -272,6 +272,11 @@ impl Correlator {
         self.advance()
     }
 
+    /// The culprit ranking over the episodes closed so far (periodic live summaries).
+    pub fn culprits_so_far(&self) -> Vec<crate::attribution::rank::CulpritRank> {
+        self.ranking.ranked()
+    }
+
     /// Closes every open episode now (end of recording).
     pub fn flush(&mut self) -> Vec<Episode> {
         let mut out = Vec::new();

@@ -120,10 +120,11 @@ pub fn render(r: &Report) -> String {
         i.host, i.kernel, i.cpus, i.started_at, i.packet_hook
     );
     if i.complete {
+        // Live reports have no file lines to count.
+        let lines = if i.path.is_some() { format!("{} lines, ", i.lines) } else { String::new() };
         let _ = writeln!(
             s,
-            "  complete recording: {} lines, {} long, ended by {}",
-            i.lines,
+            "  complete recording: {lines}{} long, ended by {}",
             dur(i.duration_ns.unwrap_or(0)),
             i.end_reason.as_deref().unwrap_or("?")
         );
