@@ -413,3 +413,28 @@ fn records_without_tracefs() {
     assert_eq!(recs.last().unwrap()["type"], "footer", "{err}");
     assert!(recs[0]["hooks"].as_array().unwrap().len() >= 8, "all hooks attached: {}", recs[0]["hooks"]);
 }
+
+#[test]
+fn features_reports_this_kernel_and_the_verifiers_word() {
+    if !require_root("features_reports_this_kernel_and_the_verifiers_word") {
+        return;
+    }
+    let out = Command::new(stalltrace_bin()).arg("features").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("[ok  ] programs through the verifier"), "{text}");
+    assert!(text.contains("[ok  ] kernel BTF"), "{text}");
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    assert_eq!(text.contains("[ok  ] kprobes"), kprobes, "{text}");
+    assert!(text.ends_with("record: ready\n"), "{text}");
+    { let left = our_bpf_programs(); assert!(left.is_empty(), "features attaches nothing: {left:?}"); }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(stalltrace_bin())
+        .arg("features")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("[FAIL] privileges"), "{text}");
+}

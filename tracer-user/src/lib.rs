@@ -6,6 +6,7 @@ pub mod dump;
 pub mod enrich;
 pub mod events;
 pub mod exit;
+pub mod features;
 pub mod kernel;
 pub mod lab;
 pub mod live;

@@ -1,5 +1,5 @@
 //! `stalltrace`: why did this packet wait on this node, and who is to blame?
-use stalltrace::{analyze, exit, lab, probe, record};
+use stalltrace::{analyze, exit, features, lab, probe, record};
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +36,9 @@ enum Cmd {
     Record(record::RecordArgs),
     /// Send ICMP echo or TCP SYN probes and print hping3-style lines with RTTs.
     Probe(probe::ProbeArgs),
+    /// Report what this kernel allows (BTF, kprobes, perf events, the verifier's word on
+    /// every program) and which path `record` would take.
+    Features,
     /// Build namespaces, plant a culprit that stalls RX, record it, and check the blame.
     Lab(lab::LabArgs),
     /// (internal) The lab's planted culprit.
@@ -59,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Record(a) => record::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Lab(a) => lab::run(a),
+        Cmd::Features => features::run(),
         Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Analyze(a) => analyze::run(a),
     };
