@@ -125,3 +125,116 @@ pub fn our_bpf_programs_now() -> Vec<String> {
     }
     found
 }
+
+/// A `stalltrace record` child: started with the programs attached (its dump has its
+/// header), killed on drop if a test panics before it exits.
+pub struct Recorder {
+    child: Option<std::process::Child>,
+}
+
+impl Recorder {
+    /// Runs `stalltrace record ARGS -o DUMP` and waits (30 s at most) until it records.
+    pub fn start(args: &[&str], dump: &std::path::Path) -> Self {
+        let child = Command::new(stalltrace_bin())
+            .arg("record")
+            .args(args)
+            .arg("-o")
+            .arg(dump)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawning stalltrace record");
+        let me = Self { child: Some(child) };
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(dump)
+            .map(|s| s.contains("\"type\":\"header\""))
+            .unwrap_or(false)
+        {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "recorder did not start within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        me
+    }
+
+    /// Sends `sig` (if any) and waits (30 s at most) for the exit: (code, stdout, stderr).
+    pub fn finish(mut self, sig: Option<i32>) -> (i32, String, String) {
+        let mut c = self.child.take().expect("recorder running");
+        if let Some(sig) = sig {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+        let t0 = std::time::Instant::now();
+        while c.try_wait().expect("waiting for the recorder").is_none() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "recorder did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = c.wait_with_output().expect("recorder output");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir for one test's files.
+pub fn tempdir(tag: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let d = std::env::temp_dir().join(format!(
+        "stalltrace-test-{tag}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&d).expect("creating a temp dir");
+    d
+}
+
+/// Nothing the lab makes is left: namespace, veth, culprit, its file, BPF programs.
+pub fn assert_machine_clean(ctx: &str) {
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let ns = String::from_utf8_lossy(&ns.stdout).into_owned();
+    assert!(
+        !ns.lines().any(|l| l.starts_with("stlab")),
+        "{ctx}: lab namespace left: {ns}"
+    );
+    assert!(!Netns::exists("stlab", "stl-h"), "{ctx}: lab veth left");
+    assert!(
+        find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
+        "{ctx}: culprit left running"
+    );
+    let left = our_bpf_programs();
+    assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
+    let shm: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("stalltrace-lab-")
+                })
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(shm.is_empty(), "{ctx}: lab file left in /dev/shm: {shm:?}");
+}

@@ -1,13 +1,9 @@
 //! Attribution against a real kernel, through `stalltrace lab` (issue 3's namespace
 //! lab and issue 6's end-to-end bed): threaded NAPI pinned to a CPU, a planted
 //! SCHED_FIFO culprit on that CPU, and the dump checked for who was blamed.
-use std::{
-    process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
-use integration_tests::{find_thread, our_bpf_programs, require_root, stalltrace_bin, Netns};
+use integration_tests::{require_root, stalltrace_bin, tempdir, Netns, Recorder};
 use serde_json::Value;
 
 struct LabRun {
@@ -70,34 +66,6 @@ fn long_waits(run: &LabRun, min_ns: u64) -> Vec<&Value> {
         .iter()
         .filter(|r| r["type"] == "wait" && r["wait_ns"].as_u64().unwrap() >= min_ns)
         .collect()
-}
-
-fn assert_clean() {
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let ns = String::from_utf8_lossy(&ns.stdout);
-    assert!(
-        !ns.lines().any(|l| l.starts_with("stlab")),
-        "lab namespace left: {ns}"
-    );
-    assert!(!Netns::exists("stlab", "stl-h"), "lab veth left");
-    assert!(
-        find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
-        "culprit left running"
-    );
-    {
-        let left = our_bpf_programs();
-        assert!(left.is_empty(), "programs left: {left:?}");
-    }
-    let shm: Vec<_> = std::fs::read_dir("/dev/shm")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("stalltrace-lab-")
-        })
-        .collect();
-    assert!(shm.is_empty(), "lab file left in /dev/shm");
 }
 
 #[test]
@@ -168,19 +136,39 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
         .take_while(|l| !l.starts_with("stalltrace report:"))
         .filter(|l| l.starts_with("episode "))
         .collect();
-    assert!(run.stdout.contains("stalltrace report: (live)"), "final report printed");
-    let out = Command::new(stalltrace_bin()).arg("analyze").arg(&run.path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        run.stdout.contains("stalltrace report: (live)"),
+        "final report printed"
+    );
+    let out = Command::new(stalltrace_bin())
+        .arg("analyze")
+        .arg(&run.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let analyzed = String::from_utf8_lossy(&out.stdout).into_owned();
-    let offline: Vec<&str> = analyzed.lines().filter(|l| l.starts_with("episode ")).collect();
+    let offline: Vec<&str> = analyzed
+        .lines()
+        .filter(|l| l.starts_with("episode "))
+        .collect();
     assert!(offline.len() >= 5, "several episodes: {analyzed}");
     assert_eq!(live, offline, "live and offline episodes differ");
     for e in &offline {
-        assert!(e.contains(&format!("culprit stall-hog (pid {0}, tgid {0})", run.hog_pid)), "{e}");
+        assert!(
+            e.contains(&format!(
+                "culprit stall-hog (pid {0}, tgid {0})",
+                run.hog_pid
+            )),
+            "{e}"
+        );
         assert!(e.contains("RX ran in napi/stl-n-"), "{e}");
     }
     run.done();
-    assert_clean();
+    integration_tests::assert_machine_clean("after the lab");
 }
 
 #[test]
@@ -224,7 +212,7 @@ fn slow_syscall_culprit_is_named_with_its_syscall_and_file() {
         .count();
     assert!(syscalls >= 10, "long reads are recorded as syscalls");
     run.done();
-    assert_clean();
+    integration_tests::assert_machine_clean("after the lab");
 }
 
 #[test]
@@ -233,47 +221,21 @@ fn a_quiet_recording_reports_no_wait_over_50ms() {
         return;
     }
     let ns = Netns::create_unique("quiet").unwrap();
-    let dump = tmp("quiet.jsonl");
-    let rec = Command::new(stalltrace_bin())
-        // Bounded by the SIGINT below; --duration only guards a hung test (ping -i 0.01
-        // really sends every ~20 ms on a HZ=250 kernel).
-        .args([
-            "record",
-            "--quiet",
-            "--force",
-            "--peer",
-            &ns.ns_addr,
-            "--duration",
-            "120s",
-            "-o",
-        ])
-        .arg(&dump)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&dump)
-        .map(|s| s.contains("header"))
-        .unwrap_or(false)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "recorder did not start"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    let dump = tempdir("quiet").join("quiet.jsonl");
+    // Ended by the SIGINT below; --duration only guards a hung test (ping -i 0.01 really
+    // sends every ~20 ms on a HZ=250 kernel).
+    let rec = Recorder::start(
+        &["--quiet", "--peer", &ns.ns_addr, "--duration", "120s"],
+        &dump,
+    );
     let ping = Command::new("ping")
         .args(["-q", "-c", "1000", "-i", "0.01", &ns.ns_addr])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&ping.stdout).contains("1000 received"));
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
-    let out = rec.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let (code, _, err) = rec.finish(Some(libc::SIGINT));
+    assert_eq!(code, 0, "{err}");
     let text = std::fs::read_to_string(&dump).unwrap();
-    let _ = std::fs::remove_file(&dump);
     let mut packets = 0;
     for l in text.lines() {
         let r: Value = serde_json::from_str(l).unwrap();
@@ -296,46 +258,27 @@ fn lost_events_are_counted_and_shown() {
         return;
     }
     let ns = Netns::create_unique("lost").unwrap();
-    let dump = tmp("lost.jsonl");
+    let dump = tempdir("lost").join("lost.jsonl");
     // A one-page ring buffer cannot keep up with a flood of echoes.
-    let rec = Command::new(stalltrace_bin())
-        .args([
-            "record",
+    let rec = Recorder::start(
+        &[
             "--quiet",
-            "--force",
             "--ring-buffer",
             "4KiB",
             "--peer",
             &ns.ns_addr,
             "--duration",
             "6s",
-            "-o",
-        ])
-        .arg(&dump)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while !std::fs::read_to_string(&dump)
-        .map(|s| s.contains("header"))
-        .unwrap_or(false)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "recorder did not start"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+        ],
+        &dump,
+    );
     let _ = Command::new("ping")
         .args(["-q", "-f", "-c", "20000", "-w", "3", &ns.ns_addr])
         .output()
         .unwrap();
-    let out = rec.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, _, stderr) = rec.finish(None);
+    assert_eq!(code, 0, "{stderr}");
     let text = std::fs::read_to_string(&dump).unwrap();
-    let _ = std::fs::remove_file(&dump);
     let footer: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(footer["type"], "footer");
     let lost = footer["lost"]["packets"].as_u64().unwrap();

@@ -7,25 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{find_thread, our_bpf_programs, require_root, stalltrace_bin, Netns};
-
-fn assert_clean(ctx: &str) {
-    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let ns = String::from_utf8_lossy(&ns.stdout).to_string();
-    assert!(
-        !ns.lines().any(|l| l.starts_with("stlab")),
-        "{ctx}: lab namespace left: {ns}"
-    );
-    assert!(!Netns::exists("stlab", "stl-h"), "{ctx}: lab veth left");
-    assert!(
-        find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
-        "{ctx}: culprit left"
-    );
-    {
-        let left = our_bpf_programs();
-        assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
-    }
-}
+use integration_tests::{find_thread, require_root, stalltrace_bin};
 
 #[test]
 fn every_scenario_blames_its_planted_culprit_three_times() {
@@ -75,7 +57,7 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
             );
             let _ = std::fs::remove_file(&dump);
             let _ = std::fs::remove_file(dump.with_extension("ping.log"));
-            assert_clean(&format!("{sc} run {run}"));
+            integration_tests::assert_machine_clean(&format!("{sc} run {run}"));
         }
     }
 }
@@ -123,7 +105,7 @@ fn a_lab_killed_halfway_leaves_nothing_behind() {
         );
         assert!(err.contains("interrupted; cleaned up"), "{err}");
         thread::sleep(Duration::from_millis(300));
-        assert_clean(&format!("after signal {sig}"));
+        integration_tests::assert_machine_clean(&format!("after signal {sig}"));
     }
 }
 
@@ -177,5 +159,5 @@ fn the_lab_refuses_clearly_where_it_cannot_run() {
         "{err}"
     );
     assert!(still_there, "the lab does not delete what it did not make");
-    assert_clean("after refusals");
+    integration_tests::assert_machine_clean("after refusals");
 }

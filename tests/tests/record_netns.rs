@@ -1,75 +1,12 @@
 //! `stalltrace record` against a real kernel: probe packets across a veth pair into a
-//! namespace, the kprobe path's verdict on this kernel, signals, and clean-up.
-use std::{
-    collections::HashMap,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+//! namespace, the kprobe path's verdict on this kernel, signals, errors and clean-up.
+use std::{collections::HashMap, process::Command, thread, time::Duration};
+
+use integration_tests::{
+    our_bpf_programs, our_bpf_programs_now, require_root, sh, stalltrace_bin, tempdir, Netns,
+    Recorder,
 };
-
-use integration_tests::{our_bpf_programs, require_root, sh, stalltrace_bin, Netns};
 use serde_json::Value;
-
-/// Kills the recorder if a test panics before it exits.
-struct Recorder(Option<Child>);
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start_record(args: &[&str]) -> Recorder {
-    let child = Command::new(stalltrace_bin())
-        .arg("record")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning stalltrace record");
-    Recorder(Some(child))
-}
-
-/// Waits for the recorder to say it is recording (programs attached).
-fn wait_attached(dump: &std::path::Path) {
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(30) {
-        if std::fs::read_to_string(dump)
-            .map(|s| s.contains("\"type\":\"header\""))
-            .unwrap_or(false)
-        {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("recorder did not start within 30 s");
-}
-
-fn finish(mut r: Recorder, sig: i32) -> (i32, String, String) {
-    let mut c = r.0.take().expect("recorder running");
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(c.id() as i32, sig) };
-    let t0 = Instant::now();
-    loop {
-        if let Some(_st) = c.try_wait().expect("waiting for the recorder") {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "recorder did not exit within 30 s of signal {sig}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-    let out = c.wait_with_output().expect("recorder output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn read_dump(p: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(p)
@@ -84,23 +21,19 @@ fn ncpus() -> u64 {
     (unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }) as u64
 }
 
+fn assert_no_programs(ctx: &str) {
+    let left = our_bpf_programs();
+    assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
+}
+
 #[test]
 fn every_ping_sequence_is_recorded_once_with_cpu_and_comm() {
     if !require_root("every_ping_sequence_is_recorded_once_with_cpu_and_comm") {
         return;
     }
     let ns = Netns::create_unique("rec").expect("creating the namespace");
-    let dir = tempdir();
-    let dump = dir.join("ping.jsonl");
-    let rec = start_record(&[
-        "--attach",
-        "tracepoint",
-        "--peer",
-        &ns.ns_addr,
-        "-o",
-        dump.to_str().unwrap(),
-    ]);
-    wait_attached(&dump);
+    let dump = tempdir("ping").join("ping.jsonl");
+    let rec = Recorder::start(&["--attach", "tracepoint", "--peer", &ns.ns_addr], &dump);
     const N: u32 = 300;
     let ping =
         sh(Command::new("ping").args(["-c", &N.to_string(), "-i", "0.01", "-W", "1", &ns.ns_addr]));
@@ -110,12 +43,8 @@ fn every_ping_sequence_is_recorded_once_with_cpu_and_comm() {
         "{ping_out}"
     );
     thread::sleep(Duration::from_millis(300));
-    let (code, stdout, stderr) = finish(rec, libc::SIGINT);
+    let (code, stdout, stderr) = rec.finish(Some(libc::SIGINT));
     assert_eq!(code, 0, "stderr: {stderr}");
-    assert!(
-        stderr.contains("tracepoint:net:netif_receive_skb") || stderr.contains("recording"),
-        "{stderr}"
-    );
 
     let recs = read_dump(&dump);
     assert_eq!(recs[0]["type"], "header");
@@ -171,10 +100,7 @@ fn every_ping_sequence_is_recorded_once_with_cpu_and_comm() {
     let (name, host_if) = (ns.name.clone(), ns.host_if.clone());
     drop(ns);
     assert!(!Netns::exists(&name, &host_if), "namespace removed");
-    {
-        let left = our_bpf_programs();
-        assert!(left.is_empty(), "no program of ours left: {left:?}");
-    }
+    assert_no_programs("after the recording");
 }
 
 #[test]
@@ -182,25 +108,53 @@ fn sigterm_ends_the_recording_cleanly() {
     if !require_root("sigterm_ends_the_recording_cleanly") {
         return;
     }
-    let dir = tempdir();
-    let dump = dir.join("term.jsonl");
-    let rec = start_record(&["--quiet", "-o", dump.to_str().unwrap()]);
-    wait_attached(&dump);
+    let dump = tempdir("term").join("term.jsonl");
+    let rec = Recorder::start(&["--quiet"], &dump);
     assert!(
-        !integration_tests::our_bpf_programs_now().is_empty(),
+        !our_bpf_programs_now().is_empty(),
         "programs attached while recording"
     );
     thread::sleep(Duration::from_millis(500));
-    let (code, _out, stderr) = finish(rec, libc::SIGTERM);
+    let (code, _out, stderr) = rec.finish(Some(libc::SIGTERM));
     assert_eq!(code, 0, "{stderr}");
     let recs = read_dump(&dump);
     let footer = recs.last().unwrap();
     assert_eq!(footer["type"], "footer");
     assert_eq!(footer["reason"], "sigterm");
-    {
-        let left = our_bpf_programs();
-        assert!(left.is_empty(), "no program of ours left: {left:?}");
-    }
+    assert_no_programs("after SIGTERM");
+}
+
+/// Runs `stalltrace ARGS`, returning (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(stalltrace_bin())
+        .args(args)
+        .output()
+        .expect("running stalltrace");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `stalltrace ARGS` as user nobody, or as root with every capability dropped.
+fn run_unprivileged(root_without_caps: bool, args: &[&str]) -> (Option<i32>, String, String) {
+    let drop: &[&str] = if root_without_caps {
+        &["--inh-caps=-all", "--bounding-set=-all"]
+    } else {
+        &["--reuid=65534", "--regid=65534", "--clear-groups"]
+    };
+    let out = Command::new("setpriv")
+        .args(drop)
+        .arg(stalltrace_bin())
+        .args(args)
+        .output()
+        .expect("setpriv");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -209,28 +163,23 @@ fn kprobe_path_loads_but_cannot_attach_here_and_auto_falls_back() {
         return;
     }
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    let dir = tempdir();
+    let dir = tempdir("kprobe");
     let dump = dir.join("kp.jsonl");
-    let out = Command::new(stalltrace_bin())
-        .args([
-            "record",
-            "--attach",
-            "kprobe",
-            "--duration",
-            "1s",
-            "-o",
-            dump.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = run(&[
+        "record",
+        "--attach",
+        "kprobe",
+        "--duration",
+        "1s",
+        "-o",
+        dump.to_str().unwrap(),
+    ]);
     if has_kprobes {
-        assert_eq!(out.status.code(), Some(0), "{err}");
-        let recs = read_dump(&dump);
-        assert_eq!(recs[0]["packet_hook"], "kprobe");
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(read_dump(&dump)[0]["packet_hook"], "kprobe");
     } else {
         assert_eq!(
-            out.status.code(),
+            code,
             Some(4),
             "exit 4 = kernel lacks a feature; stderr: {err}"
         );
@@ -247,20 +196,19 @@ fn kprobe_path_loads_but_cannot_attach_here_and_auto_falls_back() {
         );
     }
     let dump2 = dir.join("auto.jsonl");
-    let out = Command::new(stalltrace_bin())
-        .args(["record", "--duration", "1s", "-o", dump2.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, _, err) = run(&["record", "--duration", "1s", "-o", dump2.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
     let recs = read_dump(&dump2);
     if has_kprobes {
         assert_eq!(recs[0]["packet_hook"], "kprobe");
     } else {
-        assert!(err.contains("packets: tracepoint:net:netif_receive_skb, because this kernel has no kprobe support"), "{err}");
+        assert!(
+            err.contains("packets: tracepoint:net:netif_receive_skb, because this kernel has no kprobe support"),
+            "{err}"
+        );
         assert_eq!(recs[0]["packet_hook"], "tracepoint");
     }
-    assert!(our_bpf_programs().is_empty());
+    assert_no_programs("after the kprobe checks");
 }
 
 #[test]
@@ -268,42 +216,24 @@ fn refuses_clearly_without_privileges_or_with_an_existing_dump() {
     if !require_root("refuses_clearly_without_privileges_or_with_an_existing_dump") {
         return;
     }
-    let dir = tempdir();
-    // Not root: drop to nobody.
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(stalltrace_bin())
-        .args(["record", "--duration", "1s", "-o", "/tmp/never.jsonl"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let rec = ["record", "--duration", "1s", "-o", "/tmp/never.jsonl"];
+    let (code, _, err) = run_unprivileged(false, &rec);
+    assert_eq!(code, Some(3), "{err}");
     assert!(
         err.contains("needs root or CAP_BPF+CAP_PERFMON: not running as root; run it with sudo"),
         "{err}"
     );
-    // Root without capabilities.
-    let out = Command::new("setpriv")
-        .args(["--inh-caps=-all", "--bounding-set=-all"])
-        .arg(stalltrace_bin())
-        .args(["record", "--duration", "1s", "-o", "/tmp/never.jsonl"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let (code, _, err) = run_unprivileged(true, &rec);
+    assert_eq!(code, Some(3), "{err}");
     assert!(
         err.contains("running as root but without CAP_BPF+CAP_PERFMON or CAP_SYS_ADMIN"),
         "{err}"
     );
     // Existing output.
-    let dump = dir.join("exists.jsonl");
+    let dump = tempdir("exists").join("exists.jsonl");
     std::fs::write(&dump, "precious\n").unwrap();
-    let out = Command::new(stalltrace_bin())
-        .args(["record", "--duration", "1s", "-o", dump.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, _, err) = run(&["record", "--duration", "1s", "-o", dump.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("exists; choose another -o or pass --force"),
         "{err}"
@@ -313,35 +243,11 @@ fn refuses_clearly_without_privileges_or_with_an_existing_dump() {
         "precious\n",
         "not overwritten"
     );
-    assert!(
-        our_bpf_programs().is_empty(),
-        "refusals leave nothing attached"
-    );
+    assert_no_programs("refusals leave nothing attached");
     // Bad flags.
-    let out = Command::new(stalltrace_bin())
-        .args(["record", "--duration", "soon"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("examples: 10ms, 1s"));
-}
-
-fn tempdir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "stalltrace-test-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        % 1_000_000_007
+    let (code, _, err) = run(&["record", "--duration", "soon"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("examples: 10ms, 1s"), "{err}");
 }
 
 /// The verifier sees the filter as constants, so each combination is a different
@@ -369,24 +275,16 @@ fn every_filter_combination_passes_the_verifier() {
         &["--attach", "kprobe"],
     ];
     for extra in combos {
-        let out = Command::new(stalltrace_bin())
-            .args(["record", "--dry-run"])
-            .args(*extra)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut args = vec!["record", "--dry-run"];
+        args.extend_from_slice(extra);
+        let (code, text, err) = run(&args);
+        assert_eq!(code, Some(0), "{extra:?}: {err}");
         assert!(
             text.contains("every program passed the verifier"),
             "{extra:?}: {text}"
         );
     }
-    assert!(our_bpf_programs().is_empty());
+    assert_no_programs("after dry runs");
 }
 
 /// Every hook is a raw tracepoint (or a perf-PMU kprobe): recording needs no tracefs.
@@ -397,8 +295,7 @@ fn records_without_tracefs() {
     if !require_root("records_without_tracefs") {
         return;
     }
-    let dir = tempdir();
-    let dump = dir.join("notracefs.jsonl");
+    let dump = tempdir("notracefs").join("notracefs.jsonl");
     let script = format!(
         "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
          test -e /sys/kernel/tracing/events && {{ echo 'tracefs still visible' >&2; exit 99; }}; \
@@ -406,12 +303,19 @@ fn records_without_tracefs() {
         stalltrace_bin().display(),
         dump.display()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let recs = read_dump(&dump);
     assert_eq!(recs.last().unwrap()["type"], "footer", "{err}");
-    assert!(recs[0]["hooks"].as_array().unwrap().len() >= 8, "all hooks attached: {}", recs[0]["hooks"]);
+    assert!(
+        recs[0]["hooks"].as_array().unwrap().len() >= 8,
+        "all hooks attached: {}",
+        recs[0]["hooks"]
+    );
 }
 
 #[test]
@@ -419,22 +323,18 @@ fn features_reports_this_kernel_and_the_verifiers_word() {
     if !require_root("features_reports_this_kernel_and_the_verifiers_word") {
         return;
     }
-    let out = Command::new(stalltrace_bin()).arg("features").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("[ok  ] programs through the verifier"), "{text}");
+    let (code, text, _) = run(&["features"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("[ok  ] programs through the verifier"),
+        "{text}"
+    );
     assert!(text.contains("[ok  ] kernel BTF"), "{text}");
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     assert_eq!(text.contains("[ok  ] kprobes"), kprobes, "{text}");
     assert!(text.ends_with("record: ready\n"), "{text}");
-    { let left = our_bpf_programs(); assert!(left.is_empty(), "features attaches nothing: {left:?}"); }
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(stalltrace_bin())
-        .arg("features")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert_no_programs("features attaches nothing");
+    let (code, text, _) = run_unprivileged(false, &["features"]);
+    assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("[FAIL] privileges"), "{text}");
 }

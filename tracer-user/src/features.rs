@@ -22,19 +22,29 @@ struct Row {
 }
 
 fn read_trim(p: &str) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let mut rows = vec![];
     let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
-    println!("stalltrace {} on Linux {kernel} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH);
+    println!(
+        "stalltrace {} on Linux {kernel} ({})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH
+    );
 
     let privs = preflight::check_privileges("stalltrace record");
     rows.push(Row {
         what: "privileges (CAP_BPF+CAP_PERFMON or root)",
         ok: privs.is_ok(),
-        detail: privs.as_ref().err().map(|e| e.to_string()).unwrap_or_else(|| "yes".into()),
+        detail: privs
+            .as_ref()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "yes".into()),
         required: true,
     });
     let btf = Path::new(offsets::VMLINUX_BTF);
@@ -66,13 +76,24 @@ pub fn run() -> anyhow::Result<ExitCode> {
         detail: if sw { "yes".into() } else { "no".into() },
         required: false,
     });
-    let lockdown = read_trim("/sys/kernel/security/lockdown").unwrap_or_else(|| "unknown (securityfs not mounted)".into());
-    rows.push(Row { what: "lockdown", ok: !lockdown.contains("[confidentiality]"), detail: lockdown, required: true });
+    let lockdown = read_trim("/sys/kernel/security/lockdown")
+        .unwrap_or_else(|| "unknown (securityfs not mounted)".into());
+    rows.push(Row {
+        what: "lockdown",
+        ok: !lockdown.contains("[confidentiality]"),
+        detail: lockdown,
+        required: true,
+    });
 
     // The verifier's word on every program, if we may ask it.
     if privs.is_ok() {
         if let Ok((o, _)) = &offs {
-            let opts = LoadOptions { filter: Filter::all_icmp(), offsets: *o, config: Config::defaults(), ring_bytes: 1 << 16 };
+            let opts = LoadOptions {
+                filter: Filter::all_icmp(),
+                offsets: *o,
+                config: Config::defaults(),
+                ring_bytes: 1 << 16,
+            };
             let res = Tracer::load(&opts, true);
             rows.push(Row {
                 what: "programs through the verifier",
@@ -86,11 +107,24 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     }
     for r in &rows {
-        let mark = if r.ok { "ok  " } else if r.required { "FAIL" } else { "no  " };
+        let mark = if r.ok {
+            "ok  "
+        } else if r.required {
+            "FAIL"
+        } else {
+            "no  "
+        };
         println!("  [{mark}] {:<42} {}", r.what, r.detail);
     }
     let ready = rows.iter().all(|r| r.ok || !r.required);
-    println!("{}", if ready { "record: ready" } else { "record: cannot run here (see FAIL above)" });
+    println!(
+        "{}",
+        if ready {
+            "record: ready"
+        } else {
+            "record: cannot run here (see FAIL above)"
+        }
+    );
     Ok(match (ready, privs.is_ok()) {
         (true, _) => ExitCode::Ok,
         (false, false) => ExitCode::Privileges,

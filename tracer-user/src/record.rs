@@ -579,10 +579,20 @@ fn periodic_summary(
     rx_thread: &[crate::dump::CpuHist],
     culprits: &[crate::attribution::rank::CulpritRank],
 ) {
-    out.line(&format!("-- summary after {} --", human_ns(elapsed.as_nanos() as u64)));
-    for (name, hs) in [("NET_RX raise->entry", net_rx), ("RX thread wakeup->run", rx_thread)] {
+    out.line(&format!(
+        "-- summary after {} --",
+        human_ns(elapsed.as_nanos() as u64)
+    ));
+    for (name, hs) in [
+        ("NET_RX raise->entry", net_rx),
+        ("RX thread wakeup->run", rx_thread),
+    ] {
         for h in hs {
-            out.line(&format!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets)));
+            out.line(&format!(
+                "  CPU {:>3} {name}: {}",
+                h.cpu,
+                hist_words(&h.buckets)
+            ));
         }
     }
     if culprits.is_empty() {
@@ -616,8 +626,16 @@ pub fn hist_words(b: &[u64]) -> String {
         }
         upper(b.len().saturating_sub(1))
     };
-    let longest = b.iter().rposition(|&n| n != 0).map(upper).unwrap_or_else(|| "-".into());
-    format!("{total} waits, p50 < {}, p99 < {}, longest < {longest}", quant(0.5), quant(0.99))
+    let longest = b
+        .iter()
+        .rposition(|&n| n != 0)
+        .map(upper)
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{total} waits, p50 < {}, p99 < {}, longest < {longest}",
+        quant(0.5),
+        quant(0.99)
+    )
 }
 
 fn summary(
@@ -669,8 +687,14 @@ mod tests {
         b[0] = 90;
         b[2] = 9;
         b[16] = 1;
-        assert_eq!(hist_words(&b), "100 waits, p50 < 2 µs, p99 < 8 µs, longest < 131 ms");
-        assert_eq!(hist_words(&[0; 32]), "0 waits, p50 < 2 µs, p99 < 2 µs, longest < -");
+        assert_eq!(
+            hist_words(&b),
+            "100 waits, p50 < 2 µs, p99 < 8 µs, longest < 131 ms"
+        );
+        assert_eq!(
+            hist_words(&[0; 32]),
+            "0 waits, p50 < 2 µs, p99 < 2 µs, longest < -"
+        );
     }
 
     #[test]

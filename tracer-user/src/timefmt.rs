@@ -34,6 +34,10 @@ mod tests {
         assert_eq!(human_ns(1_340_000_000), "1.3 s");
         assert_eq!(human_ns(850_000), "850 µs");
         assert_eq!(human_ns(12), "12 ns");
-        assert_eq!(human_ns(u64::MAX), "18446744074 s", "no overflow at the top");
+        assert_eq!(
+            human_ns(u64::MAX),
+            "18446744074 s",
+            "no overflow at the top"
+        );
     }
 }

@@ -121,7 +121,11 @@ pub fn render(r: &Report) -> String {
     );
     if i.complete {
         // Live reports have no file lines to count.
-        let lines = if i.path.is_some() { format!("{} lines, ", i.lines) } else { String::new() };
+        let lines = if i.path.is_some() {
+            format!("{} lines, ", i.lines)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
             "  complete recording: {lines}{} long, ended by {}",
