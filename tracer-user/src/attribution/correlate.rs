@@ -560,6 +560,12 @@ impl Correlator {
     }
 
     fn finalize_probe(&mut self, rec: &ProbeRec, st: ProbeState) {
+        if rec.status == ProbeStatus::Ok {
+            self.totals.probes_answered += 1;
+            if st.matched {
+                self.totals.probes_matched += 1;
+            }
+        }
         if rec.status != ProbeStatus::Ok
             || !is_stalled(rec, self.cfg.stall_threshold_ns)
             || st.claimed

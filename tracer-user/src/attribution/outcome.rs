@@ -77,6 +77,10 @@ pub struct Totals {
     pub probes_lost: u64,
     /// Answered at or above the stall threshold.
     pub probes_stalled: u64,
+    /// Probes the prober saw answered.
+    pub probes_answered: u64,
+    /// Answered probes matched to at least one kernel packet (by wire id/seq or ports).
+    pub probes_matched: u64,
     /// Stalled probes that an episode explains.
     pub probes_explained: u64,
     /// Stalled probes no episode explains (see `unexplained` for why).

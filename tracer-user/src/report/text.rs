@@ -155,6 +155,13 @@ pub fn render(r: &Report) -> String {
         plural(t.packets, "packet", "packets"),
         plural(t.waits, "wait", "waits"),
     );
+    if t.probes_answered > 0 {
+        let _ = writeln!(
+            s,
+            "  {} of {} answered probes matched to a packet the kernel saw",
+            t.probes_matched, t.probes_answered
+        );
+    }
     if t.probes_ignored > 0 {
         let _ = writeln!(
             s,
