@@ -136,7 +136,22 @@ fn the_lab_refuses_clearly_where_it_cannot_run() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("unknown scenario \"nope\"; choose one of: rt-hog"));
 
-    // A single CPU: pin the lab to one CPU's worth by asking for a CPU that is not there.
+    // A single CPU to run on.
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(stalltrace_bin())
+        .arg("lab")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stalltrace lab needs at least 2 CPUs"));
+
+    // A CPU that is not there.
     let out = Command::new(stalltrace_bin())
         .args(["lab", "--cpu", "4096"])
         .output()

@@ -244,6 +244,19 @@ fn refuses_clearly_without_privileges_or_with_an_existing_dump() {
         "not overwritten"
     );
     assert_no_programs("refusals leave nothing attached");
+    // No BTF where it was said to be.
+    let (code, _, err) = run(&[
+        "record",
+        "--btf",
+        "/nonexistent/vmlinux",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("no BTF file at /nonexistent/vmlinux"), "{err}");
+    let (code, text, err) = run(&["record", "--btf", "/sys/kernel/btf/vmlinux", "--dry-run"]);
+    assert_eq!(code, Some(0), "an explicit BTF file works: {err}");
+    assert!(text.contains("every program passed the verifier"));
     // Bad flags.
     let (code, _, err) = run(&["record", "--duration", "soon"]);
     assert_eq!(code, Some(2));

@@ -27,7 +27,14 @@ fn read_trim(p: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-pub fn run() -> anyhow::Result<ExitCode> {
+#[derive(clap::Args, Debug)]
+pub struct FeaturesArgs {
+    /// Kernel BTF file to use instead of /sys/kernel/btf/vmlinux (as `record --btf`).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<std::path::PathBuf>,
+}
+
+pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let mut rows = vec![];
     let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
     println!(
@@ -47,8 +54,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| "yes".into()),
         required: true,
     });
-    let btf = Path::new(offsets::VMLINUX_BTF);
-    let offs = offsets::read(btf);
+    let btf = a.btf.clone().unwrap_or_else(|| offsets::VMLINUX_BTF.into());
+    let offs = offsets::read(&btf);
     rows.push(Row {
         what: "kernel BTF (struct offsets)",
         ok: offs.is_ok(),

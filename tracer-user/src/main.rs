@@ -38,7 +38,7 @@ enum Cmd {
     Probe(probe::ProbeArgs),
     /// Report what this kernel allows (BTF, kprobes, perf events, the verifier's word on
     /// every program) and which path `record` would take.
-    Features,
+    Features(features::FeaturesArgs),
     /// Build namespaces, plant a culprit that stalls RX, record it, and check the blame.
     Lab(lab::LabArgs),
     /// (internal) The lab's planted culprit.
@@ -62,7 +62,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Record(a) => record::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Lab(a) => lab::run(a),
-        Cmd::Features => features::run(),
+        Cmd::Features(a) => features::run(a),
         Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Analyze(a) => analyze::run(a),
     };

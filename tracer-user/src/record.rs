@@ -97,6 +97,10 @@ pub struct RecordArgs {
     /// With --probe: time between probes.
     #[arg(long, value_parser = parse_duration, default_value = "10ms", value_name = "D")]
     pub interval: Duration,
+    /// Kernel BTF to read struct offsets from, for kernels without
+    /// /sys/kernel/btf/vmlinux (e.g. a BTFHub file for this exact kernel).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
     /// Print a summary every D while recording: per-CPU RX delay histograms and the
     /// culprits ranked so far.
     #[arg(long, value_parser = parse_duration, value_name = "D")]
@@ -211,12 +215,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     }
-    preflight::check_btf()?;
+    let btf = preflight::check_btf(args.btf.as_deref())?;
     if let Some(note) = preflight::raise_memlock() {
         log::info!("{note}");
     }
-    let (offs, notes) = offsets::read(std::path::Path::new(offsets::VMLINUX_BTF))
-        .map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
+    let (offs, notes) =
+        offsets::read(&btf).map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
     for n in notes {
         eprintln!("note: {n}");
     }

@@ -10,7 +10,7 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, Error)]
 pub enum OffsetError {
-    #[error("cannot read kernel BTF at {VMLINUX_BTF}: {0}")]
+    #[error("cannot read kernel BTF: {0}")]
     Btf(String),
     #[error("kernel BTF has no member {0}")]
     Member(String),
@@ -101,8 +101,10 @@ const REGS_ARG0: &[&str] = &[];
 /// missing, which the programs treat as unknown; the returned notes say which.
 pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
     // From memory: btf-rs's file backend seeks per type and takes seconds.
-    let bytes = fs::read(btf_path).map_err(|e| OffsetError::Btf(e.to_string()))?;
-    let btf = Btf::from_bytes(&bytes).map_err(|e| OffsetError::Btf(e.to_string()))?;
+    let bytes =
+        fs::read(btf_path).map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
+    let btf = Btf::from_bytes(&bytes)
+        .map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
     let mut o = Offsets::defaults();
     let mut notes = vec![];
     o.skb_head = member_offset(&btf, "sk_buff", &["head"])?;

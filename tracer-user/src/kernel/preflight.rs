@@ -43,18 +43,24 @@ pub fn check_privileges(what: &str) -> Result<(), CodedError> {
     ))
 }
 
-pub fn check_btf() -> Result<(), CodedError> {
-    if Path::new(super::offsets::VMLINUX_BTF).exists() {
-        return Ok(());
+/// The kernel's BTF: `path` when given (`--btf`, e.g. a BTFHub file for a kernel built
+/// without CONFIG_DEBUG_INFO_BTF), else the kernel's own.
+pub fn check_btf(path: Option<&Path>) -> Result<std::path::PathBuf, CodedError> {
+    let p = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| super::offsets::VMLINUX_BTF.into());
+    if p.exists() {
+        return Ok(p);
     }
-    Err(CodedError::new(
-        ExitCode::KernelFeature,
-        format!(
-            "no kernel BTF at {}: the kernel was built without CONFIG_DEBUG_INFO_BTF, and \
-             stalltrace reads struct offsets from it",
-            super::offsets::VMLINUX_BTF
+    let why = match path {
+        Some(_) => format!("no BTF file at {}", p.display()),
+        None => format!(
+            "no kernel BTF at {}: the kernel was built without CONFIG_DEBUG_INFO_BTF; \
+             pass a BTF file for this kernel with --btf (e.g. from BTFHub)",
+            p.display()
         ),
-    ))
+    };
+    Err(CodedError::new(ExitCode::KernelFeature, why))
 }
 
 /// Whether kprobes can be attached (through the perf kprobe PMU, as aya does), and if
