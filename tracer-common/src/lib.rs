@@ -188,7 +188,10 @@ pub struct Hist {
 /// Histogram slots in the `HISTS` map.
 pub const HIST_NET_RX: u32 = 0;
 pub const HIST_RX_THREAD: u32 = 1;
-pub const HIST_SLOTS: u32 = 2;
+/// NET_TX and TIMER raise→entry delays, for context next to NET_RX.
+pub const HIST_NET_TX: u32 = 2;
+pub const HIST_TIMER: u32 = 3;
+pub const HIST_SLOTS: u32 = 4;
 
 /// Packet filter, set from user space in the `FILTER` global. 40 bytes.
 #[repr(C)]

@@ -42,7 +42,9 @@ pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static SYSCALLS: HashMap<u32, SysState> = HashMap::with_max_entries(32768, 0);
 
-/// Run history kept per CPU: enough to name who held the CPU during a wait.
+/// Run history kept per CPU: enough to name who held the CPU during a wait. 32 runs
+/// verify too, but take the verifier ~3 s (the scan is unrolled at two call sites); 64
+/// exceed its 1M-instruction budget. A wait with more switches is marked truncated.
 pub const SEGS: usize = 16;
 pub const SEG_MASK: u32 = (SEGS as u32) - 1;
 
@@ -74,6 +76,9 @@ pub struct CpuState {
     pub netrx_raiser_pid: u32,
     pub _pad0: u32,
     pub netrx_raiser_comm: [u8; COMM_LEN],
+    /// First NET_TX / TIMER raise since their last entry (0 = none): histograms only.
+    pub nettx_raise_ns: u64,
+    pub timer_raise_ns: u64,
     /// Start of the NET_RX softirq running now (0 = none).
     pub netrx_entry_ns: u64,
     /// A NET_RX wait above the threshold, reported at softirq exit with its run time

@@ -5,7 +5,10 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{EventKind, COMM_LEN, HIST_NET_RX, NET_RX_SOFTIRQ};
+use tracer_common::{
+    EventKind, COMM_LEN, HIST_NET_RX, HIST_NET_TX, HIST_TIMER, NET_RX_SOFTIRQ, NET_TX_SOFTIRQ,
+    TIMER_SOFTIRQ,
+};
 
 use crate::{
     maps::{cpu_state, hist_add, now, CONFIG},
@@ -20,11 +23,21 @@ fn vec(ctx: &RawTracePointContext) -> u32 {
 
 #[raw_tracepoint(tracepoint = "softirq_raise")]
 pub fn softirq_raise(ctx: RawTracePointContext) -> i32 {
-    if vec(&ctx) != NET_RX_SOFTIRQ {
+    let v = vec(&ctx);
+    if v != NET_RX_SOFTIRQ && v != NET_TX_SOFTIRQ && v != TIMER_SOFTIRQ {
         return 0;
     }
     let Some(st) = cpu_state() else { return 0 };
-    if st.netrx_raise_ns == 0 {
+    // Only the first raise since the last entry starts a wait.
+    if v == NET_TX_SOFTIRQ {
+        if st.nettx_raise_ns == 0 {
+            st.nettx_raise_ns = now();
+        }
+    } else if v == TIMER_SOFTIRQ {
+        if st.timer_raise_ns == 0 {
+            st.timer_raise_ns = now();
+        }
+    } else if st.netrx_raise_ns == 0 {
         st.netrx_raise_ns = now();
         st.netrx_raiser_pid = bpf_get_current_pid_tgid() as u32;
         st.netrx_raiser_comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
@@ -32,9 +45,30 @@ pub fn softirq_raise(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// Histogram of a context vector's raise→entry delay; clears its pending raise.
+#[inline(always)]
+fn context_entry(pending: &mut u64, slot: u32) {
+    let raised = *pending;
+    *pending = 0;
+    let ts = now();
+    if raised != 0 && ts > raised {
+        hist_add(slot, ts - raised);
+    }
+}
+
 #[raw_tracepoint(tracepoint = "softirq_entry")]
 pub fn softirq_entry(ctx: RawTracePointContext) -> i32 {
-    if vec(&ctx) != NET_RX_SOFTIRQ {
+    let v = vec(&ctx);
+    if v != NET_RX_SOFTIRQ {
+        if v == NET_TX_SOFTIRQ || v == TIMER_SOFTIRQ {
+            if let Some(st) = cpu_state() {
+                if v == NET_TX_SOFTIRQ {
+                    context_entry(&mut st.nettx_raise_ns, HIST_NET_TX);
+                } else {
+                    context_entry(&mut st.timer_raise_ns, HIST_TIMER);
+                }
+            }
+        }
         return 0;
     }
     let Some(st) = cpu_state() else { return 0 };

@@ -25,7 +25,7 @@ use crate::{
     events::decode,
     exit::{CodedError, ExitCode},
     kernel::{
-        loader::{AttachMode, LoadError, LoadOptions, Tracer},
+        loader::{AttachMode, Hists, LoadError, LoadOptions, Tracer},
         offsets, preflight,
     },
     live, probe, report,
@@ -383,8 +383,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 if let (Some(at), Some(every)) = (next_summary, args.summary_every) {
                     if Instant::now() >= at {
                         next_summary = Some(at + every);
-                        let (net_rx, rx_thread) = tracer.hists().map_err(load_err)?;
-                        periodic_summary(&mut out, started.elapsed(), &net_rx, &rx_thread, &st.live.cor.culprits_so_far());
+                        let hists = tracer.hists().map_err(load_err)?;
+                        periodic_summary(&mut out, started.elapsed(), &hists, &st.live.cor.culprits_so_far());
                     }
                 }
                 if ticks % 4 != 0 {
@@ -414,7 +414,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     drain(ring.get_mut(), &mut st, &mut dump, &mut out, args.quiet)?;
     drain_probes(&probe_rx, &mut st, &mut dump, &mut out, args.quiet)?;
     let lost = tracer.lost().map_err(load_err)?;
-    let (hist_net_rx, hist_rx_thread) = tracer.hists().map_err(load_err)?;
+    let hists = tracer.hists().map_err(load_err)?;
     drop(ring);
     drop(tracer); // detaches every program
     let footer = Footer {
@@ -422,8 +422,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         duration_ns: started.elapsed().as_nanos() as u64,
         counts: st.counts.clone(),
         lost: lost.clone(),
-        hist_net_rx: hist_net_rx.clone(),
-        hist_rx_thread: hist_rx_thread.clone(),
+        hist_net_rx: hists.net_rx.clone(),
+        hist_rx_thread: hists.rx_thread.clone(),
+        hist_net_tx: hists.net_tx.clone(),
+        hist_timer: hists.timer.clone(),
         reason: reason.into(),
     };
     let footer_rec = Record::Footer(footer);
@@ -434,14 +436,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: {e}");
         }
     }
-    summary(
-        &st.counts,
-        &lost,
-        &hist_net_rx,
-        &hist_rx_thread,
-        &path,
-        reason,
-    );
+    summary(&st.counts, &lost, &hists, &path, reason);
     // The final report: the live correlator's, or with an external prober's log, the
     // same engine over the dump and that log.
     let report = match &args.probe_log {
@@ -579,18 +574,14 @@ fn drain(
 fn periodic_summary(
     out: &mut Out,
     elapsed: Duration,
-    net_rx: &[crate::dump::CpuHist],
-    rx_thread: &[crate::dump::CpuHist],
+    hists: &Hists,
     culprits: &[crate::attribution::rank::CulpritRank],
 ) {
     out.line(&format!(
         "-- summary after {} --",
         human_ns(elapsed.as_nanos() as u64)
     ));
-    for (name, hs) in [
-        ("NET_RX raise->entry", net_rx),
-        ("RX thread wakeup->run", rx_thread),
-    ] {
+    for (name, hs) in hists.named() {
         for h in hs {
             out.line(&format!(
                 "  CPU {:>3} {name}: {}",
@@ -642,22 +633,12 @@ pub fn hist_words(b: &[u64]) -> String {
     )
 }
 
-fn summary(
-    c: &Counts,
-    lost: &Lost,
-    net_rx: &[crate::dump::CpuHist],
-    rx_thread: &[crate::dump::CpuHist],
-    path: &std::path::Path,
-    reason: &str,
-) {
+fn summary(c: &Counts, lost: &Lost, hists: &Hists, path: &std::path::Path, reason: &str) {
     eprintln!(
         "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, syscalls {})",
         c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.syscalls
     );
-    for (name, hs) in [
-        ("NET_RX raise->entry", net_rx),
-        ("RX thread wakeup->run", rx_thread),
-    ] {
+    for (name, hs) in hists.named() {
         for h in hs {
             eprintln!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets));
         }

@@ -331,6 +331,11 @@ pub struct Footer {
     /// RX-thread wakeup→switch-in delays.
     #[serde(default)]
     pub hist_rx_thread: Vec<CpuHist>,
+    /// NET_TX and TIMER raise→entry delays, for context.
+    #[serde(default)]
+    pub hist_net_tx: Vec<CpuHist>,
+    #[serde(default)]
+    pub hist_timer: Vec<CpuHist>,
     /// Why the recording ended: `duration`, `sigint`, `sigterm`, `error`.
     pub reason: String,
 }

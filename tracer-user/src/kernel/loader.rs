@@ -7,7 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
-use tracer_common::{Config, Filter, Hist, Offsets, HIST_NET_RX, HIST_RX_THREAD, LOST_SLOTS};
+use tracer_common::{
+    Config, Filter, Hist, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD, HIST_TIMER, LOST_SLOTS,
+};
 
 use crate::dump::{CpuHist, Lost};
 
@@ -68,6 +70,29 @@ const SYSCALL_TPS: &[(&str, &str, &str)] = &[
     ("sys_enter", "raw_syscalls", "sys_enter"),
     ("sys_exit", "raw_syscalls", "sys_exit"),
 ];
+
+/// Per-CPU delay histograms (CPUs with no wait are left out).
+pub struct Hists {
+    /// NET_RX raise→entry.
+    pub net_rx: Vec<CpuHist>,
+    /// RX-thread wakeup→switch-in.
+    pub rx_thread: Vec<CpuHist>,
+    /// NET_TX and TIMER raise→entry, for context.
+    pub net_tx: Vec<CpuHist>,
+    pub timer: Vec<CpuHist>,
+}
+
+impl Hists {
+    /// (name, histograms) in the order reports show them.
+    pub fn named(&self) -> [(&'static str, &[CpuHist]); 4] {
+        [
+            ("NET_RX raise->entry", &self.net_rx),
+            ("RX thread wakeup->run", &self.rx_thread),
+            ("NET_TX raise->entry", &self.net_tx),
+            ("TIMER raise->entry", &self.timer),
+        ]
+    }
+}
 
 pub struct Tracer {
     ebpf: Ebpf,
@@ -234,7 +259,7 @@ impl Tracer {
     }
 
     /// Per-CPU delay histograms: (NET_RX raise→entry, RX-thread wakeup→run).
-    pub fn hists(&self) -> Result<(Vec<CpuHist>, Vec<CpuHist>), LoadError> {
+    pub fn hists(&self) -> Result<Hists, LoadError> {
         let m = self
             .ebpf
             .map("HISTS")
@@ -255,7 +280,12 @@ impl Tracer {
                 })
                 .collect())
         };
-        Ok((read(HIST_NET_RX)?, read(HIST_RX_THREAD)?))
+        Ok(Hists {
+            net_rx: read(HIST_NET_RX)?,
+            rx_thread: read(HIST_RX_THREAD)?,
+            net_tx: read(HIST_NET_TX)?,
+            timer: read(HIST_TIMER)?,
+        })
     }
 }
 
