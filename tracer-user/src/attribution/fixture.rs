@@ -271,6 +271,8 @@ pub fn records(s: Seed) -> Vec<Record> {
             lost: Lost::default(),
             hist_net_rx: vec![],
             hist_rx_thread: vec![],
+            hist_net_tx: vec![],
+            hist_timer: vec![],
             reason: "sigint".into(),
         }));
     }
