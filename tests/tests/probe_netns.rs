@@ -136,8 +136,7 @@ fn number_before(text: &str, key: &str) -> u64 {
     let i = line.find(key).expect("key");
     line[..i]
         .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .last()
+        .rfind(|s| !s.is_empty())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no number before {key:?} in {line:?}"))
 }

@@ -6,6 +6,9 @@ use std::mem::size_of;
 use thiserror::Error;
 use tracer_common::{EventHeader, EventKind, PacketEvent, SyscallEvent, WaitEvent};
 
+// Wait records are 312 bytes, the others under 100: boxing would cost an allocation per
+// event on the hot path for no gain, as events are consumed one at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawEvent {
     Packet(PacketEvent),

@@ -387,7 +387,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                         periodic_summary(&mut out, started.elapsed(), &hists, &st.live.cor.culprits_so_far());
                     }
                 }
-                if ticks % 4 != 0 {
+                if !ticks.is_multiple_of(4) {
                     continue;
                 }
                 let lost = tracer.lost().map_err(load_err)?;

@@ -43,7 +43,7 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, Offset
             };
         }
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         return Err(OffsetError::Member(format!("{} (bitfield)", what())));
     }
     Ok(bits / 8)
