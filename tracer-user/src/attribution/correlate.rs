@@ -713,6 +713,8 @@ impl Correlator {
         // The seed's view: probe packets on this CPU just before, then the delayed run.
         let run_start = run.first().map_or(st.end_ns, |p| p.ts_ns.min(st.end_ns));
         let want_probe_pkts = self.mode() == Mode::Probes;
+        // One row per probe: an echo request and its reply can both be on this CPU.
+        let mut seen_keys: Vec<u16> = Vec::with_capacity(self.cfg.context_lines);
         let mut before: Vec<&Pkt> = self
             .pkts
             .iter()
@@ -722,6 +724,14 @@ impl Correlator {
                     && p.ts_ns < run_start
                     && ids.binary_search(&p.id).is_err()
                     && (!want_probe_pkts || p.key.is_some())
+            })
+            .filter(|p| match p.key {
+                Some(k) if seen_keys.contains(&k.varying) => false,
+                Some(k) => {
+                    seen_keys.push(k.varying);
+                    true
+                }
+                None => true,
             })
             .take(self.cfg.context_lines)
             .collect();
