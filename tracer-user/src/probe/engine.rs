@@ -1,7 +1,7 @@
 //! The probing loop shared by the ICMP and TCP probers: absolute send schedule,
 //! matching answers to sequences (16-bit wrap included), timeouts, duplicates,
-//! reordering. One thread, no locks: it waits for answers with `ppoll` until the next
-//! send or timeout is due.
+//! reordering. One thread, no locks: it waits for answers (with `ppoll` on the real
+//! [`Clock`]) until the next send or timeout is due.
 use std::{
     collections::VecDeque,
     net::IpAddr,
@@ -11,7 +11,8 @@ use std::{
 };
 
 use super::{
-    schedule::{poll_wait, set_tight_timer_slack, step_toward, Schedule},
+    clock::{Clock, RealClock},
+    schedule::{set_tight_timer_slack, Schedule},
     stats::ProbeStats,
 };
 use crate::dump::{ProbeProto, ProbeRec, ProbeStatus};
@@ -63,6 +64,12 @@ pub trait Transport: Send {
     /// How many sequences the wire can tell apart (65536 for ICMP).
     fn modulus(&self) -> u64;
     fn proto(&self) -> ProbeProto;
+    /// When the next answer becomes readable, for a simulated network that knows it in
+    /// advance (the virtual clock jumps there); real sockets cannot tell.
+    #[cfg(test)]
+    fn ready_at(&self) -> Option<Instant> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,22 +109,6 @@ pub struct EngineConfig {
     pub interval: Duration,
     pub count: Option<u64>,
     pub timeout: Duration,
-}
-
-/// Boot-clock nanoseconds (CLOCK_BOOTTIME), the eBPF side's `bpf_ktime_get_boot_ns`.
-pub fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists on Linux ≥ 2.6.39.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Tracks in-flight probes by counter; slots are kept for a while after they are
@@ -191,7 +182,8 @@ impl Tracker {
     }
 }
 
-pub struct Engine {
+pub struct Engine<C = RealClock> {
+    clock: C,
     transport: Box<dyn Transport>,
     cfg: EngineConfig,
     sched: Schedule,
@@ -201,10 +193,17 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(transport: Box<dyn Transport>, cfg: EngineConfig) -> Self {
+        Self::with_clock(transport, cfg, RealClock)
+    }
+}
+
+impl<C: Clock> Engine<C> {
+    pub fn with_clock(transport: Box<dyn Transport>, cfg: EngineConfig, clock: C) -> Self {
         let tracker = Tracker::new(cfg.timeout, transport.modulus());
         Self {
             transport,
-            sched: Schedule::new(Instant::now(), cfg.interval),
+            sched: Schedule::new(clock.now(), cfg.interval),
+            clock,
             cfg,
             tracker,
             stats: ProbeStats::default(),
@@ -249,12 +248,12 @@ impl Engine {
         mut on: impl FnMut(Outcome<'_>) -> bool,
     ) -> std::io::Result<()> {
         set_tight_timer_slack();
-        self.sched = Schedule::new(Instant::now(), self.cfg.interval);
+        self.sched = Schedule::new(self.clock.now(), self.cfg.interval);
         loop {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let now = Instant::now();
+            let now = self.clock.now();
             let more = self.cfg.count.is_none_or(|c| self.tracker.next < c);
             let due = self.sched.deadline(self.tracker.next);
             if more && due <= now {
@@ -275,7 +274,7 @@ impl Engine {
             if more {
                 until = until.min(due);
             }
-            if poll_wait(self.transport.fd(), step_toward(until, now))? {
+            if self.clock.wait(now, until, Some(self.transport.as_ref()))? {
                 // Drain what is queued, then go back to the schedule.
                 for _ in 0..64 {
                     match self.transport.try_recv() {
@@ -295,8 +294,8 @@ impl Engine {
 
     fn send_one(&mut self, due: Instant) -> std::io::Result<()> {
         let counter = self.tracker.next;
-        let sent_boot_ns = boot_ns();
-        let sent = Instant::now();
+        let sent_boot_ns = self.clock.boot_ns();
+        let sent = self.clock.now();
         let wire = match self.transport.send(counter) {
             Ok(w) => Some(w),
             Err(e)
@@ -419,6 +418,7 @@ pub fn recv_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::clock::VirtualClock;
 
     #[test]
     fn counter_for_handles_16_bit_wrap() {
@@ -443,35 +443,33 @@ mod tests {
         assert_eq!(t.counter_for(4464), Some(4464));
     }
 
-    /// A scripted network: each probe's answers arrive after the given delays.
+    /// A scripted network on virtual time: each probe's answers arrive after the given
+    /// delays (ms); `stall_ms` is how long sending that probe blocks the prober.
     struct Fake {
+        clock: VirtualClock,
         script: fn(u64) -> Vec<u64>,
+        stall_ms: fn(u64) -> u64,
         queue: Vec<(Instant, u64)>,
         modulus: u64,
-        // Always readable: a byte written and never read.
-        pair: (
-            std::os::unix::net::UnixStream,
-            std::os::unix::net::UnixStream,
-        ),
     }
 
     impl Fake {
-        fn new(script: fn(u64) -> Vec<u64>, modulus: u64) -> Self {
-            use std::io::Write;
-            let mut pair = std::os::unix::net::UnixStream::pair().unwrap();
-            pair.0.write_all(b"x").unwrap();
+        fn new(clock: &VirtualClock, script: fn(u64) -> Vec<u64>, modulus: u64) -> Self {
             Self {
+                clock: clock.clone(),
                 script,
+                stall_ms: |_| 0,
                 queue: Vec::new(),
                 modulus,
-                pair,
             }
         }
     }
 
     impl Transport for Fake {
         fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
-            let now = Instant::now();
+            self.clock
+                .advance(Duration::from_millis((self.stall_ms)(counter)));
+            let now = self.clock.now();
             for d in (self.script)(counter) {
                 self.queue
                     .push((now + Duration::from_millis(d), counter % self.modulus));
@@ -482,8 +480,15 @@ mod tests {
             })
         }
         fn try_recv(&mut self) -> std::io::Result<Option<Reply>> {
-            let now = Instant::now();
-            let Some(i) = self.queue.iter().position(|(t, _)| *t <= now) else {
+            let now = self.clock.now();
+            // The earliest answer due (the first scheduled among equals).
+            let Some((i, _)) = self
+                .queue
+                .iter()
+                .enumerate()
+                .filter(|(_, (t, _))| *t <= now)
+                .min_by_key(|(_, (t, _))| *t)
+            else {
                 return Err(std::io::ErrorKind::WouldBlock.into());
             };
             let (_, slot) = self.queue.remove(i);
@@ -500,8 +505,7 @@ mod tests {
             }))
         }
         fn fd(&self) -> RawFd {
-            use std::os::fd::AsRawFd;
-            self.pair.1.as_raw_fd()
+            -1
         }
         fn modulus(&self) -> u64 {
             self.modulus
@@ -509,32 +513,48 @@ mod tests {
         fn proto(&self) -> ProbeProto {
             ProbeProto::Icmp
         }
+        fn ready_at(&self) -> Option<Instant> {
+            self.queue.iter().map(|(t, _)| *t).min()
+        }
     }
 
-    fn run_fake(
-        fake: Fake,
-        interval_ms: u64,
-        timeout_ms: u64,
-        count: u64,
-    ) -> (ProbeStats, Vec<ProbeRec>, Vec<u64>) {
+    struct Run {
+        st: ProbeStats,
+        recs: Vec<ProbeRec>,
+        /// (seq, rtt_ns) of answers that came after their probe was declared lost.
+        late: Vec<(u64, u64)>,
+        /// Virtual time from the engine's start to the end of the run.
+        took: Duration,
+    }
+
+    const MS: u64 = 1_000_000;
+
+    fn run_fake(fake: Fake, interval_ms: u64, timeout_ms: u64, count: u64) -> Run {
+        let clock = fake.clock.clone();
         let cfg = EngineConfig {
             target: "10.0.0.2".parse().unwrap(),
             interval: Duration::from_millis(interval_ms),
             count: Some(count),
             timeout: Duration::from_millis(timeout_ms),
         };
-        let mut e = Engine::new(Box::new(fake), cfg);
+        let start = clock.elapsed();
+        let mut e = Engine::with_clock(Box::new(fake), cfg, clock.clone());
         let (mut recs, mut late) = (Vec::new(), Vec::new());
         let stop = AtomicBool::new(false);
         e.run(&stop, |o| {
             match o {
                 Outcome::Answer { rec, .. } | Outcome::Lost { rec } => recs.push(rec),
-                Outcome::Late { seq, .. } => late.push(seq),
+                Outcome::Late { seq, rtt_ns, .. } => late.push((seq, rtt_ns)),
             }
             true
         })
         .unwrap();
-        (e.into_stats(), recs, late)
+        Run {
+            st: e.into_stats(),
+            recs,
+            late,
+            took: clock.elapsed() - start,
+        }
     }
 
     #[test]
@@ -548,7 +568,13 @@ mod tests {
             6 => vec![130],
             _ => vec![2],
         };
-        let (st, recs, late) = run_fake(Fake::new(script, 65536), 20, 100, 16);
+        let clock = VirtualClock::new();
+        let Run {
+            st,
+            recs,
+            late,
+            took,
+        } = run_fake(Fake::new(&clock, script, 65536), 20, 100, 16);
         assert_eq!(
             (
                 st.transmitted,
@@ -561,7 +587,8 @@ mod tests {
             (16, 14, 2, 1, 1, 1),
             "{st:?}"
         );
-        assert_eq!(late, vec![6]);
+        // 6 was sent at 120 ms, declared lost at 220 ms, answered at 250 ms.
+        assert_eq!(late, vec![(6, 130 * MS)]);
         let of = |s: ProbeStatus| {
             recs.iter()
                 .filter(|r| r.status == s)
@@ -576,21 +603,52 @@ mod tests {
             ok,
             [0, 1, 2, 4, 5].into_iter().chain(7..16).collect::<Vec<_>>()
         );
-        let r4 = recs.iter().find(|r| r.seq == 4).unwrap();
-        assert!(r4.rtt_ns.unwrap() >= 35_000_000, "{r4:?}");
+        // Every record in the order it happened, with the RTT the network scheduled:
+        // 4's answer (115 ms) after 5's (102 ms); 3 lost at 160 ms, just after 8 was
+        // sent; 6 lost at 220 ms, just after 11 was sent.
+        use ProbeStatus::{Dup, Lost, Ok};
+        let got: Vec<_> = recs.iter().map(|r| (r.seq, r.status, r.rtt_ns)).collect();
+        let ms = |n: u64| Some(n * MS);
+        let want = vec![
+            (0, Ok, ms(2)),
+            (1, Ok, ms(2)),
+            (2, Ok, ms(2)),
+            (2, Dup, ms(8)),
+            (5, Ok, ms(2)),
+            (4, Ok, ms(35)),
+            (7, Ok, ms(2)),
+            (3, Lost, None),
+            (8, Ok, ms(2)),
+            (9, Ok, ms(2)),
+            (10, Ok, ms(2)),
+            (6, Lost, None),
+            (11, Ok, ms(2)),
+            (12, Ok, ms(2)),
+            (13, Ok, ms(2)),
+            (14, Ok, ms(2)),
+            (15, Ok, ms(2)),
+        ];
+        assert_eq!(got, want);
         assert!(recs.iter().all(|r| r.source == "builtin"
             && r.wire_ident == Some(7)
             && r.wire_seq == Some(r.seq as u16)));
-        assert!(recs.iter().all(|r| r.sent_ns.is_some_and(|t| t > 0)));
-        assert_eq!(st.rtts_ns.len(), 14);
-        assert_eq!(st.drift.samples, 16);
+        // Sent on the absolute schedule, stamped with the boot clock.
+        assert!(recs
+            .iter()
+            .all(|r| r.sent_ns == Some(VirtualClock::BOOT0_NS + u64::from(r.seq) * 20 * MS)));
+        let mut rtts = st.rtts_ns.clone();
+        rtts.sort();
+        assert_eq!(rtts, [vec![2 * MS; 13], vec![35 * MS]].concat());
+        assert_eq!((st.drift.samples, st.drift.max_ns), (16, 0));
+        // The run ends as soon as everything is settled: 15's answer at 302 ms.
+        assert_eq!(took, Duration::from_millis(302));
     }
 
     #[test]
     fn wrapping_wire_sequence_maps_to_the_right_probe() {
-        // A wire that tells only 4 sequences apart: probe 9 answers as slot 1. The
-        // timeout leaves slack for a loaded machine (3 in flight at most: 80 / 30 + 1).
-        let (st, recs, _) = run_fake(Fake::new(|_| vec![3], 4), 30, 80, 12);
+        // A wire that tells only 4 sequences apart: probe 9 answers as slot 1.
+        let clock = VirtualClock::new();
+        let Run { st, recs, .. } = run_fake(Fake::new(&clock, |_| vec![3], 4), 30, 80, 12);
         assert_eq!(
             (st.received, st.lost, st.duplicates, st.late),
             (12, 0, 0, 0),
@@ -598,13 +656,61 @@ mod tests {
         );
         let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..12).collect::<Vec<_>>());
-        assert!(
-            st.rtts_ns
-                .iter()
-                .all(|r| (3_000_000..80_000_000).contains(r)),
-            "{:?}",
-            st.rtts_ns
+        assert_eq!(st.rtts_ns, vec![3 * MS; 12]);
+
+        // The same wire with 3 probes in flight: each answer arrives after the next two
+        // probes went out (25 ms after its own, 10 ms apart), so slot 1 must map to probe
+        // 9, not to 5 or 1 before it.
+        let clock = VirtualClock::new();
+        let Run { st, recs, .. } = run_fake(Fake::new(&clock, |_| vec![25], 4), 10, 30, 12);
+        assert_eq!(
+            (st.received, st.lost, st.duplicates, st.reordered, st.late),
+            (12, 0, 0, 0, 0),
+            "{st:?}"
         );
+        let got: Vec<_> = recs.iter().map(|r| (r.seq, r.status, r.rtt_ns)).collect();
+        let want: Vec<_> = (0..12)
+            .map(|s| (s, ProbeStatus::Ok, Some(25 * MS)))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_stalled_send_delays_one_probe_not_the_schedule() {
+        // Sending probe 5 blocks the prober for 25 ms (it leaves at 125 ms): probe 6, due
+        // at 120 ms, goes out 5 ms late; probe 7 and later are on time again.
+        let clock = VirtualClock::new();
+        let mut fake = Fake::new(&clock, |_| vec![2], 65536);
+        fake.stall_ms = |c| if c == 5 { 25 } else { 0 };
+        let Run { st, recs, took, .. } = run_fake(fake, 20, 100, 10);
+        assert_eq!(
+            (st.transmitted, st.received, st.lost),
+            (10, 10, 0),
+            "{st:?}"
+        );
+        let sent_ms = |seq: u32| {
+            let r = recs.iter().find(|r| r.seq == seq).unwrap();
+            (r.sent_ns.unwrap() - VirtualClock::BOOT0_NS) / MS
+        };
+        assert_eq!(
+            (4..=8).map(sent_ms).collect::<Vec<_>>(),
+            vec![80, 100, 125, 140, 160]
+        );
+        // The prober measures from its own send timestamp, so 5's RTT holds the stall.
+        let rtt = |seq: u32| recs.iter().find(|r| r.seq == seq).unwrap().rtt_ns;
+        assert_eq!((rtt(5), rtt(6)), (Some(27 * MS), Some(2 * MS)));
+        assert_eq!(
+            (
+                st.drift.samples,
+                st.drift.max_ns,
+                st.drift.final_ns,
+                st.drift.sum_ns
+            ),
+            (10, 5 * MS, 0, u128::from(5 * MS)),
+            "{:?}",
+            st.drift
+        );
+        assert_eq!(took, Duration::from_millis(182));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! // … ProbeRec arrive on rx (ok / dup at the answer, lost after the timeout) …
 //! let stats = h.stop();
 //! ```
+mod clock;
 mod engine;
 mod icmp;
 pub mod log;
@@ -32,7 +33,7 @@ use std::{
 use anyhow::Context;
 
 #[allow(unused_imports)] // the recorder's API (`record --probe`) until it is wired in
-pub use engine::boot_ns;
+pub use clock::boot_ns;
 use engine::{Engine, EngineConfig, Outcome, ReplyInfo, Transport};
 use icmp::{IcmpTransport, OpenError, SockKind};
 pub use stats::ProbeStats;
@@ -549,16 +550,73 @@ mod tests {
         assert_eq!(parsed.probes[0].rtt_ns, Some(412_000));
     }
 
+    /// Moves this thread into a network namespace of its own with loopback up, so that
+    /// no other ICMP traffic on the machine reaches the test's raw socket: a raw ICMP
+    /// socket receives every echo reply in its namespace, and a benchmark's hping3
+    /// flood fills its receive queue until the kernel drops our own answers. False
+    /// where no namespace may be made (not root): the test then uses the current one,
+    /// with the unprivileged ping socket, which only receives its own echo id.
+    fn private_netns() -> bool {
+        // SAFETY: unshare(CLONE_NEWNET) takes no pointers and only moves this thread.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return false;
+        }
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("a socket for the interface ioctls");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        // SAFETY: an all-zero ifreq is a valid value (empty name, zero flags).
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, c) in req.ifr_name.iter_mut().zip(b"lo") {
+            *d = *c as libc::c_char;
+        }
+        // SAFETY: `req` is a valid ifreq naming "lo"; the ioctl writes its flags.
+        let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) };
+        assert_eq!(
+            rc,
+            0,
+            "SIOCGIFFLAGS lo: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: SIOCGIFFLAGS just filled the union's flags member.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        // SAFETY: `req` is a valid ifreq naming "lo" with its flags set; the ioctl reads it.
+        let rc = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) };
+        assert_eq!(
+            rc,
+            0,
+            "SIOCSIFFLAGS lo up: {}",
+            std::io::Error::last_os_error()
+        );
+        true
+    }
+
     /// The recorder's API end to end, on loopback (skips where no ICMP socket may be
-    /// opened: not root and no ping_group_range).
+    /// opened: not root and no ping_group_range). Nothing here depends on how fast or
+    /// busy the machine is: runs end after a count of probes or of records, the timeout
+    /// is far beyond any scheduling hiccup, and (as root) the test has a network
+    /// namespace to itself, so other ICMP traffic cannot crowd out its answers.
     #[test]
     fn spawn_streams_records_and_stop_returns_stats() {
+        // On a thread of its own: the namespace stays with that thread, not with the
+        // test harness's thread (which may run other tests after this one).
+        let t = std::thread::spawn(|| {
+            private_netns();
+            spawn_streams_records_and_stop_returns_stats_here();
+        });
+        if let Err(panic) = t.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    fn spawn_streams_records_and_stop_returns_stats_here() {
         let mut cfg = ProberConfig::new("127.0.0.1".parse().unwrap());
         cfg.count = Some(20);
         cfg.interval = Duration::from_millis(5);
+        cfg.timeout = Duration::from_secs(30);
         let (tx, rx) = std::sync::mpsc::channel();
         let before = boot_ns();
-        let h = match spawn(cfg, tx) {
+        let h = match spawn(cfg.clone(), tx) {
             Ok(h) => h,
             Err(e) if crate::exit::classify(&e) == ExitCode::Privileges => {
                 eprintln!("SKIP: {e}");
@@ -568,7 +626,13 @@ mod tests {
         };
         let id = h.wire_ident().expect("ICMP has an echo id");
         assert_eq!(h.tcp_port(), None);
-        let recs: Vec<ProbeRec> = rx.iter().take(20).collect();
+        assert_eq!(h.tcp_source_ports(), None);
+        // The prober ends by itself after 20 probes and closes the stream.
+        let recs: Vec<ProbeRec> = rx.iter().collect();
+        // The stream closes as the run ends, just before the thread returns its stats.
+        while !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let st = h.stop();
         assert_eq!(recs.len(), 20);
         for (i, r) in recs.iter().enumerate() {
@@ -594,6 +658,36 @@ mod tests {
         }
         assert!(recs.windows(2).all(|w| w[1].sent_ns >= w[0].sent_ns));
         assert_eq!((st.transmitted, st.received, st.lost), (20, 20, 0));
+        assert_eq!(st.rtts_ns.len(), 20);
+        assert!(st.error.is_none());
+
+        // Unbounded, stopped by the caller after 5 records: however many probes went
+        // out meanwhile, the statistics account for exactly the records streamed.
+        cfg.count = None;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let h = spawn(cfg, tx).unwrap();
+        let mut recs: Vec<ProbeRec> = rx.iter().take(5).collect();
+        assert!(!h.is_finished());
+        let st = h.stop();
+        // The prober thread is gone, so the stream ends after what it had sent.
+        recs.extend(rx.iter());
+        assert!(recs.len() >= 5);
+        let count = |s| recs.iter().filter(|r| r.status == s).count() as u64;
+        assert_eq!(
+            (st.received, st.lost, st.duplicates),
+            (
+                count(crate::dump::ProbeStatus::Ok),
+                count(crate::dump::ProbeStatus::Lost),
+                count(crate::dump::ProbeStatus::Dup)
+            ),
+            "{st:?}"
+        );
+        assert_eq!(st.lost, 0);
+        assert!(st.transmitted >= st.received + st.lost, "{st:?}");
+        assert_eq!(st.rtts_ns.len() as u64, st.received);
+        // Loopback answers in order: the streamed records are probes 0, 1, 2, …
+        let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (0..recs.len() as u32).collect::<Vec<_>>());
         assert!(st.error.is_none());
     }
 

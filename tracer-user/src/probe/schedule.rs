@@ -7,6 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::clock::{Clock, RealClock};
+
 #[derive(Debug, Clone, Copy)]
 pub struct Schedule {
     t0: Instant,
@@ -120,18 +122,17 @@ pub fn poll_wait(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
 
 /// Waits until `deadline` the way the prober does, or until `stop` is set; returns
 /// false when stopped.
-pub fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
+pub fn sleep_until(clock: &impl Clock, deadline: Instant, stop: &AtomicBool) -> bool {
     loop {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
-        let now = Instant::now();
+        let now = clock.now();
         if now >= deadline {
             return true;
         }
-        if poll_wait(-1, step_toward(deadline, now)).is_err() {
-            std::thread::sleep(deadline - now);
-        }
+        // Without a transport the wait only sleeps; a failed wait already slept.
+        let _ = clock.wait(now, deadline, None);
     }
 }
 
@@ -139,14 +140,27 @@ pub fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
 /// slots and returns how late each wake-up was against its absolute deadline.
 pub fn bench(count: u64, interval: Duration, stop: &AtomicBool) -> Drift {
     set_tight_timer_slack();
-    let sched = Schedule::new(Instant::now(), interval);
+    run_slots(&RealClock, count, interval, stop, |_| {})
+}
+
+/// Wakes up at each of `count` slots on `clock` and records how late it was; `after`
+/// runs after each wake-up, before the lateness is measured.
+fn run_slots(
+    clock: &impl Clock,
+    count: u64,
+    interval: Duration,
+    stop: &AtomicBool,
+    mut after: impl FnMut(u64),
+) -> Drift {
+    let sched = Schedule::new(clock.now(), interval);
     let mut drift = Drift::default();
     for i in 0..count {
         let due = sched.deadline(i);
-        if !sleep_until(due, stop) {
+        if !sleep_until(clock, due, stop) {
             break;
         }
-        drift.record(due, Instant::now());
+        after(i);
+        drift.record(due, clock.now());
     }
     drift
 }
@@ -173,24 +187,41 @@ mod tests {
 
     #[test]
     fn late_wakeups_do_not_shift_later_slots() {
+        use super::super::clock::VirtualClock;
+        let clock = VirtualClock::new();
         let stop = AtomicBool::new(false);
         let interval = Duration::from_millis(2);
-        let sched = Schedule::new(Instant::now(), interval);
-        let mut drift = Drift::default();
-        for i in 0..50u64 {
-            let due = sched.deadline(i);
-            assert!(sleep_until(due, &stop));
+        let drift = run_slots(&clock, 50, interval, &stop, |i| {
             if i == 10 {
                 // A stall in the prober: 7 ms late for this one.
-                std::thread::sleep(Duration::from_millis(7));
+                clock.advance(Duration::from_millis(7));
             }
-            drift.record(due, Instant::now());
-        }
-        assert!(drift.max_ns >= 7_000_000, "{drift:?}");
-        // Slots after the stall caught up: the final one is on time again (well
-        // under one interval), which a relative schedule could not achieve.
-        assert!(drift.final_ns < interval.as_nanos() as u64, "{drift:?}");
+        });
         assert_eq!(drift.samples, 50);
+        // Slot 10 (20 ms) was 7 ms late; slots 11-13, due during the stall, went at once
+        // when it ended (27 ms: 5, 3 and 1 ms late); slot 14 (28 ms) was on time again…
+        assert_eq!(
+            (drift.max_ns, drift.sum_ns),
+            (7_000_000, (7 + 5 + 3 + 1) * 1_000_000),
+            "{drift:?}"
+        );
+        // …and so was every later one, the final one included, which a relative schedule
+        // could not achieve; the run ended at slot 49's deadline.
+        assert_eq!(drift.final_ns, 0, "{drift:?}");
+        assert_eq!(clock.elapsed(), interval * 49);
+    }
+
+    #[test]
+    fn sleep_until_waits_for_the_deadline_or_a_stop() {
+        use super::super::clock::VirtualClock;
+        let clock = VirtualClock::new();
+        let stop = AtomicBool::new(false);
+        let due = clock.now() + Duration::from_secs(5);
+        assert!(sleep_until(&clock, due, &stop));
+        assert_eq!(clock.now(), due);
+        stop.store(true, Ordering::Relaxed);
+        assert!(!sleep_until(&clock, due + Duration::from_secs(1), &stop));
+        assert_eq!(clock.now(), due);
     }
 
     #[test]
