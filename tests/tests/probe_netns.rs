@@ -620,3 +620,31 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     let late = out.lines().filter(|l| l.starts_with("LATE! ")).count() as u64;
     assert_eq!(answered + lost_lines, 60, "late {late}:\n{out}");
 }
+
+/// A flood of someone else's echoes in the same namespace: the raw socket's filter keeps
+/// only our answers, so none of ours is dropped from an overflowing queue.
+#[test]
+fn no_probe_lost_to_a_flood_of_foreign_echo_replies() {
+    if !require_root("no_probe_lost_to_a_flood_of_foreign_echo_replies") {
+        return;
+    }
+    let ns = Netns::create_unique("pf").expect("netns");
+    let mut flood = Command::new("hping3")
+        .args(["--icmp", "--flood", "-q", &ns.ns_addr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flood");
+    let out = Command::new(stalltrace_bin())
+        .args(["probe", &ns.ns_addr, "--count", "300", "--interval", "10ms"])
+        .output()
+        .expect("probe");
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("300 packets transmitted, 300 packets received, 0 lost"),
+        "{text}"
+    );
+}

@@ -98,6 +98,15 @@ impl IcmpTransport {
         };
         sock.set_nonblocking(true)
             .map_err(io("making the ICMP socket non-blocking"))?;
+        if kind == SockKind::Raw {
+            // A raw socket gets every ICMP packet of the namespace: under a flood its
+            // queue fills and the kernel drops our own answers. Keep only echo replies
+            // with our identifier (ping sockets are already demultiplexed by id).
+            sock.attach_filter(&echo_reply_filter(target, ident))
+                .map_err(io("attaching the echo-reply filter"))?;
+        }
+        // Room for bursts of answers released together after a stall.
+        let _ = sock.set_recv_buffer_size(1 << 20);
         Ok(Self {
             sock,
             target,
@@ -262,5 +271,86 @@ mod tests {
         let b = h.to_bytes();
         assert_eq!(&b[4..8], &[0x12, 0x34, 0x01, 0x02]);
         assert_eq!(b[0], 8);
+    }
+
+    /// The raw socket's filter keeps other pingers' replies out of our queue (a flood of
+    /// them would otherwise overflow it and drop our answers) and lets ours in. Needs
+    /// root (a raw socket and a namespace); fails instead of skipping under CI=true.
+    #[test]
+    fn raw_socket_sees_only_our_echo_replies() {
+        use std::time::Duration;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").is_err(),
+                "needs root, and CI runs as root"
+            );
+            eprintln!("SKIP raw_socket_sees_only_our_echo_replies: needs root");
+            return;
+        }
+        let ns = crate::lab::netns::Netns::create_unique("flt").expect("namespace");
+        let target: IpAddr = ns.ns_addr.parse().expect("address");
+        let mut t = IcmpTransport::open(target, 0, 0x4242).expect("raw socket");
+        assert_eq!(t.kind(), SockKind::Raw);
+        // Someone else's pings: five replies arrive in our namespace.
+        let out = std::process::Command::new("ping")
+            .args(["-c", "5", "-i", "0.01", "-W", "1", &ns.ns_addr])
+            .output()
+            .expect("ping");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("5 received"));
+        let mut buf = [0u8; 2048];
+        // SAFETY: recv into a stack buffer of the given length on our own open fd.
+        let n = unsafe {
+            libc::recv(
+                t.fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(n, -1, "a foreign echo reply reached our socket");
+        // Ours does.
+        t.send(0).expect("send");
+        let t0 = Instant::now();
+        let mut got = None;
+        while got.is_none() && t0.elapsed() < Duration::from_secs(5) {
+            got = t.try_recv().expect("recv");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(got.map(|r| r.slot), Some(0), "our own reply arrives");
+    }
+}
+
+/// Classic BPF: accept an echo reply whose identifier (big-endian on the wire) is
+/// `ident`, drop everything else. IPv4 raw sockets see the IP header first; IPv6 ones
+/// start at the ICMPv6 header.
+pub fn echo_reply_filter(target: IpAddr, ident: u16) -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter as F;
+    const LDX_MSH: u16 = 0xb1; // X = 4 * (pkt[k] & 0xf): the IPv4 header length
+    const LDB_IND: u16 = 0x50; // A = pkt[X + k]
+    const LDH_IND: u16 = 0x48; // A = be16(pkt[X + k])
+    const LDB_ABS: u16 = 0x30; // A = pkt[k]
+    const LDH_ABS: u16 = 0x28; // A = be16(pkt[k])
+    const JEQ: u16 = 0x15; // if A == k: skip jt, else skip jf
+    const RET: u16 = 0x06;
+    let id = u32::from(ident);
+    match target {
+        IpAddr::V4(_) => vec![
+            F::new(LDX_MSH, 0, 0, 0),
+            F::new(LDB_IND, 0, 0, 0),
+            F::new(JEQ, 0, 3, 0), // type 0: echo reply
+            F::new(LDH_IND, 0, 0, 4),
+            F::new(JEQ, 0, 1, id),
+            F::new(RET, 0, 0, 0xffff),
+            F::new(RET, 0, 0, 0),
+        ],
+        IpAddr::V6(_) => vec![
+            F::new(LDB_ABS, 0, 0, 0),
+            F::new(JEQ, 0, 3, 129), // echo reply
+            F::new(LDH_ABS, 0, 0, 4),
+            F::new(JEQ, 0, 1, id),
+            F::new(RET, 0, 0, 0xffff),
+            F::new(RET, 0, 0, 0),
+        ],
     }
 }
