@@ -1,5 +1,5 @@
 //! `stalltrace`: why did this packet wait on this node, and who is to blame?
-use stalltrace::{analyze, exit, lab, probe, record};
+use stalltrace::{analyze, benchgen, exit, lab, probe, record};
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +43,9 @@ enum Cmd {
     Hog(lab::hog::HogArgs),
     /// Correlate a recorded dump (and optionally a prober's log) into stall episodes.
     Analyze(analyze::AnalyzeArgs),
+    /// (internal) A synthetic dump for `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchDump(benchgen::BenchDumpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Lab(a) => lab::run(a),
         Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Analyze(a) => analyze::run(a),
+        Cmd::BenchDump(a) => benchgen::run(a),
     };
     match res {
         Ok(code) => code.into(),
