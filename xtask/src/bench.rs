@@ -528,6 +528,15 @@ impl Ctx {
     }
 }
 
+/// Packets dropped because a CPU's input backlog was full, all CPUs.
+fn softnet_drops() -> u64 {
+    fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).and_then(|x| u64::from_str_radix(x, 16).ok()))
+        .sum()
+}
+
 fn child_of(pid: u32) -> Option<u32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
 }
@@ -590,6 +599,8 @@ struct FloodRun {
     /// Echo requests per CPU-second spent by the flood path (hping3, whose context runs
     /// most of the softirq work, + ksoftirqd/0): insensitive to other tenants' load.
     per_cpu_s: f64,
+    /// Packets the kernel dropped at the per-CPU backlog (softnet_stat column 2).
+    backlog_drops: u64,
     pps_stats_on: f64,
     tracer_cpu_pct: f64,
     costs: Costs,
@@ -603,6 +614,7 @@ fn flood_run(cx: &mut Ctx, mode: Mode, round: usize, tp: f64, tc: f64) -> anyhow
     let tracer = cx.start_tracer(mode, &[])?;
     let mut prober = cx.start_prober(total + 2)?;
     pause(Duration::from_millis(300))?;
+    let d0 = softnet_drops();
     let mut flood = cx.start_flood(None, total)?;
     pause(Duration::from_millis(1000))?;
     let tpid = tracer.as_ref().map(|t| t.0.pid()).unwrap_or(0);
@@ -643,6 +655,7 @@ fn flood_run(cx: &mut Ctx, mode: Mode, round: usize, tp: f64, tc: f64) -> anyhow
     let e2 = in_echos(cx.flood_pid)?;
     let dc = t1.elapsed().as_secs_f64();
     flood.stop(Duration::from_secs(3));
+    let backlog_drops = softnet_drops().saturating_sub(d0);
     pause(Duration::from_millis(300))?;
     let probes = prober_stats(&prober.stop(Duration::from_secs(5)));
     let recorded = match tracer {
@@ -665,6 +678,7 @@ fn flood_run(cx: &mut Ctx, mode: Mode, round: usize, tp: f64, tc: f64) -> anyhow
         mode,
         round,
         pps: (e1 - e0) as f64 / dt,
+        backlog_drops,
         per_cpu_s: if p1 > p0 { (e1 - e0) as f64 / (p1 - p0) } else { f64::NAN },
         pps_stats_on: (e2 - e1) as f64 / dc,
         tracer_cpu_pct: if tpid != 0 { 100.0 * (c1 - c0) / dt } else { f64::NAN },
@@ -928,6 +942,7 @@ fn summarize_floods(runs: &[FloodRun]) -> Value {
                 "programs": costs_json(&agg, secs),
                 "bpf_ns_per_packet_all_programs": if pkt_runs > 0 { total_ns as f64 / pkt_runs as f64 } else { f64::NAN },
                 "bpf_cpu_pct": 100.0 * total_ns as f64 / 1e9 / secs.max(1e-9),
+                "backlog_drops": rs.iter().map(|r| r.backlog_drops).sum::<u64>(),
                 "probes_sent": probes_sent,
                 "probes_lost": probes_lost,
                 "probe_max_rtt_ms": max_rtt,
@@ -1275,12 +1290,12 @@ fn render_md(v: &Value, quick: bool) -> String {
             f(&k["ns_per_packet_default"], 0)
         );
         s += "## Effect on the node (echo requests received per second in the flood namespace)\n\n";
-        s += "| configuration | median pps | ratio vs none (medians) | per-round ratios | echoes per flood CPU-s (ratio) | median pps, bpf_stats on | tracer CPU % (user+sys) | probes sent / lost, max RTT |\n|---|---:|---:|---|---:|---:|---:|---|\n";
+        s += "| configuration | median pps | ratio vs none (medians) | per-round ratios | echoes per flood CPU-s (ratio) | median pps, bpf_stats on | tracer CPU % (user+sys) | probes sent / lost, max RTT | backlog drops (all runs) |\n|---|---:|---:|---|---:|---:|---:|---|---:|\n";
         for md in ["none", "stalltrace_default", "stalltrace_every_echo", "bpftrace"] {
             let x = &k[md];
             let paired = x["pps_ratio_paired"].as_array().map(|a| a.iter().map(|r| f(r, 2)).collect::<Vec<_>>().join(", ")).unwrap_or_default();
             s += &format!(
-                "| {} | {} | {} | {} | {} ({}) | {} | {} | {} / {}, {} ms |\n",
+                "| {} | {} | {} | {} | {} ({}) | {} | {} | {} / {}, {} ms | {} |\n",
                 x["label"].as_str().unwrap_or(md),
                 thousands(x["pps_median"].as_f64().unwrap_or(f64::NAN)),
                 f(&x["pps_ratio_vs_none"], 3),
@@ -1291,7 +1306,8 @@ fn render_md(v: &Value, quick: bool) -> String {
                 f(&x["tracer_cpu_pct_median"], 1),
                 x["probes_sent"],
                 x["probes_lost"],
-                f(&x["probe_max_rtt_ms"], 1)
+                f(&x["probe_max_rtt_ms"], 1),
+                thousands(x["backlog_drops"].as_f64().unwrap_or(f64::NAN))
             );
         }
         s += "\n\"Echoes per flood CPU-s\": echo requests received per CPU-second used by the flood path (hping3, in whose context most of the receive softirq runs — this kernel has no IRQ time accounting — plus ksoftirqd/0). It measures the per-packet cost the tracer adds and is far less sensitive to other tenants than the wall-clock rate.\n\nPer-run details (recorded packets and lost events per run) are in `results.json`.\n\n";
@@ -1381,13 +1397,22 @@ fn targets_md(v: &Value) -> String {
         rows.push(("per recorded echo ≤ 1/10 of bpftrace".into(), format!("{} (all programs: {})", f(&k["overhead_ratio_vs_bpftrace"], 3), f(&k["overhead_ratio_vs_bpftrace_all_programs"], 3)), r.map(|x| x <= 0.1)));
         let n = k["ns_per_packet_default"].as_f64();
         rows.push(("< 100 ns per packet, default mode".into(), format!("{} ns (all programs per packet: {} ns)", f(&k["ns_per_packet_default"], 0), f(&k["stalltrace_default"]["bpf_ns_per_packet_all_programs"], 0)), n.map(|x| x < 100.0)));
-        let p = k["stalltrace_default"]["pps_ratio_vs_none"].as_f64();
-        rows.push(("received pps with stalltrace ≥ 0.97 of untraced".into(), format!("{} (paired median {})", f(&k["stalltrace_default"]["pps_ratio_vs_none"], 3), f(&k["stalltrace_default"]["pps_ratio_paired_median"], 3)), p.map(|x| x >= 0.97)));
+        let d = &k["stalltrace_default"];
+        let p = d["pps_ratio_vs_none"].as_f64();
+        let c = d["per_flood_cpu_s_ratio_vs_none"].as_f64();
+        rows.push((
+            "received pps with stalltrace ≥ 0.97 of untraced (judged on both the wall-clock and the per-CPU-s ratio)".into(),
+            format!("wall clock {} (paired median {}), per flood CPU-s {}", f(&d["pps_ratio_vs_none"], 3), f(&d["pps_ratio_paired_median"], 3), f(&d["per_flood_cpu_s_ratio_vs_none"], 3)),
+            p.zip(c).map(|(x, y)| x >= 0.97 && y >= 0.97),
+        ));
         let lost = k["stalltrace_default"]["probes_lost"].as_u64();
         let ev_lost: u64 = k["stalltrace_default"]["recorded"].as_array().map(|a| a.iter().filter_map(|x| x["lost"]["packets"].as_u64()).sum()).unwrap_or(0);
         rows.push((
             "no probe lost at 10 ms probing during the flood".into(),
-            format!("{} of {} probes lost, {} packet events lost by the recorder", k["stalltrace_default"]["probes_lost"], k["stalltrace_default"]["probes_sent"], ev_lost),
+            format!(
+                "{} of {} probes lost (untraced: {} of {}), {} packet events lost by the recorder",
+                k["stalltrace_default"]["probes_lost"], k["stalltrace_default"]["probes_sent"], k["none"]["probes_lost"], k["none"]["probes_sent"], ev_lost
+            ),
             lost.map(|l| l == 0 && ev_lost == 0),
         ));
     }
