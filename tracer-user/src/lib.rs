@@ -2,6 +2,7 @@
 //! and the integration tests reuse the lab's namespace code.
 pub mod analyze;
 pub mod attribution;
+pub mod benchgen;
 pub mod dump;
 pub mod enrich;
 pub mod events;

@@ -1,5 +1,5 @@
 //! `stalltrace`: why did this packet wait on this node, and who is to blame?
-use stalltrace::{analyze, exit, features, lab, probe, record};
+use stalltrace::{analyze, benchgen, exit, features, lab, probe, record};
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +46,9 @@ enum Cmd {
     Hog(lab::hog::HogArgs),
     /// Correlate a recorded dump (and optionally a prober's log) into stall episodes.
     Analyze(analyze::AnalyzeArgs),
+    /// (internal) A synthetic dump for `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchDump(benchgen::BenchDumpArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -65,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Features(a) => features::run(a),
         Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Analyze(a) => analyze::run(a),
+        Cmd::BenchDump(a) => benchgen::run(a),
     };
     match res {
         Ok(code) => code.into(),

@@ -10,6 +10,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -29,6 +31,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Set up, build (release), and measure: kernel cost per event, effect on the node,
+    /// ring-buffer headroom, analyze throughput, record's CPU (root; writes bench/results.*).
+    Bench(bench::BenchArgs),
     /// Set up, build, and run `stalltrace lab` with the given arguments.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -98,6 +103,11 @@ fn main() -> anyhow::Result<()> {
             a.extend(args.iter().map(String::as_str));
             a.push("--test-threads=1");
             cargo(&path, &a)?;
+        }
+        Cmd::Bench(a) => {
+            let path = setup()?;
+            cargo(&path, &["build", "-p", "stalltrace", "--release"])?;
+            bench::run(&root(), &root().join("target/release/stalltrace"), a)?;
         }
         Cmd::Lab { args } => {
             let path = setup()?;
