@@ -103,7 +103,10 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
         run.path.display(),
         run.stdout
     );
-    assert!(run.lab_cpu >= 1, "the lab starves a CPU other than the prober's 0");
+    assert!(
+        run.lab_cpu >= 1,
+        "the lab starves a CPU other than the prober's 0"
+    );
     for w in &waits {
         assert_eq!(w["kind"], "rx_thread");
         // The napi thread, or ksoftirqd which the culprit woke and starved as well.

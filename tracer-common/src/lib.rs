@@ -159,7 +159,8 @@ pub struct WaitEvent {
 
 /// A syscall that kept its caller on the CPU longer than the syscall threshold
 /// (time on CPU, not wall time: a `futex` wait of 2 s is not reported, a 98 ms
-/// `read()` of memory.stat is). 88 bytes.
+/// `read()` of memory.stat is). On-CPU time is the wall time minus the time the thread
+/// spent switched out, from the scheduler's own switches. 88 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallEvent {
@@ -170,7 +171,7 @@ pub struct SyscallEvent {
     pub start_ns: u64,
     pub ret: i64,
     pub cgroup_id: u64,
-    /// Time on CPU during the syscall (from the task's `sum_exec_runtime`).
+    /// Time on CPU during the syscall (wall time minus time switched out).
     pub cpu_ns: u64,
 }
 
@@ -249,8 +250,6 @@ pub struct Offsets {
     pub task_policy: u32,
     /// `task_struct.cpu` (or `thread_info.cpu` on older kernels).
     pub task_cpu: u32,
-    /// `task_struct.se.sum_exec_runtime`; 0 = unknown (syscall CPU time not measured).
-    pub task_sum_exec: u32,
     /// `struct pt_regs` member holding a syscall's first argument (`di` on x86_64).
     pub regs_arg0: u32,
 }
@@ -269,7 +268,6 @@ impl Offsets {
             task_prio: 0,
             task_policy: 0,
             task_cpu: 0,
-            task_sum_exec: 0,
             regs_arg0: 112,
         }
     }
@@ -327,6 +325,6 @@ const _: () = {
     assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<Filter>() == 40);
-    assert!(core::mem::size_of::<Offsets>() == 48);
+    assert!(core::mem::size_of::<Offsets>() == 44);
     assert!(core::mem::size_of::<Config>() == 32);
 };

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use tracer_common::{
@@ -38,9 +38,11 @@ pub static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
 
-/// Syscalls in flight, by thread id.
+/// Syscalls in flight of threads that left their CPU inside one, by thread id; moved
+/// back into the CPU's slot at switch-in. LRU bounds what a task that dies inside a
+/// syscall can leave behind.
 #[map]
-pub static SYSCALLS: HashMap<u32, SysState> = HashMap::with_max_entries(32768, 0);
+pub static PARKED: LruHashMap<u32, SysState> = LruHashMap::with_max_entries(32768, 0);
 
 /// Run history kept per CPU: enough to name who held the CPU during a wait. 32 runs
 /// verify too, but take the verifier ~3 s (the scan is unrolled at two call sites); 64
@@ -84,6 +86,8 @@ pub struct CpuState {
     /// A NET_RX wait above the threshold, reported at softirq exit with its run time
     /// (0 = none): when it was raised.
     pub netrx_wait_raised: u64,
+    /// The running thread's syscall in flight, if any.
+    pub sys: SysState,
     /// Next slot of `segs` to write, and how many were ever written.
     pub head: u32,
     pub _pad1: u32,
@@ -100,14 +104,21 @@ pub struct RxWake {
     pub waker_comm: [u8; COMM_LEN],
 }
 
+/// A syscall in flight. Per-CPU in [`CpuState::sys`] while its thread runs (no map
+/// operation per syscall), parked in [`PARKED`] while the thread is off the CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SysState {
     pub nr: i64,
     pub arg0: u64,
     pub start: u64,
-    /// The task's sum_exec_runtime at entry (0 when the offset is unknown).
-    pub exec_start: u64,
+    /// Time spent off the CPU since `start` (so on-CPU time = wall - off_cpu).
+    pub off_cpu: u64,
+    /// When it was parked (switched out).
+    pub parked_at: u64,
+    pub pid: u32,
+    /// 1 when the slot holds a syscall of `pid`.
+    pub valid: u32,
 }
 
 #[inline(always)]
@@ -171,19 +182,5 @@ pub fn current_policy() -> u32 {
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         bpf_probe_read_kernel(task.add(off as usize) as *const u32).unwrap_or(u32::MAX)
-    }
-}
-
-/// The current task's total time on CPU, 0 when the offset is unknown.
-#[inline(always)]
-pub fn current_exec_runtime() -> u64 {
-    let off = OFFSETS.load().task_sum_exec;
-    if off == 0 {
-        return 0;
-    }
-    // SAFETY: as in current_policy.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        bpf_probe_read_kernel(task.add(off as usize) as *const u64).unwrap_or(0)
     }
 }

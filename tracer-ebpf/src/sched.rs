@@ -13,7 +13,7 @@ use tracer_common::{
 
 use crate::maps::{
     count_lost, cpu_state, current_policy, hist_add, kread, now, CpuState, RxWake, CONFIG, EVENTS,
-    OFFSETS, RX_WAKE, SEGS, SEG_MASK, SYSCALLS,
+    OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK,
 };
 
 /// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N.
@@ -92,20 +92,21 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         seg.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         seg.policy = current_policy();
         seg.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        match SYSCALLS.get_ptr(prev_pid) {
-            Some(s) => {
-                // SAFETY: pointer returned by a map lookup, valid for this program run.
-                let s = unsafe { &*s };
-                seg.sys_nr = s.nr;
-                seg.sys_arg0 = s.arg0;
-                seg.sys_start = s.start;
-            }
-            None => {
-                seg.sys_nr = -1;
-                seg.sys_arg0 = 0;
-                seg.sys_start = 0;
-            }
+        if st.sys.valid != 0 && st.sys.pid == prev_pid {
+            // prev leaves the CPU inside a syscall: note it, and park it until it runs
+            // again (wherever that is).
+            seg.sys_nr = st.sys.nr;
+            seg.sys_arg0 = st.sys.arg0;
+            seg.sys_start = st.sys.start;
+            let mut parked = st.sys;
+            parked.parked_at = ts;
+            let _ = PARKED.insert(prev_pid, parked, 0);
+        } else {
+            seg.sys_nr = -1;
+            seg.sys_arg0 = 0;
+            seg.sys_start = 0;
         }
+        st.sys.valid = 0;
         if is_rx_thread(&seg.comm) {
             // An RX thread leaving the CPU has no wakeup pending any more (a wakeup
             // of a running thread leaves an entry that no switch-in consumes).
@@ -117,6 +118,14 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     st.cur_pid = next_pid;
     st.cur_prio = next_prio as u32;
     st.cur_since = ts;
+    // next resumes a syscall it left its CPU in: back into this CPU's slot.
+    if let Some(p) = PARKED.get_ptr(next_pid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        let mut sys = unsafe { *p };
+        let _ = PARKED.remove(next_pid);
+        sys.off_cpu += ts.saturating_sub(sys.parked_at);
+        st.sys = sys;
+    }
 
     // RX thread switching in: close its wakeup wait.
     if let Some(w) = RX_WAKE.get_ptr(next_pid) {
@@ -272,10 +281,10 @@ pub fn emit_wait(
         };
         if end > from {
             let pt = bpf_get_current_pid_tgid();
-            let (nr, arg0, sstart) = match SYSCALLS.get_ptr(pt as u32) {
-                // SAFETY: pointer from a map lookup, valid for this program run.
-                Some(s) => unsafe { ((*s).nr, (*s).arg0, (*s).start) },
-                None => (-1, 0, 0),
+            let (nr, arg0, sstart) = if st.sys.valid != 0 && st.sys.pid == pt as u32 {
+                (st.sys.nr, st.sys.arg0, st.sys.start)
+            } else {
+                (-1, 0, 0)
             };
             let h = Holder {
                 pid: pt as u32,

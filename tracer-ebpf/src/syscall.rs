@@ -10,50 +10,47 @@ use aya_ebpf::{
 };
 use tracer_common::{EventKind, SyscallEvent, COMM_LEN};
 
-use crate::maps::{
-    count_lost, current_exec_runtime, kread, now, SysState, CONFIG, EVENTS, OFFSETS, SYSCALLS,
-};
+use crate::maps::{count_lost, cpu_state, kread, now, SysState, CONFIG, EVENTS, OFFSETS};
 
 /// TP_PROTO(struct pt_regs *regs, long id)
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let Some(st) = cpu_state() else { return 0 };
     let nr: i64 = ctx.arg(1);
     let c = CONFIG.load();
+    // exit and exit_group never return: nothing to time.
     if nr == c.nr_exit as i64 || nr == c.nr_exit_group as i64 {
+        st.sys.valid = 0;
         return 0;
     }
     let regs: *const u8 = ctx.arg(0);
-    let arg0: u64 = kread(regs, OFFSETS.load().regs_arg0).unwrap_or(0);
-    let pid = bpf_get_current_pid_tgid() as u32;
-    let s = SysState {
+    st.sys = SysState {
         nr,
-        arg0,
+        arg0: kread(regs, OFFSETS.load().regs_arg0).unwrap_or(0),
         start: now(),
-        exec_start: current_exec_runtime(),
+        off_cpu: 0,
+        parked_at: 0,
+        pid: bpf_get_current_pid_tgid() as u32,
+        valid: 1,
     };
-    let _ = SYSCALLS.insert(pid, s, 0);
     0
 }
 
 /// TP_PROTO(struct pt_regs *regs, long ret)
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(st) = cpu_state() else { return 0 };
     let pt = bpf_get_current_pid_tgid();
     let pid = pt as u32;
-    let Some(s) = SYSCALLS.get_ptr(pid) else {
-        return 0;
-    };
-    // SAFETY: pointer from a map lookup, valid for this program run.
-    let s = unsafe { *s };
-    let _ = SYSCALLS.remove(pid);
-    if s.exec_start == 0 {
+    if st.sys.valid == 0 || st.sys.pid != pid {
+        // Entered before we attached.
         return 0;
     }
-    let exec = current_exec_runtime();
-    if exec <= s.exec_start {
-        return 0;
-    }
-    let cpu_ns = exec - s.exec_start;
+    st.sys.valid = 0;
+    let s = st.sys;
+    let ts = now();
+    let wall = ts.saturating_sub(s.start);
+    let cpu_ns = wall.saturating_sub(s.off_cpu);
     if cpu_ns < CONFIG.load().syscall_threshold_ns {
         return 0;
     }
@@ -66,7 +63,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     ev.header.kind = EventKind::Syscall as u32;
     // SAFETY: helper with no arguments.
     ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.header.ts_ns = now();
+    ev.header.ts_ns = ts;
     ev.header.pid = pid;
     ev.header.tgid = (pt >> 32) as u32;
     ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);

@@ -49,7 +49,11 @@ impl Rng {
 }
 
 fn task(pid: u32, comm: &str) -> TaskRef {
-    TaskRef { pid, tgid: pid, comm: comm.into() }
+    TaskRef {
+        pid,
+        tgid: pid,
+        comm: comm.into(),
+    }
 }
 
 fn holder(pid: u32, comm: &str, run_ns: u64, syscall: Option<SyscallRef>) -> HolderRec {
@@ -67,7 +71,15 @@ fn holder(pid: u32, comm: &str, run_ns: u64, syscall: Option<SyscallRef>) -> Hol
 }
 
 #[allow(clippy::too_many_arguments)]
-fn packet(ts: u64, rx: u64, cpu: u32, who: (u32, &str, RxContext), ident: u16, seq: u16, src: &str) -> PacketRec {
+fn packet(
+    ts: u64,
+    rx: u64,
+    cpu: u32,
+    who: (u32, &str, RxContext),
+    ident: u16,
+    seq: u16,
+    src: &str,
+) -> PacketRec {
     PacketRec {
         ts_ns: ts,
         cpu,
@@ -101,12 +113,32 @@ fn probe(seq: u32, rtt: u64) -> ProbeRec {
     }
 }
 
-const CULPRITS: [(u32, &str); 4] = [(10436, "cadvisor"), (2211, "node-exporter"), (3377, "kubelet"), (4480, "fluent-bit")];
-const BUSY: [(u32, &str); 4] = [(181, "kworker/3:1"), (900, "containerd"), (1500, "java"), (1720, "envoy")];
+const CULPRITS: [(u32, &str); 4] = [
+    (10436, "cadvisor"),
+    (2211, "node-exporter"),
+    (3377, "kubelet"),
+    (4480, "fluent-bit"),
+];
+const BUSY: [(u32, &str); 4] = [
+    (181, "kworker/3:1"),
+    (900, "containerd"),
+    (1500, "java"),
+    (1720, "envoy"),
+];
 
 /// One simulated second starting at `t`: its records in arrival order.
 fn second(t: u64, k: u64, seq0: u32, rng: &mut Rng, out: &mut Vec<(u64, Record)>) {
-    let idle = |cpu: u32| (0u32, if cpu == PROBE_CPU { "swapper/3" } else { "swapper/1" }, RxContext::Idle);
+    let idle = |cpu: u32| {
+        (
+            0u32,
+            if cpu == PROBE_CPU {
+                "swapper/3"
+            } else {
+                "swapper/1"
+            },
+            RxContext::Idle,
+        )
+    };
     let stall = k % 2 == 1;
     let culprit = CULPRITS[(k / 2 % CULPRITS.len() as u64) as usize];
     // The stall: probe 40 of this second arrives, the culprit holds the CPU 99 ms.
@@ -117,18 +149,48 @@ fn second(t: u64, k: u64, seq0: u32, rng: &mut Rng, out: &mut Vec<(u64, Record)>
         let seq = seq0 + i;
         let arr = t + u64::from(i) * 10 * MS + 50 * US;
         let (ts, rx, who) = match i {
-            38 | 39 if stall => (arr + 5 * US, arr + 2 * US, (culprit.0, culprit.1, RxContext::ProcessSoftirq)),
-            40..=49 if stall => (entry + u64::from(i - 40) * 3 * US, entry, (KSOFTIRQD, "ksoftirqd/3", RxContext::Ksoftirqd)),
+            38 | 39 if stall => (
+                arr + 5 * US,
+                arr + 2 * US,
+                (culprit.0, culprit.1, RxContext::ProcessSoftirq),
+            ),
+            40..=49 if stall => (
+                entry + u64::from(i - 40) * 3 * US,
+                entry,
+                (KSOFTIRQD, "ksoftirqd/3", RxContext::Ksoftirqd),
+            ),
             _ => (arr + 5 * US, arr + 2 * US, idle(PROBE_CPU)),
         };
-        out.push((ts, Record::Packet(packet(ts, rx, PROBE_CPU, who, PROBE_IDENT, seq as u16, "10.0.0.1"))));
+        out.push((
+            ts,
+            Record::Packet(packet(
+                ts,
+                rx,
+                PROBE_CPU,
+                who,
+                PROBE_IDENT,
+                seq as u16,
+                "10.0.0.1",
+            )),
+        ));
         let reply = 400 * US + rng.below(100 * US);
         out.push((ts + reply, Record::Probe(probe(seq, ts - arr + reply))));
         // Three other pingers: packets only.
         for (j, src) in ["10.0.0.5", "10.0.0.6", "10.0.0.7"].iter().enumerate() {
             let cpu = (j as u32 * 2 + 1) % CPUS;
             let at = arr + (j as u64 + 1) * 2 * MS + rng.below(500 * US);
-            out.push((at, Record::Packet(packet(at, at - 3 * US, cpu, idle(cpu), 100 + j as u16, seq as u16, src))));
+            out.push((
+                at,
+                Record::Packet(packet(
+                    at,
+                    at - 3 * US,
+                    cpu,
+                    idle(cpu),
+                    100 + j as u16,
+                    seq as u16,
+                    src,
+                )),
+            ));
         }
         // Short waits (1-4 ms) on other CPUs, one every 50 ms.
         if i % 5 == 2 {
@@ -190,7 +252,10 @@ fn second(t: u64, k: u64, seq0: u32, rng: &mut Rng, out: &mut Vec<(u64, Record)>
             calls: 1,
             in_window_ns: 98 * MS,
         };
-        let holders = vec![holder(culprit.0, culprit.1, 98 * MS, Some(read)), holder(181, "kworker/3:1", MS, None)];
+        let holders = vec![
+            holder(culprit.0, culprit.1, 98 * MS, Some(read)),
+            holder(181, "kworker/3:1", MS, None),
+        ];
         let wait = |kind, start_ns: u64, ts_ns: u64| WaitRec {
             kind,
             cpu: PROBE_CPU,
@@ -207,7 +272,10 @@ fn second(t: u64, k: u64, seq0: u32, rng: &mut Rng, out: &mut Vec<(u64, Record)>
             truncated: false,
         };
         out.push((end, Record::Wait(wait(WaitKind::RxThread, a + 3 * US, end))));
-        out.push((entry, Record::Wait(wait(WaitKind::NetRxSoftirq, a + US, entry))));
+        out.push((
+            entry,
+            Record::Wait(wait(WaitKind::NetRxSoftirq, a + US, entry)),
+        ));
         let sys_end = end - 10 * US;
         out.push((
             sys_end,
@@ -243,7 +311,11 @@ pub fn run(a: BenchDumpArgs) -> anyhow::Result<ExitCode> {
         cpus: CPUS,
         boot_to_wall_ns: 1_700_000_000_000_000_000 - T0 as i64,
         started_at: "2023-11-14T22:13:20Z".into(),
-        hooks: vec!["tracepoint:net:netif_receive_skb".into(), "irq:softirq_raise".into(), "sched:sched_switch".into()],
+        hooks: vec![
+            "tracepoint:net:netif_receive_skb".into(),
+            "irq:softirq_raise".into(),
+            "sched:sched_switch".into(),
+        ],
         packet_hook: "tracepoint".into(),
         options: Options {
             icmp_id: None,
@@ -256,7 +328,9 @@ pub fn run(a: BenchDumpArgs) -> anyhow::Result<ExitCode> {
             probe: None,
         },
     };
-    let io = |e: std::io::Error| anyhow::Error::new(e).context(format!("writing {}", a.output.display()));
+    let io = |e: std::io::Error| {
+        anyhow::Error::new(e).context(format!("writing {}", a.output.display()))
+    };
     let line = |w: &mut BufWriter<File>, r: &Record| -> anyhow::Result<()> {
         serde_json::to_writer(&mut *w, r).context("encoding a record")?;
         w.write_all(b"\n").map_err(io)
@@ -320,8 +394,13 @@ mod tests {
 
     #[test]
     fn generated_dump_reads_back_and_gives_episodes() {
-        let path = std::env::temp_dir().join(format!("stalltrace-benchgen-{}.jsonl", std::process::id()));
-        run(BenchDumpArgs { events: 20_000, output: path.clone() }).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("stalltrace-benchgen-{}.jsonl", std::process::id()));
+        run(BenchDumpArgs {
+            events: 20_000,
+            output: path.clone(),
+        })
+        .unwrap();
         let a = crate::analyze::AnalyzeArgs {
             dump: path.clone(),
             probe_log: None,

@@ -125,11 +125,6 @@ pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
             }
         };
     o.task_policy = optional("policy", &["policy"], "scheduling policy unknown");
-    o.task_sum_exec = optional(
-        "sum_exec_runtime",
-        &["se", "sum_exec_runtime"],
-        "syscall CPU time unknown, long syscalls not reported",
-    );
     // task_struct.cpu since 5.16; thread_info.cpu before.
     o.task_cpu = match member_offset(&btf, "task_struct", &["cpu"]) {
         Ok(v) => v,
