@@ -351,3 +351,48 @@ fn features_reports_this_kernel_and_the_verifiers_word() {
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("[FAIL] privileges"), "{text}");
 }
+
+/// `stalltrace record … | head`: a closed stdout stops the printing, not the recording.
+#[test]
+fn a_closed_stdout_neither_panics_nor_loses_the_dump() {
+    if !require_root("a_closed_stdout_neither_panics_nor_loses_the_dump") {
+        return;
+    }
+    let ns = Netns::create_unique("pipe").unwrap();
+    let dump = tempdir("pipe").join("pipe.jsonl");
+    let mut child = Command::new(stalltrace_bin())
+        .args(["record", "--peer", &ns.ns_addr, "--duration", "3s", "-o"])
+        .arg(&dump)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader went away
+    thread::sleep(Duration::from_millis(1500));
+    let ping = sh(Command::new("ping").args(["-c", "20", "-i", "0.01", &ns.ns_addr]));
+    assert!(ping.status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let recs = read_dump(&dump);
+    assert_eq!(recs.last().unwrap()["type"], "footer");
+    let packets = recs.iter().filter(|r| r["type"] == "packet").count();
+    assert_eq!(packets, 40, "recording went on after stdout closed");
+    let (code, _, err) = {
+        let o = Command::new("sh")
+            .args([
+                "-c",
+                &format!("{} record --dry-run | true", stalltrace_bin().display()),
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            (),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0));
+    assert!(!err.contains("panicked"), "{err}");
+}

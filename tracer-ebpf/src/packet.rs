@@ -88,92 +88,80 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
     ds == 0 || dd == 0
 }
 
-/// Parses IP and ICMP/TCP at `l3` (and `l4` when the hook knows it) into this CPU's
-/// scratch record (the BPF stack is too small for it), applies the filter, and emits
-/// a record for probe traffic.
+/// Parses IP and ICMP/TCP at `l3` (and `l4` when the hook knows it), applies the filter
+/// as early as each header allows, and emits a record for probe traffic. Every packet
+/// pays one read of `skb->data` and one of the IP header; only candidates read L4, and
+/// only matches touch this CPU's scratch record (the BPF stack is too small for it).
 #[inline(always)]
 fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
-    let ev = unsafe { &mut *ev };
     let f = FILTER.load();
+    // IPv4 header, or the first 20 bytes of an IPv6 one.
+    let mut ip = [0u8; 20];
     // SAFETY: all packet reads go through bpf_probe_read_kernel, which fails safely.
-    let first: u8 = match unsafe { bpf_probe_read_kernel(l3) } {
-        Ok(b) => b,
-        Err(_) => return,
-    };
-    ev.saddr = [0; 16];
-    ev.daddr = [0; 16];
-    let l4;
-    match first >> 4 {
-        4 => {
-            // SAFETY: as above.
-            let ip: [u8; 12] = match unsafe { bpf_probe_read_kernel(l3 as *const [u8; 12]) } {
-                Ok(b) => b,
-                Err(_) => return,
-            };
-            // Later fragments carry no L4 header.
-            if (be16(ip[6], ip[7]) & 0x1fff) != 0 {
-                return;
-            }
-            ev.family = 4;
-            ev.proto = ip[9];
-            // SAFETY: as above.
-            unsafe {
-                if bpf_probe_read_kernel_buf(l3.add(12), &mut ev.saddr[..4]).is_err()
-                    || bpf_probe_read_kernel_buf(l3.add(16), &mut ev.daddr[..4]).is_err()
-                {
-                    return;
-                }
-            }
-            let ihl = ((ip[0] & 0x0f) as usize) * 4;
-            if ihl < 20 {
-                return;
-            }
-            // SAFETY: pointer arithmetic only.
-            l4 = if l4_known.is_null() {
-                unsafe { l3.add(ihl) }
-            } else {
-                l4_known
-            };
-        }
-        6 => {
-            // SAFETY: as above.
-            let nexthdr: u8 = match unsafe { bpf_probe_read_kernel(l3.add(6)) } {
-                Ok(b) => b,
-                Err(_) => return,
-            };
-            ev.family = 6;
-            ev.proto = nexthdr;
-            // SAFETY: as above.
-            unsafe {
-                if bpf_probe_read_kernel_buf(l3.add(8), &mut ev.saddr).is_err()
-                    || bpf_probe_read_kernel_buf(l3.add(24), &mut ev.daddr).is_err()
-                {
-                    return;
-                }
-            }
-            // SAFETY: pointer arithmetic only.
-            l4 = if l4_known.is_null() {
-                unsafe { l3.add(40) }
-            } else {
-                l4_known
-            };
-        }
-        _ => return,
+    if unsafe { bpf_probe_read_kernel_buf(l3, &mut ip) }.is_err() {
+        return;
     }
-    let proto = ev.proto;
-    if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
-        if f.icmp == 0 {
+    let v4 = ip[0] >> 4 == 4;
+    let proto = match ip[0] >> 4 {
+        4 => ip[9],
+        6 => ip[6],
+        _ => return,
+    };
+    let wanted = if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
+        f.icmp != 0
+    } else {
+        proto == PROTO_TCP && f.tcp_port_set != 0
+    };
+    if !wanted {
+        return;
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    let l4;
+    if v4 {
+        // Later fragments carry no L4 header.
+        if (be16(ip[6], ip[7]) & 0x1fff) != 0 {
             return;
         }
-        // SAFETY: as above.
-        let h: [u8; 8] = match unsafe { bpf_probe_read_kernel(l4 as *const [u8; 8]) } {
-            Ok(b) => b,
-            Err(_) => return,
+        saddr[..4].copy_from_slice(&ip[12..16]);
+        daddr[..4].copy_from_slice(&ip[16..20]);
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return;
+        }
+        // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
+        l4 = if l4_known.is_null() {
+            unsafe { l3.add(ihl) }
+        } else {
+            l4_known
         };
+    } else {
+        // Addresses at 8..24 and 24..40: 12 bytes already read, 20 more to read.
+        let mut rest = [0u8; 20];
+        // SAFETY: as above.
+        if unsafe { bpf_probe_read_kernel_buf(l3.add(20), &mut rest) }.is_err() {
+            return;
+        }
+        saddr[..12].copy_from_slice(&ip[8..20]);
+        saddr[12..].copy_from_slice(&rest[..4]);
+        daddr.copy_from_slice(&rest[4..20]);
+        // SAFETY: as above.
+        l4 = if l4_known.is_null() {
+            unsafe { l3.add(40) }
+        } else {
+            l4_known
+        };
+    }
+    if !peer_ok(&f, &saddr, &daddr, v4) {
+        return;
+    }
+    let (icmp_type, tcp_flags, ident, seq, tcp_seq);
+    if proto == PROTO_ICMP || proto == PROTO_ICMPV6 {
+        let mut h = [0u8; 8];
+        // SAFETY: as above.
+        if unsafe { bpf_probe_read_kernel_buf(l4, &mut h) }.is_err() {
+            return;
+        }
         let echo = if proto == PROTO_ICMP {
             h[0] == 8 || h[0] == 0
         } else {
@@ -186,40 +174,43 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
         if f.icmp_id_set != 0 && id != f.icmp_id && id != f.icmp_id.swap_bytes() {
             return;
         }
-        ev.icmp_type = h[0];
-        ev.tcp_flags = 0;
-        ev.ident = id;
-        ev.seq = be16(h[6], h[7]);
-        ev.tcp_seq = 0;
-    } else if proto == PROTO_TCP {
-        if f.tcp_port_set == 0 {
+        icmp_type = h[0];
+        tcp_flags = 0;
+        ident = id;
+        seq = be16(h[6], h[7]);
+        tcp_seq = 0;
+    } else {
+        let mut h = [0u8; 14];
+        // SAFETY: as above.
+        if unsafe { bpf_probe_read_kernel_buf(l4, &mut h) }.is_err() {
             return;
         }
-        // SAFETY: as above.
-        let h: [u8; 14] = match unsafe { bpf_probe_read_kernel(l4 as *const [u8; 14]) } {
-            Ok(b) => b,
-            Err(_) => return,
-        };
         let sport = be16(h[0], h[1]);
         let dport = be16(h[2], h[3]);
-        if sport != f.tcp_port && dport != f.tcp_port {
+        if (sport != f.tcp_port && dport != f.tcp_port) || h[13] & (TCP_SYN | TCP_RST) == 0 {
             return;
         }
-        if h[13] & (TCP_SYN | TCP_RST) == 0 {
-            return;
-        }
-        ev.icmp_type = 0;
-        ev.tcp_flags = h[13];
-        ev.ident = sport;
-        ev.seq = dport;
-        ev.tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-    } else {
-        return;
-    }
-    if !peer_ok(&f, &ev.saddr, &ev.daddr, ev.family == 4) {
-        return;
+        icmp_type = 0;
+        tcp_flags = h[13];
+        ident = sport;
+        seq = dport;
+        tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     }
 
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
+    let ev = unsafe { &mut *ev };
+    ev.saddr = saddr;
+    ev.daddr = daddr;
+    ev.family = if v4 { 4 } else { 6 };
+    ev.proto = proto;
+    ev.icmp_type = icmp_type;
+    ev.tcp_flags = tcp_flags;
+    ev.ident = ident;
+    ev.seq = seq;
+    ev.tcp_seq = tcp_seq;
     let pt = bpf_get_current_pid_tgid();
     ev.header.kind = EventKind::Packet as u32;
     // SAFETY: helper with no arguments.

@@ -56,7 +56,7 @@ pub enum Format {
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let report = analyze(&a, |_| {})?;
     if !report.input.complete {
-        eprintln!(
+        crate::errln!(
             "stalltrace: warning: {} was cut short (no footer{}); reporting what it holds up to line {}",
             a.dump.display(),
             if report.input.partial_last_line { ", last line torn" } else { "" },

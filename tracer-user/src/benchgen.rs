@@ -375,7 +375,7 @@ pub fn run(a: BenchDumpArgs) -> anyhow::Result<ExitCode> {
         }),
     )?;
     w.flush().map_err(io)?;
-    println!(
+    crate::outln!(
         "{}: {} records ({} packets, {} probes, {} waits, {} syscalls) over {} s of simulated time",
         a.output.display(),
         written,

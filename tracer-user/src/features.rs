@@ -37,7 +37,7 @@ pub struct FeaturesArgs {
 pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
     let mut rows = vec![];
     let kernel = read_trim("/proc/sys/kernel/osrelease").unwrap_or_else(|| "?".into());
-    println!(
+    crate::outln!(
         "stalltrace {} on Linux {kernel} ({})",
         env!("CARGO_PKG_VERSION"),
         std::env::consts::ARCH
@@ -121,10 +121,10 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
         } else {
             "no  "
         };
-        println!("  [{mark}] {:<42} {}", r.what, r.detail);
+        crate::outln!("  [{mark}] {:<42} {}", r.what, r.detail);
     }
     let ready = rows.iter().all(|r| r.ok || !r.required);
-    println!(
+    crate::outln!(
         "{}",
         if ready {
             "record: ready"

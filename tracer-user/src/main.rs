@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
     match res {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("stalltrace: {e:#}");
+            stalltrace::errln!("stalltrace: {e:#}");
             exit::classify(&e).into()
         }
     }

@@ -222,7 +222,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let (offs, notes) =
         offsets::read(&btf).map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
     for n in notes {
-        eprintln!("note: {n}");
+        crate::errln!("note: {n}");
     }
     let config = Config {
         wait_threshold_ns: args.wait_threshold.as_nanos() as u64,
@@ -242,8 +242,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let mut tracer = Tracer::load(&opts, with_sys).map_err(load_err)?;
 
     if args.dry_run {
-        println!("dry run: every program passed the verifier; nothing attached");
-        println!("would attach: sched:sched_switch sched:sched_wakeup irq:softirq_raise irq:softirq_entry irq:softirq_exit{}",
+        crate::outln!("dry run: every program passed the verifier; nothing attached");
+        crate::outln!("would attach: sched:sched_switch sched:sched_wakeup irq:softirq_raise irq:softirq_entry irq:softirq_exit{}",
             if with_sys { " raw_syscalls:sys_enter raw_syscalls:sys_exit" } else { "" });
         let pk = match (args.attach, preflight::kprobe_support()) {
             (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => {
@@ -252,7 +252,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             (_, Ok(())) => "kprobe:icmp_echo".to_string(),
             (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
         };
-        println!("packets via: {pk}");
+        crate::outln!("packets via: {pk}");
         return Ok(ExitCode::Ok);
     }
 
@@ -282,7 +282,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 
     let notes = tracer.attach(args.attach, with_sys).map_err(load_err)?;
     for n in &notes {
-        eprintln!("{n}");
+        crate::errln!("{n}");
     }
 
     let started = Instant::now();
@@ -343,7 +343,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         w: io::LineWriter::new(io::stdout()),
         broken: false,
     };
-    eprintln!(
+    crate::errln!(
         "recording to {} ({}); Ctrl-C to stop",
         path.display(),
         args.duration
@@ -392,7 +392,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 }
                 let lost = tracer.lost().map_err(load_err)?;
                 if lost.total() > st.last_lost {
-                    eprintln!(
+                    crate::errln!(
                         "warning: {} events lost so far (ring buffer full); raise --ring-buffer (now {} KiB)",
                         lost.total(), args.ring_buffer / 1024
                     );
@@ -433,7 +433,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     dump.finish().context("closing the dump")?;
     if let Some(ps) = &probe_stats {
         if let Some(e) = &ps.error {
-            eprintln!("warning: {e}");
+            crate::errln!("warning: {e}");
         }
     }
     summary(&st.counts, &lost, &hists, &path, reason);
@@ -634,16 +634,16 @@ pub fn hist_words(b: &[u64]) -> String {
 }
 
 fn summary(c: &Counts, lost: &Lost, hists: &Hists, path: &std::path::Path, reason: &str) {
-    eprintln!(
+    crate::errln!(
         "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, syscalls {})",
         c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.syscalls
     );
     for (name, hs) in hists.named() {
         for h in hs {
-            eprintln!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets));
+            crate::errln!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets));
         }
     }
-    eprintln!("dump: {}", path.display());
+    crate::errln!("dump: {}", path.display());
 }
 
 fn load_err(e: LoadError) -> anyhow::Error {

@@ -122,7 +122,7 @@ impl Drop for ChildGuard {
 
 pub fn list() {
     for s in SCENARIOS {
-        println!("{:<14} {}", s.name, s.summary);
+        crate::outln!("{:<14} {}", s.name, s.summary);
     }
 }
 
@@ -188,7 +188,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
             .context("installing signal handlers")?;
     }
 
-    println!("lab: scenario {} — {}", sc.name, sc.summary);
+    crate::outln!("lab: scenario {} — {}", sc.name, sc.summary);
     let ns = Netns::create(NS_NAME, HOST_IF, NS_IF, SUBNET).map_err(|e| match e {
         NetnsError::NamespaceTaken(_) | NetnsError::LinkTaken(_) => {
             anyhow::Error::new(CodedError::new(ExitCode::Failure, e.to_string()))
@@ -196,9 +196,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         e => anyhow::Error::new(e).context("building the lab namespace"),
     })?;
     let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
-    println!(
+    crate::outln!(
         "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
-        ns.name, ns.host_addr, ns.ns_addr
+        ns.name,
+        ns.host_addr,
+        ns.ns_addr
     );
 
     let _file = if sc.reads_file {
@@ -259,9 +261,10 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     };
     let hog = Hog::spawn(&hog_args)?;
     let hog_pid = hog.pid;
-    println!(
+    crate::outln!(
         "lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
-        sc.culprit, a.duration
+        sc.culprit,
+        a.duration
     );
     let t0 = Instant::now();
     while t0.elapsed() < a.duration + Duration::from_millis(500) {
@@ -280,19 +283,19 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     drop(ns);
 
     let v = verdict::judge(&dump, hog_pid, sc.culprit)?;
-    println!("{}", v.summary);
-    println!(
+    crate::outln!("{}", v.summary);
+    crate::outln!(
         "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
         dump.display()
     );
     if v.blamed_planted {
-        println!(
+        crate::outln!(
             "lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})",
             sc.culprit
         );
         Ok(ExitCode::Ok)
     } else {
-        println!(
+        crate::outln!(
             "lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above",
             sc.culprit
         );

@@ -484,7 +484,7 @@ fn print_parsed_log(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         writeln!(out).context("writing JSON")?;
     }
     out.flush().context("writing JSON")?;
-    eprintln!("{}", parsed.summary_line());
+    crate::errln!("{}", parsed.summary_line());
     Ok(ExitCode::Ok)
 }
 
@@ -619,7 +619,7 @@ mod tests {
         let h = match spawn(cfg.clone(), tx) {
             Ok(h) => h,
             Err(e) if crate::exit::classify(&e) == ExitCode::Privileges => {
-                eprintln!("SKIP: {e}");
+                crate::errln!("SKIP: {e}");
                 return;
             }
             Err(e) => panic!("{e:#}"),
