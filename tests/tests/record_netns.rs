@@ -406,10 +406,17 @@ fn records_without_tracefs() {
         stalltrace_bin().display(),
         dump.display()
     );
-    let out = Command::new("unshare").args(["-m", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let recs = read_dump(&dump);
     assert_eq!(recs.last().unwrap()["type"], "footer", "{err}");
-    assert!(recs[0]["hooks"].as_array().unwrap().len() >= 8, "all hooks attached: {}", recs[0]["hooks"]);
+    assert!(
+        recs[0]["hooks"].as_array().unwrap().len() >= 8,
+        "all hooks attached: {}",
+        recs[0]["hooks"]
+    );
 }

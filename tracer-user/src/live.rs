@@ -2,6 +2,7 @@
 //! in plain words.
 use crate::{
     dump::{HolderRec, PacketRec, RxContext, SyscallRec, WaitKind, WaitRec},
+    stacks,
     timefmt::human_ns,
 };
 
@@ -117,10 +118,11 @@ pub fn wait_sentence(w: &WaitRec) -> String {
                 String::new()
             };
             format!(
-                "; CPU held by {} for {}, {}{more}",
+                "; CPU held by {} for {}, {}{more}{}",
                 task_words(h),
                 human_ns(h.run_ns),
-                syscall_words(h, w.ts_ns)
+                syscall_words(h, w.ts_ns),
+                stack_words(h)
             )
         }
     };
@@ -131,6 +133,21 @@ pub fn wait_sentence(w: &WaitRec) -> String {
     };
     format!("{head}{held}{trunc}")
 }
+
+/// `; kernel stack in 27 of 40 samples: copy_page_to_iter ← filemap_read ← …` (leaf
+/// first, read "called from"), or nothing without samples.
+pub fn stack_words(h: &HolderRec) -> String {
+    let Some((n, of, side, frames)) = h.stacks.as_ref().and_then(stacks::headline) else {
+        return String::new();
+    };
+    format!(
+        "; {side} stack in {n} of {of} samples: {}",
+        stacks::short_stack(frames, STACK_FRAMES_SHOWN)
+    )
+}
+
+/// Frames of the culprit's stack in one-line sentences.
+pub const STACK_FRAMES_SHOWN: usize = 5;
 
 fn rx_words(w: &WaitRec) -> String {
     match w.rx_context {
@@ -200,6 +217,7 @@ mod tests {
                     calls: 1,
                     in_window_ns: 98_000_000,
                 }),
+                stacks: None,
             }],
             nr_switches: 1,
             nr_other_runs: 0,

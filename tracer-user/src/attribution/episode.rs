@@ -257,6 +257,7 @@ mod tests {
                 calls: 1,
                 in_window_ns: 0,
             }),
+            stacks: None,
         }
     }
 

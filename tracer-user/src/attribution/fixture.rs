@@ -59,6 +59,7 @@ pub fn header(probe: Option<String>) -> Header {
             stall_threshold_ns: 50 * MS,
             ring_buffer_bytes: 1 << 22,
             probe,
+            stacks_hz: None,
         },
     }
 }
@@ -93,6 +94,7 @@ pub fn holder(
         policy: "SCHED_OTHER".into(),
         priority: 0,
         syscall,
+        stacks: None,
     }
 }
 
@@ -272,6 +274,7 @@ pub fn records(s: Seed) -> Vec<Record> {
             hist_net_rx: vec![],
             hist_rx_thread: vec![],
             reason: "sigint".into(),
+            stacks: None,
         }));
     }
     out
