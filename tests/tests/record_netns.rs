@@ -367,6 +367,15 @@ fn every_filter_combination_passes_the_verifier() {
             "--no-syscalls",
         ],
         &["--attach", "kprobe"],
+        &["--stacks"],
+        &[
+            "--stacks",
+            "--stacks-hz",
+            "99",
+            "--no-syscalls",
+            "--peer",
+            "fd00::1",
+        ],
     ];
     for extra in combos {
         let out = Command::new(stalltrace_bin())

@@ -397,6 +397,55 @@ mod tests {
     }
 
     #[test]
+    fn stack_samples_end_up_in_the_holders_of_their_wait() {
+        struct Map;
+        impl crate::stacks::StackSource for Map {
+            fn ips(&mut self, id: u32) -> Option<Vec<u64>> {
+                (id == 5).then(|| vec![0x1010, 0x2020])
+            }
+        }
+        struct User;
+        impl crate::stacks::UserSymbolizer for User {
+            fn frames(&mut self, _tgid: u32, ips: &[u64]) -> Vec<String> {
+                ips.iter().map(|i| format!("{i:#x}")).collect()
+            }
+        }
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(0x1000, "vfs_read".to_string());
+        m.insert(0x2000, "ksys_read".to_string());
+        let ksyms = crate::stacks::KernelSymbols::from_map(m).unwrap();
+        let mut e = Enricher::with_stacks(crate::stacks::StackCollector::new(
+            499,
+            Box::new(Map),
+            ksyms,
+            Box::new(User),
+        ));
+        let w = ev::wait(EventKind::SoftirqWait);
+        for ts in [30_000_000, 60_000_000, 200_000_000] {
+            let mut s = ev::stack();
+            s.header.ts_ns = ts;
+            s.header.pid = 10436;
+            s.header.cpu = w.header.cpu;
+            s.kstack_id = 5;
+            assert_eq!(
+                e.record(&RawEvent::Stack(s)),
+                None,
+                "samples are not dump records"
+            );
+        }
+        let Some(Record::Wait(rec)) = e.record(&RawEvent::Wait(w)) else {
+            panic!("not a wait")
+        };
+        let st = rec.holders[0].stacks.as_ref().expect("the holder's stacks");
+        // Two of the three samples fall in [24 ms, 123 ms].
+        assert_eq!(st.samples, 2);
+        assert_eq!(st.top[0].kernel, vec!["vfs_read+0x10", "ksys_read+0x20"]);
+        assert!(st.top[0].user.is_empty(), "user id -14: no user stack");
+        let stats = e.stacks().map(|c| c.stats()).unwrap();
+        assert_eq!((stats.samples, stats.attributed), (3, 2));
+    }
+
+    #[test]
     fn priorities_read_as_users_set_them() {
         assert_eq!(user_priority(49), 50); // chrt -f 50
         assert_eq!(user_priority(120), 0);

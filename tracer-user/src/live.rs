@@ -229,5 +229,40 @@ mod tests {
             "CPU 1: RX thread napi/vB-258 waited 712 ms from wakeup (by ping pid 881) to run; \
              CPU held by stall-hog (pid 4242, SCHED_FIFO 50) for 705 ms, inside read() of /tmp/big for 98 ms"
         );
+        let mut w = w;
+        w.holders[0].stacks = Some(crate::dump::HolderStacks {
+            samples: 40,
+            user_mode: 0,
+            missing: 0,
+            distinct: 2,
+            top: vec![crate::dump::StackRec {
+                count: 27,
+                kernel: [
+                    "copy_page_to_iter+0xa3",
+                    "shmem_file_read_iter+0x117",
+                    "vfs_read+0x23a",
+                    "ksys_read+0x6b",
+                    "__x64_sys_read+0x19",
+                    "do_syscall_64+0x71",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                user: vec!["__libc_read+0x13 [libc.so.6]".into()],
+            }],
+        });
+        assert!(
+            wait_sentence(&w).ends_with(
+                "inside read() of /tmp/big for 98 ms; kernel stack in 27 of 40 samples: \
+                 copy_page_to_iter ← shmem_file_read_iter ← vfs_read ← ksys_read ← __x64_sys_read ← …"
+            ),
+            "{}",
+            wait_sentence(&w)
+        );
+        // Samples in user space only: the user stack.
+        if let Some(st) = w.holders[0].stacks.as_mut() {
+            st.top[0].kernel.clear();
+        }
+        assert!(wait_sentence(&w).ends_with("; user stack in 27 of 40 samples: __libc_read"));
     }
 }

@@ -217,7 +217,12 @@ pub struct HolderStacks {
     /// … of which lost a stack (stack map full, or a hash collision in it).
     #[serde(default)]
     pub missing: u32,
-    /// Distinct (kernel, user) stacks, most frequent first, at most [`TOP_STACKS`].
+    /// Distinct code paths among them (stacks that differ only in offsets are one).
+    #[serde(default)]
+    pub distinct: u32,
+    /// The most frequent code paths (kernel + user function names; offsets may differ
+    /// between the samples of one), most frequent first, at most [`TOP_STACKS`]. Each
+    /// shows the frames of its most sampled member.
     pub top: Vec<StackRec>,
 }
 

@@ -55,6 +55,8 @@ struct Sample {
 }
 
 type Frames = Rc<Vec<String>>;
+/// Kernel and user function names of a stack.
+type GroupKey = (Vec<String>, Vec<String>);
 
 pub struct StackCollector {
     hz: u64,
@@ -207,31 +209,50 @@ impl StackCollector {
                 .or_insert((0, s.tgid));
             e.0 += 1;
         }
-        let mut ranked: Vec<((i32, i32), (u32, u32))> = counts.into_iter().collect();
-        ranked.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
-        for ((kid, uid), (count, tgid)) in ranked {
-            if out.top.len() >= TOP_STACKS {
-                break;
-            }
+        // Stacks that differ only in offsets (the leaf moved a few instructions) are
+        // one code path: group by function names, show the most sampled member.
+        let mut pairs: Vec<((i32, i32), (u32, u32))> = counts.into_iter().collect();
+        pairs.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(&b.0)));
+        let mut groups: Vec<(GroupKey, StackRec)> = Vec::new();
+        for ((kid, uid), (count, tgid)) in pairs {
             let kernel = u32::try_from(kid)
                 .ok()
-                .and_then(|id| self.kernel_frames(id))
-                .map(|f| f.to_vec())
-                .unwrap_or_default();
+                .and_then(|id| self.kernel_frames(id));
             let user = u32::try_from(uid)
                 .ok()
-                .and_then(|id| self.user_frames(tgid, id))
-                .map(|f| f.to_vec())
-                .unwrap_or_default();
-            if kernel.is_empty() && user.is_empty() {
+                .and_then(|id| self.user_frames(tgid, id));
+            if kernel.is_none() && user.is_none() {
                 continue;
             }
-            out.top.push(StackRec {
-                count,
-                kernel,
-                user,
-            });
+            let key = (
+                kernel
+                    .as_deref()
+                    .map(|f| frame_names(f, usize::MAX))
+                    .unwrap_or_default(),
+                user.as_deref()
+                    .map(|f| frame_names(f, usize::MAX))
+                    .unwrap_or_default(),
+            );
+            match groups.iter_mut().find(|g| g.0 == key) {
+                // Pairs come most sampled first: the first member is the representative.
+                Some(g) => g.1.count += count,
+                None => groups.push((
+                    key,
+                    StackRec {
+                        count,
+                        kernel: kernel.map(|f| f.to_vec()).unwrap_or_default(),
+                        user: user.map(|f| f.to_vec()).unwrap_or_default(),
+                    },
+                )),
+            }
         }
+        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        out.distinct = u32::try_from(groups.len()).unwrap_or(u32::MAX);
+        out.top = groups
+            .into_iter()
+            .take(TOP_STACKS)
+            .map(|(_, r)| r)
+            .collect();
         Some(out)
     }
 
@@ -249,21 +270,30 @@ impl StackCollector {
     }
 }
 
-/// Frames to show in one line: leaf first, offsets and modules dropped, at most `n`,
-/// joined by ` ← ` (read "called from").
-pub fn short_stack(frames: &[String], n: usize) -> String {
-    let names: Vec<&str> = frames
+/// The function names of the first `n` frames (offsets and modules dropped).
+pub fn frame_names(frames: &[String], n: usize) -> Vec<String> {
+    frames
         .iter()
         .take(n)
         .map(|f| {
-            let f = f.split(' ').next().unwrap_or(f);
+            // Names may hold spaces (`<Vec<T> as Drop>::drop`): cut the ` [module]`
+            // suffix, then the offset.
+            let f = match f.rfind(" [") {
+                Some(i) if f.ends_with(']') => &f[..i],
+                _ => f.as_str(),
+            };
             match f.rfind("+0x") {
-                Some(i) if i > 0 => &f[..i],
-                _ => f,
+                Some(i) if i > 0 => f[..i].to_string(),
+                _ => f.to_string(),
             }
         })
-        .collect();
-    let mut s = names.join(" ← ");
+        .collect()
+}
+
+/// Frames to show in one line: leaf first, offsets and modules dropped, at most `n`,
+/// joined by ` ← ` (read "called from").
+pub fn short_stack(frames: &[String], n: usize) -> String {
+    let mut s = frame_names(frames, n).join(" ← ");
     if frames.len() > n {
         s.push_str(" ← …");
     }
@@ -315,6 +345,7 @@ mod tests {
         let mut m = HashMap::new();
         m.insert(1, vec![0x1010, 0x2020, 0x3030, 0x4040]);
         m.insert(2, vec![0x3030, 0x4040]);
+        m.insert(3, vec![0x1014, 0x2020, 0x3030, 0x4040]);
         m.insert(7, vec![0x55, 0x66]);
         StackCollector::new(499, Box::new(FakeMap(m)), ksyms(), Box::new(FakeUser))
     }
@@ -351,7 +382,7 @@ mod tests {
         c.push(&sample(1, 120, 43, 2, 7)); // another task
         let st = c.holder_stacks(1, 42, 100, 200).unwrap();
         assert_eq!((st.samples, st.user_mode, st.missing), (6, 1, 1));
-        assert_eq!(st.top.len(), 3);
+        assert_eq!((st.top.len(), st.distinct), (3, 3));
         assert_eq!(st.top[0].count, 3);
         assert_eq!(
             st.top[0].kernel,
@@ -363,14 +394,15 @@ mod tests {
             ]
         );
         assert_eq!(st.top[0].user, vec!["u55@42", "u66@42"]);
-        // The rest by count, then id: the lost and the user-mode samples have user
+        // Then the user-mode sample and the one whose kernel stack was lost: user
         // frames only.
-        assert_eq!(st.top[1].count, 1);
-        assert!(st
-            .top
-            .iter()
-            .skip(1)
-            .any(|t| t.kernel.is_empty() && !t.user.is_empty()));
+        assert_eq!(st.top[1].count, 2);
+        assert!(st.top[1].kernel.is_empty() && st.top[1].user.len() == 2);
+        assert_eq!(st.top[2].count, 1);
+        assert_eq!(
+            st.top[2].kernel,
+            vec!["vfs_read+0x30", "__x64_sys_pread64+0x40"]
+        );
         assert!(
             c.holder_stacks(1, 99, 0, 1000).is_none(),
             "no sample, no stacks"
@@ -378,6 +410,24 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.samples, s.kernel_misses, s.user_misses), (9, 1, 0));
         assert_eq!(s.distinct_stacks, 3);
+    }
+
+    #[test]
+    fn stacks_differing_only_in_offsets_are_one_code_path() {
+        let mut c = collector();
+        c.push(&sample(1, 100, 42, 3, 7));
+        c.push(&sample(1, 101, 42, 1, 7));
+        c.push(&sample(1, 102, 42, 3, 7));
+        c.push(&sample(1, 103, 42, 2, 7));
+        let st = c.holder_stacks(1, 42, 0, 1000).unwrap();
+        assert_eq!(st.distinct, 2);
+        assert_eq!(st.top[0].count, 3);
+        // The most sampled member's frames (id 3: leaf at +0x14).
+        assert_eq!(st.top[0].kernel[0], "copy_page_to_iter+0x14");
+        assert_eq!(st.top[1].count, 1);
+        // Kept samples of a CPU age out 30 s behind the newest.
+        c.push(&sample(0, 40_000_000_000, 1, 1, 7));
+        assert!(c.holder_stacks(1, 42, 0, 1000).is_none());
     }
 
     #[test]
@@ -429,5 +479,16 @@ mod tests {
             "0x7f01 [libc.so.6+0x2]".to_string(),
         ];
         assert_eq!(short_stack(&u, 4), "stalltrace::lab::hog::spin ← 0x7f01");
+        let r = vec![
+            "<alloc::vec::Vec<T> as core::ops::drop::Drop>::drop+0x1f [stalltrace]".to_string(),
+        ];
+        assert_eq!(
+            frame_names(&r, 4),
+            vec!["<alloc::vec::Vec<T> as core::ops::drop::Drop>::drop"]
+        );
+        assert_eq!(
+            frame_names(&["veth_poll+0x10 [veth]".to_string()], 1),
+            vec!["veth_poll"]
+        );
     }
 }

@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn own_process_frames_resolve_to_this_binary() {
         // A real symbolization: an address inside this test function's binary.
-        let ip = own_process_frames_resolve_to_this_binary as usize as u64;
+        let ip = own_process_frames_resolve_to_this_binary as fn() as usize as u64;
         let mut b = Blazesym::default();
         let f = b.frames(std::process::id(), &[ip]);
         assert_eq!(f.len(), 1);
