@@ -243,6 +243,15 @@ fn holder_stacks(h: &Value) -> Option<(u64, u64, Vec<(u64, Vec<String>, Vec<Stri
     ))
 }
 
+/// Waits of 80 ms or more blamed on the planted culprit (other load on the machine may
+/// add waits of its own on other CPUs).
+fn blamed_waits(run: &LabRun) -> Vec<&Value> {
+    long_waits(run, 80_000_000)
+        .into_iter()
+        .filter(|w| w["holders"][0]["pid"].as_u64() == Some(u64::from(run.hog_pid)))
+        .collect()
+}
+
 fn footer(run: &LabRun) -> &Value {
     let f = run.dump.last().expect("dump is not empty");
     assert_eq!(f["type"], "footer", "{}", run.path.display());
@@ -282,12 +291,11 @@ fn slow_syscall_stacks_show_the_culprits_read_path() {
         "{}",
         run.dump[0]
     );
-    let waits = long_waits(&run, 80_000_000);
+    let waits = blamed_waits(&run);
     assert!(waits.len() >= 5, "{}", run.stdout);
     let mut with_read_path = 0;
     for w in &waits {
         let h = &w["holders"][0];
-        assert_eq!(h["pid"].as_u64().unwrap() as u32, run.hog_pid, "{w}");
         let Some((samples, user_mode, top)) = holder_stacks(h) else {
             continue;
         };
@@ -376,12 +384,11 @@ fn rt_hog_stacks_are_in_user_space_in_the_hog() {
     }
     let run = lab_with("rt-hog", "rt-stacks.jsonl", &["--stacks"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let waits = long_waits(&run, 80_000_000);
+    let waits = blamed_waits(&run);
     assert!(waits.len() >= 5, "{}", run.stdout);
     let mut checked = 0;
     for w in &waits {
         let h = &w["holders"][0];
-        assert_eq!(h["pid"].as_u64().unwrap() as u32, run.hog_pid, "{w}");
         let Some((samples, user_mode, top)) = holder_stacks(h) else {
             continue;
         };
