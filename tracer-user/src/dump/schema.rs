@@ -398,7 +398,8 @@ pub struct StackStats {
     pub hz: u64,
     /// Samples received (taken while an RX wait was pending).
     pub samples: u64,
-    /// … of which fell on a holder of a reported wait and were attached to it.
+    /// … of which fell on a holder of a reported wait and were attached to it (each
+    /// counted once, though overlapping waits of one stall may both show it).
     pub attributed: u64,
     /// Kernel / user stacks lost: the stack map was full or two stacks collided in it.
     pub kernel_misses: u64,

@@ -52,6 +52,9 @@ struct Sample {
     tgid: u32,
     kid: i32,
     uid: i32,
+    /// Already attached to a holder (overlapping waits of one stall share samples:
+    /// counted once in the stats).
+    attached: bool,
 }
 
 type Frames = Rc<Vec<String>>;
@@ -117,8 +120,9 @@ impl StackCollector {
         }
         let ts = ev.header.ts_ns;
         self.newest = self.newest.max(ts);
+        let floor = self.newest.saturating_sub(KEEP_NS);
         let q = self.by_cpu.entry(ev.header.cpu).or_default();
-        if q.len() >= KEEP_PER_CPU {
+        while q.front().is_some_and(|s| s.ts_ns < floor) || q.len() >= KEEP_PER_CPU {
             q.pop_front();
         }
         q.push_back(Sample {
@@ -127,11 +131,14 @@ impl StackCollector {
             tgid: ev.header.tgid,
             kid: ev.kstack_id,
             uid: ev.ustack_id,
+            attached: false,
         });
-        let floor = self.newest.saturating_sub(KEEP_NS);
-        for q in self.by_cpu.values_mut() {
-            while q.front().is_some_and(|s| s.ts_ns < floor) {
-                q.pop_front();
+        // Now and then, the CPUs that stopped sampling too.
+        if self.stats.samples.is_multiple_of(4096) {
+            for q in self.by_cpu.values_mut() {
+                while q.front().is_some_and(|s| s.ts_ns < floor) {
+                    q.pop_front();
+                }
             }
         }
     }
@@ -179,13 +186,16 @@ impl StackCollector {
         start: u64,
         end: u64,
     ) -> Option<HolderStacks> {
-        let samples: Vec<Sample> = self
-            .by_cpu
-            .get(&cpu)?
-            .iter()
-            .filter(|s| s.pid == pid && s.ts_ns >= start && s.ts_ns <= end)
-            .copied()
-            .collect();
+        let mut samples: Vec<Sample> = Vec::new();
+        for s in self.by_cpu.get_mut(&cpu)?.iter_mut() {
+            if s.pid == pid && s.ts_ns >= start && s.ts_ns <= end {
+                samples.push(*s);
+                if !s.attached {
+                    s.attached = true;
+                    self.stats.attributed += 1;
+                }
+            }
+        }
         if samples.is_empty() {
             return None;
         }
@@ -262,10 +272,7 @@ impl StackCollector {
             if h.pid == 0 {
                 continue;
             }
-            if let Some(st) = self.holder_stacks(cpu, h.pid, start, end) {
-                self.stats.attributed += u64::from(st.samples);
-                h.stacks = Some(st);
-            }
+            h.stacks = self.holder_stacks(cpu, h.pid, start, end);
         }
     }
 }
@@ -426,7 +433,7 @@ mod tests {
         assert_eq!(st.top[0].kernel[0], "copy_page_to_iter+0x14");
         assert_eq!(st.top[1].count, 1);
         // Kept samples of a CPU age out 30 s behind the newest.
-        c.push(&sample(0, 40_000_000_000, 1, 1, 7));
+        c.push(&sample(1, 40_000_000_000, 1, 1, 7));
         assert!(c.holder_stacks(1, 42, 0, 1000).is_none());
     }
 
@@ -455,6 +462,11 @@ mod tests {
             "a kernel thread has no user stack"
         );
         assert!(hs[1].stacks.is_none());
+        assert_eq!(c.stats().attributed, 1);
+        // A second, overlapping wait of the same stall sees the sample again, but it
+        // is attributed once.
+        c.attach(1, 50, 150, &mut hs);
+        assert_eq!(hs[0].stacks.as_ref().map(|s| s.samples), Some(1));
         assert_eq!(c.stats().attributed, 1);
     }
 
