@@ -265,7 +265,7 @@ impl<W: Write> PerfettoWriter<W> {
                             "priority": h.priority, "cgroup": h.cgroup,
                             "syscall": h.syscall.as_ref().map(|s| &s.name),
                             "path": h.syscall.as_ref().and_then(|s| s.path.as_ref()),
-                            "stacks": h.stacks.as_ref().map(super::text::stack_lines),
+                            "stacks": h.stacks.as_ref().map(|s| super::text::stack_lines("", s)),
                             "note": "time on the CPU inside the wait window; placement approximate",
                         }),
                     })?;
@@ -329,7 +329,7 @@ impl<W: Write> PerfettoWriter<W> {
                 "packets_delayed": e.packets_delayed,
                 "worst_rtt_ns": e.worst_rtt_ns,
                 "culprit_stacks": e.culprit.as_ref().and_then(|c| c.stacks.as_ref())
-                    .map(super::text::stack_lines),
+                    .map(|s| super::text::stack_lines("culprit's ", s)),
             }),
         })?;
         // The staircase, at the time the kernel processed each probe.

@@ -63,15 +63,16 @@ pub fn episode_line(e: &Episode) -> String {
 
 /// The culprit's sampled stacks in an episode: a heading, then per distinct stack its
 /// sample count and kernel and user frames (leaf first, read "called from").
-pub fn stack_lines(st: &HolderStacks) -> Vec<String> {
+pub fn stack_lines(who: &str, st: &HolderStacks) -> Vec<String> {
     let mut out = vec![format!(
-        "culprit's stacks: {} in the wait, {} in user space, {}{}",
+        "{who}stacks: {} in the wait, {} in user space{}{}",
         plural(u64::from(st.samples), "sample", "samples"),
         st.user_mode,
-        if st.distinct as usize > st.top.len() {
-            format!("top {} of {} code paths", st.top.len(), st.distinct)
-        } else {
-            plural(u64::from(st.distinct), "code path", "code paths")
+        // `distinct` is 0 in dumps written before it existed.
+        match st.distinct as usize {
+            0 => String::new(),
+            d if d > st.top.len() => format!(", top {} of {d} code paths", st.top.len()),
+            d => format!(", {}", plural(d as u64, "code path", "code paths")),
         },
         if st.missing > 0 {
             format!(", {} without a stack", st.missing)
@@ -270,7 +271,7 @@ pub fn render(r: &Report) -> String {
                 }
             }
             if let Some(st) = e.culprit.as_ref().and_then(|c| c.stacks.as_ref()) {
-                for l in stack_lines(st) {
+                for l in stack_lines("culprit's ", st) {
                     let _ = writeln!(s, "  {l}");
                 }
             }
