@@ -91,6 +91,7 @@ pub fn our_bpf_programs_now() -> Vec<String> {
         "softirq_exit",
         "sys_enter",
         "sys_exit",
+        "stack_sample",
     ];
     let out = match Command::new("bpftool").args(["prog", "show"]).output() {
         Ok(o) => o,
@@ -106,7 +107,8 @@ pub fn our_bpf_programs_now() -> Vec<String> {
             }
             let kind_ok = l.contains(": tracepoint")
                 || l.contains(": raw_tracepoint")
-                || l.contains(": kprobe");
+                || l.contains(": kprobe")
+                || l.contains(": perf_event");
             if kind_ok && OURS.iter().any(|n| l.contains(&format!("name {n} "))) {
                 let id = l.split(':').next().unwrap_or("");
                 let name = l

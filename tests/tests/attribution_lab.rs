@@ -23,10 +23,15 @@ fn tmp(name: &str) -> std::path::PathBuf {
 }
 
 fn lab(scenario: &str, dump_name: &str) -> LabRun {
+    lab_with(scenario, dump_name, &[])
+}
+
+fn lab_with(scenario: &str, dump_name: &str, extra: &[&str]) -> LabRun {
     let dump = tmp(dump_name);
     let out = Command::new(stalltrace_bin())
         .args(["lab", "--scenario", scenario, "--duration", "2s", "-o"])
         .arg(&dump)
+        .args(extra)
         .output()
         .expect("running stalltrace lab");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -231,6 +236,223 @@ fn slow_syscall_culprit_is_named_with_its_syscall_and_file() {
     assert!(syscalls >= 10, "long reads are recorded as syscalls");
     run.done();
     integration_tests::assert_machine_clean("after the lab");
+}
+
+/// Stacks of a holder as (samples, user_mode, top paths as (count, kernel, user)).
+fn holder_stacks(h: &Value) -> Option<(u64, u64, Vec<(u64, Vec<String>, Vec<String>)>)> {
+    let st = h.get("stacks")?;
+    let frames = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let top = st["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["count"].as_u64().unwrap(),
+                frames(&t["kernel"]),
+                frames(&t["user"]),
+            )
+        })
+        .collect();
+    Some((
+        st["samples"].as_u64().unwrap(),
+        st["user_mode"].as_u64().unwrap(),
+        top,
+    ))
+}
+
+/// Waits of 80 ms or more blamed on the planted culprit (other load on the machine may
+/// add waits of its own on other CPUs).
+fn blamed_waits(run: &LabRun) -> Vec<&Value> {
+    long_waits(run, 80_000_000)
+        .into_iter()
+        .filter(|w| w["holders"][0]["pid"].as_u64() == Some(u64::from(run.hog_pid)))
+        .collect()
+}
+
+fn footer(run: &LabRun) -> &Value {
+    let f = run.dump.last().expect("dump is not empty");
+    assert_eq!(f["type"], "footer", "{}", run.path.display());
+    f
+}
+
+/// A read-path function of the kernel (pread64 of a tmpfs file).
+fn is_read_frame(f: &str) -> bool {
+    let name = f.split('+').next().unwrap_or("");
+    [
+        "vfs_read",
+        "ksys_pread64",
+        "__x64_sys_pread64",
+        "shmem_file_read_iter",
+        "filemap_read",
+    ]
+    .contains(&name)
+}
+
+#[test]
+fn slow_syscall_stacks_show_the_culprits_read_path() {
+    if !require_root("slow_syscall_stacks_show_the_culprits_read_path") {
+        return;
+    }
+    let run = lab_with("slow-syscall", "ss-stacks.jsonl", &["--stacks"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.dump[0]["options"]["stacks_hz"], 499,
+        "the header says stacks were on"
+    );
+    assert!(
+        run.dump[0]["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h.as_str().unwrap().starts_with("perf_event:cpu-clock")),
+        "{}",
+        run.dump[0]
+    );
+    let waits = blamed_waits(&run);
+    assert!(waits.len() >= 5, "{}", run.stdout);
+    let mut with_read_path = 0;
+    for w in &waits {
+        let h = &w["holders"][0];
+        let Some((samples, user_mode, top)) = holder_stacks(h) else {
+            continue;
+        };
+        assert!(samples > 0 && !top.is_empty(), "{w}");
+        let path_samples: u64 = top
+            .iter()
+            .filter(|(_, k, _)| k.iter().any(|f| is_read_frame(f)))
+            .map(|t| t.0)
+            .sum();
+        // The reader sits inside pread64(): its samples are in the kernel, on the read
+        // path, and its user stack is in the stalltrace binary (the hog).
+        assert!(user_mode * 2 < samples, "mostly in the kernel: {w}");
+        if path_samples * 2 >= samples {
+            with_read_path += 1;
+        }
+        let (_, kernel, user) = &top[0];
+        assert!(
+            kernel.iter().any(|f| is_read_frame(f)),
+            "the top kernel stack is the read path: {kernel:?}"
+        );
+        assert!(
+            user.iter().any(|f| f.contains("[stalltrace")),
+            "the user stack is in the stalltrace binary: {user:?}"
+        );
+    }
+    assert!(
+        with_read_path * 10 >= waits.len() * 8,
+        "most waits carry the read path: {with_read_path}/{} ({})",
+        waits.len(),
+        run.path.display()
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("CPU held by stat-reader")
+                && l.contains("; kernel stack in ")
+                && l.contains("vfs_read")),
+        "the live sentence names the stack:\n{}",
+        run.stdout
+    );
+    let f = footer(&run);
+    let st = &f["stacks"];
+    assert!(st["samples"].as_u64().unwrap() > 0, "{f}");
+    assert!(st["attributed"].as_u64().unwrap() > 0, "{f}");
+    // The report offline: the culprit's stacks per episode and in the ranking.
+    let rep = Command::new(stalltrace_bin())
+        .args(["analyze", "--format", "json"])
+        .arg(&run.path)
+        .output()
+        .unwrap();
+    assert!(rep.status.success());
+    let rep: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    let ep = rep["episodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["culprit"].get("stacks").is_some())
+        .expect("an episode with the culprit's stacks");
+    assert!(ep["culprit"]["stacks"]["top"][0]["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| is_read_frame(f.as_str().unwrap())));
+    let ranked = &rep["culprits"][0]["stacks"][0];
+    assert_eq!(ranked["side"], "kernel", "{ranked}");
+    assert!(ranked["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| is_read_frame(f.as_str().unwrap())));
+    let text = Command::new(stalltrace_bin())
+        .arg("analyze")
+        .arg(&run.path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("culprit's stacks: "), "{text}");
+    run.done();
+    assert_clean();
+}
+
+#[test]
+fn rt_hog_stacks_are_in_user_space_in_the_hog() {
+    if !require_root("rt_hog_stacks_are_in_user_space_in_the_hog") {
+        return;
+    }
+    let run = lab_with("rt-hog", "rt-stacks.jsonl", &["--stacks"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let waits = blamed_waits(&run);
+    assert!(waits.len() >= 5, "{}", run.stdout);
+    let mut checked = 0;
+    for w in &waits {
+        let h = &w["holders"][0];
+        let Some((samples, user_mode, top)) = holder_stacks(h) else {
+            continue;
+        };
+        checked += 1;
+        // A busy loop: the sampler finds it in user space (a timer tick or an
+        // interrupt may catch it in the kernel now and then).
+        assert!(user_mode * 10 >= samples * 8, "mostly user space: {w}");
+        let (_, kernel, user) = &top[0];
+        assert!(kernel.is_empty(), "the top stack has no kernel frames: {w}");
+        assert!(!user.is_empty(), "{w}");
+        let symbolized = user.iter().any(|f| !f.starts_with("0x"));
+        if symbolized {
+            assert!(
+                user.iter()
+                    .any(|f| f.contains("hog") && f.ends_with("[stalltrace]")),
+                "the hog's own function, in the stalltrace binary: {user:?}"
+            );
+        } else {
+            assert!(
+                user.iter().any(|f| f.contains("[stalltrace+0x")),
+                "{user:?}"
+            );
+        }
+    }
+    assert!(
+        checked * 10 >= waits.len() * 8,
+        "most waits carry the hog's stacks: {checked}/{}",
+        waits.len()
+    );
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l.contains("CPU held by stall-hog") && l.contains("; user stack in ")),
+        "{}",
+        run.stdout
+    );
+    run.done();
+    assert_clean();
 }
 
 #[test]

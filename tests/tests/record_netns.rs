@@ -286,6 +286,15 @@ fn every_filter_combination_passes_the_verifier() {
             "--no-syscalls",
         ],
         &["--attach", "kprobe"],
+        &["--stacks"],
+        &[
+            "--stacks",
+            "--stacks-hz",
+            "99",
+            "--no-syscalls",
+            "--peer",
+            "fd00::1",
+        ],
     ];
     for extra in combos {
         let mut args = vec!["record", "--dry-run"];

@@ -21,6 +21,9 @@ pub enum EventKind {
     RxThreadWait = 3,
     /// A syscall longer than the syscall threshold ([`SyscallEvent`]).
     Syscall = 4,
+    /// A stack sample of the task on a CPU while an RX wait was pending there
+    /// ([`StackEvent`]; `record --stacks` only).
+    StackSample = 5,
 }
 
 impl EventKind {
@@ -30,6 +33,7 @@ impl EventKind {
             2 => Some(Self::SoftirqWait),
             3 => Some(Self::RxThreadWait),
             4 => Some(Self::Syscall),
+            5 => Some(Self::StackSample),
             _ => None,
         }
     }
@@ -175,8 +179,44 @@ pub struct SyscallEvent {
     pub cpu_ns: u64,
 }
 
-/// Index of the per-CPU lost-event counters in the `LOST` map, by kind.
-pub const LOST_SLOTS: u32 = 5;
+/// Bits of [`StackEvent::pending`]: which RX wait was pending on the CPU.
+pub const PENDING_NET_RX: u32 = 1;
+pub const PENDING_RX_THREAD: u32 = 2;
+
+/// Depth of a stack in the `STACKS` map (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const STACK_DEPTH: usize = 127;
+/// Default number of distinct stacks the `STACKS` map holds (`record --stacks`; the
+/// map is created with one entry otherwise). Entries are never deleted (a deleted id
+/// can be reused by another stack while samples naming it are still queued), so a
+/// long recording can fill it: further new stacks are then counted as misses.
+pub const STACK_MAP_ENTRIES: u32 = 8192;
+/// `STACKS` is sized to this many CPUs at most (the `RX_PENDING` marker array too).
+pub const MAX_CPUS: u32 = 4096;
+
+/// A stack sample (`record --stacks`): the task on a CPU when the cpu-clock sampler
+/// fired while an RX wait was pending there (a NET_RX raise not yet run, or an RX
+/// thread woken to this CPU and not yet switched in). The idle task is never sampled.
+/// The header's pid/tgid/comm is the sampled task; `ts_ns` the sample time. 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackEvent {
+    pub header: EventHeader,
+    /// Id of the kernel stack in the `STACKS` map, or a negative errno: -EFAULT (-14)
+    /// when the task was interrupted in user space (no kernel stack), -EEXIST (-17) on
+    /// a hash collision with another stack, -ENOMEM (-12) when the map is full.
+    pub kstack_id: i32,
+    /// Id of the user stack, or a negative errno (-EFAULT for kernel threads).
+    pub ustack_id: i32,
+    /// Start of the pending wait (the earlier one when both are pending): NET_RX raise
+    /// or RX-thread wakeup, boot ns.
+    pub wait_start_ns: u64,
+    /// [`PENDING_NET_RX`] | [`PENDING_RX_THREAD`].
+    pub pending: u32,
+    pub _pad0: u32,
+}
+
+/// Index of the per-CPU lost-event counters in the `LOST` map, by kind (slot 0 unused).
+pub const LOST_SLOTS: u32 = 6;
 
 /// Log2 histogram: bucket i counts waits of [2^i, 2^(i+1)) microseconds (bucket 0 also
 /// takes < 1 µs).
@@ -287,7 +327,8 @@ pub struct Config {
     /// tracked, or their entry would outlive the task.
     pub nr_exit: u32,
     pub nr_exit_group: u32,
-    pub _pad: u32,
+    /// 1: `record --stacks`: mark pending RX-thread wakeups per CPU for the sampler.
+    pub stacks: u32,
 }
 
 impl Config {
@@ -298,7 +339,7 @@ impl Config {
             track_syscalls: 1,
             nr_exit: 60,
             nr_exit_group: 231,
-            _pad: 0,
+            stacks: 0,
         }
     }
 }
@@ -324,6 +365,8 @@ const _: () = {
     assert!(core::mem::size_of::<Holder>() == 72);
     assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
+    assert!(core::mem::size_of::<StackEvent>() == 64);
+    assert!((EventKind::StackSample as u32) < LOST_SLOTS);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 44);
     assert!(core::mem::size_of::<Config>() == 32);

@@ -9,6 +9,7 @@ mod maps;
 mod packet;
 mod sched;
 mod softirq;
+mod stacks;
 mod syscall;
 
 #[cfg(not(test))]

@@ -11,9 +11,12 @@ use tracer_common::{
     EventKind, Holder, WaitEvent, COMM_LEN, HIST_RX_THREAD, MAX_HOLDERS, VEC_THREAD,
 };
 
-use crate::maps::{
-    count_lost, cpu_state, current_policy, hist_add, kread, now, CpuState, RxWake, CONFIG, EVENTS,
-    OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK,
+use crate::{
+    maps::{
+        count_lost, cpu_state, current_policy, hist_add, kread, now, CpuState, RxWake, CONFIG,
+        EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK,
+    },
+    stacks::{clear_rx_pending, mark_rx_pending},
 };
 
 /// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N.
@@ -55,7 +58,10 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
         target_cpu,
         waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    let _ = RX_WAKE.insert(pid, w, 0);
+    if RX_WAKE.insert(pid, w, 0).is_ok() && CONFIG.load().stacks != 0 {
+        // The wait happens on the target CPU: tell its sampler.
+        mark_rx_pending(target_cpu, w.ts);
+    }
     0
 }
 
@@ -111,6 +117,10 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             // An RX thread leaving the CPU has no wakeup pending any more (a wakeup
             // of a running thread leaves an entry that no switch-in consumes).
             let _ = RX_WAKE.remove(prev_pid);
+            if CONFIG.load().stacks != 0 {
+                // SAFETY: helper with no arguments.
+                clear_rx_pending(unsafe { bpf_get_smp_processor_id() });
+            }
         }
     }
     st.head = st.head.wrapping_add(1) & SEG_MASK;
@@ -132,6 +142,12 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: pointer from a map lookup, valid for this program run.
         let w = unsafe { *w };
         let _ = RX_WAKE.remove(next_pid);
+        if CONFIG.load().stacks != 0 {
+            // The wait is over here, and where the wakeup aimed (if it migrated since).
+            // SAFETY: helper with no arguments.
+            clear_rx_pending(unsafe { bpf_get_smp_processor_id() });
+            clear_rx_pending(w.target_cpu);
+        }
         if ts > w.ts {
             let wait = ts - w.ts;
             hist_add(HIST_RX_THREAD, wait);

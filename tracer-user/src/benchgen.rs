@@ -67,6 +67,7 @@ fn holder(pid: u32, comm: &str, run_ns: u64, syscall: Option<SyscallRef>) -> Hol
         policy: "SCHED_OTHER".into(),
         priority: 0,
         syscall,
+        stacks: None,
     }
 }
 
@@ -326,6 +327,7 @@ pub fn run(a: BenchDumpArgs) -> anyhow::Result<ExitCode> {
             stall_threshold_ns: 50 * MS,
             ring_buffer_bytes: 1 << 22,
             probe: None,
+            stacks_hz: None,
         },
     };
     let io = |e: std::io::Error| {
@@ -371,6 +373,7 @@ pub fn run(a: BenchDumpArgs) -> anyhow::Result<ExitCode> {
             hist_rx_thread: vec![],
             hist_net_tx: vec![],
             hist_timer: vec![],
+            stacks: None,
             reason: "sigint".into(),
         }),
     )?;

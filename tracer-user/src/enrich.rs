@@ -20,6 +20,7 @@ use crate::{
         WaitKind, WaitRec,
     },
     events::{comm_str, RawEvent},
+    stacks::StackCollector,
 };
 
 /// Syscalls whose first argument is a file descriptor (x86_64 names).
@@ -94,11 +95,27 @@ pub struct Enricher {
     cgroups: HashMap<u64, String>,
     cgroups_scanned: bool,
     recent: std::collections::VecDeque<SyscallRec>,
+    /// `record --stacks`: samples kept until their wait comes, then attached to it.
+    stacks: Option<StackCollector>,
 }
 
 impl Enricher {
-    pub fn record(&mut self, ev: &RawEvent) -> Record {
-        match ev {
+    /// An enricher that attaches stack samples to the holders of each wait.
+    pub fn with_stacks(stacks: StackCollector) -> Self {
+        Self {
+            stacks: Some(stacks),
+            ..Default::default()
+        }
+    }
+
+    pub fn stacks(&self) -> Option<&StackCollector> {
+        self.stacks.as_ref()
+    }
+
+    /// The dump record of a kernel record; `None` for a stack sample, which is kept
+    /// and shows up in the holders of the wait it falls in.
+    pub fn record(&mut self, ev: &RawEvent) -> Option<Record> {
+        Some(match ev {
             RawEvent::Packet(p) => Record::Packet(packet(p)),
             RawEvent::Wait(w) => Record::Wait(self.wait(w)),
             RawEvent::Syscall(s) => {
@@ -109,7 +126,13 @@ impl Enricher {
                 self.recent.push_back(rec.clone());
                 Record::Syscall(rec)
             }
-        }
+            RawEvent::Stack(s) => {
+                if let Some(c) = self.stacks.as_mut() {
+                    c.push(s);
+                }
+                return None;
+            }
+        })
     }
 
     /// cgroup v2 path of a cgroup id (the id is the directory's inode number).
@@ -186,6 +209,7 @@ impl Enricher {
             policy: policy_name(h.policy).to_string(),
             priority: user_priority(h.prio),
             syscall: self.holder_syscall(h, start, end),
+            stacks: None,
         }
     }
 
@@ -199,6 +223,15 @@ impl Enricher {
         // A thread wait ends when the thread runs; a softirq wait when NET_RX starts.
         let rx_context =
             RxContext::classify(&rx_comm, w.header.pid, kind == WaitKind::NetRxSoftirq);
+        let mut holders: Vec<HolderRec> = w
+            .holders
+            .iter()
+            .filter(|h| h.run_ns > 0)
+            .map(|h| self.holder(h, w.wait_start_ns, w.header.ts_ns))
+            .collect();
+        if let Some(c) = self.stacks.as_mut() {
+            c.attach(w.header.cpu, w.wait_start_ns, w.header.ts_ns, &mut holders);
+        }
         WaitRec {
             kind,
             cpu: w.header.cpu,
@@ -216,12 +249,7 @@ impl Enricher {
                 tgid: 0,
                 comm: comm_str(&w.waker_comm),
             },
-            holders: w
-                .holders
-                .iter()
-                .filter(|h| h.run_ns > 0)
-                .map(|h| self.holder(h, w.wait_start_ns, w.header.ts_ns))
-                .collect(),
+            holders,
             nr_switches: w.nr_switches,
             nr_other_runs: w.nr_other_runs,
             run_ns: w.run_ns,
@@ -355,7 +383,8 @@ mod tests {
     #[test]
     fn wait_record_keeps_holders_and_names_syscall() {
         let mut e = Enricher::default();
-        let Record::Wait(w) = e.record(&RawEvent::Wait(ev::wait(EventKind::SoftirqWait))) else {
+        let Some(Record::Wait(w)) = e.record(&RawEvent::Wait(ev::wait(EventKind::SoftirqWait)))
+        else {
             panic!("not a wait")
         };
         assert_eq!(w.kind, WaitKind::NetRxSoftirq);
@@ -365,6 +394,55 @@ mod tests {
         assert_eq!((h.pid, h.tgid, h.comm.as_str()), (10436, 10137, "cadvisor"));
         assert_eq!(h.policy, "SCHED_OTHER");
         assert_eq!(h.syscall.as_ref().map(|s| s.name.as_str()), Some("read"));
+    }
+
+    #[test]
+    fn stack_samples_end_up_in_the_holders_of_their_wait() {
+        struct Map;
+        impl crate::stacks::StackSource for Map {
+            fn ips(&mut self, id: u32) -> Option<Vec<u64>> {
+                (id == 5).then(|| vec![0x1010, 0x2020])
+            }
+        }
+        struct User;
+        impl crate::stacks::UserSymbolizer for User {
+            fn frames(&mut self, _tgid: u32, ips: &[u64]) -> Vec<String> {
+                ips.iter().map(|i| format!("{i:#x}")).collect()
+            }
+        }
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(0x1000, "vfs_read".to_string());
+        m.insert(0x2000, "ksys_read".to_string());
+        let ksyms = crate::stacks::KernelSymbols::from_map(m).unwrap();
+        let mut e = Enricher::with_stacks(crate::stacks::StackCollector::new(
+            499,
+            Box::new(Map),
+            ksyms,
+            Box::new(User),
+        ));
+        let w = ev::wait(EventKind::SoftirqWait);
+        for ts in [30_000_000, 60_000_000, 200_000_000] {
+            let mut s = ev::stack();
+            s.header.ts_ns = ts;
+            s.header.pid = 10436;
+            s.header.cpu = w.header.cpu;
+            s.kstack_id = 5;
+            assert_eq!(
+                e.record(&RawEvent::Stack(s)),
+                None,
+                "samples are not dump records"
+            );
+        }
+        let Some(Record::Wait(rec)) = e.record(&RawEvent::Wait(w)) else {
+            panic!("not a wait")
+        };
+        let st = rec.holders[0].stacks.as_ref().expect("the holder's stacks");
+        // Two of the three samples fall in [24 ms, 123 ms].
+        assert_eq!(st.samples, 2);
+        assert_eq!(st.top[0].kernel, vec!["vfs_read+0x10", "ksys_read+0x20"]);
+        assert!(st.top[0].user.is_empty(), "user id -14: no user stack");
+        let stats = e.stacks().map(|c| c.stats()).unwrap();
+        assert_eq!((stats.samples, stats.attributed), (3, 2));
     }
 
     #[test]

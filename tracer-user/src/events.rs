@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use tracer_common::{EventHeader, EventKind, PacketEvent, SyscallEvent, WaitEvent};
+use tracer_common::{EventHeader, EventKind, PacketEvent, StackEvent, SyscallEvent, WaitEvent};
 
 // Wait records are 312 bytes, the others under 100: boxing would cost an allocation per
 // event on the hot path for no gain, as events are consumed one at a time.
@@ -14,6 +14,7 @@ pub enum RawEvent {
     Packet(PacketEvent),
     Wait(WaitEvent),
     Syscall(SyscallEvent),
+    Stack(StackEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -44,6 +45,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Some(EventKind::Packet) => size_of::<PacketEvent>(),
         Some(EventKind::SoftirqWait | EventKind::RxThreadWait) => size_of::<WaitEvent>(),
         Some(EventKind::Syscall) => size_of::<SyscallEvent>(),
+        Some(EventKind::StackSample) => size_of::<StackEvent>(),
         None => return Err(DecodeError::UnknownKind(h.kind)),
     };
     // The ring buffer rounds records up to 8 bytes; all our types are multiples of 8.
@@ -57,6 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     Ok(match EventKind::from_u32(h.kind) {
         Some(EventKind::Packet) => RawEvent::Packet(read(bytes)),
         Some(EventKind::Syscall) => RawEvent::Syscall(read(bytes)),
+        Some(EventKind::StackSample) => RawEvent::Stack(read(bytes)),
         _ => RawEvent::Wait(read(bytes)),
     })
 }
@@ -171,6 +174,17 @@ pub mod tests {
         }
     }
 
+    pub fn stack() -> StackEvent {
+        StackEvent {
+            header: header(EventKind::StackSample, "stat-reader"),
+            kstack_id: 17,
+            ustack_id: -14,
+            wait_start_ns: 123_000_000,
+            pending: PENDING_NET_RX | PENDING_RX_THREAD,
+            _pad0: 0,
+        }
+    }
+
     #[test]
     fn round_trip_every_kind() {
         let p = packet();
@@ -181,6 +195,23 @@ pub mod tests {
         }
         let s = syscall();
         assert_eq!(decode(&encode(&s)), Ok(RawEvent::Syscall(s)));
+        let k = stack();
+        let b = encode(&k);
+        assert_eq!(b.len(), 64);
+        assert_eq!(decode(&b), Ok(RawEvent::Stack(k)));
+        // A negative stack id (no such stack) survives the trip.
+        let RawEvent::Stack(d) = decode(&b).unwrap() else {
+            panic!("not a stack sample")
+        };
+        assert_eq!((d.kstack_id, d.ustack_id), (17, -14));
+        assert!(matches!(
+            decode(&b[..56]),
+            Err(DecodeError::Length {
+                kind: 5,
+                len: 56,
+                want: 64
+            })
+        ));
     }
 
     #[test]
@@ -203,7 +234,8 @@ pub mod tests {
         assert_eq!(EventKind::SoftirqWait as u32, 2);
         assert_eq!(EventKind::RxThreadWait as u32, 3);
         assert_eq!(EventKind::Syscall as u32, 4);
-        for id in 1..=4 {
+        assert_eq!(EventKind::StackSample as u32, 5);
+        for id in 1..=5 {
             assert_eq!(EventKind::from_u32(id).map(|k| k as u32), Some(id));
         }
         assert_eq!(EventKind::from_u32(0), None);

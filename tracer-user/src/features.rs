@@ -100,13 +100,14 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
                 offsets: *o,
                 config: Config::defaults(),
                 ring_bytes: 1 << 16,
+                stacks: true,
             };
             let res = Tracer::load(&opts, true);
             rows.push(Row {
                 what: "programs through the verifier",
                 ok: res.is_ok(),
                 detail: match &res {
-                    Ok(_) => "all load (raw tracepoints: netif_receive_skb, sched_switch, sched_wakeup, softirq_raise/entry/exit, sys_enter/exit; kprobe: icmp_echo)".into(),
+                    Ok(_) => "all load (raw tracepoints: netif_receive_skb, sched_switch, sched_wakeup, softirq_raise/entry/exit, sys_enter/exit; kprobe: icmp_echo; perf_event: stack_sample)".into(),
                     Err(e) => e.to_string(),
                 },
                 required: true,

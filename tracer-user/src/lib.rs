@@ -33,4 +33,5 @@ pub mod live;
 pub mod probe;
 pub mod record;
 pub mod report;
+pub mod stacks;
 pub mod timefmt;

@@ -2,6 +2,7 @@
 //! in plain words.
 use crate::{
     dump::{HolderRec, PacketRec, RxContext, SyscallRec, WaitKind, WaitRec},
+    stacks,
     timefmt::human_ns,
 };
 
@@ -117,10 +118,11 @@ pub fn wait_sentence(w: &WaitRec) -> String {
                 String::new()
             };
             format!(
-                "; CPU held by {} for {}, {}{more}",
+                "; CPU held by {} for {}, {}{more}{}",
                 task_words(h),
                 human_ns(h.run_ns),
-                syscall_words(h, w.ts_ns)
+                syscall_words(h, w.ts_ns),
+                stack_words(h)
             )
         }
     };
@@ -131,6 +133,21 @@ pub fn wait_sentence(w: &WaitRec) -> String {
     };
     format!("{head}{held}{trunc}")
 }
+
+/// `; kernel stack in 27 of 40 samples: copy_page_to_iter ← filemap_read ← …` (leaf
+/// first, read "called from"), or nothing without samples.
+pub fn stack_words(h: &HolderRec) -> String {
+    let Some((n, of, side, frames)) = h.stacks.as_ref().and_then(stacks::headline) else {
+        return String::new();
+    };
+    format!(
+        "; {side} stack in {n} of {of} samples: {}",
+        stacks::short_stack(frames, STACK_FRAMES_SHOWN)
+    )
+}
+
+/// Frames of the culprit's stack in one-line sentences.
+pub const STACK_FRAMES_SHOWN: usize = 5;
 
 fn rx_words(w: &WaitRec) -> String {
     match w.rx_context {
@@ -200,6 +217,7 @@ mod tests {
                     calls: 1,
                     in_window_ns: 98_000_000,
                 }),
+                stacks: None,
             }],
             nr_switches: 1,
             nr_other_runs: 0,
@@ -211,5 +229,40 @@ mod tests {
             "CPU 1: RX thread napi/vB-258 waited 712 ms from wakeup (by ping pid 881) to run; \
              CPU held by stall-hog (pid 4242, SCHED_FIFO 50) for 705 ms, inside read() of /tmp/big for 98 ms"
         );
+        let mut w = w;
+        w.holders[0].stacks = Some(crate::dump::HolderStacks {
+            samples: 40,
+            user_mode: 0,
+            missing: 0,
+            distinct: 2,
+            top: vec![crate::dump::StackRec {
+                count: 27,
+                kernel: [
+                    "copy_page_to_iter+0xa3",
+                    "shmem_file_read_iter+0x117",
+                    "vfs_read+0x23a",
+                    "ksys_read+0x6b",
+                    "__x64_sys_read+0x19",
+                    "do_syscall_64+0x71",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                user: vec!["__libc_read+0x13 [libc.so.6]".into()],
+            }],
+        });
+        assert!(
+            wait_sentence(&w).ends_with(
+                "inside read() of /tmp/big for 98 ms; kernel stack in 27 of 40 samples: \
+                 copy_page_to_iter ← shmem_file_read_iter ← vfs_read ← ksys_read ← __x64_sys_read ← …"
+            ),
+            "{}",
+            wait_sentence(&w)
+        );
+        // Samples in user space only: the user stack.
+        if let Some(st) = w.holders[0].stacks.as_mut() {
+            st.top[0].kernel.clear();
+        }
+        assert!(wait_sentence(&w).ends_with("; user stack in 27 of 40 samples: __libc_read"));
     }
 }

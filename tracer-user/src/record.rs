@@ -28,7 +28,7 @@ use crate::{
         loader::{AttachMode, Hists, LoadError, LoadOptions, Tracer},
         offsets, preflight,
     },
-    live, probe, report,
+    live, probe, report, stacks,
     timefmt::{human_ns, parse_duration},
 };
 
@@ -109,7 +109,21 @@ pub struct RecordArgs {
     /// the final report matches its probes to this recording by wire id/sequence.
     #[arg(long, value_name = "FILE", conflicts_with = "probe")]
     pub probe_log: Option<PathBuf>,
+    /// Sample the kernel and user stacks of whoever holds a CPU while an RX wait is
+    /// pending there (perf cpu-clock sampler; nothing is sampled outside waits), and
+    /// attach each wait's holders' most frequent stacks, symbolized, to the dump.
+    #[arg(long)]
+    pub stacks: bool,
+    /// With --stacks: samples a second per CPU (499 gives 25-50 samples in a 50-100 ms
+    /// wait; the sampler only records while a wait is pending).
+    #[arg(long, value_name = "HZ", default_value_t = DEFAULT_STACKS_HZ,
+          value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "stacks")]
+    pub stacks_hz: u64,
 }
+
+/// Default `--stacks-hz`: a prime near 500, so the sampler does not beat in step with
+/// periodic work (HZ ticks, 10 ms probes) and a 50-100 ms wait gets 25-50 samples.
+pub const DEFAULT_STACKS_HZ: u64 = 499;
 
 /// `4MiB`, `256KiB`, `65536`: a power of two of at least one page.
 pub fn parse_size(s: &str) -> Result<u32, String> {
@@ -216,6 +230,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let btf = preflight::check_btf(args.btf.as_deref())?;
+    if args.stacks {
+        preflight::check_perf_cpu_clock()?;
+    }
     if let Some(note) = preflight::raise_memlock() {
         log::info!("{note}");
     }
@@ -230,13 +247,14 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         track_syscalls: u32::from(!args.no_syscalls),
         nr_exit: syscalls::Sysno::exit as u32,
         nr_exit_group: syscalls::Sysno::exit_group as u32,
-        _pad: 0,
+        stacks: u32::from(args.stacks),
     };
     let opts = LoadOptions {
         filter: filter_for(&args, probe_target),
         offsets: offs,
         config,
         ring_bytes: args.ring_buffer,
+        stacks: args.stacks,
     };
     let with_sys = !args.no_syscalls;
     let mut tracer = Tracer::load(&opts, with_sys).map_err(load_err)?;
@@ -253,6 +271,12 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
         };
         crate::outln!("packets via: {pk}");
+        if args.stacks {
+            crate::outln!(
+                "would sample stacks: perf_event cpu-clock at {} Hz on each online CPU, recording only while an RX wait is pending",
+                args.stacks_hz
+            );
+        }
         return Ok(ExitCode::Ok);
     }
 
@@ -284,6 +308,28 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     for n in &notes {
         crate::errln!("{n}");
     }
+    let enricher = if args.stacks {
+        let cpus = tracer.attach_stacks(args.stacks_hz).map_err(load_err)?;
+        let map = tracer.take_stacks().map_err(load_err)?;
+        let ksyms = stacks::KernelSymbols::load().unwrap_or_else(|e| {
+            crate::errln!("note: kernel frames print as addresses: {e}");
+            stacks::KernelSymbols::empty()
+        });
+        crate::errln!(
+            "stacks: sampling {} CPUs at {} Hz while an RX wait is pending; {} kernel symbols",
+            cpus.len(),
+            args.stacks_hz,
+            ksyms.len()
+        );
+        Enricher::with_stacks(stacks::StackCollector::new(
+            args.stacks_hz,
+            Box::new(map),
+            ksyms,
+            Box::<stacks::Blazesym>::default(),
+        ))
+    } else {
+        Enricher::default()
+    };
 
     let started = Instant::now();
     let boot_to_wall =
@@ -310,6 +356,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                 Some(p) => format!("tcp:{t}:{p}"),
                 None => format!("icmp:{t}"),
             }),
+            stacks_hz: args.stacks.then_some(args.stacks_hz),
         },
     };
     let stall_ns = args.stall_threshold.as_nanos() as u64;
@@ -355,7 +402,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mut st = State {
-        enricher: Enricher::default(),
+        enricher,
         counts: Counts::default(),
         last_lost: 0,
         live,
@@ -427,6 +474,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         hist_net_tx: hists.net_tx.clone(),
         hist_timer: hists.timer.clone(),
         reason: reason.into(),
+        stacks: st.enricher.stacks().map(|c| c.stats()),
     };
     let footer_rec = Record::Footer(footer);
     dump.write(&footer_rec).context("writing the dump footer")?;
@@ -435,6 +483,9 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         if let Some(e) = &ps.error {
             crate::errln!("warning: {e}");
         }
+    }
+    if let Some(s) = st.enricher.stacks() {
+        stacks_summary(&s.stats(), lost.stack_samples);
     }
     summary(&st.counts, &lost, &hists, &path, reason);
     // The final report: the live correlator's, or with an external prober's log, the
@@ -545,7 +596,9 @@ fn drain(
             }
         };
         drop(item);
-        let rec = st.enricher.record(&ev);
+        let Some(rec) = st.enricher.record(&ev) else {
+            continue; // a stack sample: it shows up in the wait it falls in
+        };
         match &rec {
             Record::Packet(p) => {
                 st.counts.packets += 1;
@@ -567,6 +620,23 @@ fn drain(
         dump.write(&rec).context("writing the dump")?;
     }
     Ok(())
+}
+
+fn stacks_summary(s: &crate::dump::StackStats, lost: u64) {
+    crate::errln!(
+        "\nstacks: {} samples at {} Hz while waits were pending, {} attached to holders of reported waits; {} distinct stacks",
+        s.samples, s.hz, s.attributed, s.distinct_stacks
+    );
+    if s.kernel_misses + s.user_misses > 0 {
+        crate::errln!(
+            "  {} kernel and {} user stacks lost (stack map full or colliding ids)",
+            s.kernel_misses,
+            s.user_misses
+        );
+    }
+    if lost > 0 {
+        crate::errln!("  {lost} samples lost (ring buffer full); raise --ring-buffer");
+    }
 }
 
 /// One line per CPU and histogram (count, p50/p99 bucket, longest), then the top
@@ -648,7 +718,9 @@ fn summary(c: &Counts, lost: &Lost, hists: &Hists, path: &std::path::Path, reaso
 
 fn load_err(e: LoadError) -> anyhow::Error {
     let code = match &e {
-        LoadError::KprobeUnavailable { .. } => ExitCode::KernelFeature,
+        LoadError::KprobeUnavailable { .. } | LoadError::PerfUnavailable { .. } => {
+            ExitCode::KernelFeature
+        }
         LoadError::Verifier { .. } | LoadError::Attach { .. } => ExitCode::KernelFeature,
         _ => ExitCode::Failure,
     };

@@ -4,7 +4,9 @@
 //! `docs/report-schema.md`), so field names are part of the report contract.
 use serde::Serialize;
 
-use crate::dump::{HolderRec, PacketKind, ProbeStatus, RxContext, SyscallRec, WaitKind, WaitRec};
+use crate::dump::{
+    HolderRec, HolderStacks, PacketKind, ProbeStatus, RxContext, SyscallRec, WaitKind, WaitRec,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Episode {
@@ -78,6 +80,9 @@ pub struct Culprit {
     pub run_ns: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub syscall: Option<CulpritSyscall>,
+    /// Its stacks sampled inside the wait (`record --stacks`), most frequent first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<HolderStacks>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,13 +135,20 @@ pub struct ProbeLine {
 }
 
 /// Holders of several merged waits: one entry per task, the longest run kept (the
-/// windows overlap, so adding would count the same time twice).
+/// windows overlap, so adding would count the same time twice); likewise the stacks
+/// of the window with the most samples.
 pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
     let mut out: Vec<HolderRec> = Vec::new();
     for w in waits {
         for h in &w.holders {
             match out.iter_mut().find(|o| o.pid == h.pid) {
                 Some(o) => {
+                    let samples = |s: &Option<HolderStacks>| s.as_ref().map_or(0, |s| s.samples);
+                    let keep_stacks = if samples(&o.stacks) >= samples(&h.stacks) {
+                        o.stacks.take()
+                    } else {
+                        h.stacks.clone()
+                    };
                     if h.run_ns > o.run_ns {
                         let keep_sys = o.syscall.take();
                         *o = h.clone();
@@ -146,6 +158,7 @@ pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
                     } else if o.syscall.is_none() {
                         o.syscall.clone_from(&h.syscall);
                     }
+                    o.stacks = keep_stacks;
                 }
                 None => out.push(h.clone()),
             }
@@ -220,6 +233,7 @@ impl Culprit {
             cgroup: h.cgroup.clone(),
             run_ns: h.run_ns,
             syscall,
+            stacks: h.stacks.clone(),
         }
     }
 }
@@ -257,6 +271,7 @@ mod tests {
                 calls: 1,
                 in_window_ns: 0,
             }),
+            stacks: None,
         }
     }
 
@@ -303,6 +318,34 @@ mod tests {
         );
         // The RX thread itself is never the culprit.
         assert_eq!(pick_culprit(&m, 9).map(|h| h.pid), Some(2));
+    }
+
+    #[test]
+    fn merging_keeps_the_stacks_with_most_samples() {
+        let st = |n| {
+            Some(HolderStacks {
+                samples: n,
+                top: vec![crate::dump::StackRec {
+                    count: n,
+                    kernel: vec![format!("f{n}+0x0")],
+                    user: vec![],
+                }],
+                ..Default::default()
+            })
+        };
+        let mut a = holder(1, 50, false);
+        a.stacks = st(3);
+        let mut b = holder(1, 80, false);
+        b.stacks = st(2);
+        let c = holder(1, 90, true);
+        let m = merge_holders(&[wait(vec![a]), wait(vec![b]), wait(vec![c])]);
+        assert_eq!(m[0].run_ns, 90);
+        assert_eq!(m[0].stacks.as_ref().map(|s| s.samples), Some(3));
+        let cul = Culprit::from_holder(&m[0], None);
+        assert_eq!(
+            cul.stacks.as_ref().map(|s| s.top[0].kernel.clone()),
+            Some(vec!["f3+0x0".to_string()])
+        );
     }
 
     #[test]

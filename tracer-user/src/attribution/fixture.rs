@@ -59,6 +59,7 @@ pub fn header(probe: Option<String>) -> Header {
             stall_threshold_ns: 50 * MS,
             ring_buffer_bytes: 1 << 22,
             probe,
+            stacks_hz: None,
         },
     }
 }
@@ -93,6 +94,7 @@ pub fn holder(
         policy: "SCHED_OTHER".into(),
         priority: 0,
         syscall,
+        stacks: None,
     }
 }
 
@@ -274,6 +276,7 @@ pub fn records(s: Seed) -> Vec<Record> {
             hist_net_tx: vec![],
             hist_timer: vec![],
             reason: "sigint".into(),
+            stacks: None,
         }));
     }
     out

@@ -33,7 +33,26 @@ pub struct CulpritRank {
     pub cgroup: Option<String>,
     /// The syscalls it was inside, with how many episodes each.
     pub syscalls: Vec<SyscallCount>,
+    /// `record --stacks`: its headline stacks over all its episodes, most sampled
+    /// first (at most 5); empty without stacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<StackCount>,
 }
+
+/// A stack of a culprit summed over episodes: `frames` are function names, leaf first
+/// (the top frames of the kernel stack, or of the user stack for samples in user space).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackCount {
+    /// `kernel` or `user`.
+    pub side: String,
+    pub frames: Vec<String>,
+    pub samples: u64,
+    pub episodes: u64,
+}
+
+const MAX_STACKS: usize = 5;
+/// Distinct stacks tracked per culprit before the least sampled are dropped.
+const TRACK_STACKS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SyscallCount {
@@ -69,6 +88,46 @@ pub struct Ranking {
     pub without_culprit: u64,
 }
 
+/// Adds an episode's stacks of a culprit (each distinct headline counts the episode
+/// once).
+fn add_stacks(acc: &mut Vec<StackCount>, st: &crate::dump::HolderStacks) {
+    let mut this: Vec<(&'static str, Vec<String>, u64)> = Vec::new();
+    for t in &st.top {
+        let (side, frames) = if !t.kernel.is_empty() {
+            ("kernel", &t.kernel)
+        } else if !t.user.is_empty() {
+            ("user", &t.user)
+        } else {
+            continue;
+        };
+        let names = crate::stacks::frame_names(frames, crate::live::STACK_FRAMES_SHOWN);
+        match this.iter_mut().find(|x| x.0 == side && x.1 == names) {
+            Some(x) => x.2 += u64::from(t.count),
+            None => this.push((side, names, u64::from(t.count))),
+        }
+    }
+    for (side, names, n) in this {
+        match acc.iter_mut().find(|x| x.side == side && x.frames == names) {
+            Some(x) => {
+                x.samples += n;
+                x.episodes += 1;
+            }
+            None => {
+                if acc.len() >= TRACK_STACKS {
+                    acc.sort_by_key(|x| std::cmp::Reverse(x.samples));
+                    acc.truncate(TRACK_STACKS - 1);
+                }
+                acc.push(StackCount {
+                    side: side.into(),
+                    frames: names,
+                    samples: n,
+                    episodes: 1,
+                });
+            }
+        }
+    }
+}
+
 fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
@@ -102,6 +161,7 @@ impl Ranking {
                 cpus: vec![],
                 cgroup: None,
                 syscalls: vec![],
+                stacks: vec![],
             });
         r.episodes += 1;
         r.probes_delayed += u64::from(ep.probes_delayed);
@@ -119,6 +179,9 @@ impl Ranking {
         }
         if r.cgroup.is_none() {
             r.cgroup.clone_from(&c.cgroup);
+        }
+        if let Some(st) = &c.stacks {
+            add_stacks(&mut r.stacks, st);
         }
         if let Some(s) = &c.syscall {
             match r
@@ -192,6 +255,13 @@ impl Ranking {
         });
         for (i, r) in v.iter_mut().enumerate() {
             r.rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            r.stacks.sort_by(|a, b| {
+                b.samples
+                    .cmp(&a.samples)
+                    .then(b.episodes.cmp(&a.episodes))
+                    .then(a.frames.cmp(&b.frames))
+            });
+            r.stacks.truncate(MAX_STACKS);
         }
         v
     }

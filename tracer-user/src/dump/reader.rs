@@ -315,6 +315,34 @@ mod tests {
     }
 
     #[test]
+    fn records_without_stack_fields_still_read() {
+        // A holder and a footer as written before --stacks existed.
+        let holder = r#"{"pid":1,"tgid":1,"comm":"c","run_ns":5,"cgroup_id":0,"policy":"SCHED_OTHER","priority":0}"#;
+        let h: HolderRec = serde_json::from_str(holder).unwrap();
+        assert_eq!(h.stacks, None);
+        let lost: Lost = serde_json::from_str(r#"{"packets":1,"waits":2,"syscalls":3}"#).unwrap();
+        assert_eq!((lost.stack_samples, lost.total()), (0, 6));
+        // And the stack fields round-trip; absent ones are not written.
+        let mut h2 = h.clone();
+        h2.stacks = Some(HolderStacks {
+            samples: 2,
+            top: vec![StackRec {
+                count: 2,
+                kernel: vec!["vfs_read+0x1".into()],
+                user: vec![],
+            }],
+            ..Default::default()
+        });
+        let text = serde_json::to_string(&h2).unwrap();
+        assert!(!text.contains("\"user\""), "{text}");
+        assert_eq!(serde_json::from_str::<HolderRec>(&text).unwrap(), h2);
+        assert!(!serde_json::to_string(&h).unwrap().contains("stacks"));
+        assert!(!serde_json::to_string(&lost)
+            .unwrap()
+            .contains("stack_samples"));
+    }
+
+    #[test]
     fn newer_version_is_refused() {
         let h = header_line().replace(&format!("\"version\":{DUMP_VERSION}"), "\"version\":99");
         let e = read_all(format!("{h}\n").as_bytes()).unwrap_err();

@@ -56,6 +56,10 @@ pub struct Options {
     /// Target of the built-in prober, when `record --probe` ran one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
+    /// `record --stacks`: the sampling rate (cpu-clock samples a second per CPU, taken
+    /// only while an RX wait is pending). Absent: stacks were not sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks_hz: Option<u64>,
 }
 
 /// Where the packet was processed, from the kernel's point of view.
@@ -196,6 +200,49 @@ pub struct HolderRec {
     /// CPU in user space (or syscalls were not traced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<SyscallRef>,
+    /// `record --stacks`: its stacks sampled on the wait's CPU inside the wait window,
+    /// symbolized while it ran; absent when stacks were off or no sample fell on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<HolderStacks>,
+}
+
+/// What a holder's samples inside one wait window show.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HolderStacks {
+    /// Samples of this task on the wait's CPU inside the window.
+    pub samples: u32,
+    /// … of which caught it in user space (no kernel stack).
+    #[serde(default)]
+    pub user_mode: u32,
+    /// … of which lost a stack (stack map full, or a hash collision in it).
+    #[serde(default)]
+    pub missing: u32,
+    /// Distinct code paths among them (stacks that differ only in offsets are one).
+    #[serde(default)]
+    pub distinct: u32,
+    /// The most frequent code paths (kernel + user function names; offsets may differ
+    /// between the samples of one), most frequent first, at most [`TOP_STACKS`]. Each
+    /// shows the frames of its most sampled member.
+    pub top: Vec<StackRec>,
+}
+
+/// Stacks kept per holder and wait.
+pub const TOP_STACKS: usize = 3;
+/// Frames kept per stack (innermost first; the outermost are dropped).
+pub const MAX_FRAMES: usize = 32;
+
+/// One distinct stack and how many samples showed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackRec {
+    pub count: u32,
+    /// Kernel frames, innermost first: `function+0xoff`, with ` [module]` for module
+    /// code, or `0x…` when no symbol covers it. Empty when the task was in user space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel: Vec<String>,
+    /// User frames, innermost first: `function+0xoff [binary]`, `0x… [binary+0xoff]`
+    /// when the binary has no symbol for it, or `0x…`. Empty for kernel threads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,11 +351,18 @@ pub struct Lost {
     pub packets: u64,
     pub waits: u64,
     pub syscalls: u64,
+    /// Stack samples dropped (`record --stacks` only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stack_samples: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Lost {
     pub fn total(&self) -> u64 {
-        self.packets + self.waits + self.syscalls
+        self.packets + self.waits + self.syscalls + self.stack_samples
     }
 }
 
@@ -338,4 +392,23 @@ pub struct Footer {
     pub hist_timer: Vec<CpuHist>,
     /// Why the recording ended: `duration`, `sigint`, `sigterm`, `error`.
     pub reason: String,
+    /// `record --stacks`: what the sampler delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StackStats>,
+}
+
+/// The stack sampler's counts over a recording.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StackStats {
+    pub hz: u64,
+    /// Samples received (taken while an RX wait was pending).
+    pub samples: u64,
+    /// … of which fell on a holder of a reported wait and were attached to it (each
+    /// counted once, though overlapping waits of one stall may both show it).
+    pub attributed: u64,
+    /// Kernel / user stacks lost: the stack map was full or two stacks collided in it.
+    pub kernel_misses: u64,
+    pub user_misses: u64,
+    /// Distinct stacks read from the kernel's stack map.
+    pub distinct_stacks: u64,
 }

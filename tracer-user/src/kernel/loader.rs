@@ -2,13 +2,17 @@
 //! programs, and reads the maps. Dropping the [`Tracer`] detaches everything (aya owns
 //! the links and program fds), so no program outlives the process.
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{KProbe, RawTracePoint},
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        KProbe, PerfEvent, RawTracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use thiserror::Error;
 use tracer_common::{
-    Config, Filter, Hist, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD, HIST_TIMER, LOST_SLOTS,
+    Config, EventKind, Filter, Hist, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD, HIST_TIMER,
+    LOST_SLOTS, STACK_MAP_ENTRIES,
 };
 
 use crate::dump::{CpuHist, Lost};
@@ -40,11 +44,16 @@ pub enum LoadError {
     Attach { hook: String, why: String },
     #[error("map {0} missing or of the wrong type: {1}")]
     Map(&'static str, String),
+    #[error("--stacks needs perf events (a software cpu-clock sampler per CPU), and {why}")]
+    PerfUnavailable { why: String },
 }
 
 impl LoadError {
     pub fn is_kernel_feature(&self) -> bool {
-        matches!(self, LoadError::KprobeUnavailable { .. })
+        matches!(
+            self,
+            LoadError::KprobeUnavailable { .. } | LoadError::PerfUnavailable { .. }
+        )
     }
 }
 
@@ -53,7 +62,12 @@ pub struct LoadOptions {
     pub offsets: Offsets,
     pub config: Config,
     pub ring_bytes: u32,
+    /// `--stacks`: load the sampler and size the stack map (one entry otherwise).
+    pub stacks: bool,
 }
+
+/// The `--stacks` sampler program.
+const STACK_PROG: &str = "stack_sample";
 
 /// Tracepoints of the attribution side, as (program, category, name). All are attached
 /// raw (BPF_RAW_TRACEPOINT_OPEN): cheaper, no tracefs needed, and not skipped by the
@@ -113,6 +127,7 @@ impl Tracer {
             .override_global("OFFSETS", &opts.offsets, true)
             .override_global("CONFIG", &opts.config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
             .map_err(|e| LoadError::Object(format!("{e:#}")))?;
         let mut names: Vec<&str> = STATE_TPS.iter().map(|t| t.0).collect();
@@ -140,6 +155,17 @@ impl Tracer {
             prog: "icmp_echo".into(),
             why: verifier_msg(&e),
         })?;
+        if opts.stacks {
+            let pe: &mut PerfEvent = ebpf
+                .program_mut(STACK_PROG)
+                .ok_or_else(|| LoadError::Object(format!("program {STACK_PROG} missing")))?
+                .try_into()
+                .map_err(|e| LoadError::Object(format!("{STACK_PROG}: {e}")))?;
+            pe.load().map_err(|e| LoadError::Verifier {
+                prog: STACK_PROG.into(),
+                why: verifier_msg(&e),
+            })?;
+        }
         Ok(Self {
             ebpf,
             hooks: vec![],
@@ -227,6 +253,43 @@ impl Tracer {
         Ok(())
     }
 
+    /// Starts the stack sampler: one software cpu-clock perf event per online CPU at
+    /// `hz` samples a second, each running the sampler program (which records only
+    /// while an RX wait is pending on its CPU). Returns the CPUs sampled.
+    pub fn attach_stacks(&mut self, hz: u64) -> Result<Vec<u32>, LoadError> {
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| LoadError::PerfUnavailable {
+            why: format!("the online CPUs could not be read from {path}: {e}"),
+        })?;
+        let pe: &mut PerfEvent = self
+            .ebpf
+            .program_mut(STACK_PROG)
+            .ok_or_else(|| LoadError::Object(format!("program {STACK_PROG} missing")))?
+            .try_into()
+            .map_err(|e| LoadError::Object(format!("{STACK_PROG}: {e}")))?;
+        for &cpu in &cpus {
+            pe.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .map_err(|e| LoadError::PerfUnavailable {
+                why: format!("opening the cpu-clock event on CPU {cpu} failed: {e:#}"),
+            })?;
+        }
+        self.hooks.push(format!("perf_event:cpu-clock@{hz}Hz"));
+        Ok(cpus)
+    }
+
+    /// The stack map, taken out so the stack symbolizer can own it.
+    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, LoadError> {
+        let m = self
+            .ebpf
+            .take_map("STACKS")
+            .ok_or_else(|| LoadError::Map("STACKS", "missing".into()))?;
+        StackTraceMap::try_from(m).map_err(|e| LoadError::Map("STACKS", e.to_string()))
+    }
+
     /// The ring buffer, taken out so the reader can own it.
     pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let m = self
@@ -252,9 +315,11 @@ impl Tracer {
             *slot = vals.iter().sum();
         }
         Ok(Lost {
-            packets: by_kind[1],
-            waits: by_kind[2] + by_kind[3],
-            syscalls: by_kind[4],
+            packets: by_kind[EventKind::Packet as usize],
+            waits: by_kind[EventKind::SoftirqWait as usize]
+                + by_kind[EventKind::RxThreadWait as usize],
+            syscalls: by_kind[EventKind::Syscall as usize],
+            stack_samples: by_kind[EventKind::StackSample as usize],
         })
     }
 

@@ -77,6 +77,75 @@ pub fn kprobe_support() -> Result<(), String> {
     }
 }
 
+/// The first fields of `struct perf_event_attr` (PERF_ATTR_SIZE_VER0, 64 bytes),
+/// enough to open a software counter.
+#[repr(C)]
+struct PerfAttrV0 {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    /// Bit 0: disabled.
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+}
+
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_CPU_CLOCK: u64 = 0;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+
+/// `--stacks` needs a software cpu-clock event per CPU: opens one (disabled) on CPU 0
+/// and closes it, so a missing perf subsystem is said before anything is loaded.
+pub fn check_perf_cpu_clock() -> Result<(), CodedError> {
+    let attr = PerfAttrV0 {
+        type_: PERF_TYPE_SOFTWARE,
+        size: std::mem::size_of::<PerfAttrV0>() as u32,
+        config: PERF_COUNT_SW_CPU_CLOCK,
+        sample_period: 0,
+        sample_type: 0,
+        read_format: 0,
+        flags: 1,
+        wakeup_events: 0,
+        bp_type: 0,
+        config1: 0,
+    };
+    // SAFETY: perf_event_open(2) with a valid, fully initialised attr of the size it
+    // declares; pid -1 + cpu 0 = every task on CPU 0; no group; the fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const PerfAttrV0,
+            -1i32,
+            0i32,
+            -1i32,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::EOPNOTSUPP) => {
+                "this kernel has no perf events (CONFIG_PERF_EVENTS)"
+            }
+            Some(libc::EACCES) | Some(libc::EPERM) => {
+                "not allowed: needs CAP_PERFMON (or root) and kernel.perf_event_paranoid <= 2"
+            }
+            _ => "perf_event_open failed",
+        };
+        return Err(CodedError::new(
+            ExitCode::KernelFeature,
+            format!("--stacks needs a software cpu-clock perf event per CPU: {hint} ({e}); run without --stacks"),
+        ));
+    }
+    // SAFETY: closing the fd we just opened.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11; later kernels charge BPF memory to
 /// the cgroup, so a failure here is a note, not an error.
 pub fn raise_memlock() -> Option<String> {

@@ -78,6 +78,9 @@ pub struct LabArgs {
     /// CPU to starve (default: the last CPU).
     #[arg(long)]
     pub cpu: Option<u32>,
+    /// Record with --stacks: each wait carries the culprit's sampled stacks.
+    #[arg(long)]
+    pub stacks: bool,
 }
 
 /// Removes a file on drop.
@@ -242,6 +245,7 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
             .args(["--interval", "10ms", "-o"])
             .arg(&dump)
             .args(["--duration", &format!("{}ms", record_for.as_millis())])
+            .args(a.stacks.then_some("--stacks"))
             .stdin(Stdio::null())
             .spawn()
             .context("starting the recorder")?,

@@ -265,6 +265,7 @@ impl<W: Write> PerfettoWriter<W> {
                             "priority": h.priority, "cgroup": h.cgroup,
                             "syscall": h.syscall.as_ref().map(|s| &s.name),
                             "path": h.syscall.as_ref().and_then(|s| s.path.as_ref()),
+                            "stacks": h.stacks.as_ref().map(|s| super::text::stack_lines("", s)),
                             "note": "time on the CPU inside the wait window; placement approximate",
                         }),
                     })?;
@@ -327,6 +328,8 @@ impl<W: Write> PerfettoWriter<W> {
                 "probes_delayed": e.probes_delayed,
                 "packets_delayed": e.packets_delayed,
                 "worst_rtt_ns": e.worst_rtt_ns,
+                "culprit_stacks": e.culprit.as_ref().and_then(|c| c.stacks.as_ref())
+                    .map(|s| super::text::stack_lines("culprit's ", s)),
             }),
         })?;
         // The staircase, at the time the kernel processed each probe.

@@ -6,7 +6,8 @@ use super::{culprit_phrase, dur, plural, sched_phrase, summary};
 use crate::attribution::episode::{Episode, ProbeLine};
 use crate::attribution::outcome::Unexplained;
 use crate::attribution::Report;
-use crate::dump::{ProbeStatus, WaitKind};
+use crate::dump::{HolderStacks, ProbeStatus, WaitKind};
+use crate::stacks;
 
 /// One line per episode, identical live and offline.
 pub fn episode_line(e: &Episode) -> String {
@@ -59,6 +60,47 @@ pub fn episode_line(e: &Episode) -> String {
     }
     s
 }
+
+/// The culprit's sampled stacks in an episode: a heading, then per distinct stack its
+/// sample count and kernel and user frames (leaf first, read "called from").
+pub fn stack_lines(who: &str, st: &HolderStacks) -> Vec<String> {
+    let mut out = vec![format!(
+        "{who}stacks: {} in the wait, {} in user space{}{}",
+        plural(u64::from(st.samples), "sample", "samples"),
+        st.user_mode,
+        // `distinct` is 0 in dumps written before it existed.
+        match st.distinct as usize {
+            0 => String::new(),
+            d if d > st.top.len() => format!(", top {} of {d} code paths", st.top.len()),
+            d => format!(", {}", plural(d as u64, "code path", "code paths")),
+        },
+        if st.missing > 0 {
+            format!(", {} without a stack", st.missing)
+        } else {
+            String::new()
+        }
+    )];
+    for t in &st.top {
+        let mut lead = format!("{:>5}×", t.count);
+        if !t.kernel.is_empty() {
+            out.push(format!(
+                "{lead} kernel: {}",
+                stacks::short_stack(&t.kernel, STACK_FRAMES_REPORT)
+            ));
+            lead = " ".repeat(lead.chars().count());
+        }
+        if !t.user.is_empty() {
+            out.push(format!(
+                "{lead} user:   {}",
+                stacks::short_stack(&t.user, STACK_FRAMES_REPORT)
+            ));
+        }
+    }
+    out
+}
+
+/// Frames per stack in the text report.
+const STACK_FRAMES_REPORT: usize = 8;
 
 /// `99ms`, `(49ms)` below the threshold, `0.4ms` under a millisecond.
 fn rtt_cell(l: &ProbeLine) -> String {
@@ -206,6 +248,16 @@ pub fn render(r: &Report) -> String {
                 c.worst_rtt_ns.map(dur).unwrap_or_else(|| "-".into()),
                 inside.join(", ")
             );
+            for st in &c.stacks {
+                let _ = writeln!(
+                    s,
+                    "      {} stack, {} in {}: {}",
+                    st.side,
+                    plural(st.samples, "sample", "samples"),
+                    plural(st.episodes, "episode", "episodes"),
+                    st.frames.join(" ← ")
+                );
+            }
         }
     }
 
@@ -228,6 +280,11 @@ pub fn render(r: &Report) -> String {
                         dur(d),
                         dur(c)
                     );
+                }
+            }
+            if let Some(st) = e.culprit.as_ref().and_then(|c| c.stacks.as_ref()) {
+                for l in stack_lines("culprit's ", st) {
+                    let _ = writeln!(s, "  {l}");
                 }
             }
             for row in episode_table(e) {
