@@ -400,7 +400,7 @@ fn slow_syscall_stacks_show_the_culprits_read_path() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("culprit's stacks: "), "{text}");
     run.done();
-    assert_clean();
+    integration_tests::assert_machine_clean("after the lab");
 }
 
 #[test]
@@ -452,7 +452,7 @@ fn rt_hog_stacks_are_in_user_space_in_the_hog() {
         run.stdout
     );
     run.done();
-    assert_clean();
+    integration_tests::assert_machine_clean("after the lab");
 }
 
 #[test]

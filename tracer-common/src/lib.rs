@@ -329,6 +329,11 @@ pub struct Config {
     pub nr_exit_group: u32,
     /// 1: `record --stacks`: mark pending RX-thread wakeups per CPU for the sampler.
     pub stacks: u32,
+    /// Packet and stack records wake the reader only once this many bytes are queued
+    /// (the reader also drains on a timer): a wakeup per record costs the traced CPU an
+    /// interrupt. 0 wakes on every record.
+    pub wakeup_bytes: u32,
+    pub _pad: u32,
 }
 
 impl Config {
@@ -339,6 +344,8 @@ impl Config {
             track_syscalls: 1,
             nr_exit: 60,
             nr_exit_group: 231,
+            wakeup_bytes: 0,
+            _pad: 0,
             stacks: 0,
         }
     }
@@ -369,5 +376,5 @@ const _: () = {
     assert!((EventKind::StackSample as u32) < LOST_SLOTS);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 44);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40);
 };

@@ -184,3 +184,20 @@ pub fn current_policy() -> u32 {
         bpf_probe_read_kernel(task.add(off as usize) as *const u32).unwrap_or(u32::MAX)
     }
 }
+
+/// Flags for a record that need not wake the reader: no wakeup until a backlog of
+/// `CONFIG.wakeup_bytes` builds up (the reader drains on a timer as well).
+#[inline(always)]
+pub fn lazy_wakeup() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    let at = CONFIG.load().wakeup_bytes as u64;
+    if at == 0 {
+        0
+    } else if EVENTS.query(BPF_RB_AVAIL_DATA) >= at {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}

@@ -14,7 +14,9 @@ use tracer_common::{
     PROTO_ICMPV6, PROTO_TCP, TCP_RST, TCP_SYN,
 };
 
-use crate::maps::{count_lost, cpu_state, kread, now, EVENTS, FILTER, OFFSETS, SCRATCH};
+use crate::maps::{
+    count_lost, cpu_state, kread, lazy_wakeup, now, EVENTS, FILTER, OFFSETS, SCRATCH,
+};
 
 #[raw_tracepoint(tracepoint = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
@@ -228,7 +230,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     };
     ev.in_softirq = in_softirq;
     ev.rx_start_ns = rx_start;
-    if EVENTS.output::<PacketEvent>(&*ev, 0).is_err() {
+    if EVENTS.output::<PacketEvent>(&*ev, lazy_wakeup()).is_err() {
         count_lost(EventKind::Packet as u32);
     }
 }

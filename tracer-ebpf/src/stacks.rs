@@ -13,7 +13,7 @@ use tracer_common::{
     EventKind, StackEvent, COMM_LEN, MAX_CPUS, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
 };
 
-use crate::maps::{count_lost, cpu_state, now, EVENTS};
+use crate::maps::{count_lost, cpu_state, lazy_wakeup, now, EVENTS};
 
 /// Kernel and user stacks of the samples (ids in [`StackEvent`]). Sized by user space:
 /// one entry unless `--stacks`.
@@ -102,6 +102,6 @@ pub fn stack_sample(ctx: PerfEventContext) -> u32 {
     ev.wait_start_ns = start;
     ev.pending = pending;
     ev._pad0 = 0;
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
     0
 }

@@ -248,6 +248,10 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         nr_exit: syscalls::Sysno::exit as u32,
         nr_exit_group: syscalls::Sysno::exit_group as u32,
         stacks: u32::from(args.stacks),
+        // Packets and stack samples wake us only past a quarter of the ring; the
+        // 100 ms tick drains the rest.
+        wakeup_bytes: args.ring_buffer / 4,
+        _pad: 0,
     };
     let opts = LoadOptions {
         filter: filter_for(&args, probe_target),
@@ -408,7 +412,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         live,
     };
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut ticks: u64 = 0;
     let mut next_summary = args.summary_every.map(|d| Instant::now() + d);
     let reason = loop {
@@ -424,6 +428,8 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             _ = sleep => break "duration",
             _ = tick.tick() => {
                 ticks += 1;
+                // Records written without a wakeup are collected here.
+                drain(ring.get_mut(), &mut st, &mut dump, &mut out, args.quiet)?;
                 drain_probes(&probe_rx, &mut st, &mut dump, &mut out, args.quiet)?;
                 st.live.tick(clock_ns(libc::CLOCK_BOOTTIME), &mut out);
                 dump.flush().context("writing the dump")?;
@@ -434,7 +440,7 @@ async fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
                         periodic_summary(&mut out, started.elapsed(), &hists, &st.live.cor.culprits_so_far());
                     }
                 }
-                if !ticks.is_multiple_of(4) {
+                if !ticks.is_multiple_of(10) {
                     continue;
                 }
                 let lost = tracer.lost().map_err(load_err)?;
