@@ -77,7 +77,6 @@ pub struct CpuState {
     pub netrx_raise_ns: u64,
     pub netrx_raiser_pid: u32,
     pub _pad0: u32,
-    pub netrx_raiser_comm: [u8; COMM_LEN],
     /// First NET_TX / TIMER raise since their last entry (0 = none): histograms only.
     pub nettx_raise_ns: u64,
     pub timer_raise_ns: u64,

@@ -38,9 +38,10 @@ pub fn softirq_raise(ctx: RawTracePointContext) -> i32 {
             st.timer_raise_ns = now();
         }
     } else if st.netrx_raise_ns == 0 {
+        // Only the pid: this runs for every raise, and user space names the raiser
+        // from /proc when a wait is reported.
         st.netrx_raise_ns = now();
         st.netrx_raiser_pid = bpf_get_current_pid_tgid() as u32;
-        st.netrx_raiser_comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     }
     0
 }
@@ -112,7 +113,7 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
             (pt >> 32) as u32,
             bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
             st.netrx_raiser_pid,
-            st.netrx_raiser_comm,
+            [0; COMM_LEN],
             true,
         );
     }

@@ -247,7 +247,7 @@ impl Enricher {
             waker: TaskRef {
                 pid: w.waker_pid,
                 tgid: 0,
-                comm: comm_str(&w.waker_comm),
+                comm: waker_comm(w.waker_pid, &w.waker_comm),
             },
             holders,
             nr_switches: w.nr_switches,
@@ -276,6 +276,21 @@ impl Enricher {
             cgroup_id: s.cgroup_id,
         }
     }
+}
+
+/// The waker's name: from the kernel record, or (NET_RX raises, where the kernel keeps
+/// only the pid to stay cheap) from /proc while the task lives; pid 0 is the idle task.
+fn waker_comm(pid: u32, comm: &[u8]) -> String {
+    let c = comm_str(comm);
+    if !c.is_empty() {
+        return c;
+    }
+    if pid == 0 {
+        return "swapper".into();
+    }
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn scan_cgroups(dir: &Path, rel: &str, depth: u32, out: &mut HashMap<u64, String>) {
