@@ -10,6 +10,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod vmtest;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -34,6 +36,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the kernel-specific tests in qemu guests with other kernels.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 fn root() -> PathBuf {
@@ -109,6 +113,7 @@ fn main() -> anyhow::Result<()> {
             .context("running stalltrace lab")?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Cmd::Vmtest(a) => vmtest::run(a)?,
     }
     Ok(())
 }

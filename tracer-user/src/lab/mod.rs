@@ -4,6 +4,7 @@
 //! Everything it makes is removed whatever happens (guards run on errors, panics and
 //! Ctrl-C/SIGTERM).
 pub mod hog;
+pub mod ksoftirqd;
 pub mod netns;
 pub mod verdict;
 
@@ -55,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
         culprit: "stat-reader",
         reads_file: true,
     },
+    ksoftirqd::SCENARIO,
 ];
 
 #[derive(clap::Args, Debug, Clone)]
@@ -173,11 +175,15 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         }
         e => anyhow::Error::new(e).context("building the lab namespace"),
     })?;
-    let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
-    println!(
-        "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
-        ns.name, ns.host_addr, ns.ns_addr
-    );
+    if sc.name == ksoftirqd::NAME {
+        ksoftirqd::prepare(&ns, cpu)?;
+    } else {
+        let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
+        println!(
+            "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
+            ns.name, ns.host_addr, ns.ns_addr
+        );
+    }
 
     let _file = if sc.reads_file {
         let p = PathBuf::from(format!("/dev/shm/stalltrace-lab-{}.dat", std::process::id()));
@@ -230,6 +236,9 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     let hog = Hog::spawn(&hog_args)?;
     let hog_pid = hog.pid;
     println!("lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}", sc.culprit, a.duration);
+    if sc.name == ksoftirqd::NAME {
+        ksoftirqd::flood_burst(&ns, &stop)?;
+    }
     let t0 = Instant::now();
     while t0.elapsed() < a.duration + Duration::from_millis(500) {
         if stop.load(Ordering::Relaxed) {
@@ -251,6 +260,12 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     let v = verdict::judge(&dump, Some(&probe_log), hog_pid, sc.culprit)?;
     println!("{}", v.report);
     println!("lab: dump kept at {} (probe log {})", dump.display(), probe_log.display());
+    if sc.name == ksoftirqd::NAME {
+        if let Some(why) = ksoftirqd::not_reproduced(&dump)? {
+            println!("lab: NO STALL — {why}");
+            return Ok(ExitCode::LabMismatch);
+        }
+    }
     if v.blamed_planted {
         println!("lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})", sc.culprit);
         Ok(ExitCode::Ok)
