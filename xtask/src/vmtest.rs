@@ -28,6 +28,7 @@ use std::{
     ffi::OsString,
     fs,
     io::{Read as _, Seek as _, SeekFrom},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -49,6 +50,10 @@ pub struct VmtestArgs {
     /// Time limit per test inside the guest, in seconds.
     #[arg(long, default_value_t = 300)]
     pub test_timeout: u64,
+    /// Time limit for a whole guest, in seconds (default: every test at its limit plus
+    /// three minutes); qemu is killed when it is reached.
+    #[arg(long)]
+    pub guest_timeout: Option<u64>,
 }
 
 /// Modules the guest needs (their dependencies come along): virtio PCI and 9p for the
@@ -96,8 +101,10 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Builds stalltrace (debug, as `cargo xtask test` does: nothing to rebuild after it)
-/// and the test binaries; returns (stalltrace, [(suite, executable)]).
+/// Builds stalltrace (debug) and the test binaries with the very commands `cargo xtask
+/// test` uses (the whole workspace: `-p integration-tests` would unify features
+/// differently and rebuild), so after it there is nothing to rebuild; returns
+/// (stalltrace, [(suite, executable)]).
 fn build(path: &OsString) -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let st = Command::new(&cargo)
@@ -110,14 +117,14 @@ fn build(path: &OsString) -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
         bail!("cargo build -p stalltrace failed ({st})");
     }
     let out = Command::new(&cargo)
-        .args(["test", "-p", "integration-tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .args(["test", "--no-run", "--message-format=json-render-diagnostics"])
         .env("PATH", path)
         .current_dir(root())
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo test --no-run")?;
     if !out.status.success() {
-        bail!("cargo test -p integration-tests --no-run failed ({})", out.status);
+        bail!("cargo test --no-run failed ({})", out.status);
     }
     let mut exes = vec![];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -352,6 +359,13 @@ fn initramfs(k: &Kernel, work: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+const PR_SET_PDEATHSIG: i32 = 1;
+const SIGKILL: u64 = 9;
+
+extern "C" {
+    fn prctl(option: i32, arg2: u64, arg3: u64, arg4: u64, arg5: u64) -> i32;
+}
+
 /// qemu, killed and reaped on drop (timeout, error, panic).
 struct Qemu(Option<Child>);
 
@@ -443,7 +457,7 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
     let _ = fs::remove_file(&console);
     let suite = root().join("scripts/vm/guest-suite.sh");
     // Whole guest: every test at its limit, plus boot and slack.
-    let limit = Duration::from_secs(a.test_timeout * plan.len() as u64 + 180);
+    let limit = Duration::from_secs(a.guest_timeout.unwrap_or(a.test_timeout * plan.len() as u64 + 180));
     let virtfs = |path: &Path, tag: &str, ro: bool| {
         format!(
             "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
@@ -471,6 +485,15 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         .stderr(Stdio::piped());
     println!("vmtest: booting {label} under qemu (TCG), {} tests, limit {} s", plan.len(), limit.as_secs());
     let t0 = Instant::now();
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(2), which is async-signal-safe: qemu gets SIGKILL if this process dies
+    // (killed by CI, say) before it could kill qemu itself.
+    unsafe {
+        cmd.pre_exec(|| {
+            prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+            Ok(())
+        });
+    }
     let mut qemu = Qemu(Some(cmd.spawn().context("starting qemu-system-x86_64")?));
     let mut seen = 0u64;
     let mut text = String::new();
