@@ -172,6 +172,16 @@ fn ksoftirqd_scenario_blames_the_planted_culprit_three_times() {
         let code = out.status.code();
         println!("== ksoftirqd run {run} on {release}: exit {code:?} in {:.1} s\n{stdout}", t0.elapsed().as_secs_f64());
         let probe_log = dump.with_extension("ping.log");
+        // Keep the run's files for a post-mortem where the matrix collects them.
+        if let Some(dir) = std::env::var_os("STALLTRACE_ARTIFACTS") {
+            let dir = PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            for f in [&dump, &probe_log] {
+                if let Some(name) = f.file_name() {
+                    let _ = std::fs::copy(f, dir.join(name));
+                }
+            }
+        }
         let rtts = probe_rtts(&probe_log);
         let slow: Vec<String> = rtts.iter().filter(|&&r| r >= 50.0).map(|r| format!("{r:.0}")).collect();
         println!("probes: {} answered, {} over 50 ms: {}", rtts.len(), slow.len(), slow.join(" "));

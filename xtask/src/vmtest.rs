@@ -449,7 +449,9 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
     let results = work.join("results");
     let _ = fs::remove_dir_all(&results);
     fs::create_dir_all(&results)?;
-    fs::write(results.join("env"), "export CI=true RUST_BACKTRACE=1\n")?;
+    // STALLTRACE_ARTIFACTS: where tests keep dumps for a post-mortem (on the host, in
+    // target/vmtest/<release>/results/artifacts).
+    fs::write(results.join("env"), "export CI=true RUST_BACKTRACE=1 STALLTRACE_ARTIFACTS=/results/artifacts\n")?;
     let plan_text: String =
         plan.iter().map(|(id, cmd)| format!("{id}\t{}\t{cmd}\n", a.test_timeout)).collect();
     fs::write(results.join("plan"), plan_text)?;

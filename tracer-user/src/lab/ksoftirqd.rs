@@ -13,21 +13,20 @@
 //! instead of passing or failing.
 //!
 //! The flood is UDP to the discard port of the namespace's own address (never anything
-//! outside the lab), pinned to CPU 0 like the prober, bounded twice: this process stops
-//! it after [`FLOOD_FOR`], and it runs under `timeout` so it also ends if the lab is
-//! killed. UDP rather than the seed's `hping3 --icmp`: the NET_RX load is the same, and
+//! outside the lab), pinned to CPU 0 like the prober, as long as the culprit runs, and
+//! bounded twice: it runs under `timeout` (so it ends even if the lab is killed) and the
+//! lab stops it when it is done or interrupted. UDP rather than the seed's `hping3 --icmp`: the NET_RX load is the same, and
 //! it adds no ICMP echoes to the recording (the recorder filters on the namespace
 //! address, and the kprobe path sees every echo request).
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 
-use super::{netns::Netns, Scenario};
+use super::{hog::HogArgs, netns::Netns, Scenario};
 use crate::{
     dump::{DumpReader, Record, RxContext, WaitKind},
     exit::{CodedError, ExitCode},
@@ -41,9 +40,6 @@ pub const SCENARIO: Scenario = Scenario {
     culprit: "stall-hog",
     reads_file: false,
 };
-
-/// How long the flood lasts (the seed's set-up used a 0.5 s hping3 burst).
-pub const FLOOD_FOR: Duration = Duration::from_millis(500);
 
 /// Waits at least this long count as the stall the scenario is after.
 const STALL_NS: u64 = 50_000_000;
@@ -65,16 +61,31 @@ pub fn prepare(ns: &Netns, cpu: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The culprit holds the CPU for its whole run, without the other scenarios' 30 ms
+/// gaps: once the flood has woken ksoftirqd, it stays starved until real-time throttling
+/// (`sched_rt_runtime_us`, 950 ms of each second by default) lets it run, as in the
+/// set-up that first showed this stall under qemu (a staircase from ~1.8 s down). With
+/// gaps, ksoftirqd catches up in each one and has to be woken again in the next burst,
+/// which the flood does only when NET_RX overruns its budget: too much left to chance.
+/// Where RT throttling is off the stall lasts the whole run (bounded by `--duration`).
+pub fn hog_args(mut a: HogArgs) -> HogArgs {
+    a.burst = a.duration;
+    a.gap = Duration::ZERO;
+    a
+}
+
 /// A running flood (`timeout … hping3`), stopped and reaped on drop.
-struct Flood(Option<Child>);
+pub struct Flood(Option<Child>);
 
 impl Flood {
     /// SIGTERM to `timeout`, which passes it on to hping3; SIGKILL if that did not end
     /// it within 2 s (`timeout`'s own limit still ends hping3 then).
     fn stop(&mut self) {
         let Some(c) = self.0.as_mut() else { return };
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(2) {
             if let Ok(Some(_)) = c.try_wait() {
@@ -95,28 +106,50 @@ impl Drop for Flood {
     }
 }
 
-/// Floods the namespace address from CPU 0 for [`FLOOD_FOR`] (less if `stop` is set),
-/// then stops the flood. Call it once the culprit holds the CPU.
-pub fn flood_burst(ns: &Netns, stop: &AtomicBool) -> anyhow::Result<()> {
-    // `timeout` bounds the flood even if this process dies without running drops.
-    let limit = format!("{}ms", FLOOD_FOR.as_millis() + 1500);
-    let mut flood = Flood(Some(
-        Command::new("timeout")
-            .args(["-s", "KILL", &limit, "taskset", "-c", "0", "hping3", "--udp", "-p", "9", "--flood", "-q"])
-            .arg(&ns.ns_addr)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the hping3 flood")?,
-    ));
-    println!("lab: flooding {} (UDP port 9) from CPU 0 for {} ms to wake ksoftirqd", ns.ns_addr, FLOOD_FOR.as_millis());
-    let t0 = Instant::now();
-    while t0.elapsed() < FLOOD_FOR && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
+/// Floods the namespace address from CPU 0 for `length` (the culprit's run), in the
+/// background; the flood ends by itself then, or earlier when the guard is dropped.
+/// Start it once the culprit holds the CPU. Why as long as the culprit: the seed's
+/// 0.5 s burst wakes ksoftirqd once, but the culprit's 30 ms gaps let ksoftirqd catch up,
+/// and whether it is woken again in the next burst then depends on how slow NET_RX runs
+/// (under qemu's emulation it often is, on a fast machine not); flooding throughout
+/// wakes it in every burst.
+pub fn flood(ns: &Netns, culprit_pid: u32, culprit: &str, length: Duration) -> anyhow::Result<Flood> {
+    if !wait_for_fifo(culprit_pid, culprit, Duration::from_secs(10)) {
+        println!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
     }
-    flood.stop();
-    Ok(())
+    // `timeout` bounds the flood even if this process dies without running drops.
+    let child = Command::new("timeout")
+        .args(["-s", "INT", "-k", "1", &format!("{}ms", length.as_millis().max(1))])
+        .args(["taskset", "-c", "0", "hping3", "--udp", "-p", "9", "--flood", "-q"])
+        .arg(&ns.ns_addr)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the hping3 flood")?;
+    println!(
+        "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
+        ns.ns_addr,
+        length.as_millis()
+    );
+    Ok(Flood(Some(child)))
+}
+
+/// Waits until `pid` has taken its name and SCHED_FIFO (the hog sets both before its
+/// first burst): flooding earlier would wake ksoftirqd while nothing starves it.
+fn wait_for_fifo(pid: u32, name: &str, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after "(comm)" start at field 3; policy is field 41.
+        let policy = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3));
+        if comm.trim_end() == name && policy == Some("1") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// `Some(why)` when the recording holds no NET_RX wait of 50 ms or more run by

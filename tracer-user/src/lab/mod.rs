@@ -233,12 +233,12 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         read_file: _file.as_ref().map(|f| f.0.clone()),
         read_size: 256 << 20,
     };
+    let hog_args = if sc.name == ksoftirqd::NAME { ksoftirqd::hog_args(hog_args) } else { hog_args };
     let hog = Hog::spawn(&hog_args)?;
     let hog_pid = hog.pid;
     println!("lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}", sc.culprit, a.duration);
-    if sc.name == ksoftirqd::NAME {
-        ksoftirqd::flood_burst(&ns, &stop)?;
-    }
+    let _flood =
+        if sc.name == ksoftirqd::NAME { Some(ksoftirqd::flood(&ns, hog_pid, sc.culprit, a.duration)?) } else { None };
     let t0 = Instant::now();
     while t0.elapsed() < a.duration + Duration::from_millis(500) {
         if stop.load(Ordering::Relaxed) {
