@@ -17,6 +17,14 @@ tab=$(printf '\t')
   # fentry/fexit need the "tracing" program type; the project's host refuses it.
   bpftool feature probe kernel 2>/dev/null | grep -E "program_type (tracing|kprobe|tracepoint|lsm) " \
     | sed 's/^eBPF /bpftool: /'
+  # And a real fentry program, loaded and attached: bpftrace's kfunc probe (fentry) on
+  # icmp_echo (the host's bpftrace says "kfunc/kretfunc not available").
+  out=$(timeout 120 bpftrace -e 'kfunc:icmp_echo { @n = count(); } interval:s:1 { exit(); }' 2>&1)
+  if echo "$out" | grep -q '^Attaching'; then
+    echo "fentry: bpftrace kfunc:icmp_echo attached"
+  else
+    echo "fentry: bpftrace kfunc:icmp_echo failed: $(echo "$out" | grep -m1 -v RLIMIT_MEMLOCK | grep -m1 ERROR)"
+  fi
 } > "$R/info" 2>&1
 sed 's/^/STALLTRACE-INFO /' "$R/info"
 

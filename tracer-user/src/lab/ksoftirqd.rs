@@ -3,21 +3,22 @@
 //! No threaded NAPI here: the namespace side of the veth pair keeps veth's default
 //! (no NAPI instance), so each packet sent into the namespace goes through
 //! `netif_rx` into a per-CPU backlog. RPS on the namespace side (`rps_cpus`) sends that
-//! backlog to the starved CPU, where an IPI raises NET_RX. A short flood into the
-//! namespace makes NET_RX exceed its budget there, which wakes `ksoftirqd/N`; the planted
-//! SCHED_FIFO culprit then keeps `ksoftirqd/N` off the CPU. On kernels 4.9–6.4 a
-//! NET_RX raised while `ksoftirqd` is runnable is left to it ("let ksoftirqd do its
-//! job"), so every probe waits until the culprit lets go: the seed's staircase, with
-//! `ksoftirqd/N` as RX context. Since 6.5 NET_RX raised from an interrupt runs at irq
-//! exit anyway, so the same set-up does not stall there: the lab then says so (exit 6)
-//! instead of passing or failing.
+//! backlog to the starved CPU, where an IPI raises NET_RX. A flood into the namespace
+//! makes NET_RX overrun its budget there, which wakes `ksoftirqd/N`; the planted
+//! SCHED_FIFO culprit, holding the CPU without pause, keeps `ksoftirqd/N` off it until
+//! RT throttling lets it run. On kernels 4.9–6.4 a NET_RX raised while `ksoftirqd` is
+//! runnable is left to it ("let ksoftirqd do its job"), so every probe waits until then:
+//! the seed's staircase, with `ksoftirqd/N` as RX context. Since 6.5 NET_RX raised from
+//! an interrupt runs at irq exit anyway, so the same set-up does not stall there: the lab
+//! then says so (exit 6) instead of passing or failing.
 //!
 //! The flood is UDP to the discard port of the namespace's own address (never anything
 //! outside the lab), pinned to CPU 0 like the prober, as long as the culprit runs, and
 //! bounded twice: it runs under `timeout` (so it ends even if the lab is killed) and the
-//! lab stops it when it is done or interrupted. UDP rather than the seed's `hping3 --icmp`: the NET_RX load is the same, and
-//! it adds no ICMP echoes to the recording (the recorder filters on the namespace
-//! address, and the kprobe path sees every echo request).
+//! lab stops it when it is done or interrupted. UDP rather than the seed's
+//! `hping3 --icmp`: the NET_RX load is the same, and it adds no ICMP echoes to the
+//! recording (the recorder filters on the namespace address, and the kprobe path sees
+//! every echo request).
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
