@@ -171,7 +171,12 @@ fn ksoftirqd_scenario_blames_the_planted_culprit_three_times() {
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         let code = out.status.code();
         println!("== ksoftirqd run {run} on {release}: exit {code:?} in {:.1} s\n{stdout}", t0.elapsed().as_secs_f64());
-        let probe_log = dump.with_extension("ping.log");
+        // Where the lab says it kept the prober's log ("lab: dump kept at D (probe log P)").
+        let probe_log = stdout
+            .lines()
+            .find_map(|l| l.split("(probe log ").nth(1))
+            .map(|r| PathBuf::from(r.trim_end().trim_end_matches(')')))
+            .unwrap_or_else(|| dump.with_extension("ping.log"));
         // Keep the run's files for a post-mortem where the matrix collects them.
         if let Some(dir) = std::env::var_os("STALLTRACE_ARTIFACTS") {
             let dir = PathBuf::from(dir);
@@ -216,6 +221,7 @@ fn ksoftirqd_scenario_blames_the_planted_culprit_three_times() {
             for w in &starved {
                 assert!(w["cpu"].as_u64().unwrap() >= 1, "the starved CPU is not the prober's: {w}");
             }
+            assert!(!rtts.is_empty(), "no RTT (time=… or rtt=…) read from the probe log {}", probe_log.display());
             assert!(!slow.is_empty(), "the probes stalled too (probe log {})", probe_log.display());
         }
         let _ = std::fs::remove_file(&dump);
