@@ -2,7 +2,8 @@
 # Idempotent set-up of everything stalltrace needs to build and test on a fresh
 # Debian 12 machine: Debian packages, nightly's rust-src, and a bpf-linker linked
 # against nightly's own libLLVM (no matching LLVM package exists in Debian 12).
-# Quick when already done. Prints the bpf-linker directory to add to PATH on its
+# Quick when already done. With --vm, also installs qemu, busybox-static and cpio
+# for `cargo xtask vmtest`. Prints the bpf-linker directory to add to PATH on its
 # last line of stdout ("BPF_LINKER_DIR=...").
 set -euo pipefail
 
@@ -10,6 +11,10 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages used by the tests, the lab and the benchmarks -----------------
 pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod)
+# --vm: also what `cargo xtask vmtest` needs to boot other kernels under qemu.
+if [ "${1:-}" = "--vm" ]; then
+  pkgs+=(qemu-system-x86 busybox-static cpio xz-utils)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -25,6 +25,9 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
         .collect();
     assert!(scenarios.len() >= 2, "at least two scenarios: {list}");
     for sc in &scenarios {
+        if sc == "ksoftirqd" && ksoftirqd_cannot_stall_here() {
+            continue;
+        }
         for run in 1..=3 {
             let dump = std::env::temp_dir().join(format!(
                 "stalltrace-labtest-{}-{sc}-{run}.jsonl",
@@ -60,6 +63,43 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
             integration_tests::assert_machine_clean(&format!("{sc} run {run}"));
         }
     }
+}
+
+/// The ksoftirqd scenario needs NET_RX deferred to a busy ksoftirqd (kernels before
+/// 6.5); from 6.5 on it must say honestly that it reproduced nothing, and it is run
+/// as a must-pass by the qemu matrix instead (`cargo xtask vmtest`, tests/vm_guest.rs).
+fn ksoftirqd_cannot_stall_here() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !stalltrace::lab::ksoftirqd::kernel_at_least(release.trim(), 6, 5) {
+        return false;
+    }
+    let dump = std::env::temp_dir().join(format!(
+        "stalltrace-labtest-{}-ksoftirqd.jsonl",
+        std::process::id()
+    ));
+    let out = Command::new(stalltrace_bin())
+        .args(["lab", "--scenario", "ksoftirqd", "--duration", "2s", "-o"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&dump);
+    let _ = std::fs::remove_file(dump.with_extension("ping.log"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "== ksoftirqd on {}: exit {:?}\n{stdout}",
+        release.trim(),
+        out.status.code()
+    );
+    assert!(
+        out.status.code() == Some(6)
+            && stdout.contains("lab: NO STALL — no stall reproduced on this kernel")
+            || out.status.code() == Some(0) && stdout.contains("lab: PASS"),
+        "ksoftirqd on {}: says what happened:\n{stdout}\n{}",
+        release.trim(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    integration_tests::assert_machine_clean("ksoftirqd on a kernel >= 6.5");
+    true
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!    with `kernel.bpf_stats_enabled=1`, under an ICMP echo flood over veth into a
 //!    namespace made here: `record` in its default mode (a `--peer` filter that does
 //!    not match the flood), `record` of every echo, and the bpftrace script
-//!    `bench/seed-equivalent.bt`. `--stacks` is not implemented: skipped, and said so.
+//!    `bench/seed-equivalent.bt`; one more run with `--stacks` (default-mode filter).
 //! 2. Effect on the node: echo requests received per second in the flood namespace,
 //!    runs alternating none / default / every-echo / bpftrace, medians and ratios;
 //!    measured with bpf_stats off, then a second window with it on for part 1. A
@@ -479,6 +479,8 @@ enum Mode {
     Default,
     Every,
     Bpftrace,
+    /// Default-mode filter plus `--stacks` (measured once, after the rounds).
+    Stacks,
 }
 
 impl Mode {
@@ -488,6 +490,7 @@ impl Mode {
             Mode::Default => "stalltrace_default",
             Mode::Every => "stalltrace_every_echo",
             Mode::Bpftrace => "bpftrace",
+            Mode::Stacks => "stalltrace_stacks",
         }
     }
     fn label(self) -> &'static str {
@@ -496,6 +499,7 @@ impl Mode {
             Mode::Default => "stalltrace record, default mode (--peer of the probe namespace: the flood does not match)",
             Mode::Every => "stalltrace record, every ICMP echo (no filter; the same job as bpftrace)",
             Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the seed's job)",
+            Mode::Stacks => "stalltrace record --stacks, default-mode filter",
         }
     }
     fn short(self) -> &'static str {
@@ -504,6 +508,7 @@ impl Mode {
             Mode::Default => "stalltrace default",
             Mode::Every => "stalltrace every echo",
             Mode::Bpftrace => "bpftrace",
+            Mode::Stacks => "stalltrace --stacks",
         }
     }
 }
@@ -538,7 +543,7 @@ impl Ctx {
         let dump = self.dir.join(format!("{tag}.jsonl"));
         let (argv, marker): (Vec<String>, &str) = match mode {
             Mode::None => return Ok(None),
-            Mode::Default | Mode::Every => {
+            Mode::Default | Mode::Every | Mode::Stacks => {
                 let mut a: Vec<String> = vec![
                     self.bin.display().to_string(),
                     "record".into(),
@@ -551,8 +556,11 @@ impl Ctx {
                     "-o".into(),
                     dump.display().to_string(),
                 ]);
-                if mode == Mode::Default {
+                if mode == Mode::Default || mode == Mode::Stacks {
                     a.extend(["--peer".into(), self.probe.addr.clone()]);
+                }
+                if mode == Mode::Stacks {
+                    a.push("--stacks".into());
                 }
                 a.extend(extra.iter().map(|s| s.to_string()));
                 (a, "recording to")
@@ -1099,10 +1107,29 @@ fn kernel_parts(
     );
     res.insert("kernel".into(), summarize_floods(&runs));
 
-    // --stacks: not implemented.
+    // --stacks: one run with the default-mode filter; the sampler records only while an
+    // RX wait is pending, which a flood keeps true much of the time (a worst case).
+    let st = flood_run(&mut cx, Mode::Stacks, 0, tp, tc)?;
+    let none_pps: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::None)
+        .map(|r| r.pps)
+        .collect();
+    let none_cpu: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::None)
+        .map(|r| r.per_cpu_s)
+        .collect();
     res.insert(
         "stacks".into(),
-        json!({"skipped": "record --stacks is not implemented yet; not measured"}),
+        json!({
+            "pps": st.pps,
+            "pps_ratio_vs_none": st.pps / median(&none_pps),
+            "per_cpu_s_ratio_vs_none": st.per_cpu_s / median(&none_cpu),
+            "tracer_cpu_pct": st.tracer_cpu_pct,
+            "programs": costs_json(&st.costs, st.cost_secs),
+            "probes": st.probes,
+        }),
     );
 
     // perf profile of a default-mode flood.
@@ -1655,7 +1682,18 @@ fn render_md(v: &Value, quick: bool) -> String {
             s += &format!(" {}% | |", f(&k[md]["bpf_cpu_pct"], 1));
         }
         s += "\n\n";
-        s += "\"missed\": runs the kernel skipped (per-CPU recursion guard: another BPF program was running on that CPU). `--stacks` (perf_event sampling) is not implemented yet: not measured.\n\n";
+        s += "\"missed\": runs the kernel skipped (per-CPU recursion guard: another BPF program was running on that CPU).\n\n";
+        let stk = &v["stacks"];
+        if let Some(sp) = stk["programs"]["stack_sample"].as_object() {
+            s += &format!(
+                "With `--stacks` (one run, default-mode filter; a flood keeps NET_RX pending much of the time, so the sampler records far more than on a quiet node): `stack_sample` {} ns per run at {} runs/s; received packets {} of the untraced rate ({} per flood CPU-second); recorder CPU {}%.\n\n",
+                f(&sp["ns_per_run"].clone(), 0),
+                thousands(sp["runs_per_s"].as_f64().unwrap_or(f64::NAN)),
+                f(&stk["pps_ratio_vs_none"], 3),
+                f(&stk["per_cpu_s_ratio_vs_none"], 3),
+                f(&stk["tracer_cpu_pct"], 1)
+            );
+        }
         s += &format!(
             "Per recorded echo, stalltrace's packet hook costs {} ns against bpftrace's {} ns: ratio **{}** (`overhead_ratio_vs_bpftrace`); counting every program per packet, {}. In the default mode the packet hook costs **{} ns** per packet (`ns_per_packet_default`).\n\n",
             f(&k["ns_per_echo_every"], 0),

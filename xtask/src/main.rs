@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod vmtest;
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -39,6 +40,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run the kernel-specific tests in qemu guests with other kernels.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 fn root() -> PathBuf {
@@ -126,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             .context("running stalltrace lab")?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Cmd::Vmtest(a) => vmtest::run(a)?,
     }
     Ok(())
 }

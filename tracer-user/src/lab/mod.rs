@@ -4,6 +4,7 @@
 //! Everything it makes is removed whatever happens (guards run on errors, panics and
 //! Ctrl-C/SIGTERM).
 pub mod hog;
+pub mod ksoftirqd;
 pub mod netns;
 pub mod verdict;
 
@@ -55,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
         culprit: "stat-reader",
         reads_file: true,
     },
+    ksoftirqd::SCENARIO,
 ];
 
 #[derive(clap::Args, Debug, Clone)]
@@ -198,13 +200,17 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         }
         e => anyhow::Error::new(e).context("building the lab namespace"),
     })?;
-    let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
-    crate::outln!(
-        "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
-        ns.name,
-        ns.host_addr,
-        ns.ns_addr
-    );
+    if sc.name == ksoftirqd::NAME {
+        ksoftirqd::prepare(&ns, cpu)?;
+    } else {
+        let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
+        crate::outln!(
+            "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
+            ns.name,
+            ns.host_addr,
+            ns.ns_addr
+        );
+    }
 
     let _file = if sc.reads_file {
         let p = PathBuf::from(format!(
@@ -263,6 +269,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         read_file: _file.as_ref().map(|f| f.0.clone()),
         read_size: 256 << 20,
     };
+    let hog_args = if sc.name == ksoftirqd::NAME {
+        ksoftirqd::hog_args(hog_args)
+    } else {
+        hog_args
+    };
     let hog = Hog::spawn(&hog_args)?;
     let hog_pid = hog.pid;
     crate::outln!(
@@ -270,6 +281,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         sc.culprit,
         a.duration
     );
+    let _flood = if sc.name == ksoftirqd::NAME {
+        Some(ksoftirqd::flood(&ns, hog_pid, sc.culprit, a.duration)?)
+    } else {
+        None
+    };
     let t0 = Instant::now();
     while t0.elapsed() < a.duration + Duration::from_millis(500) {
         if stop.load(Ordering::Relaxed) {
@@ -286,6 +302,16 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
     }
     drop(ns);
 
+    if sc.name == ksoftirqd::NAME {
+        if let Some(why) = ksoftirqd::not_reproduced(&dump)? {
+            crate::outln!(
+                "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
+                dump.display()
+            );
+            crate::outln!("lab: NO STALL — {why}");
+            return Ok(ExitCode::LabMismatch);
+        }
+    }
     let v = verdict::judge(&dump, hog_pid, sc.culprit)?;
     crate::outln!("{}", v.summary);
     crate::outln!(
