@@ -224,7 +224,10 @@ pub fn assert_machine_clean(ctx: &str) {
         find_thread("stall-hog").is_none() && find_thread("stat-reader").is_none(),
         "{ctx}: culprit left running"
     );
-    assert!(find_thread("hping3").is_none(), "{ctx}: the ksoftirqd scenario's flood left running");
+    assert!(
+        find_thread("hping3").is_none(),
+        "{ctx}: the ksoftirqd scenario's flood left running"
+    );
     let left = our_bpf_programs();
     assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
     let shm: Vec<_> = std::fs::read_dir("/dev/shm")

@@ -92,8 +92,7 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
 
 /// Parses IP and ICMP/TCP at `l3` (and `l4` when the hook knows it), applies the filter
 /// as early as each header allows, and emits a record for probe traffic. Every packet
-/// pays one read of `skb->data` and one of the IP header; only candidates read L4, and
-/// only matches touch this CPU's scratch record (the BPF stack is too small for it).
+/// pays one read of `skb->data` and one of the IP header; only candidates read L4.
 #[inline(always)]
 fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     let f = FILTER.load();
@@ -117,16 +116,23 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     if !wanted {
         return;
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
+    // Addresses go straight into this CPU's scratch record (a map value, not stack: the
+    // BPF stack is 512 bytes for all calls, and 6.1's verifier counts it strictly).
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
+    let ev = unsafe { &mut *ev };
     let l4;
     if v4 {
         // Later fragments carry no L4 header.
         if (be16(ip[6], ip[7]) & 0x1fff) != 0 {
             return;
         }
-        saddr[..4].copy_from_slice(&ip[12..16]);
-        daddr[..4].copy_from_slice(&ip[16..20]);
+        ev.saddr = [0; 16];
+        ev.daddr = [0; 16];
+        ev.saddr[..4].copy_from_slice(&ip[12..16]);
+        ev.daddr[..4].copy_from_slice(&ip[16..20]);
         let ihl = ((ip[0] & 0x0f) as usize) * 4;
         if ihl < 20 {
             return;
@@ -138,15 +144,14 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             l4_known
         };
     } else {
-        // Addresses at 8..24 and 24..40: 12 bytes already read, 20 more to read.
-        let mut rest = [0u8; 20];
         // SAFETY: as above.
-        if unsafe { bpf_probe_read_kernel_buf(l3.add(20), &mut rest) }.is_err() {
-            return;
+        unsafe {
+            if bpf_probe_read_kernel_buf(l3.add(8), &mut ev.saddr).is_err()
+                || bpf_probe_read_kernel_buf(l3.add(24), &mut ev.daddr).is_err()
+            {
+                return;
+            }
         }
-        saddr[..12].copy_from_slice(&ip[8..20]);
-        saddr[12..].copy_from_slice(&rest[..4]);
-        daddr.copy_from_slice(&rest[4..20]);
         // SAFETY: as above.
         l4 = if l4_known.is_null() {
             unsafe { l3.add(40) }
@@ -154,7 +159,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             l4_known
         };
     }
-    if !peer_ok(&f, &saddr, &daddr, v4) {
+    if !peer_ok(&f, &ev.saddr, &ev.daddr, v4) {
         return;
     }
     let (icmp_type, tcp_flags, ident, seq, tcp_seq);
@@ -199,13 +204,6 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
         tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
     }
 
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
-    let ev = unsafe { &mut *ev };
-    ev.saddr = saddr;
-    ev.daddr = daddr;
     ev.family = if v4 { 4 } else { 6 };
     ev.proto = proto;
     ev.icmp_type = icmp_type;
