@@ -225,8 +225,14 @@ pub fn assert_machine_clean(ctx: &str) {
         "{ctx}: culprit left running"
     );
     assert!(
-        find_thread("hping3").is_none(),
+        find_thread("hping3").is_none() && find_flood().is_none(),
         "{ctx}: the ksoftirqd scenario's flood left running"
+    );
+    let budget = std::fs::read_to_string("/proc/sys/net/core/netdev_budget").unwrap_or_default();
+    assert_ne!(
+        budget.trim(),
+        "1",
+        "{ctx}: net.core.netdev_budget left lowered by the ksoftirqd lab"
     );
     let left = our_bpf_programs();
     assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
@@ -243,4 +249,17 @@ pub fn assert_machine_clean(ctx: &str) {
         })
         .unwrap_or_default();
     assert!(shm.is_empty(), "{ctx}: lab file left in /dev/shm: {shm:?}");
+}
+
+/// A `stalltrace flood` process still running (its comm is the binary's name).
+fn find_flood() -> Option<u32> {
+    let rd = std::fs::read_dir("/proc").ok()?;
+    for e in rd.flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.len() > 1 && args[0].ends_with(b"stalltrace") && args[1] == b"flood" {
+            return e.file_name().to_str().and_then(|s| s.parse().ok());
+        }
+    }
+    None
 }

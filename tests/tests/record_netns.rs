@@ -369,17 +369,39 @@ fn a_closed_stdout_neither_panics_nor_loses_the_dump() {
     }
     let ns = Netns::create_unique("pipe").unwrap();
     let dump = tempdir("pipe").join("pipe.jsonl");
+    // Tracepoint path: requests and replies (a kprobe sees requests only).
     let mut child = Command::new(stalltrace_bin())
-        .args(["record", "--peer", &ns.ns_addr, "--duration", "3s", "-o"])
+        .args([
+            "record",
+            "--attach",
+            "tracepoint",
+            "--peer",
+            &ns.ns_addr,
+            "--duration",
+            "20s",
+            "-o",
+        ])
         .arg(&dump)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     drop(child.stdout.take()); // the reader went away
-    thread::sleep(Duration::from_millis(1500));
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_to_string(&dump)
+        .map(|s| s.contains("\"type\":\"header\""))
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "recorder did not start"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     let ping = sh(Command::new("ping").args(["-c", "20", "-i", "0.01", &ns.ns_addr]));
     assert!(ping.status.success());
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");

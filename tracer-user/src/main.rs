@@ -44,6 +44,9 @@ enum Cmd {
     /// (internal) The lab's planted culprit.
     #[command(hide = true)]
     Hog(lab::hog::HogArgs),
+    /// (internal) The ksoftirqd lab scenario's UDP flood.
+    #[command(hide = true)]
+    Flood(lab::flood::FloodArgs),
     /// Correlate a recorded dump (and optionally a prober's log) into stall episodes.
     Analyze(analyze::AnalyzeArgs),
     /// (internal) A synthetic dump for `cargo xtask bench`.
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Lab(a) => lab::run(a),
         Cmd::Features(a) => features::run(a),
         Cmd::Hog(a) => lab::hog::run(a),
+        Cmd::Flood(a) => lab::flood::run(a),
         Cmd::Analyze(a) => analyze::run(a),
         Cmd::BenchDump(a) => benchgen::run(a),
     };

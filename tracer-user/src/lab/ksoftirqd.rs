@@ -12,13 +12,12 @@
 //! an interrupt runs at irq exit anyway, so the same set-up does not stall there: the lab
 //! then says so (exit 6) instead of passing or failing.
 //!
-//! The flood is UDP to the discard port of the namespace's own address (never anything
-//! outside the lab), pinned to CPU 0 like the prober, as long as the culprit runs, and
-//! bounded twice: it runs under `timeout` (so it ends even if the lab is killed) and the
-//! lab stops it when it is done or interrupted. UDP rather than the seed's
-//! `hping3 --icmp`: the NET_RX load is the same, and it adds no ICMP echoes to the
-//! recording (the recorder filters on the namespace address, and the kprobe path sees
-//! every echo request).
+//! The flood (`stalltrace flood`, a plain UDP socket) goes to the discard port of the
+//! namespace's own address (never anything outside the lab), pinned to CPU 0 like the
+//! prober, as long as the culprit runs, and bounded three times: its own duration,
+//! `timeout`, and death with its parent. UDP rather than the seed's `hping3 --icmp`: the
+//! NET_RX load is the same, and it adds no ICMP echoes to the recording (the kprobe path
+//! sees every echo request).
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -28,10 +27,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::{hog::HogArgs, netns::Netns, Scenario};
-use crate::{
-    dump::{DumpReader, Record, RxContext, WaitKind},
-    exit::{CodedError, ExitCode},
-};
+use crate::dump::{DumpReader, Record, RxContext, WaitKind};
 
 pub const NAME: &str = "ksoftirqd";
 
@@ -47,19 +43,6 @@ const STALL_NS: u64 = 50_000_000;
 
 /// Steers the namespace's RX to `cpu` (RPS, no threaded NAPI); prints the lab line.
 pub fn prepare(ns: &Netns, cpu: u32) -> anyhow::Result<()> {
-    if Command::new("hping3")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_err()
-    {
-        return Err(CodedError::new(
-            ExitCode::Failure,
-            "the ksoftirqd scenario floods with hping3, which is not installed (apt-get install hping3)",
-        )
-        .into());
-    }
     ns.rps_to(cpu)
         .context("steering the namespace's RX to one CPU (rps_cpus)")?;
     crate::outln!(
@@ -82,14 +65,48 @@ pub fn hog_args(mut a: HogArgs) -> HogArgs {
     a
 }
 
-/// A running flood (`timeout … hping3`), stopped and reaped on drop.
-pub struct Flood(Option<Child>);
+/// A running flood (`timeout … stalltrace flood`), stopped and reaped on drop.
+pub struct Flood {
+    child: Option<Child>,
+    budget: Option<Budget>,
+}
+
+const NETDEV_BUDGET: &str = "/proc/sys/net/core/netdev_budget";
+
+/// `net.core.netdev_budget` lowered for the flood, restored on drop. With a budget of
+/// one packet, NET_RX on the starved CPU re-raises itself after every packet, so a
+/// backlog of a dozen packets uses up `__do_softirq`'s ten restarts and wakes
+/// `ksoftirqd/N`, which the culprit then starves: the seed's deferral, reached on every
+/// run instead of only when the flood happens to outrun the CPU (a flood that shares
+/// CPU 0 with the recorder sometimes never did). The setting is global, so the lab holds
+/// it only while its flood runs.
+struct Budget(String);
+
+impl Budget {
+    fn lower() -> Option<Self> {
+        let old = std::fs::read_to_string(NETDEV_BUDGET)
+            .ok()?
+            .trim()
+            .to_string();
+        std::fs::write(NETDEV_BUDGET, "1").ok()?;
+        Some(Self(old))
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        let _ = std::fs::write(NETDEV_BUDGET, &self.0);
+    }
+}
 
 impl Flood {
-    /// SIGTERM to `timeout`, which passes it on to hping3; SIGKILL if that did not end
-    /// it within 2 s (`timeout`'s own limit still ends hping3 then).
+    /// SIGTERM to `timeout`, which passes it on to the flooder; SIGKILL if that did not
+    /// end it within 2 s (the flooder dies with its parent then).
     fn stop(&mut self) {
-        let Some(c) = self.0.as_mut() else { return };
+        let Some(c) = self.child.as_mut() else {
+            self.budget = None;
+            return;
+        };
         if let Ok(None) = c.try_wait() {
             // SAFETY: kill(2) on our own child, not yet reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -97,14 +114,16 @@ impl Flood {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(2) {
             if let Ok(Some(_)) = c.try_wait() {
-                self.0 = None;
+                self.child = None;
+                self.budget = None;
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
         let _ = c.wait();
-        self.0 = None;
+        self.child = None;
+        self.budget = None;
     }
 }
 
@@ -130,30 +149,39 @@ pub fn flood(
     if !wait_for_fifo(culprit_pid, culprit, Duration::from_secs(10)) {
         crate::outln!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
     }
-    // `timeout` bounds the flood even if this process dies without running drops.
+    let budget = Budget::lower();
+    if budget.is_none() {
+        crate::outln!("lab: note: could not lower {NETDEV_BUDGET}; relying on the flood alone");
+    }
+    // `timeout` bounds the flood even if this process dies without running drops; the
+    // flooder also dies with its parent.
+    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
     let child = Command::new("timeout")
         .args([
             "-s",
             "INT",
             "-k",
             "1",
-            &format!("{}ms", length.as_millis().max(1)),
+            &format!("{}ms", length.as_millis().max(1) + 2000),
         ])
-        .args([
-            "taskset", "-c", "0", "hping3", "--udp", "-p", "9", "--flood", "-q",
-        ])
-        .arg(&ns.ns_addr)
+        .args(["taskset", "-c", "0"])
+        .arg(exe)
+        .args(["flood", "--to", &format!("{}:9", ns.ns_addr), "--duration"])
+        .arg(format!("{}ms", length.as_millis().max(1)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
-        .context("starting the hping3 flood")?;
+        .context("starting the flood")?;
     crate::outln!(
         "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
         ns.ns_addr,
         length.as_millis()
     );
-    Ok(Flood(Some(child)))
+    Ok(Flood {
+        child: Some(child),
+        budget,
+    })
 }
 
 /// Waits until `pid` has taken its name and SCHED_FIFO (the hog sets both before its

@@ -3,6 +3,7 @@
 //! across the pair while recording, and checks that the tool blames the planted task.
 //! Everything it makes is removed whatever happens (guards run on errors, panics and
 //! Ctrl-C/SIGTERM).
+pub mod flood;
 pub mod hog;
 pub mod ksoftirqd;
 pub mod netns;
