@@ -17,6 +17,7 @@ use tracer_common::{
 use crate::maps::{
     count_lost, cpu_state, kread, lazy_wakeup, now, EVENTS, FILTER, OFFSETS, SCRATCH,
 };
+use crate::sched::is_rx_thread;
 
 #[raw_tracepoint(tracepoint = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
@@ -221,9 +222,21 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     ev.hook = hook;
     ev._pad0 = [0; 2];
+    // The RX run a packet belongs to: for an RX thread (ksoftirqd, napi/…), its run since
+    // it was switched in, however many softirq rounds it goes through (a starved
+    // ksoftirqd drains a backlog over many); otherwise the NET_RX softirq running now, or
+    // the current task's run.
+    let rx_thread = is_rx_thread(&ev.header.comm);
     let (in_softirq, rx_start) = match cpu_state() {
-        Some(st) if st.netrx_entry_ns != 0 => (1, st.netrx_entry_ns),
-        Some(st) => (0, st.cur_since),
+        Some(st) => {
+            let soft = st.netrx_entry_ns != 0;
+            let start = if (rx_thread || !soft) && st.cur_since != 0 {
+                st.cur_since
+            } else {
+                st.netrx_entry_ns
+            };
+            (u8::from(soft), start)
+        }
         None => (0, 0),
     };
     ev.in_softirq = in_softirq;

@@ -43,6 +43,12 @@ const STALL_NS: u64 = 50_000_000;
 
 /// Steers the namespace's RX to `cpu` (RPS, no threaded NAPI); prints the lab line.
 pub fn prepare(ns: &Netns, cpu: u32) -> anyhow::Result<()> {
+    // NAPI on the namespace side: the sender's CPU polls veth in batches and RPS hands
+    // the starved CPU a burst per IPI, a backlog deep enough to overrun NET_RX there.
+    // (Without it each packet comes with its own IPI and the starved CPU keeps up in irq
+    // context, so ksoftirqd is woken only by chance.)
+    ns.napi()
+        .context("giving the namespace side a NAPI instance")?;
     ns.rps_to(cpu)
         .context("steering the namespace's RX to one CPU (rps_cpus)")?;
     crate::outln!(
@@ -71,31 +77,39 @@ pub struct Flood {
     budget: Option<Budget>,
 }
 
-const NETDEV_BUDGET: &str = "/proc/sys/net/core/netdev_budget";
+/// `net.core.netdev_budget` and `net.core.dev_weight` (the backlog's poll quota; NIC
+/// drivers set their own) lowered to one packet for the flood, restored on drop. Then
+/// NET_RX on the starved CPU re-raises itself after every packet, so a backlog of a dozen
+/// packets uses up `__do_softirq`'s ten restarts and wakes `ksoftirqd/N`, which the
+/// culprit then starves: the seed's deferral on every run, instead of only when the flood
+/// happens to outrun 10 rounds of 64 packets. Both settings are global, so the lab holds
+/// them only while its flood runs.
+const SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/core/netdev_budget",
+    "/proc/sys/net/core/dev_weight",
+];
 
-/// `net.core.netdev_budget` lowered for the flood, restored on drop. With a budget of
-/// one packet, NET_RX on the starved CPU re-raises itself after every packet, so a
-/// backlog of a dozen packets uses up `__do_softirq`'s ten restarts and wakes
-/// `ksoftirqd/N`, which the culprit then starves: the seed's deferral, reached on every
-/// run instead of only when the flood happens to outrun the CPU (a flood that shares
-/// CPU 0 with the recorder sometimes never did). The setting is global, so the lab holds
-/// it only while its flood runs.
-struct Budget(String);
+struct Budget(Vec<(&'static str, String)>);
 
 impl Budget {
-    fn lower() -> Option<Self> {
-        let old = std::fs::read_to_string(NETDEV_BUDGET)
-            .ok()?
-            .trim()
-            .to_string();
-        std::fs::write(NETDEV_BUDGET, "1").ok()?;
-        Some(Self(old))
+    fn lower() -> Self {
+        let mut saved = vec![];
+        for p in SYSCTLS {
+            if let Ok(old) = std::fs::read_to_string(p) {
+                if std::fs::write(p, "1").is_ok() {
+                    saved.push((p, old.trim().to_string()));
+                }
+            }
+        }
+        Self(saved)
     }
 }
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        let _ = std::fs::write(NETDEV_BUDGET, &self.0);
+        for (p, old) in &self.0 {
+            let _ = std::fs::write(p, old);
+        }
     }
 }
 
@@ -150,11 +164,14 @@ pub fn flood(
         crate::outln!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
     }
     let budget = Budget::lower();
-    if budget.is_none() {
-        crate::outln!("lab: note: could not lower {NETDEV_BUDGET}; relying on the flood alone");
+    if budget.0.len() < SYSCTLS.len() {
+        crate::outln!(
+            "lab: note: could not lower the NET_RX budget sysctls; relying on the flood alone"
+        );
     }
     // `timeout` bounds the flood even if this process dies without running drops; the
-    // flooder also dies with its parent.
+    // flooder also dies with its parent. (timeout takes s/m/h/d suffixes only: "2000ms"
+    // is refused and nothing would run.)
     let exe = std::env::current_exe().context("finding the stalltrace binary")?;
     let child = Command::new("timeout")
         .args([
@@ -162,7 +179,7 @@ pub fn flood(
             "INT",
             "-k",
             "1",
-            &format!("{}ms", length.as_millis().max(1) + 2000),
+            &format!("{:.3}s", length.as_secs_f64() + 2.0),
         ])
         .args(["taskset", "-c", "0"])
         .arg(exe)
@@ -180,7 +197,7 @@ pub fn flood(
     );
     Ok(Flood {
         child: Some(child),
-        budget,
+        budget: Some(budget),
     })
 }
 

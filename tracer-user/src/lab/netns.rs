@@ -120,10 +120,10 @@ impl Netns {
         )
     }
 
-    /// Makes a `napi/<ns_if>-<id>` kthread do RX for the namespace side, pinned to
-    /// `cpu`; returns its pid. veth needs GRO on its receiving end for a NAPI instance,
-    /// and TSO off on the sending end or it bypasses NAPI.
-    pub fn threaded_napi(&self, cpu: u32) -> Result<u32, NetnsError> {
+    /// Gives the namespace side a NAPI instance: veth needs GRO on its receiving end for
+    /// one, and TSO off on the sending end or it bypasses NAPI. Packets sent into the
+    /// namespace are then polled in batches on the sender's CPU.
+    pub fn napi(&self) -> Result<(), NetnsError> {
         run(&[
             "ip",
             "netns",
@@ -135,9 +135,15 @@ impl Netns {
             "gro",
             "on",
         ])?;
+        run(&["ethtool", "-K", &self.host_if, "tso", "off"]).map(|_| ())
+    }
+
+    /// Makes a `napi/<ns_if>-<id>` kthread do RX for the namespace side, pinned to
+    /// `cpu`; returns its pid.
+    pub fn threaded_napi(&self, cpu: u32) -> Result<u32, NetnsError> {
+        self.napi()?;
         let threaded = format!("echo 1 > /sys/class/net/{}/threaded", self.ns_if);
         run(&["ip", "netns", "exec", &self.name, "sh", "-c", &threaded])?;
-        run(&["ethtool", "-K", &self.host_if, "tso", "off"])?;
         let prefix = format!("napi/{}-", self.ns_if);
         for _ in 0..50 {
             if let Some(pid) = find_thread(&prefix) {
