@@ -565,10 +565,15 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         .arg(virtfs(Path::new("/"), "hostroot", true))
         .arg("-virtfs")
         .arg(virtfs(&results, "results", false))
+        // The workspace again, mounted at its own path after the guest covers /tmp and
+        // /run with tmpfs: a clone living there (CI's may) stays visible.
+        .arg("-virtfs")
+        .arg(virtfs(&root(), "repo", true))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet st_cmd={}",
-            suite.display()
+            "console=ttyS0 panic=-1 quiet st_cmd={} st_repo={}",
+            suite.display(),
+            root().display()
         ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
