@@ -73,6 +73,12 @@ pub struct CpuState {
     pub cur_pid: u32,
     pub cur_prio: u32,
     pub cur_since: u64,
+    /// The RX thread whose run started here after a wakeup, and when: its run lasts
+    /// until it sleeps, through any preemption in between (packets it processes then
+    /// still belong to that run, and so to the wait that preceded it).
+    pub rx_run_pid: u32,
+    pub _pad_rx: u32,
+    pub rx_run_start: u64,
     /// First NET_RX raise since the last entry (0 = none pending) and who raised it.
     pub netrx_raise_ns: u64,
     pub netrx_raiser_pid: u32,

@@ -230,7 +230,9 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     let (in_softirq, rx_start) = match cpu_state() {
         Some(st) => {
             let soft = st.netrx_entry_ns != 0;
-            let start = if (rx_thread || !soft) && st.cur_since != 0 {
+            let start = if rx_thread && st.rx_run_pid == ev.header.pid && st.rx_run_start != 0 {
+                st.rx_run_start
+            } else if (rx_thread || !soft) && st.cur_since != 0 {
                 st.cur_since
             } else {
                 st.netrx_entry_ns

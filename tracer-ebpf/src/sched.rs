@@ -142,6 +142,8 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         // SAFETY: pointer from a map lookup, valid for this program run.
         let w = unsafe { *w };
         let _ = RX_WAKE.remove(next_pid);
+        st.rx_run_pid = next_pid;
+        st.rx_run_start = ts;
         if CONFIG.load().stacks != 0 {
             // The wait is over here, and where the wakeup aimed (if it migrated since).
             // SAFETY: helper with no arguments.
