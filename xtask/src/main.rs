@@ -51,15 +51,25 @@ fn root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Runs scripts/setup.sh and returns PATH with bpf-linker's directory in front.
 fn setup() -> anyhow::Result<OsString> {
+    setup_with(&[])
+}
+
+/// Runs scripts/setup.sh with `args` (e.g. `--vm`) and returns PATH with bpf-linker's
+/// directory in front.
+pub(crate) fn setup_with(args: &[&str]) -> anyhow::Result<OsString> {
     let out = Command::new("bash")
         .arg(root().join("scripts/setup.sh"))
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running scripts/setup.sh")?;
     if !out.status.success() {
-        bail!("scripts/setup.sh failed ({})", out.status);
+        bail!(
+            "scripts/setup.sh {} failed ({})",
+            args.join(" "),
+            out.status
+        );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let dir = stdout

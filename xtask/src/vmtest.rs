@@ -76,23 +76,7 @@ fn cache_dir() -> PathBuf {
 /// Runs scripts/setup.sh --vm (the build toolchain plus qemu, busybox-static, cpio) and
 /// returns PATH with bpf-linker's directory in front.
 fn setup_vm() -> anyhow::Result<OsString> {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/setup.sh"))
-        .arg("--vm")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running scripts/setup.sh --vm")?;
-    if !out.status.success() {
-        bail!("scripts/setup.sh --vm failed ({})", out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BPF_LINKER_DIR="))
-        .context("scripts/setup.sh did not print BPF_LINKER_DIR")?;
-    let mut paths = vec![PathBuf::from(dir)];
-    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-    env::join_paths(paths).context("building PATH")
+    crate::setup_with(&["--vm"])
 }
 
 fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
