@@ -238,8 +238,11 @@ fn slow_syscall_culprit_is_named_with_its_syscall_and_file() {
     integration_tests::assert_machine_clean("after the lab");
 }
 
-/// Stacks of a holder as (samples, user_mode, top paths as (count, kernel, user)).
-fn holder_stacks(h: &Value) -> Option<(u64, u64, Vec<(u64, Vec<String>, Vec<String>)>)> {
+/// A code path: (samples, kernel frames, user frames).
+type Path = (u64, Vec<String>, Vec<String>);
+
+/// Stacks of a holder as (samples, user_mode, top paths).
+fn holder_stacks(h: &Value) -> Option<(u64, u64, Vec<Path>)> {
     let st = h.get("stacks")?;
     let frames = |v: &Value| -> Vec<String> {
         v.as_array()

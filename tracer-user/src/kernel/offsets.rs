@@ -115,16 +115,13 @@ pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
     o.task_tgid = member_offset(&btf, "task_struct", &["tgid"])?;
     o.task_comm = member_offset(&btf, "task_struct", &["comm"])?;
     o.task_prio = member_offset(&btf, "task_struct", &["prio"])?;
-    let mut optional =
-        |what: &str, path: &[&str], note: &str| match member_offset(&btf, "task_struct", path) {
-            Ok(v) => v,
-            Err(e) => {
-                notes.push(format!("{note}: {e}"));
-                let _ = what;
-                0
-            }
-        };
-    o.task_policy = optional("policy", &["policy"], "scheduling policy unknown");
+    o.task_policy = match member_offset(&btf, "task_struct", &["policy"]) {
+        Ok(v) => v,
+        Err(e) => {
+            notes.push(format!("scheduling policy unknown: {e}"));
+            0
+        }
+    };
     // task_struct.cpu since 5.16; thread_info.cpu before.
     o.task_cpu = match member_offset(&btf, "task_struct", &["cpu"]) {
         Ok(v) => v,

@@ -247,6 +247,40 @@ impl Transport for IcmpTransport {
     }
 }
 
+/// Classic BPF: accept an echo reply whose identifier (big-endian on the wire) is
+/// `ident`, drop everything else. IPv4 raw sockets see the IP header first; IPv6 ones
+/// start at the ICMPv6 header.
+pub fn echo_reply_filter(target: IpAddr, ident: u16) -> Vec<socket2::SockFilter> {
+    use socket2::SockFilter as F;
+    const LDX_MSH: u16 = 0xb1; // X = 4 * (pkt[k] & 0xf): the IPv4 header length
+    const LDB_IND: u16 = 0x50; // A = pkt[X + k]
+    const LDH_IND: u16 = 0x48; // A = be16(pkt[X + k])
+    const LDB_ABS: u16 = 0x30; // A = pkt[k]
+    const LDH_ABS: u16 = 0x28; // A = be16(pkt[k])
+    const JEQ: u16 = 0x15; // if A == k: skip jt, else skip jf
+    const RET: u16 = 0x06;
+    let id = u32::from(ident);
+    match target {
+        IpAddr::V4(_) => vec![
+            F::new(LDX_MSH, 0, 0, 0),
+            F::new(LDB_IND, 0, 0, 0),
+            F::new(JEQ, 0, 3, 0), // type 0: echo reply
+            F::new(LDH_IND, 0, 0, 4),
+            F::new(JEQ, 0, 1, id),
+            F::new(RET, 0, 0, 0xffff),
+            F::new(RET, 0, 0, 0),
+        ],
+        IpAddr::V6(_) => vec![
+            F::new(LDB_ABS, 0, 0, 0),
+            F::new(JEQ, 0, 3, 129), // echo reply
+            F::new(LDH_ABS, 0, 0, 4),
+            F::new(JEQ, 0, 1, id),
+            F::new(RET, 0, 0, 0xffff),
+            F::new(RET, 0, 0, 0),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,39 +352,5 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(got.map(|r| r.slot), Some(0), "our own reply arrives");
-    }
-}
-
-/// Classic BPF: accept an echo reply whose identifier (big-endian on the wire) is
-/// `ident`, drop everything else. IPv4 raw sockets see the IP header first; IPv6 ones
-/// start at the ICMPv6 header.
-pub fn echo_reply_filter(target: IpAddr, ident: u16) -> Vec<socket2::SockFilter> {
-    use socket2::SockFilter as F;
-    const LDX_MSH: u16 = 0xb1; // X = 4 * (pkt[k] & 0xf): the IPv4 header length
-    const LDB_IND: u16 = 0x50; // A = pkt[X + k]
-    const LDH_IND: u16 = 0x48; // A = be16(pkt[X + k])
-    const LDB_ABS: u16 = 0x30; // A = pkt[k]
-    const LDH_ABS: u16 = 0x28; // A = be16(pkt[k])
-    const JEQ: u16 = 0x15; // if A == k: skip jt, else skip jf
-    const RET: u16 = 0x06;
-    let id = u32::from(ident);
-    match target {
-        IpAddr::V4(_) => vec![
-            F::new(LDX_MSH, 0, 0, 0),
-            F::new(LDB_IND, 0, 0, 0),
-            F::new(JEQ, 0, 3, 0), // type 0: echo reply
-            F::new(LDH_IND, 0, 0, 4),
-            F::new(JEQ, 0, 1, id),
-            F::new(RET, 0, 0, 0xffff),
-            F::new(RET, 0, 0, 0),
-        ],
-        IpAddr::V6(_) => vec![
-            F::new(LDB_ABS, 0, 0, 0),
-            F::new(JEQ, 0, 3, 129), // echo reply
-            F::new(LDH_ABS, 0, 0, 4),
-            F::new(JEQ, 0, 1, id),
-            F::new(RET, 0, 0, 0xffff),
-            F::new(RET, 0, 0, 0),
-        ],
     }
 }
