@@ -250,7 +250,11 @@ fn hping3_icmp_log_parses_and_byte_order_matches_the_wire() {
         assert_eq!(r["status"], "ok");
         assert_eq!(r["target"], ns.ns_addr.as_str());
         let rtt = r["rtt_ns"].as_u64().expect("rtt");
-        assert!(rtt < 1_000_000_000, "rtt {rtt} ns on a veth");
+        // hping3 itself now and then prints an RTT one whole second too long (its send
+        // and receive times straddle a second boundary): the parser reports what hping3
+        // printed, so accept exactly that artifact and nothing else.
+        let sane = rtt < 100_000_000 || (1_000_000_000..1_100_000_000).contains(&rtt);
+        assert!(sane, "rtt {rtt} ns on a veth");
         assert!(
             r.get("wire_ident").is_none(),
             "hping3 does not print its echo id"
