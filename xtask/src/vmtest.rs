@@ -435,6 +435,9 @@ struct KernelRun {
     problem: Option<String>,
     info: Vec<String>,
     tests: Vec<TestResult>,
+    /// The guest stopped making progress (no test finished within a test's limit plus a
+    /// minute): an emulator/guest-kernel hang, retried once.
+    hung: bool,
 }
 
 impl KernelRun {
@@ -581,6 +584,12 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
     let mut seen = 0u64;
     let mut text = String::new();
     let mut problem = None;
+    let mut hung = false;
+    // Progress watchdog: under TCG the guest kernel can lock up (RCU stalls, soft
+    // lockups with timer interrupts not delivered); then no test ever finishes and the
+    // in-guest per-test timeout cannot fire either.
+    let stall_limit = Duration::from_secs(a.test_timeout + 60);
+    let mut last_progress = Instant::now();
     loop {
         // Follow the console: progress lines as they come.
         if let Ok(mut f) = fs::File::open(&console) {
@@ -591,6 +600,9 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
                     let chunk = String::from_utf8_lossy(&buf).into_owned();
                     for l in chunk.lines() {
                         let l = l.trim_matches(|c: char| c.is_control() || c == ' ');
+                        if l.starts_with("STALLTRACE-TEST-END") || l.starts_with("guest: ") {
+                            last_progress = Instant::now();
+                        }
                         if l.starts_with("guest: ")
                             || l.starts_with("STALLTRACE-TEST-END")
                             || l.contains("FATAL")
@@ -630,6 +642,28 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
                 "the guest did not finish within {} s; qemu killed",
                 limit.as_secs()
             ));
+            break;
+        }
+        if last_progress.elapsed() > stall_limit {
+            let lockup: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains("soft lockup")
+                        || l.contains("self-detected stall")
+                        || l.contains("hung_task")
+                })
+                .take(3)
+                .collect();
+            problem = Some(format!(
+                "the guest made no progress for {} s; qemu killed (guest kernel: {})",
+                stall_limit.as_secs(),
+                if lockup.is_empty() {
+                    "no lockup message".to_string()
+                } else {
+                    lockup.join(" | ")
+                }
+            ));
+            hung = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -683,6 +717,7 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         problem,
         info,
         tests,
+        hung,
     })
 }
 
@@ -756,6 +791,7 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
                         problem: Some(format!("{e:#}")),
                         info: vec![],
                         tests: vec![],
+                        hung: false,
                     },
                     PathBuf::new(),
                 ));
@@ -766,14 +802,28 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
             .join("target/vmtest")
             .join(&k.release)
             .join("results");
-        let r = boot(&k, &plan, &a).unwrap_or_else(|e| KernelRun {
-            label: k.package.clone(),
-            boot_s: None,
-            wall_s: 0.0,
-            problem: Some(format!("{e:#}")),
-            info: vec![],
-            tests: vec![],
-        });
+        let run = || {
+            boot(&k, &plan, &a).unwrap_or_else(|e| KernelRun {
+                label: k.package.clone(),
+                boot_s: None,
+                wall_s: 0.0,
+                problem: Some(format!("{e:#}")),
+                info: vec![],
+                tests: vec![],
+                hung: false,
+            })
+        };
+        let mut r = run();
+        if r.hung {
+            // An emulator hang is not a test result: show it, then boot the kernel once
+            // more from scratch. A second hang, or any test failure, still fails.
+            report(&r, &results);
+            println!(
+                "vmtest: the {} guest hung under emulation; retrying it once",
+                k.release
+            );
+            r = run();
+        }
         report(&r, &results);
         runs.push((r, results));
     }
