@@ -1,34 +1,16 @@
-//! Test kit for stalltrace's root-only integration tests: network namespaces with a
-//! veth pair that are removed on drop (also on panic), the stalltrace binary, leftover
-//! checks, and the "must run under CI" rule.
+//! What the root/kernel tests share beyond `stalltrace_testkit`: the stalltrace binary
+//! under test, a recorder child, and the checks that a run left the machine clean.
 //!
 //! Every test that needs root calls [`require_root`]: outside CI it skips with a
-//! message; under `CI=true` it fails, so CI never passes by skipping.
-pub mod netns;
+//! message; under CI it fails, so CI never passes by skipping.
 
 use std::{
     path::PathBuf,
     process::{Command, Output},
 };
 
-pub use netns::{find_thread, Netns};
-
-/// Returns false (skip) when not root outside CI; panics under CI=true.
-pub fn require_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
-    }
-    if std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
-    {
-        panic!("{test}: needs root and a real kernel, and CI=true: refusing to skip");
-    }
-    eprintln!("SKIP {test}: needs root (runs in CI, where it fails instead of skipping)");
-    false
-}
+pub use stalltrace_testkit::ci::{is_ci, require, require_root};
+pub use stalltrace_testkit::netns::{find_thread, Netns};
 
 /// The stalltrace binary under test: $STALLTRACE_BIN, else the workspace's debug build.
 pub fn stalltrace_bin() -> PathBuf {
@@ -81,18 +63,11 @@ pub fn our_bpf_programs() -> Vec<String> {
 
 /// Our BPF programs loaded right now, as `id name (owner pids)` (bpftool).
 pub fn our_bpf_programs_now() -> Vec<String> {
-    const OURS: &[&str] = &[
-        "netif_receive_s",
-        "icmp_echo",
-        "sched_switch",
-        "sched_wakeup",
-        "softirq_raise",
-        "softirq_entry",
-        "softirq_exit",
-        "sys_enter",
-        "sys_exit",
-        "stack_sample",
-    ];
+    // The kernel keeps the first 15 bytes of a program's name.
+    let ours: Vec<String> = stalltrace::kernel::loader::PROGRAMS
+        .iter()
+        .map(|p| p.name.chars().take(15).collect())
+        .collect();
     let out = match Command::new("bpftool").args(["prog", "show"]).output() {
         Ok(o) => o,
         Err(e) => panic!("bpftool is needed to check for leftover programs: {e}"),
@@ -109,7 +84,7 @@ pub fn our_bpf_programs_now() -> Vec<String> {
                 || l.contains(": raw_tracepoint")
                 || l.contains(": kprobe")
                 || l.contains(": perf_event");
-            if kind_ok && OURS.iter().any(|n| l.contains(&format!("name {n} "))) {
+            if kind_ok && ours.iter().any(|n| l.contains(&format!("name {n} "))) {
                 let id = l.split(':').next().unwrap_or("");
                 let name = l
                     .split("name ")

@@ -60,8 +60,11 @@ pub struct VmtestArgs {
 /// shared root, overlay for its writable layer, veth for the tests' namespaces.
 const WANTED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "veth"];
 
-/// Integration test binaries the guest runs, and whether their tests are `#[ignore]`d
-/// (guest-only) ones.
+/// The integration test binary (one, a module per area).
+const TEST_BINARY: &str = "it";
+
+/// Modules of it the guest runs, and whether their tests are `#[ignore]`d (guest-only)
+/// ones.
 const SUITES: &[(&str, bool)] = &[("record_netns", false), ("vm_guest", true)];
 
 fn cache_dir() -> PathBuf {
@@ -129,14 +132,12 @@ fn build(path: &OsString) -> anyhow::Result<(PathBuf, Vec<(String, PathBuf)>)> {
             continue;
         }
         let name = v["target"]["name"].as_str().unwrap_or_default();
-        if let (true, Some(exe)) = (SUITES.iter().any(|s| s.0 == name), v["executable"].as_str()) {
+        if let (true, Some(exe)) = (name == TEST_BINARY, v["executable"].as_str()) {
             exes.push((name.to_string(), PathBuf::from(exe)));
         }
     }
-    for (s, _) in SUITES {
-        if !exes.iter().any(|e| e.0 == *s) {
-            bail!("cargo did not report the test binary {s}");
-        }
+    if exes.is_empty() {
+        bail!("cargo did not report the test binary {TEST_BINARY}");
     }
     let target = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -471,12 +472,13 @@ fn plan(
     a: &VmtestArgs,
 ) -> anyhow::Result<Vec<(String, String)>> {
     let mut lines = vec![];
+    let Some((_, exe)) = exes.iter().find(|e| e.0 == TEST_BINARY) else {
+        bail!("no test binary {TEST_BINARY}");
+    };
     for (suite, ignored) in SUITES {
-        let Some((_, exe)) = exes.iter().find(|e| e.0 == *suite) else {
-            continue;
-        };
+        let prefix = format!("{suite}::");
         for t in list_tests(exe, *ignored)? {
-            if a.filter.as_deref().is_some_and(|f| !t.contains(f)) {
+            if !t.starts_with(&prefix) || a.filter.as_deref().is_some_and(|f| !t.contains(f)) {
                 continue;
             }
             let mut cmd = format!(
@@ -488,7 +490,7 @@ fn plan(
             if *ignored {
                 cmd.push_str(" --ignored");
             }
-            lines.push((format!("{suite}.{t}"), cmd));
+            lines.push((t.replace("::", "."), cmd));
         }
     }
     if lines.is_empty() {

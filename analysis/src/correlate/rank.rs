@@ -1,0 +1,272 @@
+//! Culprits ranked over the whole recording, and per-CPU totals, both aggregated as
+//! episodes close so memory depends on the number of culprits, not of events.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use super::episode::{Culprit, Episode};
+
+/// Pids and syscall names kept per culprit (a busy process has many threads).
+const MAX_PIDS: usize = 16;
+const MAX_SYSCALLS: usize = 8;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CulpritRank {
+    pub rank: u32,
+    pub tgid: u32,
+    /// The thread name of the worst episode's holder.
+    pub comm: String,
+    /// Threads seen as culprit (first few).
+    pub pids: Vec<u32>,
+    pub episodes: u64,
+    pub probes_delayed: u64,
+    pub packets_delayed: u64,
+    /// Sum of the episodes' waits.
+    pub total_wait_ns: u64,
+    pub worst_wait_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_rtt_ns: Option<u64>,
+    /// Sum of its time on the CPU inside the waits.
+    pub run_ns: u64,
+    pub cpus: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The syscalls it was inside, with how many episodes each.
+    pub syscalls: Vec<SyscallCount>,
+    /// `record --stacks`: its headline stacks over all its episodes, most sampled
+    /// first (at most 5); empty without stacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<StackCount>,
+}
+
+/// A stack of a culprit summed over episodes: `frames` are function names, leaf first
+/// (the top frames of the kernel stack, or of the user stack for samples in user space).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StackCount {
+    /// `kernel` or `user`.
+    pub side: String,
+    pub frames: Vec<String>,
+    pub samples: u64,
+    pub episodes: u64,
+}
+
+const MAX_STACKS: usize = 5;
+/// Distinct stacks tracked per culprit before the least sampled are dropped.
+const TRACK_STACKS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyscallCount {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub episodes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CpuSummary {
+    pub cpu: u32,
+    pub episodes: u64,
+    pub probes_delayed: u64,
+    pub packets_delayed: u64,
+    pub total_wait_ns: u64,
+    pub worst_wait_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worst_rtt_ns: Option<u64>,
+    /// The worst episode's culprit (by wait).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub culprit: Option<Culprit>,
+    /// The context that ran RX in the worst episode.
+    pub rx_comm: String,
+    /// How many distinct processes were culprits on this CPU.
+    pub culprits: u32,
+}
+
+#[derive(Default)]
+pub struct Ranking {
+    by_proc: HashMap<(u32, String), CulpritRank>,
+    cpus: BTreeMap<u32, (CpuSummary, Vec<u32>)>,
+    pub without_culprit: u64,
+}
+
+/// Adds an episode's stacks of a culprit (each distinct headline counts the episode
+/// once).
+fn add_stacks(acc: &mut Vec<StackCount>, st: &crate::dump::HolderStacks) {
+    let mut this: Vec<(&'static str, Vec<String>, u64)> = Vec::new();
+    for t in &st.top {
+        let (side, frames) = if !t.kernel.is_empty() {
+            ("kernel", &t.kernel)
+        } else if !t.user.is_empty() {
+            ("user", &t.user)
+        } else {
+            continue;
+        };
+        let names = crate::stacks::frame_names(frames, crate::stacks::HEADLINE_FRAMES);
+        match this.iter_mut().find(|x| x.0 == side && x.1 == names) {
+            Some(x) => x.2 += u64::from(t.count),
+            None => this.push((side, names, u64::from(t.count))),
+        }
+    }
+    for (side, names, n) in this {
+        match acc.iter_mut().find(|x| x.side == side && x.frames == names) {
+            Some(x) => {
+                x.samples += n;
+                x.episodes += 1;
+            }
+            None => {
+                if acc.len() >= TRACK_STACKS {
+                    acc.sort_by_key(|x| std::cmp::Reverse(x.samples));
+                    acc.truncate(TRACK_STACKS - 1);
+                }
+                acc.push(StackCount {
+                    side: side.into(),
+                    frames: names,
+                    samples: n,
+                    episodes: 1,
+                });
+            }
+        }
+    }
+}
+
+fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+impl Ranking {
+    pub fn add(&mut self, ep: &Episode) {
+        self.add_cpu(ep);
+        let Some(c) = &ep.culprit else {
+            self.without_culprit += 1;
+            return;
+        };
+        // One row per process: threads of one process (cadvisor's readers) add up.
+        let r = self
+            .by_proc
+            .entry((c.tgid, c.comm.clone()))
+            .or_insert_with(|| CulpritRank {
+                rank: 0,
+                tgid: c.tgid,
+                comm: c.comm.clone(),
+                pids: vec![],
+                episodes: 0,
+                probes_delayed: 0,
+                packets_delayed: 0,
+                total_wait_ns: 0,
+                worst_wait_ns: 0,
+                worst_rtt_ns: None,
+                run_ns: 0,
+                cpus: vec![],
+                cgroup: None,
+                syscalls: vec![],
+                stacks: vec![],
+            });
+        r.episodes += 1;
+        r.probes_delayed += u64::from(ep.probes_delayed);
+        r.packets_delayed += u64::from(ep.packets_delayed);
+        r.total_wait_ns = r.total_wait_ns.saturating_add(ep.wait_ns);
+        r.worst_wait_ns = r.worst_wait_ns.max(ep.wait_ns);
+        r.worst_rtt_ns = max_opt(r.worst_rtt_ns, ep.worst_rtt_ns);
+        r.run_ns = r.run_ns.saturating_add(c.run_ns);
+        if !r.pids.contains(&c.pid) && r.pids.len() < MAX_PIDS {
+            r.pids.push(c.pid);
+        }
+        if !r.cpus.contains(&ep.cpu) {
+            r.cpus.push(ep.cpu);
+            r.cpus.sort_unstable();
+        }
+        if r.cgroup.is_none() {
+            r.cgroup.clone_from(&c.cgroup);
+        }
+        if let Some(st) = &c.stacks {
+            add_stacks(&mut r.stacks, st);
+        }
+        if let Some(s) = &c.syscall {
+            match r
+                .syscalls
+                .iter()
+                .position(|x| x.name == s.name && x.path == s.path)
+            {
+                Some(i) => {
+                    if let Some(x) = r.syscalls.get_mut(i) {
+                        x.episodes += 1;
+                    }
+                }
+                None if r.syscalls.len() < MAX_SYSCALLS => r.syscalls.push(SyscallCount {
+                    name: s.name.clone(),
+                    path: s.path.clone(),
+                    episodes: 1,
+                }),
+                None => {}
+            }
+            r.syscalls
+                .sort_by(|a, b| b.episodes.cmp(&a.episodes).then(a.name.cmp(&b.name)));
+        }
+    }
+
+    fn add_cpu(&mut self, ep: &Episode) {
+        let (s, tgids) = self.cpus.entry(ep.cpu).or_insert_with(|| {
+            (
+                CpuSummary {
+                    cpu: ep.cpu,
+                    episodes: 0,
+                    probes_delayed: 0,
+                    packets_delayed: 0,
+                    total_wait_ns: 0,
+                    worst_wait_ns: 0,
+                    worst_rtt_ns: None,
+                    culprit: None,
+                    rx_comm: String::new(),
+                    culprits: 0,
+                },
+                vec![],
+            )
+        });
+        s.episodes += 1;
+        s.probes_delayed += u64::from(ep.probes_delayed);
+        s.packets_delayed += u64::from(ep.packets_delayed);
+        s.total_wait_ns = s.total_wait_ns.saturating_add(ep.wait_ns);
+        s.worst_rtt_ns = max_opt(s.worst_rtt_ns, ep.worst_rtt_ns);
+        if ep.wait_ns > s.worst_wait_ns || s.episodes == 1 {
+            s.worst_wait_ns = ep.wait_ns;
+            s.culprit.clone_from(&ep.culprit);
+            s.rx_comm.clone_from(&ep.rx.comm);
+        }
+        if let Some(c) = &ep.culprit {
+            if !tgids.contains(&c.tgid) && tgids.len() < 1024 {
+                tgids.push(c.tgid);
+                s.culprits += 1;
+            }
+        }
+    }
+
+    /// Worst first: total delay caused, then episodes, then worst single wait.
+    pub fn ranked(&self) -> Vec<CulpritRank> {
+        let mut v: Vec<CulpritRank> = self.by_proc.values().cloned().collect();
+        v.sort_by(|a, b| {
+            b.total_wait_ns
+                .cmp(&a.total_wait_ns)
+                .then(b.episodes.cmp(&a.episodes))
+                .then(b.worst_wait_ns.cmp(&a.worst_wait_ns))
+                .then(a.tgid.cmp(&b.tgid))
+                .then(a.comm.cmp(&b.comm))
+        });
+        for (i, r) in v.iter_mut().enumerate() {
+            r.rank = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            r.stacks.sort_by(|a, b| {
+                b.samples
+                    .cmp(&a.samples)
+                    .then(b.episodes.cmp(&a.episodes))
+                    .then(a.frames.cmp(&b.frames))
+            });
+            r.stacks.truncate(MAX_STACKS);
+        }
+        v
+    }
+
+    pub fn cpus(&self) -> Vec<CpuSummary> {
+        self.cpus.values().map(|(s, _)| s.clone()).collect()
+    }
+}

@@ -1,0 +1,395 @@
+//! Streams a dump line by line (memory does not grow with the dump), with the line
+//! number of every problem.
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, Read},
+    path::{Path, PathBuf},
+};
+
+use thiserror::Error;
+
+use super::schema::{Footer, Header, Record, DUMP_FORMAT, DUMP_VERSION};
+
+#[derive(Debug, Error)]
+pub enum DumpError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: empty file, not a stalltrace dump")]
+    Empty { path: PathBuf },
+    #[error("{path}:{line}: not a stalltrace dump: {why}")]
+    NotADump {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
+    #[error("{path}:{line}: dump format version {found} is newer than this stalltrace understands ({DUMP_VERSION})")]
+    Version {
+        path: PathBuf,
+        line: u64,
+        found: u32,
+    },
+    #[error("{path}:{line}: malformed record: {why}")]
+    Malformed {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
+    #[error("{path}:{line}: binary data, not JSON text")]
+    Binary { path: PathBuf, line: u64 },
+    #[error("{path}:{line}: record after the footer")]
+    AfterFooter { path: PathBuf, line: u64 },
+}
+
+/// Reads the header on open, then yields records; remembers whether a footer came.
+pub struct DumpReader<R: Read> {
+    path: PathBuf,
+    lines: BufReader<R>,
+    buf: Vec<u8>,
+    line: u64,
+    header: Header,
+    footer: Option<Footer>,
+    /// The last line had no newline (the writer was killed mid-line).
+    partial_last_line: bool,
+}
+
+impl DumpReader<File> {
+    pub fn open(path: &Path) -> Result<Self, DumpError> {
+        let f = File::open(path).map_err(|source| DumpError::Io {
+            path: path.into(),
+            source,
+        })?;
+        Self::new(path, f)
+    }
+}
+
+impl<R: Read> DumpReader<R> {
+    pub fn new(path: &Path, r: R) -> Result<Self, DumpError> {
+        let mut me = Self {
+            path: path.to_path_buf(),
+            lines: BufReader::with_capacity(1 << 16, r),
+            buf: Vec::with_capacity(1024),
+            line: 0,
+            header: Header {
+                format: String::new(),
+                version: 0,
+                host: String::new(),
+                kernel: String::new(),
+                cpus: 0,
+                boot_to_wall_ns: 0,
+                started_at: String::new(),
+                hooks: vec![],
+                packet_hook: String::new(),
+                options: Default::default(),
+            },
+            footer: None,
+            partial_last_line: false,
+        };
+        match me.next_line()? {
+            None => return Err(DumpError::Empty { path: me.path }),
+            Some(Record::Header(h)) => {
+                if h.format != DUMP_FORMAT {
+                    return Err(DumpError::NotADump {
+                        path: me.path,
+                        line: 1,
+                        why: format!("format is {:?}, expected {DUMP_FORMAT:?}", h.format),
+                    });
+                }
+                if h.version > DUMP_VERSION {
+                    return Err(DumpError::Version {
+                        path: me.path,
+                        line: 1,
+                        found: h.version,
+                    });
+                }
+                me.header = h;
+            }
+            Some(_) => {
+                return Err(DumpError::NotADump {
+                    path: me.path,
+                    line: me.line,
+                    why: "the first record is not a header".into(),
+                })
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The footer, once the stream has been read to its end; `None` means the dump
+    /// was cut short.
+    pub fn footer(&self) -> Option<&Footer> {
+        self.footer.as_ref()
+    }
+
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    pub fn partial_last_line(&self) -> bool {
+        self.partial_last_line
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn next_line(&mut self) -> Result<Option<Record>, DumpError> {
+        loop {
+            self.buf.clear();
+            let n = self
+                .lines
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| DumpError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.line += 1;
+            let complete = self.buf.last() == Some(&b'\n');
+            let text = trim_ascii(&self.buf);
+            if text.is_empty() {
+                continue;
+            }
+            if text.contains(&0) || std::str::from_utf8(text).is_err() {
+                return Err(DumpError::Binary {
+                    path: self.path.clone(),
+                    line: self.line,
+                });
+            }
+            match decode_record(text) {
+                Ok(mut r) => {
+                    r.sanitize();
+                    return Ok(Some(r));
+                }
+                Err(e) if !complete && self.line > 1 => {
+                    // A torn last line: the recorder died while writing it.
+                    let _ = e;
+                    self.partial_last_line = true;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    return Err(DumpError::Malformed {
+                        path: self.path.clone(),
+                        line: self.line,
+                        why: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The next record after the header (the footer is kept, not yielded).
+    pub fn next_record(&mut self) -> Result<Option<Record>, DumpError> {
+        match self.next_line()? {
+            None => Ok(None),
+            Some(Record::Footer(f)) => {
+                self.footer = Some(f);
+                // Only blank lines may follow a footer.
+                match self.next_line()? {
+                    None => Ok(None),
+                    Some(_) => Err(DumpError::AfterFooter {
+                        path: self.path.clone(),
+                        line: self.line,
+                    }),
+                }
+            }
+            Some(Record::Header(_)) => Err(DumpError::Malformed {
+                path: self.path.clone(),
+                line: self.line,
+                why: "a second header".into(),
+            }),
+            Some(r) => Ok(Some(r)),
+        }
+    }
+}
+
+/// Decodes one line. The writer puts `"type"` first, so the common kinds are decoded
+/// straight into their struct (the extra `type` key is ignored); serde's generic path
+/// for internally tagged enums buffers every field first and costs a quarter of
+/// `analyze`'s time. Anything else takes that generic path.
+fn decode_record(text: &[u8]) -> serde_json::Result<Record> {
+    const PACKET: &[u8] = br#"{"type":"packet","#;
+    const WAIT: &[u8] = br#"{"type":"wait","#;
+    const SYSCALL: &[u8] = br#"{"type":"syscall","#;
+    const PROBE: &[u8] = br#"{"type":"probe","#;
+    if text.starts_with(PACKET) {
+        serde_json::from_slice(text).map(Record::Packet)
+    } else if text.starts_with(WAIT) {
+        serde_json::from_slice(text).map(Record::Wait)
+    } else if text.starts_with(SYSCALL) {
+        serde_json::from_slice(text).map(Record::Syscall)
+    } else if text.starts_with(PROBE) {
+        serde_json::from_slice(text).map(Record::Probe)
+    } else {
+        serde_json::from_slice::<Record>(text)
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::schema::*;
+
+    fn header_line() -> String {
+        serde_json::to_string(&Record::Header(Header {
+            format: DUMP_FORMAT.into(),
+            version: DUMP_VERSION,
+            host: "h".into(),
+            kernel: "6.1".into(),
+            cpus: 2,
+            boot_to_wall_ns: 0,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            hooks: vec![],
+            packet_hook: "tracepoint".into(),
+            options: Options::default(),
+        }))
+        .unwrap()
+    }
+
+    fn probe_line(seq: u32) -> String {
+        serde_json::to_string(&Record::Probe(ProbeRec {
+            source: "ping".into(),
+            proto: ProbeProto::Icmp,
+            target: "10.0.0.2".into(),
+            seq,
+            wire_ident: Some(7),
+            wire_seq: Some(seq as u16),
+            sent_ns: None,
+            rtt_ns: Some(1_000_000),
+            status: ProbeStatus::Ok,
+        }))
+        .unwrap()
+    }
+
+    fn read_all(text: &[u8]) -> Result<(Vec<Record>, bool, bool), DumpError> {
+        let mut r = DumpReader::new(Path::new("d.jsonl"), text)?;
+        let mut v = vec![];
+        while let Some(rec) = r.next_record()? {
+            v.push(rec);
+        }
+        Ok((v, r.footer().is_some(), r.partial_last_line()))
+    }
+
+    #[test]
+    fn complete_dump_reads_with_footer() {
+        let foot = serde_json::to_string(&Record::Footer(Footer::default())).unwrap();
+        let text = format!("{}\n{}\n{}\n", header_line(), probe_line(1), foot);
+        let (v, footer, partial) = read_all(text.as_bytes()).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(footer);
+        assert!(!partial);
+    }
+
+    #[test]
+    fn cut_short_dump_reads_up_to_last_complete_line() {
+        let p = probe_line(2);
+        let text = format!(
+            "{}\n{}\n{}",
+            header_line(),
+            probe_line(1),
+            &p[..p.len() / 2]
+        );
+        let (v, footer, partial) = read_all(text.as_bytes()).unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(!footer);
+        assert!(partial);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let text = format!(
+            "{}\n{}\n{{\"type\":\"packet\"}}\n",
+            header_line(),
+            probe_line(1)
+        );
+        let e = read_all(text.as_bytes()).unwrap_err();
+        assert!(matches!(e, DumpError::Malformed { line: 3, .. }), "{e}");
+        assert!(
+            e.to_string().starts_with("d.jsonl:3: malformed record"),
+            "{e}"
+        );
+
+        let e = read_all(b"").unwrap_err();
+        assert!(matches!(e, DumpError::Empty { .. }));
+
+        let e = read_all(b"\x7fELF\x02\x01\x01\x00\x00\n").unwrap_err();
+        assert!(matches!(e, DumpError::Binary { line: 1, .. }), "{e}");
+
+        let e = read_all(format!("{}\n", probe_line(1)).as_bytes()).unwrap_err();
+        assert!(matches!(e, DumpError::NotADump { line: 1, .. }), "{e}");
+
+        let e = read_all(b"hello world\n").unwrap_err();
+        assert!(matches!(e, DumpError::Malformed { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn records_without_stack_fields_still_read() {
+        // A holder and a footer as written before --stacks existed.
+        let holder = r#"{"pid":1,"tgid":1,"comm":"c","run_ns":5,"cgroup_id":0,"policy":"SCHED_OTHER","priority":0}"#;
+        let h: HolderRec = serde_json::from_str(holder).unwrap();
+        assert_eq!(h.stacks, None);
+        let lost: Lost = serde_json::from_str(r#"{"packets":1,"waits":2,"syscalls":3}"#).unwrap();
+        assert_eq!((lost.stack_samples, lost.total()), (0, 6));
+        // And the stack fields round-trip; absent ones are not written.
+        let mut h2 = h.clone();
+        h2.stacks = Some(HolderStacks {
+            samples: 2,
+            top: vec![StackRec {
+                count: 2,
+                kernel: vec!["vfs_read+0x1".into()],
+                user: vec![],
+            }],
+            ..Default::default()
+        });
+        let text = serde_json::to_string(&h2).unwrap();
+        assert!(!text.contains("\"user\""), "{text}");
+        assert_eq!(serde_json::from_str::<HolderRec>(&text).unwrap(), h2);
+        assert!(!serde_json::to_string(&h).unwrap().contains("stacks"));
+        assert!(!serde_json::to_string(&lost)
+            .unwrap()
+            .contains("stack_samples"));
+    }
+
+    #[test]
+    fn the_fast_path_decodes_what_the_generic_one_does() {
+        let line = probe_line(5);
+        assert!(
+            line.starts_with(r#"{"type":"probe","#),
+            "writer puts the tag first: {line}"
+        );
+        let fast = decode_record(line.as_bytes()).unwrap();
+        let generic: Record = serde_json::from_str(&line).unwrap();
+        assert_eq!(fast, generic);
+        // A line whose tag is not first still decodes (another writer's key order).
+        let moved =
+            line.replacen(r#""type":"probe","#, "", 1)
+                .replacen('}', r#","type":"probe"}"#, 1);
+        assert_eq!(decode_record(moved.as_bytes()).unwrap(), generic);
+        // Malformed fast-path lines are still errors.
+        assert!(decode_record(br#"{"type":"packet","ts_ns":"soon"}"#).is_err());
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let h = header_line().replace(&format!("\"version\":{DUMP_VERSION}"), "\"version\":99");
+        let e = read_all(format!("{h}\n").as_bytes()).unwrap_err();
+        assert!(matches!(e, DumpError::Version { found: 99, .. }), "{e}");
+    }
+}

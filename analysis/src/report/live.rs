@@ -1,0 +1,265 @@
+//! Live lines of `record`: packets in the seed's table layout, waits and long syscalls
+//! in plain words.
+use crate::{
+    dump::{HolderRec, PacketRec, RxContext, SyscallRec, WaitKind, WaitRec},
+    stacks,
+    units::human_ns,
+};
+
+pub const PACKET_HEADER: &str =
+    "  TGID    PID PROCESS          CPU CONTEXT          PACKET            ID   SEQ";
+
+pub fn context_name(c: RxContext) -> &'static str {
+    match c {
+        RxContext::Ksoftirqd => "ksoftirqd",
+        RxContext::Napi => "threaded-napi",
+        RxContext::BacklogNapi => "backlog-napi",
+        RxContext::Idle => "softirq(idle)",
+        RxContext::ProcessSoftirq => "softirq(process)",
+        RxContext::Process => "process",
+    }
+}
+
+pub fn packet_line(p: &PacketRec) -> String {
+    let kind = serde_json::to_value(p.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "{:>6} {:>6} {:<16} {:>3} {:<16} {:<14} {:>6} {:>5}",
+        p.tgid,
+        p.pid,
+        p.comm,
+        p.cpu,
+        context_name(p.context),
+        format!("{} {kind}", p.proto),
+        p.ident,
+        p.seq
+    )
+}
+
+/// `stall-hog (pid 4242, SCHED_FIFO 50)`.
+pub fn task_words(h: &HolderRec) -> String {
+    let ids = if h.tgid != 0 && h.tgid != h.pid {
+        format!("pid {}, tgid {}", h.pid, h.tgid)
+    } else {
+        format!("pid {}", h.pid)
+    };
+    let sched = match h.policy.as_str() {
+        "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
+        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => {
+            format!("RT {}", h.priority)
+        }
+        p => format!("{p} nice {}", h.priority),
+    };
+    format!("{} ({ids}, {sched})", h.comm)
+}
+
+/// What the holder was doing: `inside read() of /path for 98 ms`,
+/// `inside pread64() of /path (3 calls, 92 ms of the wait)`, or `in user space`.
+pub fn syscall_words(h: &HolderRec, until_ns: u64) -> String {
+    match &h.syscall {
+        None => "in user space (no long syscall)".into(),
+        Some(s) => {
+            let of = s
+                .path
+                .as_deref()
+                .map(|p| format!(" of {p}"))
+                .unwrap_or_default();
+            if s.calls > 1 {
+                format!(
+                    "inside {}(){of} ({} calls, {} of the wait)",
+                    s.name,
+                    s.calls,
+                    human_ns(s.in_window_ns)
+                )
+            } else if s.since_ns > 0 && s.since_ns < until_ns {
+                format!(
+                    "inside {}(){of} for {}",
+                    s.name,
+                    human_ns(until_ns - s.since_ns)
+                )
+            } else {
+                format!("inside {}(){of}", s.name)
+            }
+        }
+    }
+}
+
+pub fn wait_sentence(w: &WaitRec) -> String {
+    let head = match w.kind {
+        WaitKind::NetRxSoftirq => format!(
+            "CPU {}: NET_RX waited {} (raised by {} pid {}); RX ran in {}",
+            w.cpu,
+            human_ns(w.wait_ns),
+            w.waker.comm,
+            w.waker.pid,
+            rx_words(w)
+        ),
+        WaitKind::RxThread => format!(
+            "CPU {}: RX thread {} waited {} from wakeup (by {} pid {}) to run",
+            w.cpu,
+            w.rx.comm,
+            human_ns(w.wait_ns),
+            w.waker.comm,
+            w.waker.pid
+        ),
+    };
+    let held = match w.holders.first() {
+        None => "; no task held the CPU (idle, or interrupts)".to_string(),
+        Some(h) => {
+            let others = w.holders.len().saturating_sub(1) + w.nr_other_runs as usize;
+            let more = if others > 0 {
+                format!(
+                    "; {others} other run{} on the CPU",
+                    if others == 1 { "" } else { "s" }
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "; CPU held by {} for {}, {}{more}{}",
+                task_words(h),
+                human_ns(h.run_ns),
+                syscall_words(h, w.ts_ns),
+                stack_words(h)
+            )
+        }
+    };
+    let trunc = if w.truncated {
+        " (history shorter than the wait: earlier holders may be missing)"
+    } else {
+        ""
+    };
+    format!("{head}{held}{trunc}")
+}
+
+/// `; kernel stack in 27 of 40 samples: copy_page_to_iter ← filemap_read ← …` (leaf
+/// first, read "called from"), or nothing without samples.
+pub fn stack_words(h: &HolderRec) -> String {
+    let Some((n, of, side, frames)) = h.stacks.as_ref().and_then(stacks::headline) else {
+        return String::new();
+    };
+    format!(
+        "; {side} stack in {n} of {of} samples: {}",
+        stacks::short_stack(frames, stacks::HEADLINE_FRAMES)
+    )
+}
+
+fn rx_words(w: &WaitRec) -> String {
+    match w.rx_context {
+        RxContext::ProcessSoftirq => format!("softirq on {}'s stack (pid {})", w.rx.comm, w.rx.pid),
+        RxContext::Idle => "softirq on the idle CPU".into(),
+        _ => w.rx.comm.clone(),
+    }
+}
+
+pub fn syscall_sentence(s: &SyscallRec) -> String {
+    let of = s
+        .path
+        .as_deref()
+        .map(|p| format!(" of {p}"))
+        .unwrap_or_default();
+    format!(
+        "CPU {}: {} (pid {}, tgid {}) spent {} on CPU inside {}(){of} ({} wall)",
+        s.cpu,
+        s.comm,
+        s.pid,
+        s.tgid,
+        human_ns(s.cpu_ns),
+        s.name,
+        human_ns(s.dur_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dump::{SyscallRef, TaskRef};
+
+    #[test]
+    fn wait_sentence_names_culprit_and_rx_thread() {
+        let w = WaitRec {
+            kind: WaitKind::RxThread,
+            cpu: 1,
+            start_ns: 1_000_000_000,
+            ts_ns: 1_712_000_000,
+            wait_ns: 712_000_000,
+            rx: TaskRef {
+                pid: 258,
+                tgid: 258,
+                comm: "napi/vB-258".into(),
+            },
+            rx_context: RxContext::Napi,
+            waker: TaskRef {
+                pid: 881,
+                tgid: 0,
+                comm: "ping".into(),
+            },
+            holders: vec![HolderRec {
+                pid: 4242,
+                tgid: 4242,
+                comm: "stall-hog".into(),
+                run_ns: 705_000_000,
+                cgroup_id: 1,
+                cgroup: None,
+                policy: "SCHED_FIFO".into(),
+                priority: 50,
+                syscall: Some(SyscallRef {
+                    nr: 0,
+                    name: "read".into(),
+                    arg0: 3,
+                    path: Some("/tmp/big".into()),
+                    since_ns: 1_614_000_000,
+                    calls: 1,
+                    in_window_ns: 98_000_000,
+                }),
+                stacks: None,
+            }],
+            nr_switches: 1,
+            nr_other_runs: 0,
+            run_ns: 0,
+            truncated: false,
+        };
+        assert_eq!(
+            wait_sentence(&w),
+            "CPU 1: RX thread napi/vB-258 waited 712 ms from wakeup (by ping pid 881) to run; \
+             CPU held by stall-hog (pid 4242, SCHED_FIFO 50) for 705 ms, inside read() of /tmp/big for 98 ms"
+        );
+        let mut w = w;
+        w.holders[0].stacks = Some(crate::dump::HolderStacks {
+            samples: 40,
+            user_mode: 0,
+            missing: 0,
+            distinct: 2,
+            top: vec![crate::dump::StackRec {
+                count: 27,
+                kernel: [
+                    "copy_page_to_iter+0xa3",
+                    "shmem_file_read_iter+0x117",
+                    "vfs_read+0x23a",
+                    "ksys_read+0x6b",
+                    "__x64_sys_read+0x19",
+                    "do_syscall_64+0x71",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+                user: vec!["__libc_read+0x13 [libc.so.6]".into()],
+            }],
+        });
+        assert!(
+            wait_sentence(&w).ends_with(
+                "inside read() of /tmp/big for 98 ms; kernel stack in 27 of 40 samples: \
+                 copy_page_to_iter ← shmem_file_read_iter ← vfs_read ← ksys_read ← __x64_sys_read ← …"
+            ),
+            "{}",
+            wait_sentence(&w)
+        );
+        // Samples in user space only: the user stack.
+        if let Some(st) = w.holders[0].stacks.as_mut() {
+            st.top[0].kernel.clear();
+        }
+        assert!(wait_sentence(&w).ends_with("; user stack in 27 of 40 samples: __libc_read"));
+    }
+}

@@ -1,0 +1,169 @@
+//! Reports over the correlator's output: plain-words summary, text, JSON, Perfetto.
+//! The phrases here are shared by the live recorder and `analyze` so both say the
+//! same thing about the same episode.
+pub mod escape;
+pub mod json;
+pub mod live;
+pub mod perfetto;
+pub mod text;
+
+use crate::correlate::episode::{Culprit, CulpritSyscall};
+use crate::correlate::rank::CpuSummary;
+use crate::correlate::{Mode, Report};
+
+/// A duration for sentences; absurd values (corrupt input) are clamped, not trusted.
+pub fn dur(ns: u64) -> String {
+    crate::units::human_ns(ns.min(1 << 62))
+}
+
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `read() of /sys/fs/cgroup/memory/memory.stat`, `syscall 333`.
+pub fn syscall_phrase(s: &CulpritSyscall) -> String {
+    let call = match s.name.strip_prefix("syscall_") {
+        Some(n) => format!("syscall {n}"),
+        None => format!("{}()", s.name),
+    };
+    match &s.path {
+        Some(p) => format!("{call} of {p}"),
+        None => call,
+    }
+}
+
+/// `SCHED_OTHER nice 0`, `SCHED_FIFO prio 50`.
+pub fn sched_phrase(c: &Culprit) -> String {
+    let rt = ["FIFO", "RR", "DEADLINE"]
+        .iter()
+        .any(|k| c.policy.contains(k));
+    format!(
+        "{} {} {}",
+        c.policy,
+        if rt { "prio" } else { "nice" },
+        c.priority
+    )
+}
+
+/// `cadvisor (pid 10436, tgid 10137) held the CPU for 98 ms inside read() of …`.
+pub fn culprit_phrase(c: &Culprit) -> String {
+    let mut s = format!(
+        "{} (pid {}, tgid {}) held the CPU for {}",
+        c.comm,
+        c.pid,
+        c.tgid,
+        dur(c.run_ns)
+    );
+    if let Some(sys) = &c.syscall {
+        s.push_str(" inside ");
+        s.push_str(&syscall_phrase(sys));
+    }
+    s
+}
+
+fn cpu_sentence(c: &CpuSummary, mode: Mode) -> String {
+    let mut s = format!(
+        "CPU {}: {}, ",
+        c.cpu,
+        plural(c.episodes, "episode", "episodes")
+    );
+    match (mode, c.worst_rtt_ns) {
+        (Mode::Probes, Some(rtt)) => s.push_str(&format!(
+            "{} delayed up to {}",
+            plural(c.probes_delayed, "probe", "probes"),
+            dur(rtt)
+        )),
+        _ => s.push_str(&format!(
+            "{} delayed by waits up to {}",
+            plural(c.packets_delayed, "packet", "packets"),
+            dur(c.worst_wait_ns)
+        )),
+    }
+    match &c.culprit {
+        Some(cul) => {
+            s.push_str(if c.culprits > 1 {
+                "; worst culprit "
+            } else {
+                "; culprit "
+            });
+            s.push_str(&culprit_phrase(cul));
+        }
+        None => s.push_str("; no task was recorded holding the CPU"),
+    }
+    s.push_str(&format!("; RX ran in {}.", c.rx_comm));
+    if c.culprits > 1 {
+        s.push_str(&format!(
+            " {} processes were culprits on this CPU.",
+            c.culprits
+        ));
+    }
+    s
+}
+
+/// The plain-words summary, first in every report.
+pub fn summary(r: &Report) -> Vec<String> {
+    let thr = dur(r.stall_threshold_ns);
+    let t = &r.totals;
+    let mut out = Vec::new();
+    if !r.input.complete {
+        out.push(format!(
+            "The dump was cut short (no footer{}): this covers what was recorded up to line {}.",
+            if r.input.partial_last_line {
+                ", last line torn"
+            } else {
+                ""
+            },
+            r.input.lines
+        ));
+    }
+    if let Some(lost) = &r.input.lost {
+        if lost.total() > 0 {
+            out.push(format!(
+                "The kernel dropped {} events (ring buffer full): some episodes may be missing.",
+                lost.total()
+            ));
+        }
+    }
+    if t.episodes == 0 {
+        out.push(match r.mode {
+            Mode::Probes => format!(
+                "No stall episode: of {}, none was delayed {thr} or more by a wait on this node.",
+                plural(t.probes, "probe", "probes")
+            ),
+            Mode::Packets => format!(
+                "No stall episode: no packet (of {}) was processed after a wait of {thr} or more.",
+                t.packets
+            ),
+        });
+    }
+    for c in &r.cpus {
+        out.push(cpu_sentence(c, r.mode));
+    }
+    if let Some(top) = r.culprits.first() {
+        if r.culprits.len() > 1 {
+            out.push(format!(
+                "Worst culprit over the recording: {} (tgid {}), {}, {} of waiting in total.",
+                top.comm,
+                top.tgid,
+                plural(top.episodes, "episode", "episodes"),
+                dur(top.total_wait_ns)
+            ));
+        }
+    }
+    if t.probes_unexplained > 0 {
+        out.push(format!(
+            "{} at or above {thr} {} not explained by a wait on this node: {} no packet recorded, \
+             {} not processed right after a wait, {} after a wait shorter than half the RTT.",
+            plural(t.probes_unexplained, "probe", "probes"),
+            if t.probes_unexplained == 1 {
+                "is"
+            } else {
+                "are"
+            },
+            r.unexplained_no_packet,
+            r.unexplained_no_wait,
+            r.unexplained_wait_too_short
+        ));
+    }
+    out
+}

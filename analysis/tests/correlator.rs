@@ -1,0 +1,370 @@
+//! The correlator over the seed fixture and synthetic streams: episodes, culprits,
+//! probe matching, packet-only mode, bounded memory, odd input.
+use stalltrace_analysis::correlate::outcome::Unexplained;
+use stalltrace_analysis::correlate::{Config, Correlator, Mode, Report};
+use stalltrace_analysis::dump::*;
+use stalltrace_testkit::seed::{
+    self as fixture, Seed, CADVISOR_PID, CADVISOR_TGID, CPU, MEMORY_STAT, MS, US,
+};
+
+fn run(recs: &[Record], cfg: Option<Config>, log: Option<Vec<ProbeRec>>) -> Report {
+    let Record::Header(h) = &recs[0] else {
+        panic!("no header")
+    };
+    let mut c = Correlator::new(cfg.unwrap_or_else(|| Config::from_header(h, None)));
+    if let Some(l) = log {
+        c.set_probe_log(l);
+    }
+    for r in recs {
+        c.push(r);
+    }
+    c.finish()
+}
+
+fn probes_of(recs: &[Record]) -> Vec<ProbeRec> {
+    recs.iter()
+        .filter_map(|r| {
+            if let Record::Probe(p) = r {
+                Some(p.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn seed_gives_one_episode_blaming_cadvisor() {
+    let r = run(&fixture::records(Seed::default()), None, None);
+    assert_eq!(r.mode, Mode::Probes);
+    assert_eq!(r.episodes.len(), 1, "{:#?}", r.episodes);
+    let e = &r.episodes[0];
+    assert_eq!(e.cpu, CPU);
+    assert_eq!(
+        e.waits.len(),
+        2,
+        "the softirq and ksoftirqd waits are one stall"
+    );
+    assert!((98 * MS..=100 * MS).contains(&e.wait_ns), "{}", e.wait_ns);
+    let c = e.culprit.as_ref().unwrap();
+    assert_eq!(
+        (c.comm.as_str(), c.pid, c.tgid),
+        ("cadvisor", CADVISOR_PID, CADVISOR_TGID)
+    );
+    assert_eq!(c.run_ns, 98 * MS);
+    let s = c.syscall.as_ref().unwrap();
+    assert_eq!(
+        (s.nr, s.name.as_str(), s.path.as_deref()),
+        (0, "read", Some(MEMORY_STAT))
+    );
+    assert!(
+        s.dur_ns.unwrap() > 200 * MS,
+        "joined with the syscall record"
+    );
+    assert_eq!(
+        (e.rx.comm.as_str(), e.rx.context),
+        ("ksoftirqd/11", RxContext::Ksoftirqd)
+    );
+    assert_eq!(e.probes_delayed, 5);
+    assert_eq!(e.probes_in_run, 10);
+    assert_eq!(e.packets_delayed, 10);
+    assert_eq!(e.worst_rtt_ns.map(|n| n / MS), Some(99));
+    let seqs: Vec<(u32, bool, bool)> = e
+        .lines
+        .iter()
+        .map(|l| (l.seq.unwrap(), l.delayed, l.over_threshold))
+        .collect();
+    let mut want = vec![
+        (1950, false, false),
+        (1951, false, false),
+        (1952, false, false),
+    ];
+    want.extend((1953..=1962).map(|s| (s, true, s <= 1957)));
+    assert_eq!(seqs, want);
+    assert_eq!(e.lines[1].comm, "cadvisor");
+    assert_eq!(e.lines[1].context, RxContext::ProcessSoftirq);
+    assert_eq!(
+        (
+            r.totals.probes_stalled,
+            r.totals.probes_explained,
+            r.totals.probes_unexplained
+        ),
+        (5, 5, 0)
+    );
+    assert_eq!(r.culprits.len(), 1);
+    assert_eq!(
+        (
+            r.culprits[0].tgid,
+            r.culprits[0].episodes,
+            r.culprits[0].probes_delayed
+        ),
+        (CADVISOR_TGID, 1, 5)
+    );
+    assert_eq!(r.cpus.len(), 1);
+}
+
+#[test]
+fn quiet_recording_has_no_episode() {
+    let r = run(
+        &fixture::records(Seed {
+            stall: false,
+            ..Seed::default()
+        }),
+        None,
+        None,
+    );
+    assert_eq!(r.totals.waits, 1, "a short wait is there");
+    assert_eq!(r.totals.stalls_over_threshold, 0);
+    assert!(r.episodes.is_empty());
+    assert!(r.culprits.is_empty());
+    assert_eq!(r.totals.probes_stalled, 0);
+    assert!(stalltrace_analysis::report::summary(&r)[0].starts_with("No stall episode"));
+}
+
+#[test]
+fn a_lower_threshold_turns_the_short_wait_into_an_episode_in_packet_mode() {
+    let recs = fixture::records(Seed {
+        stall: false,
+        probes: false,
+        footer: true,
+    });
+    assert!(run(&recs, None, None).episodes.is_empty());
+    let r = run(&recs, Some(Config::new(2 * MS)), None);
+    assert_eq!(r.mode, Mode::Packets);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.episodes[0].culprit.as_ref().unwrap().comm, "kworker/11:1");
+}
+
+#[test]
+fn packet_only_recording_groups_delayed_packets_by_wait() {
+    let r = run(
+        &fixture::records(Seed {
+            probes: false,
+            ..Seed::default()
+        }),
+        None,
+        None,
+    );
+    assert_eq!(r.mode, Mode::Packets);
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    assert_eq!(e.packets_delayed, 10);
+    assert_eq!(e.probes_delayed, 0);
+    assert_eq!(e.culprit.as_ref().unwrap().pid, CADVISOR_PID);
+    assert!(stalltrace_analysis::report::text::episode_line(e).contains("10 packets delayed"));
+}
+
+#[test]
+fn probe_log_without_identifier_matches_by_sequence() {
+    let with = fixture::records(Seed::default());
+    let mut log = probes_of(&with);
+    for p in &mut log {
+        p.wire_ident = None;
+    }
+    // The dump's own probe records are ignored in favour of the log.
+    let r = run(&with, None, Some(log.clone()));
+    assert_eq!(r.totals.probes_ignored, 61);
+    assert_eq!(r.totals.probes, 61);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.episodes[0].probes_delayed, 5);
+    assert_eq!(r.input.probe_source, "log");
+    let without = fixture::records(Seed {
+        probes: false,
+        ..Seed::default()
+    });
+    let r2 = run(&without, None, Some(log));
+    assert_eq!(r2.episodes, r.episodes);
+}
+
+#[test]
+fn request_and_reply_seen_count_each_probe_once() {
+    let mut recs = fixture::records(Seed::default());
+    let footer = recs.pop().unwrap();
+    // The prober's side: every reply processed promptly on CPU 3.
+    let mut extra = vec![];
+    for seq in 1940u32..=2000 {
+        let mut p = fixture::packet(
+            seq,
+            fixture::arrival(seq) + 300 * US,
+            fixture::arrival(seq) + 290 * US,
+            (0, 0, "swapper/3", RxContext::Idle),
+        );
+        p.cpu = 3;
+        p.kind = PacketKind::EchoReply;
+        extra.push(Record::Packet(p));
+    }
+    // Put replies before the probe results (they are what the prober waited for).
+    let mut merged = vec![];
+    for r in recs {
+        if let Record::Probe(p) = &r {
+            if let Some(pos) = extra
+                .iter()
+                .position(|e| matches!(e, Record::Packet(x) if u32::from(x.seq) == p.seq))
+            {
+                merged.push(extra.remove(pos));
+            }
+        }
+        merged.push(r);
+    }
+    merged.push(footer);
+    let r = run(&merged, None, None);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.episodes[0].probes_delayed, 5);
+    assert_eq!(r.totals.probes_explained, 5);
+    assert_eq!(r.totals.probes_unexplained, 0);
+}
+
+#[test]
+fn stalled_probes_without_a_wait_are_unexplained_with_a_reason() {
+    let mut recs = fixture::records(Seed {
+        stall: false,
+        ..Seed::default()
+    });
+    for r in &mut recs {
+        if let Record::Probe(p) = r {
+            if p.seq == 1990 {
+                p.rtt_ns = Some(120 * MS);
+            }
+        }
+    }
+    let footer = recs.pop().unwrap();
+    recs.push(Record::Probe(fixture::probe(2500, 130 * MS))); // never seen by the kernel
+    recs.push(footer);
+    let r = run(&recs, None, None);
+    assert!(r.episodes.is_empty());
+    assert_eq!(r.totals.probes_unexplained, 2);
+    assert_eq!((r.unexplained_no_wait, r.unexplained_no_packet), (1, 1));
+    let u: Vec<(u32, Unexplained, Option<u32>)> = r
+        .unexplained
+        .iter()
+        .map(|u| (u.seq, u.reason, u.cpu))
+        .collect();
+    assert!(u.contains(&(1990, Unexplained::NoWait, Some(CPU))), "{u:?}");
+    assert!(u.contains(&(2500, Unexplained::NoPacket, None)), "{u:?}");
+}
+
+fn synth_wait(cpu: u32, start: u64, end: u64, holder: (u32, &str)) -> WaitRec {
+    WaitRec {
+        kind: WaitKind::RxThread,
+        cpu,
+        start_ns: start,
+        ts_ns: end,
+        wait_ns: end - start,
+        rx: TaskRef {
+            pid: 76,
+            tgid: 76,
+            comm: format!("ksoftirqd/{cpu}"),
+        },
+        rx_context: RxContext::Ksoftirqd,
+        waker: TaskRef {
+            pid: 0,
+            tgid: 0,
+            comm: "swapper".into(),
+        },
+        holders: vec![fixture::holder(
+            holder.0,
+            holder.0,
+            holder.1,
+            end.saturating_sub(start + MS),
+            None,
+        )],
+        nr_switches: 1,
+        nr_other_runs: 0,
+        run_ns: 0,
+        truncated: false,
+    }
+}
+
+/// A long live-like stream: a probe every 10 ms on CPU 11, a 120 ms stall every
+/// 10 s, alternately blamed on two tasks (one twice as often).
+fn long_stream(seconds: u64, mut each: impl FnMut(&Record)) {
+    each(&Record::Header(fixture::header(None)));
+    let t0 = fixture::T0;
+    let mut seq = 0u32;
+    let mut t = t0;
+    let mut stall_no = 0u64;
+    while t < t0 + seconds * 1000 * MS {
+        let second = (t - t0) / (1000 * MS);
+        let in_stall_at = t0 + (second / 10) * 10_000 * MS + 5_000 * MS;
+        let stalled = second % 10 == 5 && t >= in_stall_at && t < in_stall_at + 120 * MS;
+        let end = in_stall_at + 120 * MS;
+        if stalled && t == in_stall_at {
+            let who = if stall_no % 3 == 2 {
+                (500, "backup")
+            } else {
+                (400, "cadvisor")
+            };
+            stall_no += 1;
+            each(&Record::Wait(synth_wait(CPU, t, end, who)));
+        }
+        let (ts, rx) = if stalled {
+            (end + 5 * US, end)
+        } else {
+            (t + 5 * US, t + 2 * US)
+        };
+        let mut p = fixture::packet(seq, ts, rx, (0, 0, "swapper/11", RxContext::Idle));
+        p.seq = seq as u16;
+        each(&Record::Packet(p));
+        let mut pr = fixture::probe(seq, ts - t + 300 * US);
+        pr.wire_seq = Some(seq as u16);
+        each(&Record::Probe(pr));
+        seq += 1;
+        t += 10 * MS;
+    }
+}
+
+#[test]
+fn memory_stays_bounded_and_the_ranking_adds_up_over_a_long_stream() {
+    let mut c = Correlator::new(Config::new(50 * MS));
+    let mut max_pkts = 0;
+    let mut max_keys = 0;
+    let mut closed = 0;
+    // 700 s: 70 000 probes, the wire sequence wraps once.
+    long_stream(700, |r| {
+        closed += c.push(r).len();
+        let (pkts, keys) = c.retained();
+        max_pkts = max_pkts.max(pkts);
+        max_keys = max_keys.max(keys);
+    });
+    let r = c.finish();
+    assert_eq!(r.totals.episodes, 70);
+    assert_eq!(closed, 70, "all but none closed while streaming");
+    assert!(max_pkts < 1000, "kept {max_pkts} packets");
+    assert!(max_keys < 4000, "kept {max_keys} index entries");
+    let ranks: Vec<(&str, u64)> = r
+        .culprits
+        .iter()
+        .map(|c| (c.comm.as_str(), c.episodes))
+        .collect();
+    assert_eq!(ranks, vec![("cadvisor", 47), ("backup", 23)]);
+    // Each stall delays the 12 probes sent in it; those of 50 ms or more: 8.
+    assert_eq!(r.totals.probes_explained, 70 * 8);
+    assert_eq!(r.totals.probes_unexplained, 0);
+}
+
+#[test]
+fn odd_values_do_not_panic() {
+    let mut c = Correlator::new(Config::new(0));
+    let mut w = synth_wait(u32::MAX, 0, 10, (1, "x"));
+    w.start_ns = u64::MAX; // start after end
+    w.wait_ns = u64::MAX;
+    w.holders[0].run_ns = u64::MAX;
+    c.push(&Record::Wait(w.clone()));
+    w.ts_ns = u64::MAX;
+    w.start_ns = 0;
+    c.push(&Record::Wait(w));
+    let mut p = fixture::packet(1, u64::MAX, u64::MAX, (0, 0, "", RxContext::Idle));
+    p.cpu = u32::MAX;
+    c.push(&Record::Packet(p));
+    let mut pr = fixture::probe(1, u64::MAX);
+    pr.sent_ns = Some(u64::MAX);
+    c.push(&Record::Probe(pr));
+    c.tick(u64::MAX);
+    let r = c.finish();
+    let _ = stalltrace_analysis::report::text::render(&r);
+    let _ = stalltrace_analysis::report::json::render(&r).unwrap();
+    assert_eq!(
+        (r.totals.waits, r.totals.packets, r.totals.probes),
+        (2, 1, 1)
+    );
+}

@@ -1,0 +1,464 @@
+//! Loads the eBPF object with this kernel's offsets and the user's filter, attaches the
+//! programs, and reads the maps. Dropping the [`Tracer`] detaches everything (aya owns
+//! the links and program fds), so no program outlives the process.
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        KProbe, PerfEvent, RawTracePoint,
+    },
+    Ebpf, EbpfLoader,
+};
+use thiserror::Error;
+use tracer_common::{
+    Config, EventKind, Filter, Hist, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD, HIST_TIMER,
+    LOST_SLOTS, STACK_MAP_ENTRIES,
+};
+
+use stalltrace_analysis::dump::{CpuHist, Lost};
+
+/// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// kprobe:icmp_echo where the kernel has kprobes, else the tracepoint.
+    Auto,
+    /// kprobe:icmp_echo (IPv4 echo requests only; fails where kprobes are missing).
+    Kprobe,
+    /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
+    Tracepoint,
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("this stalltrace was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    NoObject,
+    #[error("loading the eBPF object failed: {0}")]
+    Object(String),
+    #[error("program {prog} was rejected by the kernel: {why}")]
+    Verifier { prog: String, why: String },
+    #[error("{hook} loaded (the verifier accepted it) but cannot be attached: {why}")]
+    KprobeUnavailable { hook: String, why: String },
+    #[error("attaching {hook} failed: {why}")]
+    Attach { hook: String, why: String },
+    #[error("map {0} missing or of the wrong type: {1}")]
+    Map(&'static str, String),
+    #[error("--stacks needs perf events (a software cpu-clock sampler per CPU), and {why}")]
+    PerfUnavailable { why: String },
+}
+
+impl LoadError {
+    pub fn is_kernel_feature(&self) -> bool {
+        matches!(
+            self,
+            LoadError::KprobeUnavailable { .. } | LoadError::PerfUnavailable { .. }
+        )
+    }
+}
+
+pub struct LoadOptions {
+    pub filter: Filter,
+    pub offsets: Offsets,
+    pub config: Config,
+    pub ring_bytes: u32,
+    /// `--stacks`: load the sampler and size the stack map (one entry otherwise).
+    pub stacks: bool,
+}
+
+/// How a program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// A raw tracepoint (BPF_RAW_TRACEPOINT_OPEN): cheaper than a classic tracepoint
+    /// program, no tracefs needed, and not skipped by the per-CPU recursion guard that
+    /// classic tracepoint programs share (which drops a softirq or packet event that
+    /// lands on top of another program, e.g. sys_enter).
+    RawTracepoint {
+        category: &'static str,
+        name: &'static str,
+    },
+    /// A kprobe through the perf kprobe PMU.
+    Kprobe { function: &'static str },
+    /// A software cpu-clock perf event on every CPU.
+    CpuClock,
+}
+
+/// When a program is part of a recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Always: RX waits and who holds each CPU.
+    Waits,
+    /// Packets, by the tracepoint (every kernel).
+    PacketsTracepoint,
+    /// Packets, by `kprobe:icmp_echo` (where the kernel has kprobes).
+    PacketsKprobe,
+    /// Exact syscall tracing.
+    Syscalls,
+    /// `--stacks`.
+    Stacks,
+}
+
+/// A program of the eBPF object.
+#[derive(Debug, Clone, Copy)]
+pub struct Program {
+    /// Its name in the object (the kernel shows the first 15 bytes).
+    pub name: &'static str,
+    pub hook: Hook,
+    pub role: Role,
+}
+
+impl Program {
+    /// The hook as the dump header and `features` name it.
+    pub fn hook_name(&self) -> String {
+        match self.hook {
+            Hook::RawTracepoint { category, name } => format!("tracepoint:{category}:{name}"),
+            Hook::Kprobe { function } => format!("kprobe:{function}"),
+            Hook::CpuClock => "perf_event:cpu-clock".into(),
+        }
+    }
+}
+
+const fn tp(name: &'static str, category: &'static str, role: Role) -> Program {
+    Program {
+        name,
+        hook: Hook::RawTracepoint { category, name },
+        role,
+    }
+}
+
+/// Every program of the object, once; load, attach, `features`, `--dry-run` and the
+/// tests' leftover check all read this list.
+pub const PROGRAMS: &[Program] = &[
+    tp("sched_switch", "sched", Role::Waits),
+    tp("sched_wakeup", "sched", Role::Waits),
+    tp("softirq_raise", "irq", Role::Waits),
+    tp("softirq_entry", "irq", Role::Waits),
+    tp("softirq_exit", "irq", Role::Waits),
+    tp("netif_receive_skb", "net", Role::PacketsTracepoint),
+    Program {
+        name: "icmp_echo",
+        hook: Hook::Kprobe {
+            function: "icmp_echo",
+        },
+        role: Role::PacketsKprobe,
+    },
+    tp("sys_enter", "raw_syscalls", Role::Syscalls),
+    tp("sys_exit", "raw_syscalls", Role::Syscalls),
+    Program {
+        name: "stack_sample",
+        hook: Hook::CpuClock,
+        role: Role::Stacks,
+    },
+];
+
+fn program(name: &str) -> Result<&'static Program, LoadError> {
+    PROGRAMS
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| LoadError::Object(format!("program {name} is not in the table")))
+}
+
+/// Per-CPU delay histograms (CPUs with no wait are left out).
+pub struct Hists {
+    /// NET_RX raise→entry.
+    pub net_rx: Vec<CpuHist>,
+    /// RX-thread wakeup→switch-in.
+    pub rx_thread: Vec<CpuHist>,
+    /// NET_TX and TIMER raise→entry, for context.
+    pub net_tx: Vec<CpuHist>,
+    pub timer: Vec<CpuHist>,
+}
+
+impl Hists {
+    /// (name, histograms) in the order reports show them.
+    pub fn named(&self) -> [(&'static str, &[CpuHist]); 4] {
+        [
+            ("NET_RX raise->entry", &self.net_rx),
+            ("RX thread wakeup->run", &self.rx_thread),
+            ("NET_TX raise->entry", &self.net_tx),
+            ("TIMER raise->entry", &self.timer),
+        ]
+    }
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    /// Hooks attached, in the dump's `category:name` form.
+    pub hooks: Vec<String>,
+    /// `kprobe` or `tracepoint`.
+    pub packet_hook: &'static str,
+}
+
+impl Tracer {
+    /// Loads the object and every program a recording may use through the verifier,
+    /// without attaching: the kprobe too (so its verdict is known where kprobes exist
+    /// nowhere to attach it), the syscall programs when asked, the sampler for `--stacks`.
+    pub fn load(opts: &LoadOptions, with_syscalls: bool) -> Result<Self, LoadError> {
+        if OBJECT.is_empty() {
+            return Err(LoadError::NoObject);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILTER", &opts.filter, true)
+            .override_global("OFFSETS", &opts.offsets, true)
+            .override_global("CONFIG", &opts.config, true)
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
+            .load(OBJECT)
+            .map_err(|e| LoadError::Object(format!("{e:#}")))?;
+        for p in PROGRAMS {
+            let wanted = match p.role {
+                Role::Syscalls => with_syscalls,
+                Role::Stacks => opts.stacks,
+                _ => true,
+            };
+            if !wanted {
+                continue;
+            }
+            let prog = ebpf
+                .program_mut(p.name)
+                .ok_or_else(|| LoadError::Object(format!("program {} missing", p.name)))?;
+            let verdict = match p.hook {
+                Hook::RawTracepoint { .. } => <&mut RawTracePoint>::try_from(prog)
+                    .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
+                    .load(),
+                Hook::Kprobe { .. } => <&mut KProbe>::try_from(prog)
+                    .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
+                    .load(),
+                Hook::CpuClock => <&mut PerfEvent>::try_from(prog)
+                    .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
+                    .load(),
+            };
+            verdict.map_err(|e| LoadError::Verifier {
+                prog: p.name.into(),
+                why: verifier_msg(&e),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            hooks: vec![],
+            packet_hook: "tracepoint",
+        })
+    }
+
+    /// What `record --dry-run` prints: the hooks it would attach, and the packet path.
+    pub fn dry_run(
+        &self,
+        mode: AttachMode,
+        with_syscalls: bool,
+        stacks_hz: Option<u64>,
+    ) -> Vec<String> {
+        let hooks: Vec<String> = PROGRAMS
+            .iter()
+            .filter(|p| p.role == Role::Waits || (p.role == Role::Syscalls && with_syscalls))
+            .map(Program::hook_name)
+            .collect();
+        let packets = match (mode, super::preflight::kprobe_support()) {
+            (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => {
+                "tracepoint:net:netif_receive_skb".to_string()
+            }
+            (_, Ok(())) => "kprobe:icmp_echo".to_string(),
+            (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
+        };
+        let mut out = vec![
+            "dry run: every program passed the verifier; nothing attached".to_string(),
+            format!("would attach: {}", hooks.join(" ")),
+            format!("packets via: {packets}"),
+        ];
+        if let Some(hz) = stacks_hz {
+            out.push(format!(
+                "would sample stacks: perf_event cpu-clock at {hz} Hz on each online CPU, recording only while an RX wait is pending"
+            ));
+        }
+        out
+    }
+
+    /// Attaches the state tracepoints, the syscall ones if asked, and the packet hook
+    /// the mode and the kernel allow. Returns notes for the user (fallbacks).
+    pub fn attach(
+        &mut self,
+        mode: AttachMode,
+        with_syscalls: bool,
+    ) -> Result<Vec<String>, LoadError> {
+        let mut notes = vec![];
+        for p in PROGRAMS {
+            if p.role == Role::Waits || (p.role == Role::Syscalls && with_syscalls) {
+                self.attach_one(p)?;
+            }
+        }
+        let tracepoint = program("netif_receive_skb")?;
+        let kprobe = program("icmp_echo")?;
+        match (mode, super::preflight::kprobe_support()) {
+            (AttachMode::Tracepoint, _) => self.attach_one(tracepoint)?,
+            (AttachMode::Kprobe, Err(why)) => {
+                return Err(LoadError::KprobeUnavailable {
+                    hook: kprobe.hook_name(),
+                    why,
+                })
+            }
+            (AttachMode::Kprobe, Ok(())) => self.attach_one(kprobe)?,
+            (AttachMode::Auto, Ok(())) => match self.attach_one(kprobe) {
+                Ok(()) => notes.push("packets: kprobe:icmp_echo (kprobes available)".into()),
+                Err(e) => {
+                    notes.push(format!(
+                        "packets: {e}; falling back to tracepoint:net:netif_receive_skb"
+                    ));
+                    self.attach_one(tracepoint)?;
+                }
+            },
+            (AttachMode::Auto, Err(why)) => {
+                notes.push(format!(
+                    "packets: tracepoint:net:netif_receive_skb, because {why}"
+                ));
+                self.attach_one(tracepoint)?;
+            }
+        }
+        Ok(notes)
+    }
+
+    /// Attaches a raw tracepoint or kprobe program (the sampler has its own call).
+    fn attach_one(&mut self, p: &Program) -> Result<(), LoadError> {
+        let hook = p.hook_name();
+        let prog = self
+            .ebpf
+            .program_mut(p.name)
+            .ok_or_else(|| LoadError::Object(format!("program {} missing", p.name)))?;
+        let attached = match p.hook {
+            Hook::RawTracepoint { name, .. } => <&mut RawTracePoint>::try_from(prog)
+                .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
+                .attach(name)
+                .map(drop),
+            Hook::Kprobe { function } => <&mut KProbe>::try_from(prog)
+                .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
+                .attach(function, 0)
+                .map(drop),
+            Hook::CpuClock => {
+                return Err(LoadError::Object(format!("{} attaches per CPU", p.name)))
+            }
+        };
+        attached.map_err(|e| LoadError::Attach {
+            hook: hook.clone(),
+            why: format!("{e:#}"),
+        })?;
+        if matches!(p.hook, Hook::Kprobe { .. }) {
+            self.packet_hook = "kprobe";
+        }
+        self.hooks.push(hook);
+        Ok(())
+    }
+
+    /// Starts the stack sampler: one software cpu-clock perf event per online CPU at
+    /// `hz` samples a second, each running the sampler program (which records only
+    /// while an RX wait is pending on its CPU). Returns the CPUs sampled.
+    pub fn attach_stacks(&mut self, hz: u64) -> Result<Vec<u32>, LoadError> {
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| LoadError::PerfUnavailable {
+            why: format!("the online CPUs could not be read from {path}: {e}"),
+        })?;
+        let name = program("stack_sample")?.name;
+        let pe: &mut PerfEvent = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| LoadError::Object(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| LoadError::Object(format!("{name}: {e}")))?;
+        for &cpu in &cpus {
+            pe.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(hz),
+                false,
+            )
+            .map_err(|e| LoadError::PerfUnavailable {
+                why: format!("opening the cpu-clock event on CPU {cpu} failed: {e:#}"),
+            })?;
+        }
+        self.hooks.push(format!("perf_event:cpu-clock@{hz}Hz"));
+        Ok(cpus)
+    }
+
+    /// The stack map, taken out so the stack symbolizer can own it.
+    pub fn take_stacks(&mut self) -> Result<StackTraceMap<MapData>, LoadError> {
+        let m = self
+            .ebpf
+            .take_map("STACKS")
+            .ok_or_else(|| LoadError::Map("STACKS", "missing".into()))?;
+        StackTraceMap::try_from(m).map_err(|e| LoadError::Map("STACKS", e.to_string()))
+    }
+
+    /// The ring buffer, taken out so the reader can own it.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| LoadError::Map("EVENTS", "missing".into()))?;
+        RingBuf::try_from(m).map_err(|e| LoadError::Map("EVENTS", e.to_string()))
+    }
+
+    /// Failed ring-buffer reserves so far, summed over CPUs.
+    pub fn lost(&self) -> Result<Lost, LoadError> {
+        let m = self
+            .ebpf
+            .map("LOST")
+            .ok_or_else(|| LoadError::Map("LOST", "missing".into()))?;
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(m).map_err(|e| LoadError::Map("LOST", e.to_string()))?;
+        let mut by_kind = [0u64; LOST_SLOTS as usize];
+        for (k, slot) in by_kind.iter_mut().enumerate() {
+            let vals = arr
+                .get(&(k as u32), 0)
+                .map_err(|e| LoadError::Map("LOST", e.to_string()))?;
+            *slot = vals.iter().sum();
+        }
+        Ok(Lost {
+            packets: by_kind[EventKind::Packet as usize],
+            waits: by_kind[EventKind::SoftirqWait as usize]
+                + by_kind[EventKind::RxThreadWait as usize],
+            syscalls: by_kind[EventKind::Syscall as usize],
+            stack_samples: by_kind[EventKind::StackSample as usize],
+        })
+    }
+
+    /// Per-CPU delay histograms: (NET_RX raise→entry, RX-thread wakeup→run).
+    pub fn hists(&self) -> Result<Hists, LoadError> {
+        let m = self
+            .ebpf
+            .map("HISTS")
+            .ok_or_else(|| LoadError::Map("HISTS", "missing".into()))?;
+        let arr: PerCpuArray<_, Hist> =
+            PerCpuArray::try_from(m).map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
+        let read = |slot: u32| -> Result<Vec<CpuHist>, LoadError> {
+            let vals = arr
+                .get(&slot, 0)
+                .map_err(|e| LoadError::Map("HISTS", e.to_string()))?;
+            Ok(vals
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.buckets.iter().any(|&b| b != 0))
+                .map(|(cpu, h)| CpuHist {
+                    cpu: cpu as u32,
+                    buckets: h.buckets.to_vec(),
+                })
+                .collect())
+        };
+        Ok(Hists {
+            net_rx: read(HIST_NET_RX)?,
+            rx_thread: read(HIST_RX_THREAD)?,
+            net_tx: read(HIST_NET_TX)?,
+            timer: read(HIST_TIMER)?,
+        })
+    }
+}
+
+/// The verifier's log can be long; keep its last lines, which say why.
+fn verifier_msg(e: &aya::programs::ProgramError) -> String {
+    let full = format!("{e:#}");
+    let lines: Vec<&str> = full.lines().collect();
+    if lines.len() > 12 {
+        format!(
+            "{}\n...\n{}",
+            lines[0],
+            lines[lines.len() - 10..].join("\n")
+        )
+    } else {
+        full
+    }
+}

@@ -1,0 +1,181 @@
+//! The planted culprit: `stalltrace hog` (hidden) pins itself to a CPU, takes a
+//! real-time priority and holds the CPU in bursts, busy-looping or inside large
+//! `read()`s of a file (as cadvisor sat inside reads of memory.stat). Bounded in time;
+//! dies with its parent.
+use std::{
+    ffi::CString,
+    fs::File,
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use stalltrace_analysis::units::parse_duration;
+
+use crate::exit::{CodedError, ExitCode};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HogArgs {
+    /// CPU to hold.
+    #[arg(long)]
+    pub cpu: u32,
+    /// SCHED_FIFO priority (0 = stay SCHED_OTHER).
+    #[arg(long, default_value_t = 50)]
+    pub fifo: i32,
+    /// Task name (comm) to take, so the report can name it.
+    #[arg(long, default_value = "stall-hog")]
+    pub name: String,
+    /// Total run time; the hog exits by itself after it.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub duration: Duration,
+    /// Length of each burst holding the CPU.
+    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    pub burst: Duration,
+    /// Sleep between bursts (lets the starved RX thread drain its backlog).
+    #[arg(long, value_parser = parse_duration, default_value = "30ms")]
+    pub gap: Duration,
+    /// Hold the CPU inside read()s of this file instead of a busy loop.
+    #[arg(long)]
+    pub read_file: Option<PathBuf>,
+    /// Bytes per read() (the file should be at least this big).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub read_size: usize,
+}
+
+pub fn run(a: HogArgs) -> anyhow::Result<ExitCode> {
+    // SAFETY: prctl with integer arguments; PDEATHSIG ends us if the lab dies.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let name = CString::new(a.name.clone()).context("hog name")?;
+    // SAFETY: valid NUL-terminated name, truncated by the kernel to 15 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    pin(a.cpu)?;
+    if a.fifo > 0 {
+        set_fifo(a.fifo)?;
+    }
+    let mut file = None;
+    let mut buf = vec![];
+    if let Some(p) = &a.read_file {
+        file = Some(File::open(p).with_context(|| format!("opening {}", p.display()))?);
+        buf = vec![0u8; a.read_size];
+    }
+    let end = Instant::now() + a.duration;
+    while Instant::now() < end {
+        let burst_end = (Instant::now() + a.burst).min(end);
+        while Instant::now() < burst_end {
+            match &file {
+                Some(f) => {
+                    // One long syscall per iteration: the CPU is held inside read().
+                    let _ = f.read_at(&mut buf, 0);
+                }
+                None => {
+                    for _ in 0..10_000 {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn pin(cpu: u32) -> anyhow::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        anyhow::bail!("pinning to CPU {cpu}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_fifo(prio: i32) -> anyhow::Result<()> {
+    let try_set = || {
+        let p = libc::sched_param {
+            sched_priority: prio,
+        };
+        // SAFETY: valid sched_param pointer.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) }
+    };
+    if try_set() == 0 {
+        return Ok(());
+    }
+    // With RT group scheduling, a cgroup without an RT budget refuses SCHED_FIFO: the
+    // root cgroup has one.
+    let _ = std::fs::write(
+        "/sys/fs/cgroup/cgroup.procs",
+        std::process::id().to_string(),
+    );
+    if try_set() == 0 {
+        return Ok(());
+    }
+    Err(CodedError::new(
+        ExitCode::Privileges,
+        format!(
+            "cannot take SCHED_FIFO {prio}: {}",
+            std::io::Error::last_os_error()
+        ),
+    )
+    .into())
+}
+
+/// A running hog child, killed and reaped on drop.
+pub struct Hog {
+    child: Option<Child>,
+    pub pid: u32,
+}
+
+impl Hog {
+    pub fn spawn(a: &HogArgs) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the stalltrace binary")?;
+        let mut c = Command::new(exe);
+        c.arg("hog")
+            .args([
+                "--cpu",
+                &a.cpu.to_string(),
+                "--fifo",
+                &a.fifo.to_string(),
+                "--name",
+                &a.name,
+            ])
+            .args(["--duration", &format!("{}ms", a.duration.as_millis())])
+            .args(["--burst", &format!("{}ms", a.burst.as_millis())])
+            .args(["--gap", &format!("{}ms", a.gap.as_millis())])
+            .args(["--read-size", &a.read_size.to_string()]);
+        if let Some(p) = &a.read_file {
+            c.arg("--read-file").arg(p);
+        }
+        let child = c.spawn().context("starting the hog")?;
+        let pid = child.id();
+        Ok(Self {
+            child: Some(child),
+            pid,
+        })
+    }
+
+    /// Waits for the hog to finish by itself; an error exit is reported.
+    pub fn wait(mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let st = c.wait().context("waiting for the hog")?;
+            if !st.success() {
+                anyhow::bail!("the hog failed ({st})");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The seed's mechanism as a lab scenario: NET_RX deferred to a starved `ksoftirqd/N`.
+//!
+//! No threaded NAPI here: the namespace side of the veth pair keeps veth's default
+//! (no NAPI instance), so each packet sent into the namespace goes through
+//! `netif_rx` into a per-CPU backlog. RPS on the namespace side (`rps_cpus`) sends that
+//! backlog to the starved CPU, where an IPI raises NET_RX. A flood into the namespace
+//! makes NET_RX overrun its budget there, which wakes `ksoftirqd/N`; the planted
+//! SCHED_FIFO culprit, holding the CPU without pause, keeps `ksoftirqd/N` off it until
+//! RT throttling lets it run. On kernels 4.9–6.4 a NET_RX raised while `ksoftirqd` is
+//! runnable is left to it ("let ksoftirqd do its job"), so every probe waits until then:
+//! the seed's staircase, with `ksoftirqd/N` as RX context. Since 6.5 NET_RX raised from
+//! an interrupt runs at irq exit anyway, so the same set-up does not stall there: the lab
+//! then says so (exit 6) instead of passing or failing.
+//!
+//! The flood (`stalltrace flood`, a plain UDP socket) goes to the discard port of the
+//! namespace's own address (never anything outside the lab), pinned to CPU 0 like the
+//! prober, as long as the culprit runs, and bounded three times: its own duration,
+//! `timeout`, and death with its parent. UDP rather than the seed's `hping3 --icmp`: the
+//! NET_RX load is the same, and it adds no ICMP echoes to the recording (the kprobe path
+//! sees every echo request).
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use stalltrace_testkit::netns::Netns;
+
+use super::{hog::HogArgs, Scenario};
+use stalltrace_analysis::dump::{DumpReader, Record, RxContext, WaitKind};
+
+pub const NAME: &str = "ksoftirqd";
+
+pub const SCENARIO: Scenario = Scenario {
+    name: NAME,
+    summary: "the seed's case: RPS sends the namespace's RX to one CPU, a flood wakes ksoftirqd there, a SCHED_FIFO busy loop (stall-hog) starves it (stalls on kernels before 6.5 only)",
+    culprit: "stall-hog",
+    reads_file: false,
+};
+
+/// Waits at least this long count as the stall the scenario is after.
+const STALL_NS: u64 = 50_000_000;
+
+/// Steers the namespace's RX to `cpu` (RPS, no threaded NAPI); prints the lab line.
+pub fn prepare(ns: &Netns, cpu: u32) -> anyhow::Result<()> {
+    // NAPI on the namespace side: the sender's CPU polls veth in batches and RPS hands
+    // the starved CPU a burst per IPI, a backlog deep enough to overrun NET_RX there.
+    // (Without it each packet comes with its own IPI and the starved CPU keeps up in irq
+    // context, so ksoftirqd is woken only by chance.)
+    ns.napi()
+        .context("giving the namespace side a NAPI instance")?;
+    ns.rps_to(cpu)
+        .context("steering the namespace's RX to one CPU (rps_cpus)")?;
+    crate::outln!(
+        "lab: namespace {} ({} <-> {}), RX by the backlog of CPU {cpu} (RPS, no threaded NAPI): NET_RX there, or ksoftirqd/{cpu} once woken",
+        ns.name, ns.host_addr, ns.ns_addr
+    );
+    Ok(())
+}
+
+/// The culprit holds the CPU for its whole run, without the other scenarios' 30 ms
+/// gaps: once the flood has woken ksoftirqd, it stays starved until real-time throttling
+/// (`sched_rt_runtime_us`, 950 ms of each second by default) lets it run, as in the
+/// set-up that first showed this stall under qemu (a staircase from ~1.8 s down). With
+/// gaps, ksoftirqd catches up in each one and has to be woken again in the next burst,
+/// which the flood does only when NET_RX overruns its budget: too much left to chance.
+/// Where RT throttling is off the stall lasts the whole run (bounded by `--duration`).
+pub fn hog_args(mut a: HogArgs) -> HogArgs {
+    a.burst = a.duration;
+    a.gap = Duration::ZERO;
+    a
+}
+
+/// A running flood (`timeout … stalltrace flood`), stopped and reaped on drop.
+pub struct Flood {
+    child: Option<Child>,
+    budget: Option<Budget>,
+}
+
+/// `net.core.netdev_budget` and `net.core.dev_weight` (the backlog's poll quota; NIC
+/// drivers set their own) lowered to one packet for the flood, restored on drop. Then
+/// NET_RX on the starved CPU re-raises itself after every packet, so a backlog of a dozen
+/// packets uses up `__do_softirq`'s ten restarts and wakes `ksoftirqd/N`, which the
+/// culprit then starves: the seed's deferral on every run, instead of only when the flood
+/// happens to outrun 10 rounds of 64 packets. Both settings are global, so the lab holds
+/// them only while its flood runs.
+const SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/core/netdev_budget",
+    "/proc/sys/net/core/dev_weight",
+];
+
+struct Budget(Vec<(&'static str, String)>);
+
+impl Budget {
+    fn lower() -> Self {
+        let mut saved = vec![];
+        for p in SYSCTLS {
+            if let Ok(old) = std::fs::read_to_string(p) {
+                if std::fs::write(p, "1").is_ok() {
+                    saved.push((p, old.trim().to_string()));
+                }
+            }
+        }
+        Self(saved)
+    }
+}
+
+impl Drop for Budget {
+    fn drop(&mut self) {
+        for (p, old) in &self.0 {
+            let _ = std::fs::write(p, old);
+        }
+    }
+}
+
+impl Flood {
+    /// SIGTERM to `timeout`, which passes it on to the flooder; SIGKILL if that did not
+    /// end it within 2 s (the flooder dies with its parent then).
+    fn stop(&mut self) {
+        let Some(c) = self.child.as_mut() else {
+            self.budget = None;
+            return;
+        };
+        if let Ok(None) = c.try_wait() {
+            // SAFETY: kill(2) on our own child, not yet reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Ok(Some(_)) = c.try_wait() {
+                self.child = None;
+                self.budget = None;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        self.child = None;
+        self.budget = None;
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Floods the namespace address from CPU 0 for `length` (the culprit's run), in the
+/// background; the flood ends by itself then, or earlier when the guard is dropped.
+/// Start it once the culprit holds the CPU. Why as long as the culprit: the seed's
+/// 0.5 s burst wakes ksoftirqd once, but the culprit's 30 ms gaps let ksoftirqd catch up,
+/// and whether it is woken again in the next burst then depends on how slow NET_RX runs
+/// (under qemu's emulation it often is, on a fast machine not); flooding throughout
+/// wakes it in every burst.
+pub fn flood(
+    ns: &Netns,
+    culprit_pid: u32,
+    culprit: &str,
+    length: Duration,
+) -> anyhow::Result<Flood> {
+    if !wait_for_fifo(culprit_pid, culprit, Duration::from_secs(10)) {
+        crate::outln!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
+    }
+    let budget = Budget::lower();
+    if budget.0.len() < SYSCTLS.len() {
+        crate::outln!(
+            "lab: note: could not lower the NET_RX budget sysctls; relying on the flood alone"
+        );
+    }
+    // `timeout` bounds the flood even if this process dies without running drops; the
+    // flooder also dies with its parent. (timeout takes s/m/h/d suffixes only: "2000ms"
+    // is refused and nothing would run.)
+    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
+    let child = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "-k",
+            "1",
+            &format!("{:.3}s", length.as_secs_f64() + 2.0),
+        ])
+        .args(["taskset", "-c", "0"])
+        .arg(exe)
+        .args(["flood", "--to", &format!("{}:9", ns.ns_addr), "--duration"])
+        .arg(format!("{}ms", length.as_millis().max(1)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the flood")?;
+    crate::outln!(
+        "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
+        ns.ns_addr,
+        length.as_millis()
+    );
+    Ok(Flood {
+        child: Some(child),
+        budget: Some(budget),
+    })
+}
+
+/// Waits until `pid` has taken its name and SCHED_FIFO (the hog sets both before its
+/// first burst): flooding earlier would wake ksoftirqd while nothing starves it.
+fn wait_for_fifo(pid: u32, name: &str, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after "(comm)" start at field 3; policy is field 41.
+        let policy = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(41 - 3));
+        if comm.trim_end() == name && policy == Some("1") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// `Some(why)` when the recording holds no NET_RX wait of 50 ms or more run by
+/// ksoftirqd: the seed's mechanism did not happen on this kernel.
+pub fn not_reproduced(dump: &Path) -> anyhow::Result<Option<String>> {
+    let mut r = DumpReader::open(dump)?;
+    let kernel = r.header().kernel.clone();
+    let (mut deferred, mut starved) = (0u64, 0u64);
+    while let Some(rec) = r.next_record()? {
+        // Only NET_RX itself waiting for ksoftirqd is the seed's stall: since 6.5 a
+        // starved ksoftirqd still shows long RX-thread waits, but the packets were
+        // already handled at irq exit.
+        if let Record::Wait(w) = rec {
+            if w.rx_context == RxContext::Ksoftirqd && w.wait_ns >= STALL_NS {
+                match w.kind {
+                    WaitKind::NetRxSoftirq => deferred += 1,
+                    WaitKind::RxThread => starved += 1,
+                }
+            }
+        }
+    }
+    if deferred > 0 {
+        return Ok(None);
+    }
+    let since_6_5 = kernel_at_least(&kernel, 6, 5);
+    let why = if since_6_5 {
+        "since Linux 6.5 a NET_RX raised from an interrupt runs at irq exit even while ksoftirqd is busy, \
+         so a starved ksoftirqd no longer holds packets back (the seed's mechanism needs 4.9–6.4)"
+    } else {
+        "NET_RX never waited 50 ms or more for ksoftirqd"
+    };
+    let starved = if starved > 0 {
+        format!(
+            "; ksoftirqd itself waited 50 ms or more {starved} times, but no packet waited for it"
+        )
+    } else {
+        String::new()
+    };
+    Ok(Some(format!(
+        "no stall reproduced on this kernel (Linux {kernel}): {why}{starved}"
+    )))
+}
+
+/// Whether a `uname -r` string is at least `major.minor`.
+pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let ma = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    let mi = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_at_least;
+
+    #[test]
+    fn kernel_versions_compare() {
+        assert!(!kernel_at_least("6.1.0-56-amd64", 6, 5));
+        assert!(!kernel_at_least("5.15.0", 6, 5));
+        assert!(kernel_at_least("6.5.0", 6, 5));
+        assert!(kernel_at_least("6.12.117+deb12-amd64", 6, 5));
+        assert!(kernel_at_least("6.18.0", 6, 5));
+        assert!(!kernel_at_least("garbage", 6, 5));
+    }
+}

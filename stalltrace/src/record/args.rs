@@ -1,0 +1,132 @@
+//! `stalltrace record`'s flags, as typed: every value bounded here, checked against
+//! each other and the machine in [`super::plan`].
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use stalltrace_analysis::units::{duration_in, parse_size, DAY, MS, SEC, US};
+
+use crate::kernel::loader::AttachMode;
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  sudo stalltrace record -o stalls.jsonl                 # every ICMP echo, until Ctrl-C
+  sudo stalltrace record --peer 10.0.0.7 --duration 60s  # only traffic to/from one host
+  sudo stalltrace record --icmp-id 4242 --quiet          # one prober's echoes, waits only
+  sudo stalltrace record --tcp 30927                     # TCP SYN probes to a NodePort
+  sudo stalltrace record --probe 10.0.0.7                # probe every 10 ms and record together
+  sudo stalltrace record --probe 10.0.0.7 --tcp 30927    # TCP SYN probes instead of ICMP
+  sudo stalltrace record --probe-log hping3.log          # a prober elsewhere writes hping3.log";
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = AFTER_HELP)]
+pub struct RecordArgs {
+    /// Only ICMP echoes with this identifier (either byte order: hping3 writes it in
+    /// host order).
+    #[arg(long, value_name = "N")]
+    pub icmp_id: Option<u16>,
+    /// Only packets from or to this address.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Option<IpAddr>,
+    /// Also record TCP SYN / SYN-ACK / RST to or from this port; with --probe, probe
+    /// with TCP SYNs to it instead of ICMP echoes.
+    #[arg(long, visible_alias = "tcp-port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub tcp: Option<u16>,
+    /// Stop after this long (e.g. 30s, 5m; at most 10 years); default: until Ctrl-C or
+    /// SIGTERM.
+    #[arg(long, value_parser = duration_in::<MS, { 3650 * DAY }>, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// Dump file (JSON Lines, mode 0600); default stalltrace-<unix time>.jsonl.
+    #[arg(short, long, value_name = "DUMP")]
+    pub output: Option<PathBuf>,
+    /// Replace the dump file if it exists (it is unlinked, never written through).
+    #[arg(long)]
+    pub force: bool,
+    /// Which hook reports packets.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach: AttachMode,
+    /// Report RX waits longer than this (shorter ones only go to the histograms).
+    #[arg(long, value_parser = duration_in::<US, { 10 * SEC }>, default_value = "1ms", value_name = "D")]
+    pub wait_threshold: Duration,
+    /// Report syscalls that held the CPU longer than this.
+    #[arg(long, value_parser = duration_in::<US, { 10 * SEC }>, default_value = "10ms", value_name = "D")]
+    pub syscall_threshold: Duration,
+    /// A probe slower than this is stalled (used by the episode report).
+    #[arg(long, value_parser = duration_in::<US, { 60 * SEC }>, default_value = "50ms", value_name = "D")]
+    pub stall_threshold: Duration,
+    /// Ring buffer size (a power of two from 4KiB to 1GiB, e.g. 256KiB, 4MiB, 64MiB).
+    /// Raise it when the recorder reports lost events.
+    #[arg(long, value_parser = ring_size, default_value = "4MiB", value_name = "BYTES")]
+    pub ring_buffer: u32,
+    /// Do not trace syscalls (saves the per-syscall hook cost; culprits are then named
+    /// without the syscall they were in).
+    #[arg(long)]
+    pub no_syscalls: bool,
+    /// Print waits and syscalls only, not every packet.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Load every program through the verifier and print the plan; attach nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Probe this host with the built-in prober while recording (ICMP echo, or TCP SYN
+    /// with --tcp); its probes go into the dump and are matched to kernel events.
+    #[arg(long, value_name = "HOST")]
+    pub probe: Option<String>,
+    /// With --probe: time between probes (1ms to 60s).
+    #[arg(long, value_parser = duration_in::<MS, { 60 * SEC }>, default_value = "10ms", value_name = "D")]
+    pub interval: Duration,
+    /// Kernel BTF to read struct offsets from, for kernels without
+    /// /sys/kernel/btf/vmlinux (e.g. a BTFHub file for this exact kernel).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+    /// Print a summary every D while recording: per-CPU RX delay histograms and the
+    /// culprits ranked so far.
+    #[arg(long, value_parser = duration_in::<{ 100 * MS }, DAY>, value_name = "D")]
+    pub summary_every: Option<Duration>,
+    /// hping3 or ping output of a prober running elsewhere (possibly another host):
+    /// the final report matches its probes to this recording by wire id/sequence.
+    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
+    pub probe_log: Option<PathBuf>,
+    /// Sample the kernel and user stacks of whoever holds a CPU while an RX wait is
+    /// pending there (perf cpu-clock sampler; nothing is sampled outside waits), and
+    /// attach each wait's holders' most frequent stacks, symbolized, to the dump.
+    #[arg(long)]
+    pub stacks: bool,
+    /// With --stacks: samples a second per CPU (499 gives 25-50 samples in a 50-100 ms
+    /// wait; the sampler only records while a wait is pending).
+    #[arg(long, value_name = "HZ", default_value_t = DEFAULT_STACKS_HZ,
+          value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "stacks")]
+    pub stacks_hz: u64,
+}
+
+/// Default `--stacks-hz`: a prime near 500, so the sampler does not beat in step with
+/// periodic work (HZ ticks, 10 ms probes) and a 50-100 ms wait gets 25-50 samples.
+pub const DEFAULT_STACKS_HZ: u64 = 499;
+
+/// `--ring-buffer`: a power of two of at least a page, at most 1 GiB.
+pub fn ring_size(s: &str) -> Result<u32, String> {
+    let v = parse_size(s, 4096, 1 << 30)?;
+    if !v.is_power_of_two() {
+        return Err(format!(
+            "{s:?} is not a power of two (examples: 256KiB, 4MiB)"
+        ));
+    }
+    u32::try_from(v).map_err(|_| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_sizes_are_bounded_powers_of_two() {
+        assert_eq!(ring_size("4MiB"), Ok(4 << 20));
+        assert_eq!(ring_size("256KiB"), Ok(256 << 10));
+        assert_eq!(ring_size("65536"), Ok(65536));
+        assert_eq!(ring_size("1GiB"), Ok(1 << 30));
+        assert!(ring_size("3MiB").is_err());
+        assert!(ring_size("1KiB").is_err());
+        assert!(ring_size("2GiB").is_err());
+        assert!(ring_size("17592186044420MiB").is_err());
+        assert!(ring_size("lots").is_err());
+    }
+}

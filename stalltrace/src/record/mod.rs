@@ -1,0 +1,236 @@
+//! `stalltrace record`: flags → a checked [`plan::RecordPlan`] → load and attach →
+//! the live [`pipeline`] (ring buffer and prober → enrichment → correlator → dump and
+//! terminal) until Ctrl-C, SIGTERM or `--duration` → footer, summary, report.
+pub mod args;
+pub mod live;
+pub mod pipeline;
+pub mod plan;
+pub mod summary;
+pub mod terminal;
+
+use std::time::Instant;
+
+use anyhow::Context as _;
+use stalltrace_analysis::{
+    analyze::{analyze, AnalyzeOptions, OnEpisode, Pipeline, Sink},
+    correlate::Config,
+    dump::{DumpWriter, Footer, Header, Record, DUMP_FORMAT, DUMP_VERSION},
+    report::text::{episode_line, render},
+    units::human_ns,
+};
+
+pub use self::args::RecordArgs;
+use self::{
+    live::LivePrinter,
+    pipeline::{Signals, Source},
+    plan::RecordPlan,
+    terminal::Terminal,
+};
+use crate::{
+    enrich::Enricher,
+    exit::{CodedError, ExitCode},
+    kernel::loader::{LoadError, Tracer},
+    stacks, sys,
+};
+
+pub fn run(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let plan = RecordPlan::check(&args)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(record(plan))
+}
+
+/// A [`LoadError`] with the exit code it deserves and what to do about it.
+pub fn load_err(e: LoadError) -> anyhow::Error {
+    let code = match &e {
+        LoadError::KprobeUnavailable { .. }
+        | LoadError::PerfUnavailable { .. }
+        | LoadError::Verifier { .. }
+        | LoadError::Attach { .. } => ExitCode::KernelFeature,
+        _ => ExitCode::Failure,
+    };
+    let hint = match &e {
+        LoadError::KprobeUnavailable { .. } => {
+            "; use --attach tracepoint (or auto, which falls back by itself)"
+        }
+        _ => "",
+    };
+    anyhow::Error::new(CodedError::new(code, format!("{e}{hint}")))
+}
+
+fn header(plan: &RecordPlan, tracer: &Tracer) -> Header {
+    Header {
+        format: DUMP_FORMAT.into(),
+        version: DUMP_VERSION,
+        host: sys::hostname(),
+        kernel: sys::kernel_release(),
+        cpus: aya::util::nr_cpus().map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        boot_to_wall_ns: sys::boot_to_wall_ns(),
+        started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        hooks: tracer.hooks.clone(),
+        packet_hook: tracer.packet_hook.into(),
+        options: plan.options(),
+    }
+}
+
+/// Attaches the sampler when `--stacks` asked for it; the enricher that joins its
+/// samples to waits.
+fn enricher(plan: &RecordPlan, tracer: &mut Tracer) -> anyhow::Result<Enricher> {
+    let Some(hz) = plan.stacks_hz else {
+        return Ok(Enricher::default());
+    };
+    let cpus = tracer.attach_stacks(hz).map_err(load_err)?;
+    let map = tracer.take_stacks().map_err(load_err)?;
+    let ksyms = stacks::KernelSymbols::load().unwrap_or_else(|e| {
+        crate::errln!("note: kernel frames print as addresses: {e}");
+        stacks::KernelSymbols::empty()
+    });
+    crate::errln!(
+        "stacks: sampling {} CPUs at {hz} Hz while an RX wait is pending; {} kernel symbols",
+        cpus.len(),
+        ksyms.len()
+    );
+    Ok(Enricher::with_stacks(stacks::StackCollector::new(
+        hz,
+        Box::new(map),
+        ksyms,
+        Box::<stacks::Blazesym>::default(),
+    )))
+}
+
+async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
+    for n in &plan.notes {
+        crate::errln!("note: {n}");
+    }
+    let mut signals = Signals::install()?;
+    let mut tracer = Tracer::load(&plan.load, plan.syscalls).map_err(load_err)?;
+    if plan.dry_run {
+        for l in tracer.dry_run(plan.attach, plan.syscalls, plan.stacks_hz) {
+            crate::outln!("{l}");
+        }
+        return Ok(ExitCode::Ok);
+    }
+    for n in tracer
+        .attach(plan.attach, plan.syscalls)
+        .map_err(load_err)?
+    {
+        crate::errln!("{n}");
+    }
+    let enricher = enricher(&plan, &mut tracer)?;
+    // The dump exists only once everything is attached: a failed attach leaves nothing.
+    let dump = DumpWriter::create(&plan.output, plan.force)
+        .with_context(|| format!("creating the dump {}", plan.output.display()))?;
+    let header = header(&plan, &tracer);
+    let mut term = Terminal::stdout();
+    let started = Instant::now();
+    let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
+    let sinks: Vec<Box<dyn Sink + '_>> = vec![
+        Box::new(dump),
+        Box::new(LivePrinter::new(&term, plan.quiet, plan.stall_threshold_ns)),
+    ];
+    let mut p = Pipeline::new(cfg, sinks);
+    p.push(&Record::Header(header))?;
+    let mut src = Source::start(tracer, enricher, plan.probe.clone())?;
+    crate::errln!(
+        "recording to {} ({}); Ctrl-C to stop",
+        plan.output.display(),
+        plan.duration
+            .map(|d| format!("for {}", human_ns(d.as_nanos() as u64)))
+            .unwrap_or_else(|| "until stopped".into())
+    );
+
+    let mut next_summary = plan.summary_every.map(|d| started + d);
+    let mut last_lost = 0;
+    let ring_kib = plan.load.ring_bytes / 1024;
+    let outcome = pipeline::run(&mut src, &mut p, &mut signals, plan.duration, |src, p, ticks| {
+        if let (Some(at), Some(every)) = (next_summary, plan.summary_every) {
+            if Instant::now() >= at {
+                next_summary = Some(at + every);
+                let hists = src.tracer.hists().map_err(load_err)?;
+                summary::periodic(&term, started.elapsed(), &hists, &p.correlator().culprits_so_far());
+            }
+        }
+        if ticks % 10 == 0 {
+            let lost = src.lost().map_err(load_err)?.total();
+            if lost > last_lost {
+                crate::errln!(
+                    "warning: {lost} events lost so far (ring buffer full); raise --ring-buffer (now {ring_kib} KiB)"
+                );
+                last_lost = lost;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    let (reason, failure) = match outcome {
+        Ok(r) => (r, None),
+        Err(e) => ("error", Some(e)),
+    };
+
+    // Take what is queued, read the kernel's counters, then detach everything.
+    let probe_stats = match src.stop(&mut p) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::errln!("warning: {e:#}");
+            None
+        }
+    };
+    let lost = src.lost().map_err(load_err)?;
+    let hists = src.tracer.hists().map_err(load_err)?;
+    let counts = src.dec.counts.clone();
+    let stack_stats = src.dec.enricher.stacks().map(|c| c.stats());
+    drop(src);
+    let footer = Footer {
+        ended_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        duration_ns: u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        counts: counts.clone(),
+        lost: lost.clone(),
+        hist_net_rx: hists.net_rx.clone(),
+        hist_rx_thread: hists.rx_thread.clone(),
+        hist_net_tx: hists.net_tx.clone(),
+        hist_timer: hists.timer.clone(),
+        reason: reason.into(),
+        stacks: stack_stats.clone(),
+    };
+    // After a write error the footer may not fit either; what was written stays readable.
+    let footer_written = p.push(&Record::Footer(footer));
+    let report = p.finish(|_| {});
+    if let Some(e) = failure {
+        term.close();
+        return Err(e.context(format!(
+            "recording stopped; {} holds what was recorded until then",
+            plan.output.display()
+        )));
+    }
+    footer_written.context("writing the dump footer")?;
+    let report = report.context("closing the dump")?;
+    if let Some(e) = probe_stats.as_ref().and_then(|s| s.error.as_ref()) {
+        crate::errln!("warning: {e}");
+    }
+    if let Some(s) = &stack_stats {
+        summary::stacks(s, lost.stack_samples);
+    }
+    summary::end(&counts, &lost, &hists, &plan.output, reason, term.dropped());
+    // The final report: the live correlator's, or with an external prober's log, the
+    // same engine over the dump and that log.
+    let report = match &plan.probe_log {
+        None => report,
+        Some(log) => {
+            let o = AnalyzeOptions {
+                dump: plan.output.clone(),
+                probe_log: Some(log.clone()),
+                stall_threshold_ns: Some(plan.stall_threshold_ns),
+            };
+            let mut lines = OnEpisode(|ep| term.line(&episode_line(ep)));
+            analyze(&o, &mut [&mut lines])?
+        }
+    };
+    term.line("");
+    for l in render(&report).lines() {
+        term.line(l);
+    }
+    term.close();
+    Ok(ExitCode::Ok)
+}

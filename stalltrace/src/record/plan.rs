@@ -1,0 +1,177 @@
+//! The recording as a checked plan: every flag resolved and checked against the
+//! others and against this machine (privileges, BTF, perf events, the output path, the
+//! probe target) before anything is loaded into the kernel.
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use stalltrace_analysis::dump::Options;
+use tracer_common::{Config, Filter};
+
+use super::args::RecordArgs;
+use crate::{
+    exit::{CodedError, ExitCode},
+    kernel::{
+        loader::{AttachMode, LoadOptions},
+        offsets, preflight,
+    },
+    probe::{self, ProberConfig},
+};
+
+pub struct RecordPlan {
+    pub load: LoadOptions,
+    pub attach: AttachMode,
+    /// Trace syscalls exactly (raw_syscalls hooks).
+    pub syscalls: bool,
+    /// `--stacks`: the sampler's rate.
+    pub stacks_hz: Option<u64>,
+    pub output: PathBuf,
+    pub force: bool,
+    pub duration: Option<Duration>,
+    pub stall_threshold_ns: u64,
+    pub quiet: bool,
+    pub summary_every: Option<Duration>,
+    pub probe: Option<ProberConfig>,
+    pub probe_log: Option<PathBuf>,
+    pub dry_run: bool,
+    /// What the user should know before it starts (offsets that could not be read).
+    pub notes: Vec<String>,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The in-kernel packet filter: what to record.
+pub fn filter(a: &RecordArgs, probe_target: Option<IpAddr>) -> Filter {
+    let mut f = Filter::all_icmp();
+    if let Some(id) = a.icmp_id {
+        f.icmp_id_set = 1;
+        f.icmp_id = id;
+    }
+    match a.peer.or(probe_target) {
+        Some(IpAddr::V4(p)) => {
+            f.peer_family = 4;
+            f.peer[..4].copy_from_slice(&p.octets());
+        }
+        Some(IpAddr::V6(p)) => {
+            f.peer_family = 6;
+            f.peer = p.octets();
+        }
+        None => {}
+    }
+    if let Some(port) = a.tcp {
+        f.tcp_port_set = 1;
+        f.tcp_port = port;
+    }
+    f
+}
+
+/// `stalltrace-<unix time>.jsonl` in the working directory.
+fn default_output() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from(format!("stalltrace-{secs}.jsonl"))
+}
+
+impl RecordPlan {
+    pub fn check(a: &RecordArgs) -> anyhow::Result<Self> {
+        preflight::check_privileges("stalltrace record")?;
+        let probe_target = match &a.probe {
+            Some(h) => Some(probe::resolve_host(h, false)?),
+            None => None,
+        };
+        if let Some(p) = &a.probe_log {
+            std::fs::metadata(p).map_err(|e| {
+                CodedError::new(
+                    ExitCode::BadInput,
+                    format!("{}: cannot read: {e}", p.display()),
+                )
+            })?;
+        }
+        let output = a.output.clone().unwrap_or_else(default_output);
+        if !a.dry_run && !a.force && std::fs::symlink_metadata(&output).is_ok() {
+            return Err(CodedError::new(
+                ExitCode::Usage,
+                format!(
+                    "{} exists; choose another -o or pass --force to replace it",
+                    output.display()
+                ),
+            )
+            .into());
+        }
+        let btf = preflight::check_btf(a.btf.as_deref())?;
+        if a.stacks {
+            preflight::check_perf_cpu_clock()?;
+        }
+        let (offsets, notes) = offsets::read(&btf)
+            .map_err(|e| CodedError::new(ExitCode::KernelFeature, e.to_string()))?;
+        let probe = probe_target.map(|t| {
+            let mut c = ProberConfig::new(t);
+            c.tcp_port = a.tcp;
+            c.interval = a.interval;
+            c
+        });
+        if let Some(p) = &probe {
+            p.validate()?;
+        }
+        let config = Config {
+            wait_threshold_ns: ns(a.wait_threshold),
+            syscall_threshold_ns: ns(a.syscall_threshold),
+            track_syscalls: u32::from(!a.no_syscalls),
+            nr_exit: syscalls::Sysno::exit as u32,
+            nr_exit_group: syscalls::Sysno::exit_group as u32,
+            stacks: u32::from(a.stacks),
+            // Packets and stack samples wake the reader only past a quarter of the
+            // ring; the 100 ms tick drains the rest.
+            wakeup_bytes: a.ring_buffer / 4,
+            _pad: 0,
+        };
+        Ok(Self {
+            load: LoadOptions {
+                filter: filter(a, probe_target),
+                offsets,
+                config,
+                ring_bytes: a.ring_buffer,
+                stacks: a.stacks,
+            },
+            attach: a.attach,
+            syscalls: !a.no_syscalls,
+            stacks_hz: a.stacks.then_some(a.stacks_hz),
+            output,
+            force: a.force,
+            duration: a.duration,
+            stall_threshold_ns: ns(a.stall_threshold),
+            quiet: a.quiet,
+            summary_every: a.summary_every,
+            probe,
+            probe_log: a.probe_log.clone(),
+            dry_run: a.dry_run,
+            notes,
+        })
+    }
+
+    /// What the dump header says about how the recording was made.
+    pub fn options(&self) -> Options {
+        let f = &self.load.filter;
+        let peer = match f.peer_family {
+            4 => Some(IpAddr::from([f.peer[0], f.peer[1], f.peer[2], f.peer[3]]).to_string()),
+            6 => Some(IpAddr::from(f.peer).to_string()),
+            _ => None,
+        };
+        Options {
+            icmp_id: (f.icmp_id_set != 0).then_some(f.icmp_id),
+            peer,
+            tcp_port: (f.tcp_port_set != 0).then_some(f.tcp_port),
+            wait_threshold_ns: self.load.config.wait_threshold_ns,
+            syscall_threshold_ns: self.load.config.syscall_threshold_ns,
+            stall_threshold_ns: self.stall_threshold_ns,
+            ring_buffer_bytes: self.load.ring_bytes,
+            probe: self.probe.as_ref().map(|p| match p.tcp_port {
+                Some(port) => format!("tcp:{}:{port}", p.target),
+                None => format!("icmp:{}", p.target),
+            }),
+            stacks_hz: self.stacks_hz,
+        }
+    }
+}
