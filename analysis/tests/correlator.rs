@@ -368,3 +368,106 @@ fn odd_values_do_not_panic() {
         (2, 1, 1)
     );
 }
+
+/// The seed's table is one row per probe: when the echo request and its reply are both
+/// processed in the delayed run (the lab's veth pair, both directions on one CPU), the
+/// probe shows once, and the run still counts both packets.
+#[test]
+fn request_and_reply_in_one_run_make_one_row() {
+    let mut recs = fixture::records(Seed::default());
+    let footer = recs.pop().unwrap();
+    let mut with_replies = vec![];
+    for r in recs {
+        if let Record::Packet(p) = &r {
+            if (1953..=1962).contains(&u32::from(p.seq)) {
+                let mut reply = p.clone();
+                reply.kind = PacketKind::EchoReply;
+                reply.ts_ns += US;
+                with_replies.push(r);
+                with_replies.push(Record::Packet(reply));
+                continue;
+            }
+        }
+        with_replies.push(r);
+    }
+    with_replies.push(footer);
+    let r = run(&with_replies, None, None);
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    let delayed: Vec<u32> = e
+        .lines
+        .iter()
+        .filter(|l| l.delayed)
+        .filter_map(|l| l.seq)
+        .collect();
+    assert_eq!(
+        delayed,
+        (1953..=1962).collect::<Vec<_>>(),
+        "one row per probe"
+    );
+    assert_eq!(
+        e.packets_delayed, 20,
+        "both packets of each probe were delayed"
+    );
+    assert_eq!(e.probes_delayed, 5);
+    let table = stalltrace_analysis::report::text::episode_table(e);
+    let rows = table.iter().skip(1).filter(|l| l.contains("** ")).count();
+    assert_eq!(rows, 10, "{table:#?}");
+}
+
+/// A flood of echoes that all carry one sequence number (and one RX run): forgetting
+/// them is linear, what is kept stays bounded, and nothing is joined wrongly.
+#[test]
+fn a_constant_sequence_flood_stays_linear_and_bounded() {
+    let mut c = Correlator::new(Config::new(50 * MS));
+    c.push(&Record::Header(fixture::header(None)));
+    let t0 = fixture::T0;
+    let mut max_keys = 0;
+    for i in 0..300_000u64 {
+        // 100 000 packets a second, all seq 7, ten seconds of them.
+        let ts = t0 + i * 10 * US;
+        let p = fixture::packet(7, ts, ts - US, (0, 0, "swapper/11", RxContext::Idle));
+        c.push(&Record::Packet(p));
+        if i % 997 == 0 {
+            c.push(&Record::Probe(fixture::probe(7, 300 * US)));
+        }
+        max_keys = max_keys.max(c.retained().0);
+    }
+    assert!(max_keys <= 300_001, "{max_keys}");
+    let r = c.finish();
+    assert_eq!(r.totals.packets, 300_000);
+    assert!(r.episodes.is_empty());
+}
+
+/// The culprit table's INSIDE column says where a culprit was in every episode: a
+/// busy loop reads "user space", not an empty cell.
+#[test]
+fn inside_is_filled_for_a_culprit_in_user_space() {
+    let recs: Vec<Record> = fixture::records(Seed::default())
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Syscall(_)))
+        .map(|mut r| {
+            if let Record::Wait(w) = &mut r {
+                w.holders.iter_mut().for_each(|h| h.syscall = None);
+            }
+            r
+        })
+        .collect();
+    let r = run(&recs, None, None);
+    let text = stalltrace_analysis::report::text::render(&r);
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("1   cadvisor"))
+        .unwrap_or_else(|| panic!("no culprit row:\n{text}"));
+    assert!(row.trim_end().ends_with("user space (1)"), "{row}");
+    // And with the read, the row names it.
+    let text = stalltrace_analysis::report::text::render(&run(
+        &fixture::records(Seed::default()),
+        None,
+        None,
+    ));
+    assert!(
+        text.contains(&format!("read() of {MEMORY_STAT} (1)")),
+        "{text}"
+    );
+}

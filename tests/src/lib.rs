@@ -203,11 +203,17 @@ pub fn assert_machine_clean(ctx: &str) {
         find_thread("hping3").is_none() && find_flood().is_none(),
         "{ctx}: the ksoftirqd scenario's flood left running"
     );
-    let budget = std::fs::read_to_string("/proc/sys/net/core/netdev_budget").unwrap_or_default();
-    assert_ne!(
-        budget.trim(),
-        "1",
-        "{ctx}: net.core.netdev_budget left lowered by the ksoftirqd lab"
+    for s in ["netdev_budget", "dev_weight"] {
+        let v = std::fs::read_to_string(format!("/proc/sys/net/core/{s}")).unwrap_or_default();
+        assert_ne!(
+            v.trim(),
+            "1",
+            "{ctx}: net.core.{s} left lowered by the ksoftirqd lab"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/run/stalltrace/lab.json").exists(),
+        "{ctx}: the lab's journal is left (the lab did not finish its clean-up)"
     );
     let left = our_bpf_programs();
     assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
@@ -217,7 +223,7 @@ pub fn assert_machine_clean(ctx: &str) {
                 .filter(|e| {
                     e.file_name()
                         .to_string_lossy()
-                        .starts_with("stalltrace-lab-")
+                        .starts_with("stalltrace-lab")
                 })
                 .map(|e| e.file_name())
                 .collect()

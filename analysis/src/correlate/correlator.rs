@@ -22,13 +22,22 @@ use super::episode::{
     ProbeLine, RxTask, WaitPart,
 };
 use super::outcome::{InputInfo, Mode, Report, Totals, Unexplained, UnexplainedProbe};
-use super::rank::Ranking;
+use super::rank::{CulpritRank, Ranking};
+use super::window::{Index, Window};
 use crate::dump::{
     Header, PacketKind, PacketRec, ProbeRec, ProbeStatus, Record, RxContext, SyscallRec, WaitKind,
     WaitRec,
 };
 
 pub const DEFAULT_STALL_THRESHOLD_NS: u64 = 50_000_000;
+
+/// Matches looked at per key lookup, newest first: a probe's packets are recent, and a
+/// flood that repeats one sequence number must not make each lookup scan the window.
+const LOOKUP_LIMIT: usize = 64;
+/// Waits kept per open stall (more only stretch its window), and open stalls at most
+/// (more close the oldest early): bounds for odd input, far above real recordings.
+const MAX_WAITS_PER_STALL: usize = 64;
+const MAX_OPEN_STALLS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -88,6 +97,7 @@ impl Config {
     }
 }
 
+/// A probe, in the dump (by its id in the inline window) or in a log (by position).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeIdx {
     Inline(u64),
@@ -104,7 +114,6 @@ struct ProbeJoin {
 }
 
 struct Pkt {
-    id: u64,
     /// The kernel clock when it arrived: eviction order, immune to odd timestamps.
     seen_at: u64,
     ts_ns: u64,
@@ -119,186 +128,24 @@ struct Pkt {
     probe: Option<ProbeJoin>,
 }
 
-/// Per-probe bookkeeping, for probes inline in the dump and for a probe log.
-#[derive(Debug, Clone, Copy, Default)]
-struct ProbeState {
-    matched: bool,
-    claimed: bool,
-    short_wait: bool,
-    cpu: Option<u32>,
-}
-
-struct InlineProbe {
-    id: u64,
-    seen_at: u64,
-    rec: ProbeRec,
-    key: Option<WireKey>,
-    st: ProbeState,
-}
-
-struct OpenStall {
-    cpu: u32,
-    start_ns: u64,
-    end_ns: u64,
-    waits: Vec<WaitRec>,
-}
-
-/// Keys of the packet indexes.
+/// Keys of the packet and probe indexes.
 type RunKey = (u32, u64);
 type SeqKey = (u8, u16);
 
-pub struct Correlator {
-    cfg: Config,
-    now: u64,
-    pkts: VecDeque<Pkt>,
-    next_pkt: u64,
-    by_run: HashMap<RunKey, Vec<u64>>,
-    by_key: HashMap<SeqKey, Vec<u64>>,
-    probes: VecDeque<InlineProbe>,
-    next_probe: u64,
-    probes_by_key: HashMap<SeqKey, Vec<u64>>,
-    log: Option<(LogAligner, Vec<ProbeState>)>,
-    probe_seen: bool,
-    stalls: Vec<OpenStall>,
-    /// Earliest `end + linger` and earliest start over open stalls (`u64::MAX` when
-    /// none), so a push does not scan them.
-    next_due: u64,
-    open_min_start: u64,
-    syscalls: VecDeque<(u64, SyscallRec)>,
+fn seq_key(k: &WireKey) -> SeqKey {
+    (k.proto, k.varying)
+}
+
+/// Recent packets, by RX run and by wire sequence.
+#[derive(Default)]
+struct Packets {
+    window: Window<Pkt>,
+    by_run: Index<RunKey>,
+    by_seq: Index<SeqKey>,
     comms: HashMap<Box<str>, Rc<str>>,
-    next_episode: u64,
-    ranking: Ranking,
-    episodes: Vec<Episode>,
-    totals: Totals,
-    input: InputInfo,
-    unexplained: Vec<UnexplainedProbe>,
-    unexplained_by: [u64; 3],
 }
 
-fn unindex<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, k: K, id: u64) {
-    if let std::collections::hash_map::Entry::Occupied(mut e) = map.entry(k) {
-        e.get_mut().retain(|&x| x != id);
-        if e.get().is_empty() {
-            e.remove();
-        }
-    }
-}
-
-impl Correlator {
-    pub fn new(cfg: Config) -> Self {
-        Self {
-            cfg,
-            now: 0,
-            pkts: VecDeque::new(),
-            next_pkt: 0,
-            by_run: HashMap::new(),
-            by_key: HashMap::new(),
-            probes: VecDeque::new(),
-            next_probe: 0,
-            probes_by_key: HashMap::new(),
-            log: None,
-            probe_seen: false,
-            stalls: Vec::new(),
-            next_due: u64::MAX,
-            open_min_start: u64::MAX,
-            syscalls: VecDeque::new(),
-            comms: HashMap::new(),
-            next_episode: 1,
-            ranking: Ranking::default(),
-            episodes: Vec::new(),
-            totals: Totals::default(),
-            input: InputInfo {
-                probe_source: "none".into(),
-                ..Default::default()
-            },
-            unexplained: Vec::new(),
-            unexplained_by: [0; 3],
-        }
-    }
-
-    /// Probes from a log (another host's hping3/ping). Call before the first push;
-    /// probe records inside the dump are then ignored (they would count twice).
-    pub fn set_probe_log(&mut self, probes: Vec<ProbeRec>) {
-        let thr = self.cfg.stall_threshold_ns;
-        for p in &probes {
-            self.count_probe(p, thr);
-        }
-        let n = probes.len();
-        self.log = Some((LogAligner::new(probes), vec![ProbeState::default(); n]));
-        self.input.probe_source = "log".into();
-    }
-
-    fn count_probe(&mut self, p: &ProbeRec, thr: u64) {
-        self.totals.probes += 1;
-        match p.status {
-            ProbeStatus::Lost => self.totals.probes_lost += 1,
-            ProbeStatus::Ok if is_stalled(p, thr) => self.totals.probes_stalled += 1,
-            _ => {}
-        }
-    }
-
-    fn mode(&self) -> Mode {
-        match self.cfg.mode {
-            Some(m) => m,
-            None if self.log.is_some() || self.probe_seen => Mode::Probes,
-            None => Mode::Packets,
-        }
-    }
-
-    /// Feeds one record (header and footer included); returns the episodes that closed.
-    pub fn push(&mut self, rec: &Record) -> Vec<Episode> {
-        self.totals.records += 1;
-        match rec {
-            Record::Header(h) => {
-                self.input.set_header(h);
-                if self.cfg.boot_to_wall_ns.is_none() {
-                    self.cfg.boot_to_wall_ns = Some(h.boot_to_wall_ns);
-                }
-            }
-            Record::Footer(f) => self.input.set_footer(f),
-            Record::Packet(p) => self.on_packet(p),
-            Record::Wait(w) => self.on_wait(w),
-            Record::Syscall(s) => self.on_syscall(s),
-            Record::Probe(p) => self.on_probe(p),
-        }
-        self.advance()
-    }
-
-    #[cfg_attr(not(test), allow(dead_code))] // the live recorder's entry point
-    /// Live only: the kernel clock (boot ns) moved on without records; closes episodes
-    /// whose wait ended `linger` ago. Call every 100–500 ms.
-    pub fn tick(&mut self, now_ns: u64) -> Vec<Episode> {
-        self.now = self.now.max(now_ns);
-        self.advance()
-    }
-
-    /// What the correlator holds right now: (packets, index entries). Bounded by the
-    /// join window whatever the length of the stream; `watch` reports it.
-    pub fn retained(&self) -> (usize, usize) {
-        (
-            self.pkts.len(),
-            self.by_key.len() + self.by_run.len() + self.probes_by_key.len() + self.probes.len(),
-        )
-    }
-
-    /// The culprit ranking over the episodes closed so far (periodic live summaries).
-    pub fn culprits_so_far(&self) -> Vec<crate::correlate::rank::CulpritRank> {
-        self.ranking.ranked()
-    }
-
-    /// Closes every open episode now (end of recording).
-    pub fn flush(&mut self) -> Vec<Episode> {
-        let mut out = Vec::new();
-        self.stalls.sort_by_key(|s| (s.end_ns, s.cpu, s.start_ns));
-        for st in std::mem::take(&mut self.stalls) {
-            if let Some(ep) = self.close_stall(st) {
-                out.push(ep);
-            }
-        }
-        self.stalls_changed();
-        out
-    }
-
+impl Packets {
     fn intern(&mut self, s: &str) -> Rc<str> {
         if let Some(r) = self.comms.get(s) {
             return r.clone();
@@ -311,61 +158,290 @@ impl Correlator {
         r
     }
 
-    fn on_packet(&mut self, p: &PacketRec) {
-        self.totals.packets += 1;
-        self.now = self.now.max(p.ts_ns);
-        let key = packet_key(p);
-        let id = self.next_pkt;
-        self.next_pkt += 1;
-        let mut probe = None;
-        if let Some(k) = key {
-            if let Some((al, states)) = &mut self.log {
-                if let Some(pos) = al.match_packet(&k) {
-                    if let (Some(r), Some(s)) = (al.get(pos), states.get_mut(pos as usize)) {
-                        s.matched = true;
-                        s.cpu = Some(p.cpu);
-                        probe = Some(ProbeJoin {
-                            idx: ProbeIdx::Log(pos),
-                            seq: r.seq,
-                            rtt_ns: r.rtt_ns,
-                            status: r.status,
-                        });
-                    }
-                }
-            } else if let Some(ids) = self.probes_by_key.get(&(k.proto, k.varying)) {
-                // The probe came first (rare: reordering); newest match wins.
-                let base = self.probes.front().map_or(0, |f| f.id);
-                for &pid in ids.iter().rev() {
-                    let Some(ip) = pid
-                        .checked_sub(base)
-                        .and_then(|i| self.probes.get_mut(i as usize))
-                    else {
-                        continue;
-                    };
-                    if ip.key.is_some_and(|pk| keys_match(&pk, &k)) {
-                        ip.st.matched = true;
-                        ip.st.cpu = Some(p.cpu);
-                        probe = Some(ProbeJoin {
-                            idx: ProbeIdx::Inline(ip.id),
-                            seq: ip.rec.seq,
-                            rtt_ns: ip.rec.rtt_ns,
-                            status: ip.rec.status,
-                        });
-                        break;
-                    }
+    fn forget_before(&mut self, keep_from: u64) {
+        while self.window.front().is_some_and(|p| p.seen_at < keep_from) {
+            let Some((id, p)) = self.window.pop_front() else {
+                break;
+            };
+            if let Some(k) = p.key {
+                self.by_seq.forget(seq_key(&k), id);
+            }
+            if let Some(rx) = p.rx_start_ns {
+                self.by_run.forget((p.cpu, rx), id);
+            }
+        }
+    }
+}
+
+/// Per-probe bookkeeping, for probes inline in the dump and for a probe log.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProbeState {
+    matched: bool,
+    claimed: bool,
+    short_wait: bool,
+    cpu: Option<u32>,
+}
+
+struct InlineProbe {
+    seen_at: u64,
+    rec: ProbeRec,
+    key: Option<WireKey>,
+    st: ProbeState,
+}
+
+/// Probe results: inline in the dump (recent ones), or a whole log from elsewhere.
+#[derive(Default)]
+struct Probes {
+    inline: Window<InlineProbe>,
+    by_seq: Index<SeqKey>,
+    log: Option<(LogAligner, Vec<ProbeState>)>,
+    /// A probe record was seen in the dump.
+    seen: bool,
+}
+
+impl Probes {
+    fn state(&mut self, idx: ProbeIdx) -> Option<&mut ProbeState> {
+        match idx {
+            ProbeIdx::Log(pos) => self.log.as_mut().and_then(|(_, s)| s.get_mut(pos as usize)),
+            ProbeIdx::Inline(id) => self.inline.get_mut(id).map(|p| &mut p.st),
+        }
+    }
+}
+
+struct OpenStall {
+    cpu: u32,
+    start_ns: u64,
+    end_ns: u64,
+    waits: Vec<WaitRec>,
+}
+
+/// Waits merged per CPU into stalls until they are due.
+#[derive(Default)]
+struct Stalls {
+    open: Vec<OpenStall>,
+    /// Earliest `end + linger` and earliest start over open stalls (`u64::MAX` when
+    /// none), so a push does not scan them.
+    next_due: u64,
+    min_start: u64,
+}
+
+impl Stalls {
+    fn changed(&mut self, linger: u64) {
+        self.next_due = self
+            .open
+            .iter()
+            .map(|s| s.end_ns.saturating_add(linger))
+            .min()
+            .unwrap_or(u64::MAX);
+        self.min_start = self
+            .open
+            .iter()
+            .map(|s| s.start_ns)
+            .min()
+            .unwrap_or(u64::MAX);
+    }
+
+    /// Adds a wait to the stall it belongs to, or opens one.
+    fn add(&mut self, w: &WaitRec, gap: u64, linger: u64) {
+        let start = w.start_ns.min(w.ts_ns);
+        let merge = self.open.iter_mut().find(|s| {
+            s.cpu == w.cpu
+                && start <= s.end_ns
+                && s.start_ns <= w.ts_ns
+                && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap)
+        });
+        match merge {
+            Some(s) => {
+                s.start_ns = s.start_ns.min(start);
+                s.end_ns = s.end_ns.max(w.ts_ns);
+                if s.waits.len() < MAX_WAITS_PER_STALL {
+                    s.waits.push(w.clone());
                 }
             }
-            self.by_key
-                .entry((k.proto, k.varying))
-                .or_default()
-                .push(id);
+            None => self.open.push(OpenStall {
+                cpu: w.cpu,
+                start_ns: start,
+                end_ns: w.ts_ns,
+                waits: vec![w.clone()],
+            }),
+        }
+        self.changed(linger);
+    }
+
+    /// The open stall to close next: due by `now`, or any if too many are open.
+    fn take_due(&mut self, now: u64, linger: u64) -> Option<OpenStall> {
+        let forced = self.open.len() > MAX_OPEN_STALLS;
+        let i = self
+            .open
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| forced || s.end_ns.saturating_add(linger) <= now)
+            .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
+            .map(|(i, _)| i)?;
+        let st = self.open.swap_remove(i);
+        self.changed(linger);
+        Some(st)
+    }
+}
+
+/// What the whole recording adds up to, as episodes close.
+struct Tally {
+    next_episode: u64,
+    ranking: Ranking,
+    episodes: Vec<Episode>,
+    totals: Totals,
+    input: InputInfo,
+    unexplained: Vec<UnexplainedProbe>,
+    unexplained_by: [u64; 3],
+}
+
+pub struct Correlator {
+    cfg: Config,
+    /// The kernel clock: the latest time seen.
+    now: u64,
+    packets: Packets,
+    probes: Probes,
+    stalls: Stalls,
+    /// Long syscalls, with when they arrived.
+    syscalls: VecDeque<(u64, SyscallRec)>,
+    tally: Tally,
+}
+
+/// Which probes a stall's delayed run carried, and what it means for each.
+#[derive(Default)]
+struct Claims {
+    /// (probe, explained by this stall, answered rather than lost)
+    each: Vec<(ProbeIdx, bool, bool)>,
+    delayed: u32,
+    lost: u32,
+    worst_rtt: Option<u64>,
+    probes_in_run: u32,
+}
+
+impl Correlator {
+    pub fn new(cfg: Config) -> Self {
+        Self {
+            cfg,
+            now: 0,
+            packets: Packets::default(),
+            probes: Probes::default(),
+            stalls: Stalls {
+                next_due: u64::MAX,
+                min_start: u64::MAX,
+                ..Stalls::default()
+            },
+            syscalls: VecDeque::new(),
+            tally: Tally {
+                next_episode: 1,
+                ranking: Ranking::default(),
+                episodes: Vec::new(),
+                totals: Totals::default(),
+                input: InputInfo {
+                    probe_source: "none".into(),
+                    ..Default::default()
+                },
+                unexplained: Vec::new(),
+                unexplained_by: [0; 3],
+            },
+        }
+    }
+
+    /// Probes from a log (another host's hping3/ping). Call before the first push;
+    /// probe records inside the dump are then ignored (they would count twice).
+    pub fn set_probe_log(&mut self, probes: Vec<ProbeRec>) {
+        for p in &probes {
+            self.count_probe(p);
+        }
+        let n = probes.len();
+        self.probes.log = Some((LogAligner::new(probes), vec![ProbeState::default(); n]));
+        self.tally.input.probe_source = "log".into();
+    }
+
+    fn count_probe(&mut self, p: &ProbeRec) {
+        let t = &mut self.tally.totals;
+        t.probes += 1;
+        match p.status {
+            ProbeStatus::Lost => t.probes_lost += 1,
+            ProbeStatus::Ok if is_stalled(p, self.cfg.stall_threshold_ns) => t.probes_stalled += 1,
+            _ => {}
+        }
+    }
+
+    fn mode(&self) -> Mode {
+        match self.cfg.mode {
+            Some(m) => m,
+            None if self.probes.log.is_some() || self.probes.seen => Mode::Probes,
+            None => Mode::Packets,
+        }
+    }
+
+    /// Feeds one record (header and footer included); returns the episodes that closed.
+    pub fn push(&mut self, rec: &Record) -> Vec<Episode> {
+        self.tally.totals.records += 1;
+        match rec {
+            Record::Header(h) => {
+                self.tally.input.set_header(h);
+                if self.cfg.boot_to_wall_ns.is_none() {
+                    self.cfg.boot_to_wall_ns = Some(h.boot_to_wall_ns);
+                }
+            }
+            Record::Footer(f) => self.tally.input.set_footer(f),
+            Record::Packet(p) => self.on_packet(p),
+            Record::Wait(w) => self.on_wait(w),
+            Record::Syscall(s) => self.on_syscall(s),
+            Record::Probe(p) => self.on_probe(p),
+        }
+        self.advance()
+    }
+
+    /// Live only: the kernel clock (boot ns) moved on without records; closes episodes
+    /// whose wait ended `linger` ago. Call every 100–500 ms.
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Episode> {
+        self.now = self.now.max(now_ns);
+        self.advance()
+    }
+
+    /// What the correlator holds right now: (packets, index keys and inline probes).
+    /// Bounded by the join window whatever the length of the stream.
+    pub fn retained(&self) -> (usize, usize) {
+        (
+            self.packets.window.len(),
+            self.packets.by_seq.len()
+                + self.packets.by_run.len()
+                + self.probes.by_seq.len()
+                + self.probes.inline.len(),
+        )
+    }
+
+    /// The culprit ranking over the episodes closed so far (periodic live summaries).
+    pub fn culprits_so_far(&self) -> Vec<CulpritRank> {
+        self.tally.ranking.ranked()
+    }
+
+    /// Closes every open episode now (end of recording).
+    pub fn flush(&mut self) -> Vec<Episode> {
+        let mut open = std::mem::take(&mut self.stalls.open);
+        self.stalls.changed(self.cfg.linger_ns);
+        open.sort_by_key(|s| (s.end_ns, s.cpu, s.start_ns));
+        open.into_iter()
+            .filter_map(|st| self.close_stall(st))
+            .collect()
+    }
+
+    fn on_packet(&mut self, p: &PacketRec) {
+        self.tally.totals.packets += 1;
+        self.now = self.now.max(p.ts_ns);
+        let key = packet_key(p);
+        let id = self.packets.window.next_id();
+        let probe = key.and_then(|k| self.probe_of_packet(&k, p.cpu));
+        if let Some(k) = key {
+            self.packets.by_seq.add(seq_key(&k), id);
         }
         if let Some(rx) = p.rx_start_ns {
-            self.by_run.entry((p.cpu, rx)).or_default().push(id);
+            self.packets.by_run.add((p.cpu, rx), id);
         }
-        let comm = self.intern(&p.comm);
-        self.pkts.push_back(Pkt {
-            id,
+        let comm = self.packets.intern(&p.comm);
+        self.packets.window.push(Pkt {
             seen_at: self.now,
             ts_ns: p.ts_ns,
             cpu: p.cpu,
@@ -380,71 +456,75 @@ impl Correlator {
         });
     }
 
-    fn on_wait(&mut self, w: &WaitRec) {
-        self.totals.waits += 1;
-        self.now = self.now.max(w.ts_ns);
-        let gap = self.cfg.merge_gap_ns;
-        let start = w.start_ns.min(w.ts_ns);
-        let merge = self.stalls.iter_mut().find(|s| {
-            s.cpu == w.cpu
-                && start <= s.end_ns
-                && s.start_ns <= w.ts_ns
-                && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap)
-        });
-        match merge {
-            Some(s) => {
-                s.start_ns = s.start_ns.min(start);
-                s.end_ns = s.end_ns.max(w.ts_ns);
-                s.waits.push(w.clone());
-            }
-            None => self.stalls.push(OpenStall {
-                cpu: w.cpu,
-                start_ns: start,
-                end_ns: w.ts_ns,
-                waits: vec![w.clone()],
-            }),
+    /// The probe a packet belongs to: in the log, or (rare: reordering) a probe record
+    /// that came before its packet, newest match first.
+    fn probe_of_packet(&mut self, k: &WireKey, cpu: u32) -> Option<ProbeJoin> {
+        if let Some((al, states)) = &mut self.probes.log {
+            let pos = al.match_packet(k)?;
+            let r = al.get(pos)?;
+            let s = states.get_mut(pos as usize)?;
+            s.matched = true;
+            s.cpu = Some(cpu);
+            return Some(ProbeJoin {
+                idx: ProbeIdx::Log(pos),
+                seq: r.seq,
+                rtt_ns: r.rtt_ns,
+                status: r.status,
+            });
         }
-        self.stalls_changed();
+        let ids: Vec<u64> = self
+            .probes
+            .by_seq
+            .get(&seq_key(k))
+            .rev()
+            .take(LOOKUP_LIMIT)
+            .collect();
+        for id in ids {
+            let Some(ip) = self.probes.inline.get_mut(id) else {
+                continue;
+            };
+            if ip.key.is_some_and(|pk| keys_match(&pk, k)) {
+                ip.st.matched = true;
+                ip.st.cpu = Some(cpu);
+                return Some(ProbeJoin {
+                    idx: ProbeIdx::Inline(id),
+                    seq: ip.rec.seq,
+                    rtt_ns: ip.rec.rtt_ns,
+                    status: ip.rec.status,
+                });
+            }
+        }
+        None
     }
 
-    fn stalls_changed(&mut self) {
-        let linger = self.cfg.linger_ns;
-        self.next_due = self
-            .stalls
-            .iter()
-            .map(|s| s.end_ns.saturating_add(linger))
-            .min()
-            .unwrap_or(u64::MAX);
-        self.open_min_start = self
-            .stalls
-            .iter()
-            .map(|s| s.start_ns)
-            .min()
-            .unwrap_or(u64::MAX);
+    fn on_wait(&mut self, w: &WaitRec) {
+        self.tally.totals.waits += 1;
+        self.now = self.now.max(w.ts_ns);
+        self.stalls
+            .add(w, self.cfg.merge_gap_ns, self.cfg.linger_ns);
     }
 
     fn on_syscall(&mut self, s: &SyscallRec) {
-        self.totals.syscalls += 1;
+        self.tally.totals.syscalls += 1;
         self.now = self.now.max(s.ts_ns);
         self.syscalls.push_back((self.now, s.clone()));
     }
 
     fn on_probe(&mut self, p: &ProbeRec) {
-        if self.log.is_some() {
-            self.totals.probes_ignored += 1;
+        if self.probes.log.is_some() {
+            self.tally.totals.probes_ignored += 1;
             return;
         }
-        if !self.probe_seen {
-            self.probe_seen = true;
-            self.input.probe_source = "dump".into();
+        if !self.probes.seen {
+            self.probes.seen = true;
+            self.tally.input.probe_source = "dump".into();
         }
-        self.count_probe(p, self.cfg.stall_threshold_ns);
+        self.count_probe(p);
         if let Some(sent) = p.sent_ns {
             // Sent on this host by the boot clock: it is no later than now.
             self.now = self.now.max(sent);
         }
-        let id = self.next_probe;
-        self.next_probe += 1;
+        let id = self.probes.inline.next_id();
         let key = if p.status == ProbeStatus::Dup {
             None
         } else {
@@ -458,44 +538,10 @@ impl Correlator {
                 rtt_ns: p.rtt_ns,
                 status: p.status,
             };
-            // Its request and its reply may both have been seen: join the newest
-            // unjoined one of each direction (older ones are an earlier wrap).
-            if let Some(ids) = self.by_key.get(&(k.proto, k.varying)) {
-                let base = self.pkts.front().map_or(0, |f| f.id);
-                let (mut request, mut reply) = (false, false);
-                for &pid in ids.iter().rev() {
-                    let Some(pk) = pid
-                        .checked_sub(base)
-                        .and_then(|i| self.pkts.get_mut(i as usize))
-                    else {
-                        continue;
-                    };
-                    let is_request = matches!(pk.kind, PacketKind::EchoRequest | PacketKind::Syn);
-                    let done = if is_request { &mut request } else { &mut reply };
-                    if *done
-                        || pk.probe.is_some()
-                        || !pk.key.is_some_and(|pkk| keys_match(&k, &pkk))
-                    {
-                        continue;
-                    }
-                    *done = true;
-                    pk.probe = Some(join);
-                    if !st.matched || is_request {
-                        st.cpu = Some(pk.cpu);
-                    }
-                    st.matched = true;
-                    if request && reply {
-                        break;
-                    }
-                }
-            }
-            self.probes_by_key
-                .entry((k.proto, k.varying))
-                .or_default()
-                .push(id);
+            self.join_packets(&k, join, &mut st);
+            self.probes.by_seq.add(seq_key(&k), id);
         }
-        self.probes.push_back(InlineProbe {
-            id,
+        self.probes.inline.push(InlineProbe {
             seen_at: self.now,
             rec: p.clone(),
             key,
@@ -503,26 +549,46 @@ impl Correlator {
         });
     }
 
+    /// A probe's request and its reply may both have been seen: joins the newest
+    /// unjoined packet of each direction (older ones are an earlier wrap).
+    fn join_packets(&mut self, k: &WireKey, join: ProbeJoin, st: &mut ProbeState) {
+        let ids: Vec<u64> = self
+            .packets
+            .by_seq
+            .get(&seq_key(k))
+            .rev()
+            .take(LOOKUP_LIMIT)
+            .collect();
+        let (mut request, mut reply) = (false, false);
+        for id in ids {
+            let Some(pk) = self.packets.window.get_mut(id) else {
+                continue;
+            };
+            let is_request = matches!(pk.kind, PacketKind::EchoRequest | PacketKind::Syn);
+            let done = if is_request { &mut request } else { &mut reply };
+            if *done || pk.probe.is_some() || !pk.key.is_some_and(|pkk| keys_match(k, &pkk)) {
+                continue;
+            }
+            *done = true;
+            pk.probe = Some(join);
+            if !st.matched || is_request {
+                st.cpu = Some(pk.cpu);
+            }
+            st.matched = true;
+            if request && reply {
+                break;
+            }
+        }
+    }
+
     /// Closes due episodes, then forgets what no open or future episode can need.
     fn advance(&mut self) -> Vec<Episode> {
         let mut out = Vec::new();
-        let linger = self.cfg.linger_ns;
-        while self.next_due <= self.now {
-            let Some(i) = self
-                .stalls
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.end_ns.saturating_add(linger) <= self.now)
-                .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
-                .map(|(i, _)| i)
-            else {
+        while self.stalls.next_due <= self.now || self.stalls.open.len() > MAX_OPEN_STALLS {
+            let Some(st) = self.stalls.take_due(self.now, self.cfg.linger_ns) else {
                 break;
             };
-            let st = self.stalls.swap_remove(i);
-            self.stalls_changed();
-            if let Some(ep) = self.close_stall(st) {
-                out.push(ep);
-            }
+            out.extend(self.close_stall(st));
         }
         self.evict();
         out
@@ -532,21 +598,11 @@ impl Correlator {
         let floor = self.now.saturating_sub(self.cfg.max_retain_ns);
         let mut keep_from = self.now.saturating_sub(self.cfg.window_ns);
         // An open wait needs the packets just before it (the seed's context lines).
-        if self.open_min_start != u64::MAX {
-            keep_from = keep_from.min(self.open_min_start.saturating_sub(self.cfg.linger_ns));
+        if self.stalls.min_start != u64::MAX {
+            keep_from = keep_from.min(self.stalls.min_start.saturating_sub(self.cfg.linger_ns));
         }
         keep_from = keep_from.max(floor);
-        while self.pkts.front().is_some_and(|p| p.seen_at < keep_from) {
-            let Some(p) = self.pkts.pop_front() else {
-                break;
-            };
-            if let Some(k) = p.key {
-                unindex(&mut self.by_key, (k.proto, k.varying), p.id);
-            }
-            if let Some(rx) = p.rx_start_ns {
-                unindex(&mut self.by_run, (p.cpu, rx), p.id);
-            }
-        }
+        self.packets.forget_before(keep_from);
         while self
             .syscalls
             .front()
@@ -557,22 +613,28 @@ impl Correlator {
         // Probes arrive after their packets, so their episodes closed (linger) before
         // they leave the window; a stalled one still unclaimed is unexplained.
         let probe_cut = self.now.saturating_sub(self.cfg.window_ns);
-        while self.probes.front().is_some_and(|p| p.seen_at < probe_cut) {
-            let Some(p) = self.probes.pop_front() else {
+        while self
+            .probes
+            .inline
+            .front()
+            .is_some_and(|p| p.seen_at < probe_cut)
+        {
+            let Some((id, p)) = self.probes.inline.pop_front() else {
                 break;
             };
             if let Some(k) = p.key {
-                unindex(&mut self.probes_by_key, (k.proto, k.varying), p.id);
+                self.probes.by_seq.forget(seq_key(&k), id);
             }
             self.finalize_probe(&p.rec, p.st);
         }
     }
 
     fn finalize_probe(&mut self, rec: &ProbeRec, st: ProbeState) {
+        let t = &mut self.tally;
         if rec.status == ProbeStatus::Ok {
-            self.totals.probes_answered += 1;
+            t.totals.probes_answered += 1;
             if st.matched {
-                self.totals.probes_matched += 1;
+                t.totals.probes_matched += 1;
             }
         }
         if rec.status != ProbeStatus::Ok
@@ -581,7 +643,7 @@ impl Correlator {
         {
             return;
         }
-        self.totals.probes_unexplained += 1;
+        t.totals.probes_unexplained += 1;
         let reason = if !st.matched {
             Unexplained::NoPacket
         } else if st.short_wait {
@@ -589,9 +651,9 @@ impl Correlator {
         } else {
             Unexplained::NoWait
         };
-        self.unexplained_by[reason as usize] += 1;
-        if self.unexplained.len() < self.cfg.max_listed_unexplained {
-            self.unexplained.push(UnexplainedProbe {
+        t.unexplained_by[reason as usize] += 1;
+        if t.unexplained.len() < self.cfg.max_listed_unexplained {
+            t.unexplained.push(UnexplainedProbe {
                 seq: rec.seq,
                 wire_seq: rec.wire_seq,
                 rtt_ns: rec.rtt_ns,
@@ -601,143 +663,101 @@ impl Correlator {
         }
     }
 
-    fn probe_state(&mut self, idx: ProbeIdx) -> Option<&mut ProbeState> {
-        match idx {
-            ProbeIdx::Log(pos) => self.log.as_mut().and_then(|(_, s)| s.get_mut(pos as usize)),
-            ProbeIdx::Inline(id) => {
-                let base = self.probes.front().map_or(0, |f| f.id);
-                let i = id.checked_sub(base)?;
-                self.probes
-                    .get_mut(usize::try_from(i).ok()?)
-                    .map(|p| &mut p.st)
-            }
-        }
-    }
-
-    fn close_stall(&mut self, st: OpenStall) -> Option<Episode> {
-        let thr = self.cfg.stall_threshold_ns;
-        let len = st.end_ns.saturating_sub(st.start_ns);
-        if len >= thr {
-            self.totals.stalls_over_threshold += 1;
-        }
-        // The packets of the RX run(s) that followed the wait(s).
+    /// Ids of the packets processed in the RX run(s) that ended the stall's waits,
+    /// ascending.
+    fn run_of(&self, st: &OpenStall) -> Vec<u64> {
         let mut ids: Vec<u64> = st
             .waits
             .iter()
-            .filter_map(|w| self.by_run.get(&(st.cpu, w.ts_ns)))
-            .flatten()
-            .copied()
+            .flat_map(|w| self.packets.by_run.get(&(st.cpu, w.ts_ns)))
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let base = self.pkts.front().map_or(0, |f| f.id);
-        let mut run: Vec<&Pkt> = ids
-            .iter()
-            .filter_map(|&id| {
-                id.checked_sub(base)
-                    .and_then(|i| self.pkts.get(usize::try_from(i).ok()?))
-            })
-            .collect();
-        run.sort_by_key(|p| (p.ts_ns, p.id));
+        ids
+    }
 
-        // Which probes does this wait explain? One that waited at least half its RTT.
+    /// Which probes this stall explains: one whose packet was in the delayed run and
+    /// that waited at least half its RTT here.
+    fn claims(&self, run: &[&Pkt], len: u64) -> Claims {
+        let thr = self.cfg.stall_threshold_ns;
+        let mut c = Claims::default();
         let mut seen: Vec<ProbeIdx> = Vec::new();
-        let (mut delayed, mut lost, mut worst) = (0u32, 0u32, None::<u64>);
-        // (probe, explained here, answered-and-stalled rather than lost)
-        let mut claims: Vec<(ProbeIdx, bool, bool)> = Vec::new();
-        for p in &run {
-            let Some(j) = p.probe else { continue };
+        for j in run.iter().filter_map(|p| p.probe) {
             if seen.contains(&j.idx) {
                 continue;
             }
             seen.push(j.idx);
             match (j.status, j.rtt_ns) {
                 (ProbeStatus::Lost, _) if len >= thr => {
-                    lost += 1;
-                    claims.push((j.idx, true, false));
+                    c.lost += 1;
+                    c.each.push((j.idx, true, false));
                 }
                 (ProbeStatus::Ok, Some(rtt)) if rtt >= thr => {
-                    if len.saturating_mul(2) >= rtt {
-                        delayed += 1;
-                        worst = Some(worst.map_or(rtt, |w| w.max(rtt)));
-                        claims.push((j.idx, true, true));
-                    } else {
-                        claims.push((j.idx, false, true));
+                    let explained = len.saturating_mul(2) >= rtt;
+                    if explained {
+                        c.delayed += 1;
+                        c.worst_rtt = Some(c.worst_rtt.map_or(rtt, |w| w.max(rtt)));
                     }
+                    c.each.push((j.idx, explained, true));
                 }
-                (ProbeStatus::Ok, Some(rtt)) => worst = Some(worst.map_or(rtt, |w| w.max(rtt))),
+                (ProbeStatus::Ok, Some(rtt)) => {
+                    c.worst_rtt = Some(c.worst_rtt.map_or(rtt, |w| w.max(rtt)))
+                }
                 _ => {}
             }
         }
-        let probes_in_run = u32::try_from(seen.len()).unwrap_or(u32::MAX);
-        let qualifies = match self.mode() {
-            Mode::Probes => delayed > 0 || lost > 0,
-            Mode::Packets => len >= thr && !run.is_empty(),
-        };
-        let run_len = run.len();
-        if !qualifies {
-            // Remember why a stalled probe was not explained here.
-            for (idx, explained, _) in claims {
-                if !explained {
-                    if let Some(s) = self.probe_state(idx) {
-                        s.short_wait = true;
-                    }
-                }
-            }
-            return None;
-        }
+        c.probes_in_run = u32::try_from(seen.len()).unwrap_or(u32::MAX);
+        c
+    }
 
-        let rx = match run.first() {
-            Some(p) => RxTask {
+    /// The context that ran the delayed RX work: the run's first packet's, else the
+    /// RX thread's (or the first) wait's.
+    fn rx_task(run: &[&Pkt], st: &OpenStall) -> Option<RxTask> {
+        if let Some(p) = run.first() {
+            return Some(RxTask {
                 pid: p.pid,
                 tgid: p.tgid,
                 comm: p.comm.to_string(),
                 context: p.context,
-            },
-            None => {
-                let w = st
-                    .waits
-                    .iter()
-                    .find(|w| w.kind == WaitKind::RxThread)
-                    .or(st.waits.first())?;
-                RxTask {
-                    pid: w.rx.pid,
-                    tgid: w.rx.tgid,
-                    comm: w.rx.comm.clone(),
-                    context: w.rx_context,
-                }
-            }
-        };
-        let holders = merge_holders(&st.waits);
-        let culprit = pick_culprit(&holders, rx.pid).map(|h| {
-            let sys = culprit_syscall(
-                h,
-                st.start_ns,
-                st.end_ns,
-                &mut self.syscalls.iter().map(|(_, s)| s),
-            );
-            Culprit::from_holder(h, sys)
-        });
-
-        // The seed's view: probe packets on this CPU just before, then the delayed run.
-        let run_start = run.first().map_or(st.end_ns, |p| p.ts_ns.min(st.end_ns));
-        let want_probe_pkts = self.mode() == Mode::Probes;
-        // One row per probe: an echo request and its reply can both be on this CPU.
-        let mut seen_keys: Vec<u16> = Vec::with_capacity(self.cfg.context_lines);
-        let mut before: Vec<&Pkt> = self
-            .pkts
+            });
+        }
+        let w = st
+            .waits
             .iter()
+            .find(|w| w.kind == WaitKind::RxThread)
+            .or(st.waits.first())?;
+        Some(RxTask {
+            pid: w.rx.pid,
+            tgid: w.rx.tgid,
+            comm: w.rx.comm.clone(),
+            context: w.rx_context,
+        })
+    }
+
+    /// The seed's table: probe packets on this CPU just before the delayed run, then
+    /// the run, one row per probe (an echo request and its reply may both have been
+    /// processed in the run: the first is shown).
+    fn table(&self, st: &OpenStall, run: &[&Pkt], run_ids: &[u64]) -> (Vec<ProbeLine>, u32) {
+        let thr = self.cfg.stall_threshold_ns;
+        let run_start = run.first().map_or(st.end_ns, |p| p.ts_ns.min(st.end_ns));
+        let probe_rows_only = self.mode() == Mode::Probes;
+        let mut seen_before: Vec<u16> = Vec::with_capacity(self.cfg.context_lines);
+        let mut before: Vec<&Pkt> = self
+            .packets
+            .window
+            .iter_ids()
             .rev()
-            .filter(|p| {
+            .filter(|(id, p)| {
                 p.cpu == st.cpu
                     && p.ts_ns < run_start
-                    && ids.binary_search(&p.id).is_err()
-                    && (!want_probe_pkts || p.key.is_some())
+                    && run_ids.binary_search(id).is_err()
+                    && (!probe_rows_only || p.key.is_some())
             })
+            .map(|(_, p)| p)
             .filter(|p| match p.key {
-                Some(k) if seen_keys.contains(&k.varying) => false,
+                Some(k) if seen_before.contains(&k.varying) => false,
                 Some(k) => {
-                    seen_keys.push(k.varying);
+                    seen_before.push(k.varying);
                     true
                 }
                 None => true,
@@ -745,7 +765,19 @@ impl Correlator {
             .take(self.cfg.context_lines)
             .collect();
         before.reverse();
-        let mk = |p: &Pkt, in_run: bool| ProbeLine {
+        let mut seen_run: Vec<SeqKey> = Vec::new();
+        let rows: Vec<&&Pkt> = run
+            .iter()
+            .filter(|p| match p.key {
+                Some(k) if seen_run.contains(&seq_key(&k)) => false,
+                Some(k) => {
+                    seen_run.push(seq_key(&k));
+                    true
+                }
+                None => true,
+            })
+            .collect();
+        let line = |p: &Pkt, delayed: bool| ProbeLine {
             ts_ns: p.ts_ns,
             cpu: p.cpu,
             tgid: p.tgid,
@@ -757,14 +789,63 @@ impl Correlator {
             seq: p.probe.map(|j| j.seq),
             rtt_ns: p.probe.and_then(|j| j.rtt_ns),
             status: p.probe.map(|j| j.status),
-            delayed: in_run,
+            delayed,
             over_threshold: p.probe.and_then(|j| j.rtt_ns).is_some_and(|r| r >= thr),
         };
-        let mut lines: Vec<ProbeLine> = before.iter().map(|p| mk(p, false)).collect();
+        let mut lines: Vec<ProbeLine> = before.iter().map(|p| line(p, false)).collect();
         let room = self.cfg.max_lines.saturating_sub(lines.len());
-        lines.extend(run.iter().take(room).map(|p| mk(p, true)));
-        let lines_omitted = u32::try_from(run_len.saturating_sub(room)).unwrap_or(u32::MAX);
+        lines.extend(rows.iter().take(room).map(|p| line(p, true)));
+        let omitted = u32::try_from(rows.len().saturating_sub(room)).unwrap_or(u32::MAX);
+        (lines, omitted)
+    }
 
+    /// Marks the probes this episode explains (each once, though its request and its
+    /// reply may both have been delayed), and why the others were not explained.
+    fn settle_claims(&mut self, claims: &Claims, episode_closed: bool) {
+        let mut newly_explained = 0;
+        for &(idx, explained, answered) in &claims.each {
+            let Some(s) = self.probes.state(idx) else {
+                continue;
+            };
+            if !explained {
+                s.short_wait = true;
+            } else if episode_closed && !s.claimed {
+                s.claimed = true;
+                newly_explained += u64::from(answered);
+            }
+        }
+        self.tally.totals.probes_explained += newly_explained;
+    }
+
+    fn close_stall(&mut self, st: OpenStall) -> Option<Episode> {
+        let thr = self.cfg.stall_threshold_ns;
+        let len = st.end_ns.saturating_sub(st.start_ns);
+        if len >= thr {
+            self.tally.totals.stalls_over_threshold += 1;
+        }
+        let run_ids = self.run_of(&st);
+        let mut run: Vec<&Pkt> = run_ids
+            .iter()
+            .filter_map(|&id| self.packets.window.get(id))
+            .collect();
+        run.sort_by_key(|p| p.ts_ns);
+        let claims = self.claims(&run, len);
+        let qualifies = match self.mode() {
+            Mode::Probes => claims.delayed > 0 || claims.lost > 0,
+            Mode::Packets => len >= thr && !run.is_empty(),
+        };
+        if !qualifies {
+            self.settle_claims(&claims, false);
+            return None;
+        }
+        let rx = Self::rx_task(&run, &st)?;
+        let holders = merge_holders(&st.waits);
+        let culprit = pick_culprit(&holders, rx.pid).map(|h| {
+            let recent = &mut self.syscalls.iter().map(|(_, s)| s);
+            Culprit::from_holder(h, culprit_syscall(h, st.start_ns, st.end_ns, recent))
+        });
+        let (lines, lines_omitted) = self.table(&st, &run, &run_ids);
+        let packets_delayed = u32::try_from(run.len()).unwrap_or(u32::MAX);
         let mut waits: Vec<WaitPart> = st
             .waits
             .iter()
@@ -777,9 +858,8 @@ impl Correlator {
             })
             .collect();
         waits.sort_by_key(|w| (w.start_ns, w.ts_ns, w.kind as u8));
-
         let ep = Episode {
-            id: self.next_episode,
+            id: self.tally.next_episode,
             cpu: st.cpu,
             start_ns: st.start_ns,
             end_ns: st.end_ns,
@@ -797,38 +877,25 @@ impl Correlator {
                     run_ns: h.run_ns,
                 })
                 .collect(),
-            probes_delayed: delayed,
-            probes_in_run,
-            probes_lost: lost,
-            packets_delayed: u32::try_from(run_len).unwrap_or(u32::MAX),
-            worst_rtt_ns: worst,
+            probes_delayed: claims.delayed,
+            probes_in_run: claims.probes_in_run,
+            probes_lost: claims.lost,
+            packets_delayed,
+            worst_rtt_ns: claims.worst_rtt,
             lines,
             lines_omitted,
             truncated: st.waits.iter().any(|w| w.truncated),
         };
-        self.next_episode += 1;
-
-        let mut newly_explained = 0;
-        for (idx, explained, answered) in claims {
-            let Some(s) = self.probe_state(idx) else {
-                continue;
-            };
-            if !explained {
-                s.short_wait = true;
-            } else if !s.claimed {
-                // Request and reply both delayed: the probe is explained once.
-                s.claimed = true;
-                newly_explained += u64::from(answered);
-            }
-        }
-        self.totals.probes_explained += newly_explained;
-        self.totals.episodes += 1;
-        self.totals.packets_delayed += run_len as u64;
-        self.ranking.add(&ep);
-        if self.episodes.len() < self.cfg.max_listed_episodes {
-            self.episodes.push(ep.clone());
+        self.settle_claims(&claims, true);
+        let t = &mut self.tally;
+        t.next_episode += 1;
+        t.totals.episodes += 1;
+        t.totals.packets_delayed += u64::from(packets_delayed);
+        t.ranking.add(&ep);
+        if t.episodes.len() < self.cfg.max_listed_episodes {
+            t.episodes.push(ep.clone());
         } else {
-            self.totals.episodes_not_listed += 1;
+            t.totals.episodes_not_listed += 1;
         }
         Some(ep)
     }
@@ -836,29 +903,30 @@ impl Correlator {
     /// Closes what is open and returns the whole-recording report.
     pub fn finish(mut self) -> Report {
         let _ = self.flush();
-        while let Some(p) = self.probes.pop_front() {
+        while let Some((_, p)) = self.probes.inline.pop_front() {
             self.finalize_probe(&p.rec, p.st);
         }
-        if let Some((al, states)) = self.log.take() {
+        if let Some((al, states)) = self.probes.log.take() {
             for (rec, st) in al.probes().iter().zip(states) {
                 self.finalize_probe(rec, st);
             }
         }
-        self.episodes.sort_by_key(|e| (e.start_ns, e.cpu, e.id));
         let mode = self.mode();
+        let mut t = self.tally;
+        t.episodes.sort_by_key(|e| (e.start_ns, e.cpu, e.id));
         Report {
-            input: self.input,
+            input: t.input,
             stall_threshold_ns: self.cfg.stall_threshold_ns,
             mode,
-            totals: self.totals,
-            episodes: self.episodes,
-            culprits: self.ranking.ranked(),
-            cpus: self.ranking.cpus(),
-            episodes_without_culprit: self.ranking.without_culprit,
-            unexplained: self.unexplained,
-            unexplained_no_packet: self.unexplained_by[Unexplained::NoPacket as usize],
-            unexplained_no_wait: self.unexplained_by[Unexplained::NoWait as usize],
-            unexplained_wait_too_short: self.unexplained_by[Unexplained::WaitTooShort as usize],
+            totals: t.totals,
+            episodes: t.episodes,
+            culprits: t.ranking.ranked(),
+            cpus: t.ranking.cpus(),
+            episodes_without_culprit: t.ranking.without_culprit,
+            unexplained: t.unexplained,
+            unexplained_no_packet: t.unexplained_by[Unexplained::NoPacket as usize],
+            unexplained_no_wait: t.unexplained_by[Unexplained::NoWait as usize],
+            unexplained_wait_too_short: t.unexplained_by[Unexplained::WaitTooShort as usize],
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod correlator;
 pub mod episode;
 pub mod outcome;
 pub mod rank;
+pub mod window;
 
 pub use correlator::{Config, Correlator};
 pub use episode::Episode;

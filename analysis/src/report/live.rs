@@ -172,10 +172,71 @@ pub fn syscall_sentence(s: &SyscallRec) -> String {
     )
 }
 
+/// Waits on one CPU whose windows overlap and that end this close together are one
+/// stall (the correlator's merge gap).
+const SAME_STALL_NS: u64 = 1_000_000;
+
+/// Says whether a wait is news for the live stream: the second wait of one stall (NET_RX
+/// and its RX thread; the request's and the reply's RX run) says nothing the first
+/// did not, so the stream prints one sentence per stall.
+#[derive(Default)]
+pub struct StallDedup {
+    /// Per CPU: the window of the last wait let through.
+    last: std::collections::HashMap<u32, (u64, u64)>,
+}
+
+impl StallDedup {
+    /// True the first time a stall is seen.
+    pub fn is_new(&mut self, w: &WaitRec) -> bool {
+        let start = w.start_ns.min(w.ts_ns);
+        let seen = self.last.get(&w.cpu).is_some_and(|&(s, e)| {
+            start <= e && s <= w.ts_ns && e.abs_diff(w.ts_ns) <= SAME_STALL_NS
+        });
+        if !seen {
+            self.last.insert(w.cpu, (start, w.ts_ns));
+        }
+        !seen
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dump::{SyscallRef, TaskRef};
+
+    #[test]
+    fn one_sentence_per_stall() {
+        let w = |cpu, start, end, kind| WaitRec {
+            kind,
+            cpu,
+            start_ns: start,
+            ts_ns: end,
+            wait_ns: end - start,
+            rx: TaskRef {
+                pid: 9,
+                tgid: 9,
+                comm: "ksoftirqd/1".into(),
+            },
+            rx_context: RxContext::Ksoftirqd,
+            waker: TaskRef {
+                pid: 1,
+                tgid: 1,
+                comm: "x".into(),
+            },
+            holders: vec![],
+            nr_switches: 1,
+            nr_other_runs: 0,
+            run_ns: 0,
+            truncated: false,
+        };
+        let mut d = StallDedup::default();
+        // The seed's stall: the RX thread's wait, then NET_RX's, ending 4 µs apart.
+        assert!(d.is_new(&w(11, 1_000, 99_001_000, WaitKind::RxThread)));
+        assert!(!d.is_new(&w(11, 500, 99_005_000, WaitKind::NetRxSoftirq)));
+        // Another CPU, and the next stall on this one, are news.
+        assert!(d.is_new(&w(3, 500, 99_005_000, WaitKind::NetRxSoftirq)));
+        assert!(d.is_new(&w(11, 130_000_000, 229_000_000, WaitKind::RxThread)));
+    }
 
     #[test]
     fn wait_sentence_names_culprit_and_rx_thread() {

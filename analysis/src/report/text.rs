@@ -226,7 +226,7 @@ pub fn render(r: &Report) -> String {
         );
         for c in &r.culprits {
             let cpus: Vec<String> = c.cpus.iter().map(u32::to_string).collect();
-            let inside: Vec<String> = c
+            let mut inside: Vec<String> = c
                 .syscalls
                 .iter()
                 .map(|x| match &x.path {
@@ -234,6 +234,11 @@ pub fn render(r: &Report) -> String {
                     None => format!("{}() ({})", x.name, x.episodes),
                 })
                 .collect();
+            let in_syscalls: u64 = c.syscalls.iter().map(|x| x.episodes).sum();
+            if in_syscalls < c.episodes {
+                // The episodes without a syscall held the CPU outside one.
+                inside.push(format!("user space ({})", c.episodes - in_syscalls));
+            }
             let _ = writeln!(
                 s,
                 "  {:<4}{:<17}{:<8}{:<9}{:<9}{:<8}{:<11}{:<11}{:<10}{}",

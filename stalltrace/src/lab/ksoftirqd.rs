@@ -25,182 +25,188 @@ use std::{
 };
 
 use anyhow::Context as _;
-
-use stalltrace_testkit::netns::Netns;
-
-use super::{hog::HogArgs, Scenario};
 use stalltrace_analysis::dump::{DumpReader, Record, RxContext, WaitKind};
 
-pub const NAME: &str = "ksoftirqd";
-
-pub const SCENARIO: Scenario = Scenario {
-    name: NAME,
-    summary: "the seed's case: RPS sends the namespace's RX to one CPU, a flood wakes ksoftirqd there, a SCHED_FIFO busy loop (stall-hog) starves it (stalls on kernels before 6.5 only)",
-    culprit: "stall-hog",
-    reads_file: false,
+use super::{
+    hog::HogArgs,
+    journal::Journal,
+    scenario::{Lab, Load, Scenario},
 };
 
 /// Waits at least this long count as the stall the scenario is after.
 const STALL_NS: u64 = 50_000_000;
 
-/// Steers the namespace's RX to `cpu` (RPS, no threaded NAPI); prints the lab line.
-pub fn prepare(ns: &Netns, cpu: u32) -> anyhow::Result<()> {
-    // NAPI on the namespace side: the sender's CPU polls veth in batches and RPS hands
-    // the starved CPU a burst per IPI, a backlog deep enough to overrun NET_RX there.
-    // (Without it each packet comes with its own IPI and the starved CPU keeps up in irq
-    // context, so ksoftirqd is woken only by chance.)
-    ns.napi()
-        .context("giving the namespace side a NAPI instance")?;
-    ns.rps_to(cpu)
-        .context("steering the namespace's RX to one CPU (rps_cpus)")?;
-    crate::outln!(
-        "lab: namespace {} ({} <-> {}), RX by the backlog of CPU {cpu} (RPS, no threaded NAPI): NET_RX there, or ksoftirqd/{cpu} once woken",
-        ns.name, ns.host_addr, ns.ns_addr
-    );
-    Ok(())
-}
-
-/// The culprit holds the CPU for its whole run, without the other scenarios' 30 ms
-/// gaps: once the flood has woken ksoftirqd, it stays starved until real-time throttling
-/// (`sched_rt_runtime_us`, 950 ms of each second by default) lets it run, as in the
-/// set-up that first showed this stall under qemu (a staircase from ~1.8 s down). With
-/// gaps, ksoftirqd catches up in each one and has to be woken again in the next burst,
-/// which the flood does only when NET_RX overruns its budget: too much left to chance.
-/// Where RT throttling is off the stall lasts the whole run (bounded by `--duration`).
-pub fn hog_args(mut a: HogArgs) -> HogArgs {
-    a.burst = a.duration;
-    a.gap = Duration::ZERO;
-    a
-}
-
-/// A running flood (`timeout … stalltrace flood`), stopped and reaped on drop.
-pub struct Flood {
-    child: Option<Child>,
-    budget: Option<Budget>,
-}
-
 /// `net.core.netdev_budget` and `net.core.dev_weight` (the backlog's poll quota; NIC
-/// drivers set their own) lowered to one packet for the flood, restored on drop. Then
-/// NET_RX on the starved CPU re-raises itself after every packet, so a backlog of a dozen
-/// packets uses up `__do_softirq`'s ten restarts and wakes `ksoftirqd/N`, which the
-/// culprit then starves: the seed's deferral on every run, instead of only when the flood
-/// happens to outrun 10 rounds of 64 packets. Both settings are global, so the lab holds
-/// them only while its flood runs.
+/// drivers set their own) lowered to one packet while the flood runs. Then NET_RX on
+/// the starved CPU re-raises itself after every packet, so a backlog of a dozen packets
+/// uses up `__do_softirq`'s ten restarts and wakes `ksoftirqd/N`, which the culprit
+/// then starves: the seed's deferral on every run, instead of only when the flood
+/// happens to outrun 10 rounds of 64 packets. Both settings are global: the journal
+/// records their values first, and they are put back the moment the flood ends.
 const SYSCTLS: [&str; 2] = [
     "/proc/sys/net/core/netdev_budget",
     "/proc/sys/net/core/dev_weight",
 ];
 
-struct Budget(Vec<(&'static str, String)>);
+pub struct Ksoftirqd;
 
-impl Budget {
-    fn lower() -> Self {
-        let mut saved = vec![];
+impl Scenario for Ksoftirqd {
+    fn name(&self) -> &'static str {
+        "ksoftirqd"
+    }
+
+    fn summary(&self) -> &'static str {
+        "the seed's case: RPS sends the namespace's RX to one CPU, a flood wakes ksoftirqd there, a SCHED_FIFO busy loop (stall-hog) starves it (stalls on kernels before 6.5 only)"
+    }
+
+    fn culprit(&self) -> &'static str {
+        "stall-hog"
+    }
+
+    /// Steers the namespace's RX to the CPU (RPS, no threaded NAPI).
+    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
+        // NAPI on the namespace side: the sender's CPU polls veth in batches and RPS
+        // hands the starved CPU a burst per IPI, a backlog deep enough to overrun
+        // NET_RX there. (Without it each packet comes with its own IPI and the starved
+        // CPU keeps up in irq context, so ksoftirqd is woken only by chance.)
+        lab.ns
+            .napi()
+            .context("giving the namespace side a NAPI instance")?;
+        lab.ns
+            .rps_to(lab.cpu)
+            .context("steering the namespace's RX to one CPU (rps_cpus)")?;
+        Ok(format!(
+            "namespace {} ({} <-> {}), RX by the backlog of CPU {cpu} (RPS, no threaded NAPI): NET_RX there, or ksoftirqd/{cpu} once woken",
+            lab.ns.name,
+            lab.ns.host_addr,
+            lab.ns.ns_addr,
+            cpu = lab.cpu
+        ))
+    }
+
+    /// The culprit holds the CPU for its whole run, without the other scenarios' 30 ms
+    /// gaps: once the flood has woken ksoftirqd, it stays starved until real-time
+    /// throttling (`sched_rt_runtime_us`, 950 ms of each second by default) lets it
+    /// run, as in the set-up that first showed this stall under qemu (a staircase from
+    /// ~1.8 s down). With gaps, ksoftirqd catches up in each one and has to be woken
+    /// again in the next burst, which the flood does only when NET_RX overruns its
+    /// budget: too much left to chance. Where RT throttling is off the stall lasts the
+    /// whole run (bounded by `--duration`).
+    fn hog(&self, _lab: &mut Lab<'_>, mut a: HogArgs) -> anyhow::Result<HogArgs> {
+        a.burst = a.duration;
+        a.gap = Duration::ZERO;
+        Ok(a)
+    }
+
+    /// Floods the namespace address from CPU 0 for `length` (the culprit's run), in the
+    /// background; the flood ends by itself then, or earlier when stopped. Why as long
+    /// as the culprit: the seed's 0.5 s burst wakes ksoftirqd once, but whether it is
+    /// woken again after it caught up depends on how slow NET_RX runs (under qemu's
+    /// emulation it often is, on a fast machine not); flooding throughout wakes it
+    /// every time.
+    fn load(
+        &self,
+        lab: &mut Lab<'_>,
+        culprit_pid: u32,
+        length: Duration,
+    ) -> anyhow::Result<Option<Box<dyn Load>>> {
+        let culprit = self.culprit();
+        if !wait_for_fifo(culprit_pid, culprit, Duration::from_secs(10)) {
+            crate::outln!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
+        }
+        let mut lowered = 0;
         for p in SYSCTLS {
-            if let Ok(old) = std::fs::read_to_string(p) {
-                if std::fs::write(p, "1").is_ok() {
-                    saved.push((p, old.trim().to_string()));
-                }
+            match lab.journal.set_sysctl(p, "1") {
+                Ok(()) => lowered += 1,
+                Err(e) => crate::outln!("lab: note: {e:#}"),
             }
         }
-        Self(saved)
+        if lowered < SYSCTLS.len() {
+            crate::outln!(
+                "lab: note: could not lower the NET_RX budget sysctls; relying on the flood alone"
+            );
+        }
+        // `timeout` bounds the flood even if this process dies without running drops;
+        // the flooder also dies with its parent. (timeout takes s/m/h/d suffixes only:
+        // "2000ms" is refused and nothing would run.)
+        let exe = std::env::current_exe().context("finding the stalltrace binary")?;
+        let child = Command::new("timeout")
+            .args([
+                "-s",
+                "INT",
+                "-k",
+                "1",
+                &format!("{:.3}s", length.as_secs_f64() + 2.0),
+            ])
+            .args(["taskset", "-c", "0"])
+            .arg(exe)
+            .args([
+                "flood",
+                "--to",
+                &format!("{}:9", lab.ns.ns_addr),
+                "--duration",
+            ])
+            .arg(format!("{}ms", length.as_millis().max(1)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the flood")?;
+        lab.journal.child(child.id(), "the flood")?;
+        crate::outln!(
+            "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
+            lab.ns.ns_addr,
+            length.as_millis()
+        );
+        Ok(Some(Box::new(Flood { child: Some(child) })))
+    }
+
+    fn not_reproduced(&self, dump: &Path) -> anyhow::Result<Option<String>> {
+        not_reproduced(dump)
     }
 }
 
-impl Drop for Budget {
-    fn drop(&mut self) {
-        for (p, old) in &self.0 {
-            let _ = std::fs::write(p, old);
-        }
-    }
+/// A running flood (`timeout … stalltrace flood`), stopped and reaped on drop.
+struct Flood {
+    child: Option<Child>,
 }
 
 impl Flood {
     /// SIGTERM to `timeout`, which passes it on to the flooder; SIGKILL if that did not
     /// end it within 2 s (the flooder dies with its parent then).
-    fn stop(&mut self) {
-        let Some(c) = self.child.as_mut() else {
-            self.budget = None;
+    fn end(&mut self) {
+        let Some(mut c) = self.child.take() else {
             return;
         };
-        if let Ok(None) = c.try_wait() {
+        if let (Ok(None), Ok(pid)) = (c.try_wait(), i32::try_from(c.id())) {
             // SAFETY: kill(2) on our own child, not yet reaped.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(2) {
             if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
-                self.budget = None;
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
         let _ = c.wait();
-        self.child = None;
-        self.budget = None;
+    }
+}
+
+impl Load for Flood {
+    fn stop(&mut self, journal: &mut Journal) {
+        self.end();
+        if let Err(e) = journal.restore_sysctls() {
+            crate::errln!("lab: warning: {e:#}; run `stalltrace lab --cleanup`");
+        }
     }
 }
 
 impl Drop for Flood {
     fn drop(&mut self) {
-        self.stop();
+        self.end();
     }
-}
-
-/// Floods the namespace address from CPU 0 for `length` (the culprit's run), in the
-/// background; the flood ends by itself then, or earlier when the guard is dropped.
-/// Start it once the culprit holds the CPU. Why as long as the culprit: the seed's
-/// 0.5 s burst wakes ksoftirqd once, but the culprit's 30 ms gaps let ksoftirqd catch up,
-/// and whether it is woken again in the next burst then depends on how slow NET_RX runs
-/// (under qemu's emulation it often is, on a fast machine not); flooding throughout
-/// wakes it in every burst.
-pub fn flood(
-    ns: &Netns,
-    culprit_pid: u32,
-    culprit: &str,
-    length: Duration,
-) -> anyhow::Result<Flood> {
-    if !wait_for_fifo(culprit_pid, culprit, Duration::from_secs(10)) {
-        crate::outln!("lab: note: {culprit} (pid {culprit_pid}) did not show as SCHED_FIFO within 10 s; flooding anyway");
-    }
-    let budget = Budget::lower();
-    if budget.0.len() < SYSCTLS.len() {
-        crate::outln!(
-            "lab: note: could not lower the NET_RX budget sysctls; relying on the flood alone"
-        );
-    }
-    // `timeout` bounds the flood even if this process dies without running drops; the
-    // flooder also dies with its parent. (timeout takes s/m/h/d suffixes only: "2000ms"
-    // is refused and nothing would run.)
-    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
-    let child = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "-k",
-            "1",
-            &format!("{:.3}s", length.as_secs_f64() + 2.0),
-        ])
-        .args(["taskset", "-c", "0"])
-        .arg(exe)
-        .args(["flood", "--to", &format!("{}:9", ns.ns_addr), "--duration"])
-        .arg(format!("{}ms", length.as_millis().max(1)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting the flood")?;
-    crate::outln!(
-        "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
-        ns.ns_addr,
-        length.as_millis()
-    );
-    Ok(Flood {
-        child: Some(child),
-        budget: Some(budget),
-    })
 }
 
 /// Waits until `pid` has taken its name and SCHED_FIFO (the hog sets both before its

@@ -1,17 +1,19 @@
-//! `stalltrace lab`: builds its own namespace and veth pair, makes a threaded-NAPI
-//! kthread do the namespace's RX on one CPU, plants a named culprit on that CPU, probes
-//! across the pair while recording, and checks that the tool blames the planted task.
-//! Everything it makes is removed whatever happens (guards run on errors, panics and
-//! Ctrl-C/SIGTERM).
+//! `stalltrace lab`: builds its own namespace and veth pair, routes the namespace's
+//! receive work to one CPU, plants a named culprit there, probes across the pair while
+//! recording, and checks that the tool blames the planted task. Every change is written
+//! to a journal first ([`journal`]), so what a killed lab leaves is undone by
+//! `stalltrace lab --cleanup` or by the next lab.
 pub mod flood;
 pub mod hog;
+pub mod journal;
 pub mod ksoftirqd;
+pub mod scenario;
 pub mod verdict;
 
 use std::{
-    fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -20,11 +22,17 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use stalltrace_analysis::units::{duration_in, SEC};
+use stalltrace_testkit::{
+    child::ChildGuard,
+    netns::{link_exists, namespace_exists, Netns, NetnsError},
+};
 
-use stalltrace_analysis::units::parse_duration;
-use stalltrace_testkit::netns::{Netns, NetnsError};
-
-use self::hog::{Hog, HogArgs};
+use self::{
+    hog::{Hog, HogArgs},
+    journal::Journal,
+    scenario::{Lab, Scenario, ScenarioName},
+};
 use crate::{
     exit::{CodedError, ExitCode},
     kernel::preflight,
@@ -35,45 +43,27 @@ pub const HOST_IF: &str = "stl-h";
 pub const NS_IF: &str = "stl-n";
 pub const SUBNET: u8 = 254;
 
-pub struct Scenario {
-    pub name: &'static str,
-    pub summary: &'static str,
-    pub culprit: &'static str,
-    pub reads_file: bool,
-}
-
-pub const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "rt-hog",
-        summary: "a SCHED_FIFO busy loop (stall-hog) holds the RX CPU in 100 ms bursts; the napi thread starves",
-        culprit: "stall-hog",
-        reads_file: false,
-    },
-    Scenario {
-        name: "slow-syscall",
-        summary: "a SCHED_FIFO reader (stat-reader) sits inside 256 MiB read()s of a file in 100 ms bursts, as cadvisor read memory.stat",
-        culprit: "stat-reader",
-        reads_file: true,
-    },
-    ksoftirqd::SCENARIO,
-];
-
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "Examples:
   sudo stalltrace lab                          # the rt-hog scenario
   sudo stalltrace lab --scenario slow-syscall --duration 5s
+  sudo stalltrace lab --cleanup                # undo what a killed lab left
   stalltrace lab --list")]
 pub struct LabArgs {
     /// Scenario to run (see --list).
-    #[arg(long, default_value = "rt-hog")]
-    pub scenario: String,
-    /// How long the culprit runs (the recording lasts about 3 s longer).
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    #[arg(long, value_enum, default_value = "rt-hog")]
+    pub scenario: ScenarioName,
+    /// How long the culprit runs (the recording lasts about 3 s longer); 1s to 10m.
+    #[arg(long, value_parser = duration_in::<SEC, { 600 * SEC }>, default_value = "3s")]
     pub duration: Duration,
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
-    /// Where to keep the dump (default: /tmp/stalltrace-lab-<scenario>-<pid>.jsonl).
+    /// Undo what a lab that was killed left behind (sysctls, namespace, files,
+    /// processes), from its journal in /run/stalltrace; then exit.
+    #[arg(long, conflicts_with_all = ["list", "output"])]
+    pub cleanup: bool,
+    /// Where to keep the dump (default: a new private directory under /tmp).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// CPU to starve (default: the last CPU).
@@ -84,50 +74,57 @@ pub struct LabArgs {
     pub stacks: bool,
 }
 
-/// Removes a file on drop.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// A child process killed (SIGINT first, so a recorder writes its footer) on drop.
-struct ChildGuard(Option<Child>);
-
-impl ChildGuard {
-    fn interrupt_and_wait(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let c = self.0.as_mut()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if let Ok(Some(st)) = c.try_wait() {
-                self.0 = None;
-                return Some(st);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if self.interrupt_and_wait(Duration::from_secs(10)).is_none() {
-            if let Some(c) = self.0.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
 pub fn list() {
-    for s in SCENARIOS {
-        crate::outln!("{:<14} {}", s.name, s.summary);
+    for n in ScenarioName::all() {
+        let s = n.scenario();
+        crate::outln!("{:<14} {}", s.name(), s.summary());
     }
+}
+
+/// The CPU to starve: `--cpu`, else the last one this process may use.
+fn starved_cpu(a: &LabArgs) -> Result<u32, CodedError> {
+    let cpus = crate::sys::allowed_cpus();
+    if cpus < 2 {
+        return Err(CodedError::new(
+            ExitCode::KernelFeature,
+            "stalltrace lab needs at least 2 CPUs (one to starve, one for the prober); this process may run on 1 (see its CPU affinity)",
+        ));
+    }
+    let cpu = a.cpu.unwrap_or(cpus - 1);
+    if cpu == 0 || cpu >= cpus {
+        return Err(CodedError::new(
+            ExitCode::Usage,
+            format!("--cpu must be between 1 and {}", cpus - 1),
+        ));
+    }
+    Ok(cpu)
+}
+
+/// Set on SIGINT, SIGTERM, SIGHUP (a closed terminal) and SIGQUIT.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
+/// Sleeps `d`, or less when a signal came (an error that unwinds into clean-up).
+fn pause(stop: &AtomicBool, d: Duration) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted; cleaned up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
@@ -135,35 +132,18 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         list();
         return Ok(ExitCode::Ok);
     }
-    let Some(sc) = SCENARIOS.iter().find(|s| s.name == a.scenario) else {
-        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
-        return Err(CodedError::new(
-            ExitCode::Usage,
-            format!(
-                "unknown scenario {:?}; choose one of: {}",
-                a.scenario,
-                names.join(", ")
-            ),
-        )
-        .into());
-    };
     preflight::check_privileges("stalltrace lab")?;
-    let cpus = crate::sys::allowed_cpus();
-    if cpus < 2 {
-        return Err(CodedError::new(
-            ExitCode::KernelFeature,
-            "stalltrace lab needs at least 2 CPUs (one to starve, one for the prober); this process may run on 1 (see its CPU affinity)",
-        )
-        .into());
+    if a.cleanup {
+        let done = journal::cleanup()?;
+        if done.is_empty() {
+            crate::outln!("lab: nothing to clean up");
+        }
+        for d in done {
+            crate::outln!("lab: {d}");
+        }
+        return Ok(ExitCode::Ok);
     }
-    let cpu = a.cpu.unwrap_or(cpus - 1);
-    if cpu == 0 || cpu >= cpus {
-        return Err(CodedError::new(
-            ExitCode::Usage,
-            format!("--cpu must be between 1 and {}", cpus - 1),
-        )
-        .into());
-    }
+    let cpu = starved_cpu(&a)?;
     if !Path::new("/proc/self/ns/net").exists() {
         return Err(CodedError::new(
             ExitCode::KernelFeature,
@@ -171,148 +151,168 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .context("installing signal handlers")?;
-    }
-
-    crate::outln!("lab: scenario {} — {}", sc.name, sc.summary);
-    let ns = Netns::create(NS_NAME, HOST_IF, NS_IF, SUBNET).map_err(|e| match e {
-        NetnsError::NamespaceTaken(_) | NetnsError::LinkTaken(_) => {
-            anyhow::Error::new(CodedError::new(ExitCode::Failure, e.to_string()))
-        }
-        e => anyhow::Error::new(e).context("building the lab namespace"),
-    })?;
-    if sc.name == ksoftirqd::NAME {
-        ksoftirqd::prepare(&ns, cpu)?;
+    let stop = stop_flag()?;
+    let sc = a.scenario.scenario();
+    // First undo what a killed lab left (the journal knows what was its own).
+    let mut journal = Journal::begin()?;
+    // Someone else's namespace or link by the lab's name is left alone.
+    let taken = if namespace_exists(NS_NAME) {
+        Some(NetnsError::NamespaceTaken(NS_NAME.into()))
     } else {
-        let napi_pid = ns.threaded_napi(cpu).context("enabling threaded NAPI")?;
-        crate::outln!(
-            "lab: namespace {} ({} <-> {}), RX by napi thread pid {napi_pid} pinned to CPU {cpu}",
-            ns.name,
-            ns.host_addr,
-            ns.ns_addr
-        );
-    }
-
-    let _file = if sc.reads_file {
-        let p = PathBuf::from(format!(
-            "/dev/shm/stalltrace-lab-{}.dat",
-            std::process::id()
-        ));
-        let guard = TempFile(p.clone());
-        fs::write(&p, vec![0u8; 256 << 20]).with_context(|| format!("writing {}", p.display()))?;
-        Some(guard)
-    } else {
-        None
+        [HOST_IF, NS_IF]
+            .into_iter()
+            .find(|l| link_exists(l))
+            .map(|l| NetnsError::LinkTaken(l.into()))
     };
+    if let Some(e) = taken {
+        return Err(CodedError::new(ExitCode::Failure, e.to_string()).into());
+    }
+    crate::outln!("lab: scenario {} — {}", sc.name(), sc.summary());
+    journal.note(|s| {
+        s.namespace = Some(NS_NAME.into());
+        s.links.push(HOST_IF.into());
+    })?;
+    let ns = Netns::create(NS_NAME, HOST_IF, NS_IF, SUBNET)
+        .map_err(|e| anyhow::Error::new(e).context("building the lab namespace"))?;
+    let scratch = journal.private_dir(Path::new("/dev/shm"), "lab")?;
+    let outcome = run_scenario(&a, sc.as_ref(), &mut journal, &ns, &scratch, cpu, &stop);
+    drop(ns);
+    let _ = journal.finish();
+    outcome
+}
 
-    let dump = a.output.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
-            "stalltrace-lab-{}-{}.jsonl",
-            sc.name,
-            std::process::id()
-        ))
-    });
-    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
-    let record_for = a.duration + Duration::from_secs(3);
-    // Recorder and its prober on CPU 0: the starved CPU runs only the napi thread and
-    // the culprit. Waits under 20 ms are left to the histograms to keep the output short.
-    let mut recorder = ChildGuard(Some(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&exe)
-            .args([
-                "record",
-                "--quiet",
-                "--force",
-                "--wait-threshold",
-                "20ms",
-                "--probe",
-                &ns.ns_addr,
-            ])
-            .args(["--interval", "10ms", "-o"])
-            .arg(&dump)
-            .args(["--duration", &format!("{}ms", record_for.as_millis())])
-            .args(a.stacks.then_some("--stacks"))
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting the recorder")?,
-    ));
-    wait_for_header(&dump, &stop)?;
-    std::thread::sleep(Duration::from_millis(300));
+/// Everything between the namespace and the verdict, for one scenario.
+fn run_scenario(
+    a: &LabArgs,
+    sc: &dyn Scenario,
+    journal: &mut Journal,
+    ns: &Netns,
+    scratch: &Path,
+    cpu: u32,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let mut lab = Lab {
+        ns,
+        journal,
+        scratch,
+        cpu,
+    };
+    let how = sc.prepare(&mut lab)?;
+    crate::outln!("lab: {how}");
+    let dump = match &a.output {
+        Some(p) => p.clone(),
+        None => lab
+            .journal
+            .private_dir(Path::new("/tmp"), "lab-dump")
+            .map(|d| d.join(format!("{}.jsonl", sc.name())))?,
+    };
+    // The dump outlives the lab: its directory is not the lab's to remove.
+    lab.journal.note(|s| {
+        if let Some(d) = dump.parent() {
+            s.dirs.retain(|x| x != d);
+        }
+    })?;
+    let mut recorder = record(a, ns, &dump, lab.journal)?;
+    wait_for_header(&dump, stop)?;
+    pause(stop, Duration::from_millis(300))?;
 
-    let hog_args = HogArgs {
+    let base = HogArgs {
         cpu,
         fifo: 50,
-        name: sc.culprit.into(),
+        name: sc.culprit().into(),
         duration: a.duration,
         burst: Duration::from_millis(100),
         gap: Duration::from_millis(30),
-        read_file: _file.as_ref().map(|f| f.0.clone()),
-        read_size: 256 << 20,
+        read_file: None,
+        read_size: 0,
     };
-    let hog_args = if sc.name == ksoftirqd::NAME {
-        ksoftirqd::hog_args(hog_args)
-    } else {
-        hog_args
-    };
+    let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;
+    lab.journal.child(hog.pid, "the culprit")?;
     let hog_pid = hog.pid;
     crate::outln!(
         "lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
-        sc.culprit,
+        sc.culprit(),
         a.duration
     );
-    let _flood = if sc.name == ksoftirqd::NAME {
-        Some(ksoftirqd::flood(&ns, hog_pid, sc.culprit, a.duration)?)
-    } else {
-        None
-    };
-    let t0 = Instant::now();
-    while t0.elapsed() < a.duration + Duration::from_millis(500) {
-        if stop.load(Ordering::Relaxed) {
-            bail!("interrupted; cleaned up");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let mut load = sc.load(&mut lab, hog_pid, a.duration)?;
+    let waited = pause(stop, a.duration + Duration::from_millis(500));
+    // The load's global changes go back the moment it is not needed.
+    if let Some(l) = load.as_mut() {
+        l.stop(lab.journal);
     }
+    waited?;
     hog.wait()?;
-    let status = recorder.interrupt_and_wait(Duration::from_secs(15));
-    match status {
+    match recorder.signal_and_wait(libc::SIGINT, Duration::from_secs(15)) {
         Some(s) if s.success() => {}
         Some(s) => bail!("the recorder failed ({s})"),
         None => bail!("the recorder did not stop"),
     }
-    drop(ns);
+    verdict(sc, &dump, hog_pid)
+}
 
-    if sc.name == ksoftirqd::NAME {
-        if let Some(why) = ksoftirqd::not_reproduced(&dump)? {
-            crate::outln!(
-                "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
-                dump.display()
-            );
-            crate::outln!("lab: NO STALL — {why}");
-            return Ok(ExitCode::LabMismatch);
-        }
+/// `stalltrace record` of the lab's traffic, from CPU 0 (the starved CPU runs only the
+/// RX work and the culprit), ended by the lab or, if the lab dies, by the kernel
+/// (SIGTERM on the parent's death: it still writes its footer and detaches).
+fn record(
+    a: &LabArgs,
+    ns: &Netns,
+    dump: &Path,
+    journal: &mut Journal,
+) -> anyhow::Result<ChildGuard> {
+    let exe = std::env::current_exe().context("finding the stalltrace binary")?;
+    let record_for = a.duration + Duration::from_secs(3);
+    let mut cmd = Command::new(exe);
+    cmd.args(["record", "--quiet", "--force", "--wait-threshold", "20ms"])
+        .args(["--probe", &ns.ns_addr, "--interval", "10ms", "-o"])
+        .arg(dump)
+        .args(["--duration", &format!("{}ms", record_for.as_millis())])
+        .args(a.stacks.then_some("--stacks"))
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl and
+    // sched_setaffinity on the child itself.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
     }
-    let v = verdict::judge(&dump, hog_pid, sc.culprit)?;
+    let child = cmd.spawn().context("starting the recorder")?;
+    journal.child(child.id(), "the recorder")?;
+    let mut g = ChildGuard::new(child);
+    g.grace = Duration::from_secs(10);
+    Ok(g)
+}
+
+/// Did this kernel show the stall, and was the planted culprit blamed?
+fn verdict(sc: &dyn Scenario, dump: &Path, hog_pid: u32) -> anyhow::Result<ExitCode> {
+    let kept = || {
+        crate::outln!(
+            "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
+            dump.display()
+        )
+    };
+    if let Some(why) = sc.not_reproduced(dump)? {
+        kept();
+        crate::outln!("lab: NO STALL — {why}");
+        return Ok(ExitCode::LabMismatch);
+    }
+    let v = verdict::judge(dump, hog_pid, sc.culprit(), |r| sc.check(r))?;
     crate::outln!("{}", v.summary);
-    crate::outln!(
-        "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
-        dump.display()
-    );
+    kept();
     if v.blamed_planted {
         crate::outln!(
             "lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})",
-            sc.culprit
+            sc.culprit()
         );
         Ok(ExitCode::Ok)
     } else {
         crate::outln!(
             "lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above",
-            sc.culprit
+            sc.culprit()
         );
         Ok(ExitCode::LabMismatch)
     }
@@ -321,16 +321,10 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
 fn wait_for_header(dump: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
-        if stop.load(Ordering::Relaxed) {
-            bail!("interrupted; cleaned up");
-        }
-        if fs::read_to_string(dump)
-            .map(|s| s.contains("\"type\":\"header\""))
-            .unwrap_or(false)
-        {
+        if std::fs::read_to_string(dump).is_ok_and(|s| s.contains("\"type\":\"header\"")) {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        pause(stop, Duration::from_millis(50))?;
     }
     bail!("the recorder did not start within 60 s")
 }

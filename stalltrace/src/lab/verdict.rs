@@ -4,6 +4,7 @@ use std::path::Path;
 
 use stalltrace_analysis::{
     analyze::{analyze, AnalyzeOptions},
+    correlate::Report,
     units::human_ns,
 };
 
@@ -12,7 +13,14 @@ pub struct Verdict {
     pub summary: String,
 }
 
-pub fn judge(dump: &Path, planted_pid: u32, planted_comm: &str) -> anyhow::Result<Verdict> {
+/// Blamed when the top culprit is the planted task and `check` (the scenario's own
+/// requirement, e.g. the file it read) passes on the report.
+pub fn judge(
+    dump: &Path,
+    planted_pid: u32,
+    planted_comm: &str,
+    check: impl Fn(&Report) -> Result<(), String>,
+) -> anyhow::Result<Verdict> {
     let report = analyze(&AnalyzeOptions::dump(dump), &mut [])?;
     let (blamed_planted, summary) = match report.culprits.first() {
         None => (
@@ -25,19 +33,21 @@ pub fn judge(dump: &Path, planted_pid: u32, planted_comm: &str) -> anyhow::Resul
         ),
         Some(c) => {
             // The hog is single-threaded: its tgid is its pid.
-            let ok = c.tgid == planted_pid && c.comm == planted_comm;
-            (
-                ok,
-                format!(
-                    "lab: top culprit {} (tgid {}): {} episodes, {} probes delayed, {} of RX wait in total, worst {}",
-                    c.comm,
-                    c.tgid,
-                    c.episodes,
-                    c.probes_delayed,
-                    human_ns(c.total_wait_ns),
-                    human_ns(c.worst_wait_ns)
-                ),
-            )
+            let mut ok = c.tgid == planted_pid && c.comm == planted_comm;
+            let mut s = format!(
+                "lab: top culprit {} (tgid {}): {} episodes, {} probes delayed, {} of RX wait in total, worst {}",
+                c.comm,
+                c.tgid,
+                c.episodes,
+                c.probes_delayed,
+                human_ns(c.total_wait_ns),
+                human_ns(c.worst_wait_ns)
+            );
+            if let Err(why) = check(&report) {
+                ok = false;
+                s.push_str(&format!("; but {why}"));
+            }
+            (ok, s)
         }
     };
     Ok(Verdict {

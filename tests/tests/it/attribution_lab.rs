@@ -217,7 +217,7 @@ fn slow_syscall_culprit_is_named_with_its_syscall_and_file() {
             assert_eq!(sc["name"], "pread64", "{w}");
             let path = sc["path"].as_str().unwrap_or_default();
             assert!(
-                path.starts_with("/dev/shm/stalltrace-lab-") && path.ends_with(".dat"),
+                path.starts_with("/dev/shm/stalltrace-lab.") && path.ends_with("/culprit.dat"),
                 "{w}"
             );
             named += 1;

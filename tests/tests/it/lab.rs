@@ -173,8 +173,12 @@ fn the_lab_refuses_clearly_where_it_cannot_run() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("unknown scenario \"nope\"; choose one of: rt-hog"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid value 'nope' for '--scenario <SCENARIO>'")
+            && err.contains("[possible values: rt-hog, slow-syscall, ksoftirqd"),
+        "{err}"
+    );
 
     // A single CPU to run on.
     let out = Command::new("taskset")

@@ -1,0 +1,349 @@
+//! What the lab changed on this machine, written down before each change, so that a
+//! lab killed by SIGKILL, the OOM killer or a closed SSH session can be undone later:
+//! `stalltrace lab --cleanup` (run by itself at the start of the next lab) restores
+//! the sysctls to the values recorded before they were touched and removes the
+//! namespace, links, files, cgroups and processes that are left.
+//!
+//! The journal is `/run/stalltrace/lab.json` (directory 0700, root's); a lock file next
+//! to it (`flock`) makes a second lab refuse while one runs.
+use std::{
+    fs::{self, File, OpenOptions},
+    io::Write as _,
+    os::unix::{
+        fs::{DirBuilderExt as _, OpenOptionsExt as _},
+        io::AsRawFd as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::exit::{CodedError, ExitCode};
+
+pub const DIR: &str = "/run/stalltrace";
+
+/// A child process, named by pid and start time so a reused pid is never killed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The lab process that wrote this.
+    pub pid: u32,
+    pub namespace: Option<String>,
+    /// Links in the root namespace (the host end of the veth pair).
+    pub links: Vec<String>,
+    /// (path, value before the lab changed it), in the order changed.
+    pub sysctls: Vec<(String, String)>,
+    /// Directories the lab made (removed with what is in them).
+    pub dirs: Vec<PathBuf>,
+    /// cgroup directories the lab made, parents first (removed children first).
+    pub cgroups: Vec<PathBuf>,
+    pub procs: Vec<Proc>,
+}
+
+/// The running lab's journal, holding the lock.
+pub struct Journal {
+    dir: PathBuf,
+    state: State,
+    _lock: File,
+    /// Drop undoes what the state records (off only to simulate a killed lab in tests).
+    armed: bool,
+}
+
+/// `/proc/PID/stat` field 22: when the process started, in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let md =
+                fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+            anyhow::ensure!(
+                md.is_dir() && !md.file_type().is_symlink(),
+                "{} exists and is not a directory; remove it",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+}
+
+fn lock(dir: &Path) -> anyhow::Result<Option<File>> {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join("lab.lock"))
+        .context("opening the lab's lock file")?;
+    // SAFETY: flock(2) on an fd we own; LOCK_NB never blocks.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    Ok((rc == 0).then_some(f))
+}
+
+fn read_state(dir: &Path) -> anyhow::Result<Option<State>> {
+    let p = dir.join("lab.json");
+    match fs::read(&p) {
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+impl Journal {
+    /// Takes the lab lock (refusing if another lab holds it), undoes what a dead lab
+    /// left (said on stderr), and starts a fresh journal for this one.
+    pub fn begin() -> anyhow::Result<Self> {
+        Self::begin_in(Path::new(DIR))
+    }
+
+    pub fn begin_in(dir: &Path) -> anyhow::Result<Self> {
+        private_dir(dir)?;
+        let Some(lock) = lock(dir)? else {
+            let who = read_state(dir).ok().flatten().map(|s| s.pid).unwrap_or(0);
+            return Err(CodedError::new(
+                ExitCode::Failure,
+                format!("another stalltrace lab is running (pid {who}); wait for it to finish"),
+            )
+            .into());
+        };
+        if let Some(old) = read_state(dir)? {
+            let done = undo(&old);
+            crate::errln!(
+                "lab: a previous lab (pid {}) did not clean up; undone now: {}",
+                old.pid,
+                if done.is_empty() {
+                    "nothing was left".into()
+                } else {
+                    done.join(", ")
+                }
+            );
+        }
+        let mut j = Self {
+            dir: dir.to_path_buf(),
+            state: State {
+                pid: std::process::id(),
+                ..State::default()
+            },
+            _lock: lock,
+            armed: true,
+        };
+        j.save()?;
+        Ok(j)
+    }
+
+    /// Writes the journal: to a temporary file, synced, renamed over the old one.
+    fn save(&mut self) -> anyhow::Result<()> {
+        let tmp = self.dir.join("lab.json.tmp");
+        let _ = fs::remove_file(&tmp);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&self.state)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.dir.join("lab.json")).context("saving the lab journal")?;
+        Ok(())
+    }
+
+    /// Records a change before it is made.
+    pub fn note(&mut self, f: impl FnOnce(&mut State)) -> anyhow::Result<()> {
+        f(&mut self.state);
+        self.save()
+    }
+
+    /// Sets a sysctl (a /proc/sys path) after recording its value.
+    pub fn set_sysctl(&mut self, path: &str, value: &str) -> anyhow::Result<()> {
+        let old = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        let old = old.trim().to_string();
+        if !self.state.sysctls.iter().any(|(p, _)| p == path) {
+            self.note(|s| s.sysctls.push((path.to_string(), old)))?;
+        }
+        fs::write(path, value).with_context(|| format!("writing {value} to {path}"))
+    }
+
+    /// Puts back every sysctl the lab changed, and forgets them.
+    pub fn restore_sysctls(&mut self) -> anyhow::Result<()> {
+        for (p, v) in self.state.sysctls.iter().rev() {
+            fs::write(p, v).with_context(|| format!("restoring {p} to {v}"))?;
+        }
+        self.note(|s| s.sysctls.clear())
+    }
+
+    /// A process started by the lab (killed by `--cleanup` if the lab dies first).
+    pub fn child(&mut self, pid: u32, what: &str) -> anyhow::Result<()> {
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        self.note(|s| {
+            s.procs.push(Proc {
+                pid,
+                start_ticks,
+                what: what.into(),
+            })
+        })
+    }
+
+    /// A private directory (0700) made by the lab under `parent`, with a name nobody
+    /// can predict and create first.
+    pub fn private_dir(&mut self, parent: &Path, tag: &str) -> anyhow::Result<PathBuf> {
+        let mut buf = [0u8; 8];
+        // SAFETY: getrandom(2) writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        anyhow::ensure!(
+            n == 8,
+            "getrandom failed: {}",
+            std::io::Error::last_os_error()
+        );
+        let dir = parent.join(format!("stalltrace-{tag}.{:016x}", u64::from_ne_bytes(buf)));
+        self.note(|s| s.dirs.push(dir.clone()))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Undoes what is left and removes the journal (the normal end of a lab).
+    pub fn finish(mut self) -> Vec<String> {
+        let done = undo(&self.state);
+        self.state = State::default();
+        let _ = fs::remove_file(self.dir.join("lab.json"));
+        done
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if self.armed && self.state != State::default() {
+            let _ = undo(&self.state);
+            let _ = fs::remove_file(self.dir.join("lab.json"));
+        }
+    }
+}
+
+/// `stalltrace lab --cleanup`: undoes what a dead lab left; idempotent.
+pub fn cleanup() -> anyhow::Result<Vec<String>> {
+    cleanup_in(Path::new(DIR))
+}
+
+pub fn cleanup_in(dir: &Path) -> anyhow::Result<Vec<String>> {
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let Some(_lock) = lock(dir)? else {
+        let who = read_state(dir).ok().flatten().map(|s| s.pid).unwrap_or(0);
+        return Err(CodedError::new(
+            ExitCode::Failure,
+            format!("a stalltrace lab is running (pid {who}); it cleans up after itself"),
+        )
+        .into());
+    };
+    let Some(state) = read_state(dir)? else {
+        return Ok(vec![]);
+    };
+    let done = undo(&state);
+    fs::remove_file(dir.join("lab.json")).context("removing the lab journal")?;
+    Ok(done)
+}
+
+/// Undoes everything `s` records that is still there; says what it did.
+fn undo(s: &State) -> Vec<String> {
+    let mut done = vec![];
+    for p in s.procs.iter().rev() {
+        if p.pid != std::process::id() && start_ticks(p.pid) == Some(p.start_ticks) {
+            // SAFETY: kill(2); the pid is the lab's child, checked by its start time.
+            unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+            done.push(format!("killed {} (pid {})", p.what, p.pid));
+        }
+    }
+    for (p, v) in s.sysctls.iter().rev() {
+        let now = fs::read_to_string(p).unwrap_or_default();
+        if now.trim() != v && fs::write(p, v).is_ok() {
+            done.push(format!("{p} back to {v}"));
+        }
+    }
+    if let Some(ns) = &s.namespace {
+        if stalltrace_testkit::netns::namespace_exists(ns)
+            && stalltrace_testkit::netns::run(&["ip", "netns", "del", ns]).is_ok()
+        {
+            done.push(format!("namespace {ns} removed"));
+        }
+    }
+    for l in &s.links {
+        if stalltrace_testkit::netns::link_exists(l)
+            && stalltrace_testkit::netns::run(&["ip", "link", "del", l]).is_ok()
+        {
+            done.push(format!("link {l} removed"));
+        }
+    }
+    for d in s.dirs.iter().rev() {
+        if d.exists() && fs::remove_dir_all(d).is_ok() {
+            done.push(format!("{} removed", d.display()));
+        }
+    }
+    for c in s.cgroups.iter().rev() {
+        if c.exists() && fs::remove_dir(c).is_ok() {
+            done.push(format!("cgroup {} removed", c.display()));
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_labs_journal_is_undone_once_and_a_live_lab_is_refused() {
+        let root = std::env::temp_dir().join(format!("st-journal-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let dir = root.join("run");
+        let made = {
+            let mut j = Journal::begin_in(&dir).unwrap();
+            // A second lab is refused while this one holds the lock.
+            let e = Journal::begin_in(&dir).err().unwrap();
+            assert!(
+                format!("{e}").contains("another stalltrace lab is running"),
+                "{e}"
+            );
+            assert!(cleanup_in(&dir).is_err());
+            let d = j.private_dir(&root, "t").unwrap();
+            fs::write(d.join("f"), b"x").unwrap();
+            // Leave it as a killed lab would: the journal stays, the lock goes.
+            j.armed = false;
+            drop(j);
+            d
+        };
+        assert!(made.exists());
+        let done = cleanup_in(&dir).unwrap();
+        assert_eq!(done, vec![format!("{} removed", made.display())]);
+        assert!(!made.exists());
+        assert_eq!(
+            cleanup_in(&dir).unwrap(),
+            Vec::<String>::new(),
+            "idempotent"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,139 @@
+//! The lab's scenarios: each says how the namespace's receive work reaches the starved
+//! CPU, how its culprit holds that CPU, what else must run, and whether this kernel can
+//! show the stall at all. A new scenario is one more implementation and one more
+//! [`ScenarioName`].
+use std::{path::Path, time::Duration};
+
+use stalltrace_analysis::correlate::Report;
+use stalltrace_testkit::netns::Netns;
+
+use super::{hog::HogArgs, journal::Journal, ksoftirqd::Ksoftirqd};
+
+/// What a scenario works with: the lab's namespace, its journal, its private directory.
+pub struct Lab<'a> {
+    pub ns: &'a Netns,
+    pub journal: &'a mut Journal,
+    /// Private (0700) scratch directory on tmpfs, removed with the lab.
+    pub scratch: &'a Path,
+    /// The CPU starved.
+    pub cpu: u32,
+}
+
+/// Something that runs alongside the culprit until dropped (ksoftirqd's flood).
+pub trait Load {
+    /// Stops it now (and puts back what it changed).
+    fn stop(&mut self, journal: &mut Journal);
+}
+
+pub trait Scenario {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    /// The planted culprit's task name: what the report must blame.
+    fn culprit(&self) -> &'static str;
+    /// Routes the namespace's receive work to `lab.cpu`; returns how, for the user.
+    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String>;
+    /// How the culprit holds the CPU (from the lab's common settings).
+    fn hog(&self, lab: &mut Lab<'_>, base: HogArgs) -> anyhow::Result<HogArgs>;
+    /// Load started once the culprit holds its CPU, for `length`.
+    fn load(
+        &self,
+        _lab: &mut Lab<'_>,
+        _culprit_pid: u32,
+        _length: Duration,
+    ) -> anyhow::Result<Option<Box<dyn Load>>> {
+        Ok(None)
+    }
+    /// `Some(why)` when this kernel did not show the stall (the lab says so, exit 6).
+    fn not_reproduced(&self, _dump: &Path) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
+    /// What the verdict needs beyond blaming the culprit: `Err(why)` if it is missing.
+    fn check(&self, _report: &Report) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScenarioName {
+    /// A SCHED_FIFO busy loop starves the RX thread.
+    RtHog,
+    /// A SCHED_FIFO reader sits inside long read()s.
+    SlowSyscall,
+    /// The seed's case: NET_RX deferred to a starved ksoftirqd (kernels before 6.5).
+    Ksoftirqd,
+}
+
+impl ScenarioName {
+    pub fn scenario(self) -> Box<dyn Scenario> {
+        match self {
+            ScenarioName::RtHog => Box::new(RtHog),
+            ScenarioName::SlowSyscall => Box::new(SlowSyscall),
+            ScenarioName::Ksoftirqd => Box::new(Ksoftirqd),
+        }
+    }
+
+    pub fn all() -> &'static [ScenarioName] {
+        &[
+            ScenarioName::RtHog,
+            ScenarioName::SlowSyscall,
+            ScenarioName::Ksoftirqd,
+        ]
+    }
+}
+
+/// Threaded NAPI on the namespace side, its kthread pinned to the starved CPU.
+fn threaded_napi(lab: &mut Lab<'_>) -> anyhow::Result<String> {
+    let pid = lab.ns.threaded_napi(lab.cpu)?;
+    Ok(format!(
+        "namespace {} ({} <-> {}), RX by napi thread pid {pid} pinned to CPU {}",
+        lab.ns.name, lab.ns.host_addr, lab.ns.ns_addr, lab.cpu
+    ))
+}
+
+pub struct RtHog;
+
+impl Scenario for RtHog {
+    fn name(&self) -> &'static str {
+        "rt-hog"
+    }
+    fn summary(&self) -> &'static str {
+        "a SCHED_FIFO busy loop (stall-hog) holds the RX CPU in 100 ms bursts; the napi thread starves"
+    }
+    fn culprit(&self) -> &'static str {
+        "stall-hog"
+    }
+    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
+        threaded_napi(lab)
+    }
+    fn hog(&self, _lab: &mut Lab<'_>, base: HogArgs) -> anyhow::Result<HogArgs> {
+        Ok(base)
+    }
+}
+
+pub struct SlowSyscall;
+
+/// The slow-syscall reader's file and read size: one read() takes tens of ms.
+const READ_SIZE: usize = 256 << 20;
+
+impl Scenario for SlowSyscall {
+    fn name(&self) -> &'static str {
+        "slow-syscall"
+    }
+    fn summary(&self) -> &'static str {
+        "a SCHED_FIFO reader (stat-reader) sits inside 256 MiB read()s of a file in 100 ms bursts, as cadvisor read memory.stat"
+    }
+    fn culprit(&self) -> &'static str {
+        "stat-reader"
+    }
+    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
+        threaded_napi(lab)
+    }
+    fn hog(&self, lab: &mut Lab<'_>, mut base: HogArgs) -> anyhow::Result<HogArgs> {
+        let file = lab.scratch.join("culprit.dat");
+        std::fs::write(&file, vec![0u8; READ_SIZE])
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+        base.read_file = Some(file);
+        base.read_size = READ_SIZE;
+        Ok(base)
+    }
+}
