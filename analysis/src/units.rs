@@ -53,7 +53,7 @@ pub fn parse_size(s: &str, min: u64, max: u64) -> Result<u64, String> {
 
 /// `4 MiB`, `512 KiB`, `100 B`.
 pub fn human_bytes(b: u64) -> String {
-    if b >= 1 << 30 && b % (1 << 30) == 0 {
+    if b >= 1 << 30 && b.is_multiple_of(1 << 30) {
         format!("{} GiB", b >> 30)
     } else if b >= 1 << 20 {
         format!("{} MiB", b >> 20)
@@ -64,9 +64,9 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Milliseconds with one decimal (`99.3`), as hping3 and ping print RTTs.
-pub fn ms_decimal(ns: u64) -> String {
-    format!("{:.1}", ns as f64 / 1e6)
+/// Milliseconds with `decimals` places (`99.3`, `0.412`), as probers print RTTs.
+pub fn ms(ns: u64, decimals: usize) -> String {
+    format!("{:.decimals$}", ns as f64 / 1e6)
 }
 
 /// `712 ms`, `1.3 s`, `850 µs`: short, for sentences.
@@ -103,7 +103,8 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         assert!(parse_size("lots", 1, 2).is_err());
         assert_eq!(human_bytes(4 << 20), "4 MiB");
-        assert_eq!(ms_decimal(99_340_000), "99.3");
+        assert_eq!(ms(99_340_000, 1), "99.3");
+        assert_eq!(ms(412_345, 3), "0.412");
     }
 
     #[test]

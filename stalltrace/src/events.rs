@@ -8,7 +8,10 @@ use tracer_common::{EventHeader, EventKind, PacketEvent, StackEvent, SyscallEven
 
 // Wait records are 312 bytes, the others under 100: boxing would cost an allocation per
 // event on the hot path for no gain, as events are consumed one at a time.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing would allocate per event on the hot path"
+)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawEvent {
     Packet(PacketEvent),

@@ -3,7 +3,7 @@
 //! verifier; attaches nothing.
 use std::path::Path;
 
-use tracer_common::{Config, Filter};
+use tracer_common::{Filter, KernelConfig};
 
 use crate::{
     exit::ExitCode,
@@ -94,7 +94,7 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
             let opts = LoadOptions {
                 filter: Filter::all_icmp(),
                 offsets: *o,
-                config: Config::defaults(),
+                config: KernelConfig::defaults(),
                 ring_bytes: 1 << 16,
                 stacks: true,
             };

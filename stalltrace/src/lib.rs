@@ -20,6 +20,7 @@ macro_rules! errln {
 }
 
 pub mod analyze;
+pub mod cli;
 pub mod enrich;
 pub mod events;
 pub mod exit;

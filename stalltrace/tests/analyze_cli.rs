@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, reason = "test helpers fail by panicking")]
 //! `stalltrace analyze` through the built binary: the seed fixture, the report
 //! formats, the Perfetto file, and bad input (exit code 5 with file:line).
 use std::{

@@ -316,7 +316,7 @@ impl Offsets {
 /// Tuning knobs passed in the `CONFIG` global.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct KernelConfig {
     /// Emit waits longer than this.
     pub wait_threshold_ns: u64,
     /// Emit syscalls longer than this.
@@ -336,7 +336,7 @@ pub struct Config {
     pub _pad: u32,
 }
 
-impl Config {
+impl KernelConfig {
     pub const fn defaults() -> Self {
         Self {
             wait_threshold_ns: 1_000_000,
@@ -360,7 +360,7 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for Offsets {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Hist {}
 }
@@ -376,5 +376,5 @@ const _: () = {
     assert!((EventKind::StackSample as u32) < LOST_SLOTS);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 44);
-    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<KernelConfig>() == 40);
 };

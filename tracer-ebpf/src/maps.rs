@@ -6,7 +6,8 @@ use aya_ebpf::{
     Global,
 };
 use tracer_common::{
-    Config, Filter, Hist, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS, LOST_SLOTS,
+    Filter, Hist, KernelConfig, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS,
+    LOST_SLOTS,
 };
 
 #[unsafe(no_mangle)]
@@ -14,7 +15,7 @@ pub static FILTER: Global<Filter> = Global::new(Filter::all_icmp());
 #[unsafe(no_mangle)]
 pub static OFFSETS: Global<Offsets> = Global::new(Offsets::defaults());
 #[unsafe(no_mangle)]
-pub static CONFIG: Global<Config> = Global::new(Config::defaults());
+pub static CONFIG: Global<KernelConfig> = Global::new(KernelConfig::defaults());
 
 /// Size overridden by user space (`--ring-buffer`).
 #[map]

@@ -14,7 +14,7 @@
 //!    measured with bpf_stats off, then a second window with it on for part 1. A
 //!    10 ms prober into a second namespace runs through every flood.
 //! 3. Ring-buffer headroom: every-echo recordings at rising echo rates.
-//! 4. `analyze` throughput and peak RSS on generated dumps (`stalltrace bench-dump`).
+//! 4. `analyze` throughput and peak RSS on generated dumps (`stalltrace_testkit::benchdump`).
 //! 5. `record`'s own CPU while idle and during the flood.
 //!
 //! Safety: floods go only to the namespaces made here (10.213.230-249.x), bounded by
@@ -974,7 +974,10 @@ pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn kernel_parts(
     root: &Path,
     bin: &Path,
@@ -1454,15 +1457,9 @@ fn analyze_part(
         let t0 = Instant::now();
         if !(dump.exists() && marker.exists()) {
             println!("bench: generating {} ({n} records)", dump.display());
-            let o = run_cmd(&[
-                &bin.display().to_string(),
-                "bench-dump",
-                "--events",
-                &n.to_string(),
-                "-o",
-                &dump.display().to_string(),
-            ])?;
-            fs::write(&marker, o)?;
+            let w = stalltrace_testkit::benchdump::write(&dump, n)
+                .with_context(|| format!("writing {}", dump.display()))?;
+            fs::write(&marker, format!("{w:?}"))?;
         }
         let gen_s = t0.elapsed().as_secs_f64();
         let size = fs::metadata(&dump).map(|m| m.len()).unwrap_or(0);
@@ -1809,7 +1806,7 @@ fn render_md(v: &Value, quick: bool) -> String {
         }
     }
     if let Some(a) = v["analyze"].as_array() {
-        s += "## analyze (generated dumps, `stalltrace bench-dump`; report to /dev/null; best of runs)\n\n| records | size | wall s | events/s | user+sys s | peak RSS |\n|---:|---:|---:|---:|---:|---:|\n";
+        s += "## analyze (generated dumps, `stalltrace_testkit::benchdump`; report to /dev/null; best of runs)\n\n| records | size | wall s | events/s | user+sys s | peak RSS |\n|---:|---:|---:|---:|---:|---:|\n";
         for x in a {
             s += &format!(
                 "| {} | {:.0} MiB | {} | {} | {} | {:.1} MiB |\n",

@@ -1,5 +1,7 @@
-//! Developer tasks. `cargo xtask test` is the README's test command and what CI runs:
-//! it sets up the toolchain (idempotent), builds, and runs every test.
+//! Developer tasks, one module each with its own options. `cargo xtask test` is the
+//! README's test command and what CI runs; `cargo xtask lab` the main job. Every task
+//! sets up what it needs first (idempotent: Debian packages, nightly rust-src,
+//! bpf-linker).
 use std::{
     env,
     ffi::OsString,
@@ -11,6 +13,10 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod fixtures;
+mod lint;
+mod man;
+mod setup;
 mod vmtest;
 
 #[derive(Parser)]
@@ -32,6 +38,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// cargo fmt --check and clippy with warnings as errors (CI runs it).
+    Lint,
     /// Set up, build (release), and measure: kernel cost per event, effect on the node,
     /// ring-buffer headroom, analyze throughput, record's CPU (root; writes bench/results.*).
     Bench(bench::BenchArgs),
@@ -42,46 +50,21 @@ enum Cmd {
     },
     /// Set up, build, and run the kernel-specific tests in qemu guests with other kernels.
     Vmtest(vmtest::VmtestArgs),
+    /// Write the man pages (from the command line's definitions) into target/man.
+    Man(man::ManArgs),
+    /// Rewrite the golden fixtures (tests/fixtures) from the record builders.
+    Fixtures,
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
-fn setup() -> anyhow::Result<OsString> {
-    setup_with(&[])
-}
-
-/// Runs scripts/setup.sh with `args` (e.g. `--vm`) and returns PATH with bpf-linker's
-/// directory in front.
-pub(crate) fn setup_with(args: &[&str]) -> anyhow::Result<OsString> {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/setup.sh"))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running scripts/setup.sh")?;
-    if !out.status.success() {
-        bail!(
-            "scripts/setup.sh {} failed ({})",
-            args.join(" "),
-            out.status
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let dir = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("BPF_LINKER_DIR="))
-        .context("scripts/setup.sh did not print BPF_LINKER_DIR")?;
-    let mut paths = vec![PathBuf::from(dir)];
-    paths.extend(env::split_paths(&env::var_os("PATH").unwrap_or_default()));
-    env::join_paths(paths).context("building PATH")
-}
-
-fn cargo(path: &OsString, args: &[&str]) -> anyhow::Result<()> {
+/// Runs cargo with `args` in the workspace, with `path` as PATH.
+pub(crate) fn cargo(path: &OsString, args: &[&str]) -> anyhow::Result<()> {
     let status = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .args(args)
         .env("PATH", path)
@@ -94,40 +77,42 @@ fn cargo(path: &OsString, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
+    match Cli::parse().cmd {
         Cmd::Setup => {
-            setup()?;
+            setup::run(&[])?;
         }
         Cmd::Build => {
-            let path = setup()?;
+            let path = setup::run(&[])?;
             cargo(&path, &["build", "-p", "stalltrace"])?;
             cargo(&path, &["build", "-p", "stalltrace", "--release"])?;
         }
         Cmd::Test { args } => {
-            let path = setup()?;
+            let path = setup::run(&[])?;
             cargo(&path, &["build", "-p", "stalltrace"])?;
-            let bin = root().join("target/debug/stalltrace");
-            env::set_var("STALLTRACE_BIN", &bin);
-            // One test at a time: the kernel tests share CPUs, tracefs and namespaces.
-            // Default members: the eBPF crate builds only for the BPF target (via build.rs).
+            env::set_var("STALLTRACE_BIN", root().join("target/debug/stalltrace"));
+            // One test at a time: the kernel tests share CPUs, namespaces and programs.
             let mut a = vec!["test", "--"];
             a.extend(args.iter().map(String::as_str));
             a.push("--test-threads=1");
             cargo(&path, &a)?;
         }
+        Cmd::Lint => lint::run()?,
         Cmd::Bench(a) => {
-            let path = setup()?;
+            let path = setup::run(&[])?;
             cargo(&path, &["build", "-p", "stalltrace", "--release"])?;
             bench::run(&root(), &root().join("target/release/stalltrace"), a)?;
         }
         Cmd::Lab { args } => {
-            let path = setup()?;
+            let path = setup::run(&[])?;
             cargo(&path, &["build", "-p", "stalltrace", "--release"])?;
             let bin = root().join("target/release/stalltrace");
-            // SAFETY: geteuid has no preconditions.
-            let status = if unsafe { libc_geteuid() } == 0 {
+            let status = if is_root() {
                 Command::new(&bin).arg("lab").args(&args).status()
             } else {
                 Command::new("sudo")
@@ -140,11 +125,8 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Vmtest(a) => vmtest::run(a)?,
+        Cmd::Man(a) => man::run(a)?,
+        Cmd::Fixtures => fixtures::run()?,
     }
     Ok(())
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

@@ -79,7 +79,7 @@ fn cache_dir() -> PathBuf {
 /// Runs scripts/setup.sh --vm (the build toolchain plus qemu, busybox-static, cpio) and
 /// returns PATH with bpf-linker's directory in front.
 fn setup_vm() -> anyhow::Result<OsString> {
-    crate::setup_with(&["--vm"])
+    crate::setup::run(&["--vm"])
 }
 
 fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {

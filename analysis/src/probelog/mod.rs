@@ -121,7 +121,6 @@ pub fn parse_reader(mut r: impl BufRead) -> std::io::Result<ProbeLog> {
 }
 
 /// Parses a whole log held in memory.
-#[allow(dead_code)] // for callers holding text (tests, analyze)
 pub fn parse_str(s: &str) -> ProbeLog {
     let mut p = Parser::default();
     for l in s.lines() {

@@ -11,10 +11,7 @@ use crate::correlate::episode::{Culprit, CulpritSyscall};
 use crate::correlate::rank::CpuSummary;
 use crate::correlate::{Mode, Report};
 
-/// A duration for sentences; absurd values (corrupt input) are clamped, not trusted.
-pub fn dur(ns: u64) -> String {
-    crate::units::human_ns(ns.min(1 << 62))
-}
+pub use crate::units::human_ns;
 
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
@@ -52,7 +49,7 @@ pub fn culprit_phrase(c: &Culprit) -> String {
         c.comm,
         c.pid,
         c.tgid,
-        dur(c.run_ns)
+        human_ns(c.run_ns)
     );
     if let Some(sys) = &c.syscall {
         s.push_str(" inside ");
@@ -71,12 +68,12 @@ fn cpu_sentence(c: &CpuSummary, mode: Mode) -> String {
         (Mode::Probes, Some(rtt)) => s.push_str(&format!(
             "{} delayed up to {}",
             plural(c.probes_delayed, "probe", "probes"),
-            dur(rtt)
+            human_ns(rtt)
         )),
         _ => s.push_str(&format!(
             "{} delayed by waits up to {}",
             plural(c.packets_delayed, "packet", "packets"),
-            dur(c.worst_wait_ns)
+            human_ns(c.worst_wait_ns)
         )),
     }
     match &c.culprit {
@@ -102,7 +99,7 @@ fn cpu_sentence(c: &CpuSummary, mode: Mode) -> String {
 
 /// The plain-words summary, first in every report.
 pub fn summary(r: &Report) -> Vec<String> {
-    let thr = dur(r.stall_threshold_ns);
+    let thr = human_ns(r.stall_threshold_ns);
     let t = &r.totals;
     let mut out = Vec::new();
     if !r.input.complete {
@@ -146,7 +143,7 @@ pub fn summary(r: &Report) -> Vec<String> {
                 top.comm,
                 top.tgid,
                 plural(top.episodes, "episode", "episodes"),
-                dur(top.total_wait_ns)
+                human_ns(top.total_wait_ns)
             ));
         }
     }

@@ -2,7 +2,7 @@
 //! prints as episodes close ([`episode_line`]); `analyze` prints the same line.
 use std::fmt::Write as _;
 
-use super::{culprit_phrase, dur, plural, sched_phrase, summary};
+use super::{culprit_phrase, human_ns, plural, sched_phrase, summary};
 use crate::correlate::episode::{Episode, ProbeLine};
 use crate::correlate::outcome::Unexplained;
 use crate::correlate::Report;
@@ -28,7 +28,12 @@ pub fn episode_line(e: &Episode) -> String {
             WaitKind::RxThread => "rx_thread",
         })
         .collect();
-    let _ = write!(s, ", RX waited {} ({})", dur(e.wait_ns), kinds.join(" + "));
+    let _ = write!(
+        s,
+        ", RX waited {} ({})",
+        human_ns(e.wait_ns),
+        kinds.join(" + ")
+    );
     if e.probes_delayed + e.probes_lost > 0 {
         let _ = write!(
             s,
@@ -36,7 +41,7 @@ pub fn episode_line(e: &Episode) -> String {
             plural(u64::from(e.probes_delayed), "probe", "probes")
         );
         if let Some(w) = e.worst_rtt_ns {
-            let _ = write!(s, " up to {}", dur(w));
+            let _ = write!(s, " up to {}", human_ns(w));
         }
         if e.probes_lost > 0 {
             let _ = write!(s, ", {} lost", e.probes_lost);
@@ -171,7 +176,7 @@ pub fn render(r: &Report) -> String {
         let _ = writeln!(
             s,
             "  complete recording: {lines}{} long, ended by {}",
-            dur(i.duration_ns.unwrap_or(0)),
+            human_ns(i.duration_ns.unwrap_or(0)),
             i.end_reason.as_deref().unwrap_or("?")
         );
     } else {
@@ -190,7 +195,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(
         s,
         "  stall threshold {}; probes from {src}: {}, {} at or above it, {} lost; {}, {}",
-        dur(r.stall_threshold_ns),
+        human_ns(r.stall_threshold_ns),
         plural(t.probes, "probe", "probes"),
         t.probes_stalled,
         t.probes_lost,
@@ -248,9 +253,9 @@ pub fn render(r: &Report) -> String {
                 c.episodes,
                 c.probes_delayed,
                 cpus.join(","),
-                dur(c.total_wait_ns),
-                dur(c.worst_wait_ns),
-                c.worst_rtt_ns.map(dur).unwrap_or_else(|| "-".into()),
+                human_ns(c.total_wait_ns),
+                human_ns(c.worst_wait_ns),
+                c.worst_rtt_ns.map(human_ns).unwrap_or_else(|| "-".into()),
                 inside.join(", ")
             );
             for st in &c.stacks {
@@ -273,7 +278,7 @@ pub fn render(r: &Report) -> String {
             let holders: Vec<String> = e
                 .holders
                 .iter()
-                .map(|h| format!("{} (pid {}) {}", h.comm, h.pid, dur(h.run_ns)))
+                .map(|h| format!("{} (pid {}) {}", h.comm, h.pid, human_ns(h.run_ns)))
                 .collect();
             let _ = writeln!(s, "  holders: {}", holders.join(", "));
             if let Some(sys) = e.culprit.as_ref().and_then(|c| c.syscall.as_ref()) {
@@ -282,8 +287,8 @@ pub fn render(r: &Report) -> String {
                         s,
                         "  the culprit's {}() lasted {} ({} on the CPU)",
                         sys.name,
-                        dur(d),
-                        dur(c)
+                        human_ns(d),
+                        human_ns(c)
                     );
                 }
             }
@@ -323,7 +328,7 @@ pub fn render(r: &Report) -> String {
                 s,
                 "  seq {} rtt {}: {why}",
                 u.seq,
-                u.rtt_ns.map(dur).unwrap_or_default()
+                u.rtt_ns.map(human_ns).unwrap_or_default()
             );
         }
         if t.probes_unexplained > r.unexplained.len() as u64 {

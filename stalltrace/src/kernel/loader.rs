@@ -11,8 +11,8 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    Config, EventKind, Filter, Hist, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD, HIST_TIMER,
-    LOST_SLOTS, STACK_MAP_ENTRIES,
+    EventKind, Filter, Hist, KernelConfig, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD,
+    HIST_TIMER, LOST_SLOTS, STACK_MAP_ENTRIES,
 };
 
 use stalltrace_analysis::dump::{CpuHist, Lost};
@@ -60,7 +60,7 @@ impl LoadError {
 pub struct LoadOptions {
     pub filter: Filter,
     pub offsets: Offsets,
-    pub config: Config,
+    pub config: KernelConfig,
     pub ring_bytes: u32,
     /// `--stacks`: load the sampler and size the stack map (one entry otherwise).
     pub stacks: bool,

@@ -214,7 +214,6 @@ impl<C: Clock> Engine<C> {
         &self.stats
     }
 
-    #[allow(dead_code)] // used by spawn (the recorder's API)
     pub fn into_stats(self) -> ProbeStats {
         self.stats
     }

@@ -31,7 +31,6 @@ use std::{
 
 use anyhow::Context;
 
-#[allow(unused_imports)] // the recorder's API (`record --probe`) until it is wired in
 pub use clock::boot_ns;
 use engine::{Engine, EngineConfig, Outcome, ReplyInfo, Transport};
 use icmp::{IcmpTransport, OpenError, SockKind};
@@ -102,7 +101,6 @@ pub struct ProberConfig {
 }
 
 impl ProberConfig {
-    #[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
     /// ICMP echo every 10 ms, 1 s timeout, until stopped.
     pub fn new(target: IpAddr) -> Self {
         Self {
@@ -174,7 +172,6 @@ pub fn resolve_host(host: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
 }
 
 /// An opened prober: the sockets exist, nothing is sent yet.
-#[allow(dead_code)] // wire_ident/tcp_ports: for the recorder
 struct Opened {
     engine: Engine,
     wire_ident: Option<u16>,
@@ -245,7 +242,6 @@ fn open(cfg: &ProberConfig) -> anyhow::Result<Opened> {
 }
 
 /// A prober running on its own thread, sending [`ProbeRec`]s to the sink.
-#[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
 pub struct ProberHandle {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<ProbeStats>>,
@@ -256,7 +252,6 @@ pub struct ProberHandle {
 
 /// Starts the built-in prober. Sockets are opened before this returns, so permission
 /// problems surface here (exit code 3 via [`CodedError`]).
-#[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
 pub fn spawn(cfg: ProberConfig, sink: Sender<ProbeRec>) -> anyhow::Result<ProberHandle> {
     let Opened {
         mut engine,
@@ -289,7 +284,6 @@ pub fn spawn(cfg: ProberConfig, sink: Sender<ProbeRec>) -> anyhow::Result<Prober
     })
 }
 
-#[allow(dead_code)] // the recorder's API (`record --probe`) until it is wired in
 impl ProberHandle {
     /// The ICMP echo id as the kernel reads it big-endian off the wire (ICMP only).
     pub fn wire_ident(&self) -> Option<u16> {
@@ -368,7 +362,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
 /// One hping3-style line for an answer (`DUP! ` / `LATE! ` marked).
 fn reply_line(mark: &str, seq: u64, rtt_ns: u64, info: &ReplyInfo) -> String {
     let opt = |k: &str, v: Option<String>| v.map(|v| format!("{k}={v} ")).unwrap_or_default();
-    let rtt = stats::ms(rtt_ns);
+    let rtt = stalltrace_analysis::units::ms(rtt_ns, 3);
     match info {
         ReplyInfo::Icmp { len, from, ttl, ip_id } => format!(
             "{mark}len={len} ip={from} {}{}icmp_seq={seq} rtt={rtt} ms",

@@ -21,7 +21,6 @@ pub struct ProbeStats {
     pub rtts_ns: Vec<u64>,
     pub drift: Drift,
     /// Why the prober thread ended early, when it failed.
-    #[allow(dead_code)] // read by the recorder through ProberHandle::stop
     pub error: Option<String>,
 }
 
@@ -109,9 +108,9 @@ fn nearest_rank(p: f64, n: usize) -> usize {
     rank.clamp(1, n) - 1
 }
 
-/// Milliseconds with three decimals (µs resolution).
-pub fn ms(ns: u64) -> String {
-    format!("{:.3}", ns as f64 / 1e6)
+/// Milliseconds with three decimals (µs resolution), as ping prints them.
+fn ms(ns: u64) -> String {
+    stalltrace_analysis::units::ms(ns, 3)
 }
 
 fn fmt_pct(p: f64) -> String {

@@ -8,7 +8,7 @@ use stalltrace_analysis::{
     correlate::Episode,
     dump::{ProbeStatus, Record},
     report::{live, live::StallDedup, text::episode_line},
-    units::ms_decimal,
+    units::ms,
 };
 
 use super::terminal::Terminal;
@@ -49,7 +49,7 @@ impl Sink for LivePrinter<'_> {
                 if slow || p.status != ProbeStatus::Ok {
                     let rtt = p.rtt_ns.map_or_else(
                         || "no answer".to_string(),
-                        |r| format!("rtt={} ms", ms_decimal(r)),
+                        |r| format!("rtt={} ms", ms(r, 1)),
                     );
                     let mark = if slow { " (stalled)" } else { "" };
                     self.out

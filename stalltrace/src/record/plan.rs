@@ -4,7 +4,7 @@
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use stalltrace_analysis::dump::Options;
-use tracer_common::{Config, Filter};
+use tracer_common::{Filter, KernelConfig};
 
 use super::args::RecordArgs;
 use crate::{
@@ -115,7 +115,7 @@ impl RecordPlan {
         if let Some(p) = &probe {
             p.validate()?;
         }
-        let config = Config {
+        let config = KernelConfig {
             wait_threshold_ns: ns(a.wait_threshold),
             syscall_threshold_ns: ns(a.syscall_threshold),
             track_syscalls: u32::from(!a.no_syscalls),

@@ -553,10 +553,8 @@ fn sigint_ends_the_run_with_statistics_and_exit_0() {
     let mut g = ChildGuard::spawn(&mut cmd);
     std::thread::sleep(Duration::from_millis(600));
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(g.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    let rc = unsafe { libc::kill(g.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0);
     let st = g.wait(Duration::from_secs(5));
     assert_eq!(st.code(), Some(0), "{st:?}");
     let out = fs::read_to_string(&out_path).expect("output");
