@@ -4,6 +4,7 @@
 //! ([`correlate`]), and what is said about them ([`report`]). [`analyze`] composes them
 //! over a dump file. Nothing here needs a kernel, root or nightly: `cargo test -p
 //! stalltrace-analysis` runs anywhere.
+pub mod activity;
 pub mod analyze;
 pub mod correlate;
 pub mod dump;

@@ -21,7 +21,7 @@ use stalltrace_analysis::dump::{
 
 use crate::{
     events::{comm_str, RawEvent},
-    stacks::StackCollector,
+    samples::Sampler,
 };
 
 /// Syscalls whose first argument is a file descriptor (x86_64 names).
@@ -96,21 +96,29 @@ pub struct Enricher {
     cgroups: HashMap<u64, String>,
     cgroups_scanned: bool,
     recent: std::collections::VecDeque<SyscallRec>,
-    /// `record --stacks`: samples kept until their wait comes, then attached to it.
-    stacks: Option<StackCollector>,
+    /// Samples kept until their wait comes, then attached to its holders.
+    sampler: Option<Sampler>,
+    /// The recorder's own process: its threads are left out of holders.
+    self_tgid: u32,
 }
 
 impl Enricher {
-    /// An enricher that attaches stack samples to the holders of each wait.
-    pub fn with_stacks(stacks: StackCollector) -> Self {
+    /// An enricher that attaches the sampler's samples to the holders of each wait.
+    pub fn with_sampler(sampler: Sampler) -> Self {
         Self {
-            stacks: Some(stacks),
+            sampler: Some(sampler),
             ..Default::default()
         }
     }
 
-    pub fn stacks(&self) -> Option<&StackCollector> {
-        self.stacks.as_ref()
+    /// Leaves this process's threads out of the holders it reports.
+    pub fn exclude_self(mut self) -> Self {
+        self.self_tgid = std::process::id();
+        self
+    }
+
+    pub fn sampler(&self) -> Option<&Sampler> {
+        self.sampler.as_ref()
     }
 
     /// The dump record of a kernel record; `None` for a stack sample, which is kept
@@ -127,8 +135,8 @@ impl Enricher {
                 self.recent.push_back(rec.clone());
                 Record::Syscall(rec)
             }
-            RawEvent::Stack(s) => {
-                if let Some(c) = self.stacks.as_mut() {
+            RawEvent::Sample(s) => {
+                if let Some(c) = self.sampler.as_mut() {
                     c.push(s);
                 }
                 return None;
@@ -211,6 +219,7 @@ impl Enricher {
             priority: user_priority(h.prio),
             syscall: self.holder_syscall(h, start, end),
             stacks: None,
+            activity: None,
         }
     }
 
@@ -224,13 +233,14 @@ impl Enricher {
         // A thread wait ends when the thread runs; a softirq wait when NET_RX starts.
         let rx_context =
             RxContext::classify(&rx_comm, w.header.pid, kind == WaitKind::NetRxSoftirq);
+        let me = self.self_tgid;
         let mut holders: Vec<HolderRec> = w
             .holders
             .iter()
-            .filter(|h| h.run_ns > 0)
+            .filter(|h| h.run_ns > 0 && (me == 0 || h.tgid != me))
             .map(|h| self.holder(h, w.wait_start_ns, w.header.ts_ns))
             .collect();
-        if let Some(c) = self.stacks.as_mut() {
+        if let Some(c) = self.sampler.as_mut() {
             c.attach(w.header.cpu, w.wait_start_ns, w.header.ts_ns, &mut holders);
         }
         WaitRec {
@@ -318,8 +328,14 @@ fn scan_cgroups(dir: &Path, rel: &str, depth: u32, out: &mut HashMap<u64, String
     }
 }
 
-fn fd_path(pid: u32, name: &str, arg0: u64) -> Option<String> {
-    if !FD_SYSCALLS.contains(&name) || arg0 > i32::MAX as u64 {
+/// Whether the syscall's first argument is a file descriptor.
+pub fn takes_fd(name: &str) -> bool {
+    FD_SYSCALLS.contains(&name)
+}
+
+/// The file behind a syscall's fd argument, from /proc while the task lives.
+pub fn fd_path(pid: u32, name: &str, arg0: u64) -> Option<String> {
+    if !takes_fd(name) || arg0 > i32::MAX as u64 {
         return None;
     }
     fs::read_link(format!("/proc/{pid}/fd/{arg0}"))
@@ -430,21 +446,17 @@ mod tests {
         m.insert(0x1000, "vfs_read".to_string());
         m.insert(0x2000, "ksys_read".to_string());
         let ksyms = crate::stacks::KernelSymbols::from_map(m).unwrap();
-        let mut e = Enricher::with_stacks(crate::stacks::StackCollector::new(
-            499,
-            Box::new(Map),
-            ksyms,
-            Box::new(User),
-        ));
+        let stacks = crate::stacks::StackCollector::new(499, Box::new(Map), ksyms, Box::new(User));
+        let mut e = Enricher::with_sampler(crate::samples::Sampler::new(499, Some(stacks)));
         let w = ev::wait(EventKind::SoftirqWait);
         for ts in [30_000_000, 60_000_000, 200_000_000] {
-            let mut s = ev::stack();
+            let mut s = ev::sample();
             s.header.ts_ns = ts;
             s.header.pid = 10436;
             s.header.cpu = w.header.cpu;
             s.kstack_id = 5;
             assert_eq!(
-                e.record(&RawEvent::Stack(s)),
+                e.record(&RawEvent::Sample(s)),
                 None,
                 "samples are not dump records"
             );
@@ -457,7 +469,19 @@ mod tests {
         assert_eq!(st.samples, 2);
         assert_eq!(st.top[0].kernel, vec!["vfs_read+0x10", "ksys_read+0x20"]);
         assert!(st.top[0].user.is_empty(), "user id -14: no user stack");
-        let stats = e.stacks().map(|c| c.stats()).unwrap();
+        // And what it was doing: inside openat() of the path the samples carried.
+        let a = rec.holders[0]
+            .activity
+            .as_ref()
+            .expect("the holder's activity");
+        assert_eq!(a.samples, 2);
+        assert_eq!(a.syscalls[0].name, "openat");
+        assert_eq!(
+            a.syscalls[0].path.as_deref(),
+            Some("/proc/76/status"),
+            "/proc/self of tgid 76"
+        );
+        let stats = e.sampler().map(|c| c.stats()).unwrap();
         assert_eq!((stats.samples, stats.attributed), (3, 2));
     }
 

@@ -4,20 +4,14 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use tracer_common::{EventHeader, EventKind, PacketEvent, StackEvent, SyscallEvent, WaitEvent};
+use tracer_common::{EventHeader, EventKind, PacketEvent, SampleEvent, SyscallEvent, WaitEvent};
 
-// Wait records are 312 bytes, the others under 100: boxing would cost an allocation per
-// event on the hot path for no gain, as events are consumed one at a time.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "boxing would allocate per event on the hot path"
-)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RawEvent {
     Packet(PacketEvent),
     Wait(WaitEvent),
     Syscall(SyscallEvent),
-    Stack(StackEvent),
+    Sample(SampleEvent),
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -26,6 +20,8 @@ pub enum DecodeError {
     Short(usize),
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
+    #[error("retired event kind {0}: a kernel object older than this stalltrace")]
+    RetiredKind(u32),
     #[error("event kind {kind} has {len} bytes, expected {want}")]
     Length { kind: u32, len: usize, want: usize },
 }
@@ -48,7 +44,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
         Some(EventKind::Packet) => size_of::<PacketEvent>(),
         Some(EventKind::SoftirqWait | EventKind::RxThreadWait) => size_of::<WaitEvent>(),
         Some(EventKind::Syscall) => size_of::<SyscallEvent>(),
-        Some(EventKind::StackSample) => size_of::<StackEvent>(),
+        Some(EventKind::Sample) => size_of::<SampleEvent>(),
+        Some(EventKind::StackSample) => return Err(DecodeError::RetiredKind(h.kind)),
         None => return Err(DecodeError::UnknownKind(h.kind)),
     };
     // The ring buffer rounds records up to 8 bytes; all our types are multiples of 8.
@@ -62,7 +59,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent, DecodeError> {
     Ok(match EventKind::from_u32(h.kind) {
         Some(EventKind::Packet) => RawEvent::Packet(read(bytes)),
         Some(EventKind::Syscall) => RawEvent::Syscall(read(bytes)),
-        Some(EventKind::StackSample) => RawEvent::Stack(read(bytes)),
+        Some(EventKind::Sample) => RawEvent::Sample(read(bytes)),
         _ => RawEvent::Wait(read(bytes)),
     })
 }
@@ -177,14 +174,19 @@ pub mod tests {
         }
     }
 
-    pub fn stack() -> StackEvent {
-        StackEvent {
-            header: header(EventKind::StackSample, "stat-reader"),
-            kstack_id: 17,
-            ustack_id: -14,
+    pub fn sample() -> SampleEvent {
+        let mut path = [0u8; SAMPLE_PATH_LEN];
+        path[..17].copy_from_slice(b"/proc/self/status");
+        SampleEvent {
+            header: header(EventKind::Sample, "stat-reader"),
             wait_start_ns: 123_000_000,
             pending: PENDING_NET_RX | PENDING_RX_THREAD,
-            _pad0: 0,
+            mode: MODE_SYSCALL,
+            nr: 257,
+            arg0: u64::MAX - 99,
+            kstack_id: 17,
+            ustack_id: -14,
+            path,
         }
     }
 
@@ -198,23 +200,27 @@ pub mod tests {
         }
         let s = syscall();
         assert_eq!(decode(&encode(&s)), Ok(RawEvent::Syscall(s)));
-        let k = stack();
+        let k = sample();
         let b = encode(&k);
-        assert_eq!(b.len(), 64);
-        assert_eq!(decode(&b), Ok(RawEvent::Stack(k)));
-        // A negative stack id (no such stack) survives the trip.
-        let RawEvent::Stack(d) = decode(&b).unwrap() else {
-            panic!("not a stack sample")
+        assert_eq!(b.len(), 144);
+        assert_eq!(decode(&b), Ok(RawEvent::Sample(k)));
+        // Negative stack ids (no such stack) survive the trip.
+        let Ok(RawEvent::Sample(d)) = decode(&b) else {
+            panic!("not a sample")
         };
-        assert_eq!((d.kstack_id, d.ustack_id), (17, -14));
+        assert_eq!((d.kstack_id, d.ustack_id, d.nr), (17, -14, 257));
         assert!(matches!(
-            decode(&b[..56]),
+            decode(&b[..136]),
             Err(DecodeError::Length {
-                kind: 5,
-                len: 56,
-                want: 64
+                kind: 6,
+                len: 136,
+                want: 144
             })
         ));
+        // The retired stack-sample kind is refused, not misread.
+        let mut old = b[..64].to_vec();
+        old[0] = 5;
+        assert_eq!(decode(&old), Err(DecodeError::RetiredKind(5)));
     }
 
     #[test]
@@ -238,7 +244,8 @@ pub mod tests {
         assert_eq!(EventKind::RxThreadWait as u32, 3);
         assert_eq!(EventKind::Syscall as u32, 4);
         assert_eq!(EventKind::StackSample as u32, 5);
-        for id in 1..=5 {
+        assert_eq!(EventKind::Sample as u32, 6);
+        for id in 1..=6 {
             assert_eq!(EventKind::from_u32(id).map(|k| k as u32), Some(id));
         }
         assert_eq!(EventKind::from_u32(0), None);

@@ -29,5 +29,6 @@ pub mod kernel;
 pub mod lab;
 pub mod probe;
 pub mod record;
+pub mod samples;
 pub mod stacks;
 pub mod sys;

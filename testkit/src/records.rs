@@ -38,7 +38,7 @@ pub fn header(host: &str, kernel: &str, cpus: u32, t0: u64, probe: Option<String
             stall_threshold_ns: 50 * MS,
             ring_buffer_bytes: 1 << 22,
             probe,
-            stacks_hz: None,
+            ..Options::default()
         },
     }
 }
@@ -62,6 +62,7 @@ pub fn holder(
         priority: 0,
         syscall,
         stacks: None,
+        activity: None,
     }
 }
 
@@ -196,7 +197,7 @@ pub fn footer(counts: Counts, duration_ns: u64) -> Footer {
         hist_net_tx: vec![],
         hist_timer: vec![],
         reason: "sigint".into(),
-        stacks: None,
+        ..Footer::default()
     }
 }
 

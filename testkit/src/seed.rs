@@ -42,6 +42,9 @@ impl Default for Seed {
 /// The seed node's header: a 4.9 kernel with kprobes, 24 CPUs.
 pub fn header(probe: Option<String>) -> Header {
     let mut h = b::header("kube-node-bad", "4.9.0-8-amd64", 24, T0, probe);
+    // A version 1 dump (exact syscalls, no samples): the golden file also proves old
+    // dumps still read as they did.
+    h.version = 1;
     h.hooks = vec![
         "kprobe:icmp_echo".into(),
         "irq:softirq_raise".into(),

@@ -21,9 +21,11 @@ pub enum EventKind {
     RxThreadWait = 3,
     /// A syscall longer than the syscall threshold ([`SyscallEvent`]).
     Syscall = 4,
-    /// A stack sample of the task on a CPU while an RX wait was pending there
-    /// ([`StackEvent`]; `record --stacks` only).
+    /// Retired (a stack sample before samples carried activity): never written.
     StackSample = 5,
+    /// A sample of the task holding a CPU while an RX wait was pending there: what it
+    /// was doing, and its stacks with `--stacks` ([`SampleEvent`]).
+    Sample = 6,
 }
 
 impl EventKind {
@@ -34,6 +36,7 @@ impl EventKind {
             3 => Some(Self::RxThreadWait),
             4 => Some(Self::Syscall),
             5 => Some(Self::StackSample),
+            6 => Some(Self::Sample),
             _ => None,
         }
     }
@@ -193,30 +196,69 @@ pub const STACK_MAP_ENTRIES: u32 = 8192;
 /// `STACKS` is sized to this many CPUs at most (the `RX_PENDING` marker array too).
 pub const MAX_CPUS: u32 = 4096;
 
-/// A stack sample (`record --stacks`): the task on a CPU when the cpu-clock sampler
-/// fired while an RX wait was pending there (a NET_RX raise not yet run, or an RX
-/// thread woken to this CPU and not yet switched in). The idle task is never sampled.
-/// The header's pid/tgid/comm is the sampled task; `ts_ns` the sample time. 64 bytes.
+/// A stack sample as written before [`SampleEvent`] replaced it; kept so the layout
+/// and its decoder test stay documented. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StackEvent {
     pub header: EventHeader,
-    /// Id of the kernel stack in the `STACKS` map, or a negative errno: -EFAULT (-14)
-    /// when the task was interrupted in user space (no kernel stack), -EEXIST (-17) on
-    /// a hash collision with another stack, -ENOMEM (-12) when the map is full.
     pub kstack_id: i32,
-    /// Id of the user stack, or a negative errno (-EFAULT for kernel threads).
     pub ustack_id: i32,
-    /// Start of the pending wait (the earlier one when both are pending): NET_RX raise
-    /// or RX-thread wakeup, boot ns.
     pub wait_start_ns: u64,
-    /// [`PENDING_NET_RX`] | [`PENDING_RX_THREAD`].
     pub pending: u32,
     pub _pad0: u32,
 }
 
-/// Index of the per-CPU lost-event counters in the `LOST` map, by kind (slot 0 unused).
-pub const LOST_SLOTS: u32 = 6;
+/// What a sampled task was doing ([`SampleEvent::mode`]).
+pub const MODE_USER: u32 = 1;
+/// In the kernel, not inside a syscall (a page fault, an interrupt it was in).
+pub const MODE_KERNEL: u32 = 2;
+/// Inside syscall `nr`.
+pub const MODE_SYSCALL: u32 = 3;
+/// A kernel thread (no user space).
+pub const MODE_KTHREAD: u32 = 4;
+/// In the kernel, and whether inside a syscall could not be read.
+pub const MODE_KERNEL_UNKNOWN: u32 = 5;
+
+/// Bytes of a path argument kept with a sample (openat and friends).
+pub const SAMPLE_PATH_LEN: usize = 64;
+
+/// A cpu-clock sample of the task on a CPU while an RX wait was pending there (a
+/// NET_RX raise not yet run, or an RX thread woken to this CPU and not yet switched
+/// in); the idle task is never sampled. The header's pid/tgid/comm is the sampled task,
+/// `ts_ns` the sample time. What it was doing comes from the interrupted registers
+/// (user or kernel mode) and, in the kernel, from its saved user registers (the
+/// syscall number and first argument). 144 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SampleEvent {
+    pub header: EventHeader,
+    /// Start of the pending wait (the earlier one when both are pending), boot ns.
+    pub wait_start_ns: u64,
+    /// [`PENDING_NET_RX`] | [`PENDING_RX_THREAD`].
+    pub pending: u32,
+    /// `MODE_*`.
+    pub mode: u32,
+    /// The syscall number in [`MODE_SYSCALL`], else -1.
+    pub nr: i64,
+    /// Its first argument (a file descriptor for read, pread64, …).
+    pub arg0: u64,
+    /// `--stacks`: ids in the `STACKS` map, or a negative errno (-EFAULT: no such
+    /// stack, user space for the kernel one or a kernel thread for the user one);
+    /// -ENOENT (-2) without `--stacks`.
+    pub kstack_id: i32,
+    pub ustack_id: i32,
+    /// The path argument of open/openat/stat-like syscalls, NUL-terminated (may be cut).
+    pub path: [u8; SAMPLE_PATH_LEN],
+}
+
+/// Index of the per-CPU lost-event counters in the `LOST` map, by kind (slot 0 unused),
+/// then the map-insert failures (a table full in the kernel).
+pub const LOST_SLOTS: u32 = 9;
+/// An RX thread's wakeup not remembered (its table was full): its wait is not seen.
+pub const LOST_RX_WAKE: u32 = 7;
+/// A syscall in flight not parked (`--syscalls`; its table was full).
+pub const LOST_PARKED: u32 = 8;
 
 /// Log2 histogram: bucket i counts waits of [2^i, 2^(i+1)) microseconds (bucket 0 also
 /// takes < 1 µs).
@@ -292,6 +334,25 @@ pub struct Offsets {
     pub task_cpu: u32,
     /// `struct pt_regs` member holding a syscall's first argument (`di` on x86_64).
     pub regs_arg0: u32,
+    /// `task_struct.flags` (PF_KTHREAD: RX threads are kernel threads, not names).
+    pub task_flags: u32,
+    /// `task_struct.on_cpu`: a wakeup of a running thread starts no wait.
+    pub task_on_cpu: u32,
+    /// `task_struct.stack` and the kernel stack's size: where a task's saved user
+    /// registers are on kernels without `bpf_task_pt_regs` (before 5.15).
+    pub task_stack: u32,
+    pub kstack_size: u32,
+    /// `struct pt_regs`: its size and the members that tell a syscall from a fault
+    /// (x86_64: the `syscall` instruction leaves RIP in rcx and RFLAGS in r11, so
+    /// `cx == ip && r11 == flags` inside a syscall, and `orig_ax` is its number), and
+    /// the second argument (`si`, the path of openat).
+    pub regs_size: u32,
+    pub regs_orig_ax: u32,
+    pub regs_ip: u32,
+    pub regs_cx: u32,
+    pub regs_r11: u32,
+    pub regs_flags: u32,
+    pub regs_arg1: u32,
 }
 
 impl Offsets {
@@ -309,6 +370,17 @@ impl Offsets {
             task_policy: 0,
             task_cpu: 0,
             regs_arg0: 112,
+            task_flags: 0,
+            task_on_cpu: 0,
+            task_stack: 0,
+            kstack_size: 16384,
+            regs_size: 168,
+            regs_orig_ax: 120,
+            regs_ip: 128,
+            regs_cx: 88,
+            regs_r11: 48,
+            regs_flags: 144,
+            regs_arg1: 104,
         }
     }
 }
@@ -327,13 +399,14 @@ pub struct KernelConfig {
     /// tracked, or their entry would outlive the task.
     pub nr_exit: u32,
     pub nr_exit_group: u32,
-    /// 1: `record --stacks`: mark pending RX-thread wakeups per CPU for the sampler.
+    /// 1: `record --stacks`: samples carry kernel and user stack ids.
     pub stacks: u32,
     /// Packet and stack records wake the reader only once this many bytes are queued
     /// (the reader also drains on a timer): a wakeup per record costs the traced CPU an
     /// interrupt. 0 wakes on every record.
     pub wakeup_bytes: u32,
-    pub _pad: u32,
+    /// The recorder's own process: its syscalls are not its subject.
+    pub self_tgid: u32,
 }
 
 impl KernelConfig {
@@ -341,11 +414,11 @@ impl KernelConfig {
         Self {
             wait_threshold_ns: 1_000_000,
             syscall_threshold_ns: 10_000_000,
-            track_syscalls: 1,
+            track_syscalls: 0,
             nr_exit: 60,
             nr_exit_group: 231,
             wakeup_bytes: 0,
-            _pad: 0,
+            self_tgid: 0,
             stacks: 0,
         }
     }
@@ -373,8 +446,9 @@ const _: () = {
     assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<StackEvent>() == 64);
-    assert!((EventKind::StackSample as u32) < LOST_SLOTS);
+    assert!(core::mem::size_of::<SampleEvent>() == 144);
+    assert!((EventKind::Sample as u32) < LOST_RX_WAKE);
     assert!(core::mem::size_of::<Filter>() == 40);
-    assert!(core::mem::size_of::<Offsets>() == 44);
+    assert!(core::mem::size_of::<Offsets>() == 88);
     assert!(core::mem::size_of::<KernelConfig>() == 40);
 };

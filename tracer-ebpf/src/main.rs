@@ -7,9 +7,9 @@
 
 mod maps;
 mod packet;
+mod sampler;
 mod sched;
 mod softirq;
-mod stacks;
 mod syscall;
 
 #[cfg(not(test))]

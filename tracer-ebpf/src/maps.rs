@@ -2,7 +2,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use tracer_common::{
@@ -36,8 +36,9 @@ pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 
 pub static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Pending wakeups of RX threads (ksoftirqd, napi/…, backlog_napi), by thread id.
+/// LRU: a wakeup whose switch-in was never seen (the thread exited) cannot pin a slot.
 #[map]
-pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
+pub static RX_WAKE: LruHashMap<u32, RxWake> = LruHashMap::with_max_entries(4096, 0);
 
 /// Syscalls in flight of threads that left their CPU inside one, by thread id; moved
 /// back into the CPU's slot at switch-in. LRU bounds what a task that dies inside a
@@ -70,9 +71,8 @@ pub struct Segment {
 
 #[repr(C)]
 pub struct CpuState {
-    /// Task now on this CPU and since when (0 = not yet seen a switch).
-    pub cur_pid: u32,
-    pub cur_prio: u32,
+    /// When the task now on this CPU was switched in (0 = no switch seen yet): every
+    /// switch sets it, so a run recorded at its end knows its start.
     pub cur_since: u64,
     /// The RX thread whose run started here after a wakeup, and when: its run lasts
     /// until it sleeps, through any preemption in between (packets it processes then
@@ -176,6 +176,13 @@ pub fn kread<T>(base: *const u8, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
 }
 
+/// The current task, as a pointer for [`kread`].
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: helper with no arguments.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
 /// Scheduling policy of the current task, u32::MAX when the offset is unknown.
 #[inline(always)]
 pub fn current_policy() -> u32 {
@@ -183,12 +190,23 @@ pub fn current_policy() -> u32 {
     if off == 0 {
         return u32::MAX;
     }
-    // SAFETY: reads a u32 from the current task_struct at an offset taken from BTF;
-    // bpf_probe_read_kernel fails safely on a bad address.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        bpf_probe_read_kernel(task.add(off as usize) as *const u32).unwrap_or(u32::MAX)
-    }
+    kread(current_task(), off).unwrap_or(u32::MAX)
+}
+
+/// `PF_KTHREAD` in `task_struct.flags`: RX threads are kernel threads, whatever a user
+/// task names itself.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Whether `task` is a kernel thread (false when its flags cannot be read).
+#[inline(always)]
+pub fn is_kthread(task: *const u8) -> bool {
+    kread::<u32>(task, OFFSETS.load().task_flags).is_some_and(|f| f & PF_KTHREAD != 0)
+}
+
+/// Counts a failed insert into a kernel table (`LOST_RX_WAKE`, `LOST_PARKED`).
+#[inline(always)]
+pub fn count_insert_failure(slot: u32) {
+    count_lost(slot);
 }
 
 /// Flags for a record that need not wake the reader: no wakeup until a backlog of

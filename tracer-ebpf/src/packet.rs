@@ -15,9 +15,10 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    count_lost, cpu_state, kread, lazy_wakeup, now, EVENTS, FILTER, OFFSETS, SCRATCH,
+    count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
+    OFFSETS, SCRATCH,
 };
-use crate::sched::is_rx_thread;
+use crate::sched::is_rx_thread_name;
 
 #[raw_tracepoint(tracepoint = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
@@ -117,6 +118,16 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     if !wanted {
         return;
     }
+    // IPv4: the peer filter from the header already read, before anything else.
+    if v4 && f.peer_family != 0 {
+        // Whole words, not a byte loop: fewer branches for the verifier to explore.
+        let peer = u32::from_ne_bytes([f.peer[0], f.peer[1], f.peer[2], f.peer[3]]);
+        let src = u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]);
+        let dst = u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        if f.peer_family != 4 || (src != peer && dst != peer) {
+            return;
+        }
+    }
     // Addresses go straight into this CPU's scratch record (a map value, not stack: the
     // BPF stack is 512 bytes for all calls, and 6.1's verifier counts it strictly).
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
@@ -160,7 +171,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             l4_known
         };
     }
-    if !peer_ok(&f, &ev.saddr, &ev.daddr, v4) {
+    if !v4 && !peer_ok(&f, &ev.saddr, &ev.daddr, false) {
         return;
     }
     let (icmp_type, tcp_flags, ident, seq, tcp_seq);
@@ -226,7 +237,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     // it was switched in, however many softirq rounds it goes through (a starved
     // ksoftirqd drains a backlog over many); otherwise the NET_RX softirq running now, or
     // the current task's run.
-    let rx_thread = is_rx_thread(&ev.header.comm);
+    let rx_thread = is_rx_thread_name(&ev.header.comm) && is_kthread(current_task());
     let (in_softirq, rx_start) = match cpu_state() {
         Some(st) => {
             let soft = st.netrx_entry_ns != 0;

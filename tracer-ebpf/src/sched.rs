@@ -8,20 +8,23 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracer_common::{
-    EventKind, Holder, WaitEvent, COMM_LEN, HIST_RX_THREAD, MAX_HOLDERS, VEC_THREAD,
+    EventKind, Holder, WaitEvent, COMM_LEN, HIST_RX_THREAD, LOST_PARKED, LOST_RX_WAKE, MAX_HOLDERS,
+    VEC_THREAD,
 };
 
 use crate::{
     maps::{
-        count_lost, cpu_state, current_policy, hist_add, kread, now, CpuState, RxWake, CONFIG,
-        EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK,
+        count_insert_failure, count_lost, cpu_state, current_policy, current_task, hist_add,
+        is_kthread, kread, now, CpuState, RxWake, CONFIG, EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS,
+        SEG_MASK,
     },
-    stacks::{clear_rx_pending, mark_rx_pending},
+    sampler::{clear_rx_pending, mark_rx_pending, rx_pending},
 };
 
-/// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N.
+/// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N: the names of the
+/// kernel threads that do receive work (checked together with the kthread flag).
 #[inline(always)]
-pub fn is_rx_thread(c: &[u8; COMM_LEN]) -> bool {
+pub fn is_rx_thread_name(c: &[u8; COMM_LEN]) -> bool {
     (c[0] == b'k' && c[1] == b's' && c[2] == b'o' && c[3] == b'f' && c[8] == b'd' && c[9] == b'/')
         || (c[0] == b'n' && c[1] == b'a' && c[2] == b'p' && c[3] == b'i' && c[4] == b'/')
         || (c[0] == b'b'
@@ -32,21 +35,29 @@ pub fn is_rx_thread(c: &[u8; COMM_LEN]) -> bool {
             && c[8] == b'n')
 }
 
-/// TP_PROTO(struct task_struct *p)
+/// TP_PROTO(struct task_struct *p). Most wakeups are of user tasks: one read of the
+/// task's flags and out.
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
 pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
-    let o = OFFSETS.load();
     let p: *const u8 = ctx.arg(0);
+    if !is_kthread(p) {
+        return 0;
+    }
+    let o = OFFSETS.load();
     let Some(comm) = kread::<[u8; COMM_LEN]>(p, o.task_comm) else {
         return 0;
     };
-    if !is_rx_thread(&comm) {
+    if !is_rx_thread_name(&comm) {
+        return 0;
+    }
+    // A wakeup of a thread still on a CPU starts no wait (and would leave an entry no
+    // switch-in consumes).
+    if kread::<i32>(p, o.task_on_cpu).unwrap_or(0) != 0 {
         return 0;
     }
     let Some(pid) = kread::<i32>(p, o.task_pid) else {
         return 0;
     };
-    let target_cpu: u32 = kread(p, o.task_cpu).unwrap_or(u32::MAX);
     let pid = pid as u32;
     // Keep the earliest pending wakeup: the wait runs from it.
     if RX_WAKE.get_ptr(pid).is_some() {
@@ -55,80 +66,61 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     let w = RxWake {
         ts: now(),
         waker_pid: bpf_get_current_pid_tgid() as u32,
-        target_cpu,
+        target_cpu: kread(p, o.task_cpu).unwrap_or(u32::MAX),
         waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
-    if RX_WAKE.insert(pid, w, 0).is_ok() && CONFIG.load().stacks != 0 {
-        // The wait happens on the target CPU: tell its sampler.
-        mark_rx_pending(target_cpu, w.ts);
+    if RX_WAKE.insert(pid, w, 0).is_err() {
+        count_insert_failure(LOST_RX_WAKE);
+        return 0;
     }
+    // The wait happens on the target CPU: tell its scheduler hook and sampler.
+    mark_rx_pending(w.target_cpu, w.ts);
     0
 }
 
-/// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+/// Records prev's run in this CPU's history (it is `current` here).
+#[inline(always)]
+fn record_run(st: &mut CpuState, prev: *const u8, ts: u64) {
     let o = OFFSETS.load();
-    let Some(st) = cpu_state() else { return 0 };
-    let ts = now();
-    let prev: *const u8 = ctx.arg(1);
-    let next: *const u8 = ctx.arg(2);
-    // `current` is still prev here: its ids and comm come from cheap helpers.
-    let prev_pt = bpf_get_current_pid_tgid();
-    let prev_pid = prev_pt as u32;
-    let prev_prio: i32 = kread(prev, o.task_prio).unwrap_or(0);
-    let next_pid = kread::<i32>(next, o.task_pid).unwrap_or(0) as u32;
-    let next_prio: i32 = kread(next, o.task_prio).unwrap_or(0);
-
-    // Record prev's run. At sched_switch `current` is still prev.
+    let pt = bpf_get_current_pid_tgid();
+    let prev_pid = pt as u32;
     let idx = (st.head & SEG_MASK) as usize;
-    let start = if st.cur_pid == prev_pid && st.cur_since != 0 {
-        st.cur_since
+    let seg = &mut st.segs[idx & (SEGS - 1)];
+    seg.start = st.cur_since;
+    seg.end = ts;
+    seg.pid = prev_pid;
+    seg.tgid = (pt >> 32) as u32;
+    seg.prio = kread::<i32>(prev, o.task_prio).unwrap_or(0) as u32;
+    // SAFETY: helper with no arguments.
+    seg.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    seg.policy = current_policy();
+    seg.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if st.sys.valid != 0 && st.sys.pid == prev_pid {
+        seg.sys_nr = st.sys.nr;
+        seg.sys_arg0 = st.sys.arg0;
+        seg.sys_start = st.sys.start;
     } else {
-        0
-    };
-    {
-        let seg = &mut st.segs[idx & (SEGS - 1)];
-        seg.start = start;
-        seg.end = ts;
-        seg.pid = prev_pid;
-        seg.tgid = (prev_pt >> 32) as u32;
-        seg.prio = prev_prio as u32;
-        // SAFETY: helper with no arguments.
-        seg.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        seg.policy = current_policy();
-        seg.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-        if st.sys.valid != 0 && st.sys.pid == prev_pid {
-            // prev leaves the CPU inside a syscall: note it, and park it until it runs
-            // again (wherever that is).
-            seg.sys_nr = st.sys.nr;
-            seg.sys_arg0 = st.sys.arg0;
-            seg.sys_start = st.sys.start;
-            let mut parked = st.sys;
-            parked.parked_at = ts;
-            let _ = PARKED.insert(prev_pid, parked, 0);
-        } else {
-            seg.sys_nr = -1;
-            seg.sys_arg0 = 0;
-            seg.sys_start = 0;
-        }
-        st.sys.valid = 0;
-        if is_rx_thread(&seg.comm) {
-            // An RX thread leaving the CPU has no wakeup pending any more (a wakeup
-            // of a running thread leaves an entry that no switch-in consumes).
-            let _ = RX_WAKE.remove(prev_pid);
-            if CONFIG.load().stacks != 0 {
-                // SAFETY: helper with no arguments.
-                clear_rx_pending(unsafe { bpf_get_smp_processor_id() });
-            }
-        }
+        seg.sys_nr = -1;
+        seg.sys_arg0 = 0;
+        seg.sys_start = 0;
     }
     st.head = st.head.wrapping_add(1) & SEG_MASK;
     st.written = st.written.wrapping_add(1);
-    st.cur_pid = next_pid;
-    st.cur_prio = next_prio as u32;
-    st.cur_since = ts;
-    // next resumes a syscall it left its CPU in: back into this CPU's slot.
+}
+
+/// `--syscalls`: a thread leaving its CPU inside a syscall is parked until it runs
+/// again (wherever that is); the next one takes its parked syscall back.
+#[inline(always)]
+fn park_syscalls(st: &mut CpuState, next_pid: u32, ts: u64) {
+    let prev_pid = bpf_get_current_pid_tgid() as u32;
+    if st.sys.valid != 0 && st.sys.pid == prev_pid {
+        let mut parked = st.sys;
+        parked.parked_at = ts;
+        if PARKED.insert(prev_pid, parked, 0).is_err() {
+            count_insert_failure(LOST_PARKED);
+        }
+    }
+    st.sys.valid = 0;
     if let Some(p) = PARKED.get_ptr(next_pid) {
         // SAFETY: pointer from a map lookup, valid for this program run.
         let mut sys = unsafe { *p };
@@ -136,40 +128,71 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         sys.off_cpu += ts.saturating_sub(sys.parked_at);
         st.sys = sys;
     }
+}
 
-    // RX thread switching in: close its wakeup wait.
-    if let Some(w) = RX_WAKE.get_ptr(next_pid) {
-        // SAFETY: pointer from a map lookup, valid for this program run.
-        let w = unsafe { *w };
-        let _ = RX_WAKE.remove(next_pid);
-        st.rx_run_pid = next_pid;
-        st.rx_run_start = ts;
-        if CONFIG.load().stacks != 0 {
-            // The wait is over here, and where the wakeup aimed (if it migrated since).
-            // SAFETY: helper with no arguments.
-            clear_rx_pending(unsafe { bpf_get_smp_processor_id() });
-            clear_rx_pending(w.target_cpu);
-        }
-        if ts > w.ts {
-            let wait = ts - w.ts;
-            hist_add(HIST_RX_THREAD, wait);
-            if wait >= CONFIG.load().wait_threshold_ns {
-                let next_comm = kread(next, o.task_comm).unwrap_or([0; COMM_LEN]);
-                emit_wait(
-                    st,
-                    EventKind::RxThreadWait,
-                    VEC_THREAD,
-                    w.ts,
-                    ts,
-                    0,
-                    next_pid,
-                    next_pid,
-                    next_comm,
-                    w.waker_pid,
-                    w.waker_comm,
-                    false,
-                );
-            }
+/// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
+/// On every switch: the time, and one read of next's flags. The run history only
+/// while an RX wait is pending on this CPU (it is only read for a wait's window);
+/// RX threads' switch-ins close their waits.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let Some(st) = cpu_state() else { return 0 };
+    let ts = now();
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    // SAFETY: helper with no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let pending = st.netrx_raise_ns != 0 || rx_pending(cpu) != 0;
+    if pending && st.cur_since != 0 {
+        record_run(st, prev, ts);
+    }
+    let syscalls = CONFIG.load().track_syscalls != 0;
+    let next_kthread = is_kthread(next);
+    let next_pid = if syscalls || next_kthread {
+        kread::<i32>(next, OFFSETS.load().task_pid).unwrap_or(0) as u32
+    } else {
+        0
+    };
+    if syscalls {
+        park_syscalls(st, next_pid, ts);
+    }
+    st.cur_since = ts;
+    if !next_kthread {
+        return 0;
+    }
+    // An RX thread switching in: close its wakeup wait.
+    let Some(w) = RX_WAKE.get_ptr(next_pid) else {
+        return 0;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let w = unsafe { *w };
+    let _ = RX_WAKE.remove(next_pid);
+    st.rx_run_pid = next_pid;
+    st.rx_run_start = ts;
+    // The wait is over here, and where the wakeup aimed (if it migrated since).
+    clear_rx_pending(cpu);
+    if w.target_cpu != cpu {
+        clear_rx_pending(w.target_cpu);
+    }
+    if ts > w.ts {
+        let wait = ts - w.ts;
+        hist_add(HIST_RX_THREAD, wait);
+        if wait >= CONFIG.load().wait_threshold_ns {
+            let next_comm = kread(next, OFFSETS.load().task_comm).unwrap_or([0; COMM_LEN]);
+            emit_wait(
+                st,
+                EventKind::RxThreadWait,
+                VEC_THREAD,
+                w.ts,
+                ts,
+                0,
+                next_pid,
+                next_pid,
+                next_comm,
+                w.waker_pid,
+                w.waker_comm,
+                false,
+            );
         }
     }
     0
@@ -291,14 +314,14 @@ pub fn emit_wait(
     // The window reaches back past the history when every slot is inside it and none
     // started before the wait.
     ev.truncated = (ev.nr_switches as usize >= SEGS && !oldest_in_window) as u32;
-    if include_current && st.cur_pid != 0 {
+    let pt = bpf_get_current_pid_tgid();
+    if include_current && st.cur_since != 0 && pt as u32 != 0 {
         let from = if st.cur_since > start {
             st.cur_since
         } else {
             start
         };
         if end > from {
-            let pt = bpf_get_current_pid_tgid();
             let (nr, arg0, sstart) = if st.sys.valid != 0 && st.sys.pid == pt as u32 {
                 (st.sys.nr, st.sys.arg0, st.sys.start)
             } else {
@@ -310,7 +333,7 @@ pub fn emit_wait(
                 run_ns: end - from,
                 // SAFETY: helper with no arguments.
                 cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-                prio: st.cur_prio,
+                prio: kread::<i32>(current_task(), OFFSETS.load().task_prio).unwrap_or(0) as u32,
                 policy: current_policy(),
                 sys_nr: nr,
                 sys_arg0: arg0,

@@ -47,6 +47,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     st.sys.valid = 0;
+    // The recorder's own syscalls (its verifier loads, its reads of /proc) are not
+    // what it is looking for.
+    if (pt >> 32) as u32 == CONFIG.load().self_tgid {
+        return 0;
+    }
     let s = st.sys;
     let ts = now();
     let wall = ts.saturating_sub(s.start);

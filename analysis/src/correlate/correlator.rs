@@ -63,6 +63,8 @@ pub struct Config {
     pub max_listed_unexplained: usize,
     /// From the dump header; used to print wall-clock times.
     pub boot_to_wall_ns: Option<i64>,
+    /// From the dump header: the recorder's own process, never a culprit.
+    pub recorder_pid: Option<u32>,
 }
 
 impl Config {
@@ -79,6 +81,7 @@ impl Config {
             max_listed_episodes: 1000,
             max_listed_unexplained: 50,
             boot_to_wall_ns: None,
+            recorder_pid: None,
         }
     }
 
@@ -90,6 +93,7 @@ impl Config {
             .unwrap_or(DEFAULT_STALL_THRESHOLD_NS);
         let mut c = Self::new(thr);
         c.boot_to_wall_ns = Some(h.boot_to_wall_ns);
+        c.recorder_pid = h.options.recorder_pid;
         if h.options.probe.is_some() {
             c.mode = Some(Mode::Probes);
         }
@@ -840,7 +844,7 @@ impl Correlator {
         }
         let rx = Self::rx_task(&run, &st)?;
         let holders = merge_holders(&st.waits);
-        let culprit = pick_culprit(&holders, rx.pid).map(|h| {
+        let culprit = pick_culprit(&holders, rx.pid, self.cfg.recorder_pid).map(|h| {
             let recent = &mut self.syscalls.iter().map(|(_, s)| s);
             Culprit::from_holder(h, culprit_syscall(h, st.start_ns, st.end_ns, recent))
         });

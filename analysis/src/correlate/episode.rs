@@ -5,7 +5,8 @@
 use serde::Serialize;
 
 use crate::dump::{
-    HolderRec, HolderStacks, PacketKind, ProbeStatus, RxContext, SyscallRec, WaitKind, WaitRec,
+    Activity, HolderRec, HolderStacks, PacketKind, ProbeStatus, RxContext, SyscallRec, WaitKind,
+    WaitRec,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -83,6 +84,9 @@ pub struct Culprit {
     /// Its stacks sampled inside the wait (`record --stacks`), most frequent first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks: Option<HolderStacks>,
+    /// What it was doing inside the wait, from samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -136,7 +140,7 @@ pub struct ProbeLine {
 
 /// Holders of several merged waits: one entry per task, the longest run kept (the
 /// windows overlap, so adding would count the same time twice); likewise the stacks
-/// of the window with the most samples.
+/// and the activity of the window with the most samples.
 pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
     let mut out: Vec<HolderRec> = Vec::new();
     for w in waits {
@@ -149,6 +153,12 @@ pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
                     } else {
                         h.stacks.clone()
                     };
+                    let sampled = |a: &Option<Activity>| a.as_ref().map_or(0, |a| a.samples);
+                    let keep_activity = if sampled(&o.activity) >= sampled(&h.activity) {
+                        o.activity.take()
+                    } else {
+                        h.activity.clone()
+                    };
                     if h.run_ns > o.run_ns {
                         let keep_sys = o.syscall.take();
                         *o = h.clone();
@@ -159,6 +169,7 @@ pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
                         o.syscall.clone_from(&h.syscall);
                     }
                     o.stacks = keep_stacks;
+                    o.activity = keep_activity;
                 }
                 None => out.push(h.clone()),
             }
@@ -170,9 +181,17 @@ pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
 }
 
 /// The culprit: the longest holder that is not the RX context itself (ksoftirqd cannot
-/// be what kept ksoftirqd off its CPU).
-pub fn pick_culprit(holders: &[HolderRec], rx_pid: u32) -> Option<&HolderRec> {
-    holders.iter().find(|h| h.pid != rx_pid || rx_pid == 0)
+/// be what kept ksoftirqd off its CPU), nor the recorder (`recorder`: its process id,
+/// when the dump says it).
+pub fn pick_culprit(
+    holders: &[HolderRec],
+    rx_pid: u32,
+    recorder: Option<u32>,
+) -> Option<&HolderRec> {
+    holders
+        .iter()
+        .filter(|h| recorder.is_none_or(|r| h.tgid != r))
+        .find(|h| h.pid != rx_pid || rx_pid == 0)
 }
 
 /// Fills the culprit's syscall from the holder's own record and, when the kernel also
@@ -234,6 +253,7 @@ impl Culprit {
             run_ns: h.run_ns,
             syscall,
             stacks: h.stacks.clone(),
+            activity: h.activity.clone(),
         }
     }
 }
@@ -272,6 +292,7 @@ mod tests {
                 in_window_ns: 0,
             }),
             stacks: None,
+            activity: None,
         }
     }
 
@@ -317,7 +338,9 @@ mod tests {
             "syscall from the shorter record is kept"
         );
         // The RX thread itself is never the culprit.
-        assert_eq!(pick_culprit(&m, 9).map(|h| h.pid), Some(2));
+        assert_eq!(pick_culprit(&m, 9, None).map(|h| h.pid), Some(2));
+        // Nor the recorder itself.
+        assert_eq!(pick_culprit(&m, 9, Some(2)).map(|h| h.pid), Some(1));
     }
 
     #[test]

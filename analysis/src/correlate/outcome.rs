@@ -25,6 +25,15 @@ pub struct InputInfo {
     pub cpus: u32,
     pub started_at: String,
     pub packet_hook: String,
+    /// Syscalls were traced exactly (`record --syscalls`, and every version 1 dump): a
+    /// culprit with no syscall recorded was in user space.
+    pub exact_syscalls: bool,
+    /// The sampler's rate, when holders' activity was sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampler_hz: Option<u64>,
+    /// Features the recording's kernel did not allow.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
     /// The footer was read: the recorder ended cleanly.
     pub complete: bool,
     /// The last line was torn (the recorder died while writing it).
@@ -55,6 +64,9 @@ impl InputInfo {
         self.cpus = h.cpus;
         self.started_at.clone_from(&h.started_at);
         self.packet_hook.clone_from(&h.packet_hook);
+        self.exact_syscalls = h.exact_syscalls();
+        self.sampler_hz = h.options.sampler_hz;
+        self.degraded.clone_from(&h.options.degraded);
     }
 
     pub fn set_footer(&mut self, f: &Footer) {

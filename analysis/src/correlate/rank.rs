@@ -37,6 +37,9 @@ pub struct CulpritRank {
     /// first (at most 5); empty without stacks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackCount>,
+    /// What it was doing, summed over its episodes' samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<crate::dump::Activity>,
 }
 
 /// A stack of a culprit summed over episodes: `frames` are function names, leaf first
@@ -162,6 +165,7 @@ impl Ranking {
                 cgroup: None,
                 syscalls: vec![],
                 stacks: vec![],
+                activity: None,
             });
         r.episodes += 1;
         r.probes_delayed += u64::from(ep.probes_delayed);
@@ -182,6 +186,9 @@ impl Ranking {
         }
         if let Some(st) = &c.stacks {
             add_stacks(&mut r.stacks, st);
+        }
+        if let Some(a) = &c.activity {
+            r.activity.get_or_insert_with(Default::default).add(a);
         }
         if let Some(s) = &c.syscall {
             match r

@@ -6,11 +6,14 @@
 //! Times are `CLOCK_BOOTTIME` nanoseconds of the recording host (`ts_ns`, `start_ns`);
 //! `header.boot_to_wall_ns` converts them to wall-clock time (`wall = ts + offset`).
 //! Schema version [`DUMP_VERSION`]: fields are only ever added; a reader ignores fields
-//! it does not know.
+//! it does not know. Version 2 added what culprits were doing from samples
+//! (`holders[].activity`) and made exact syscall tracing optional (`syscall` records
+//! and `holders[].syscall` only with `record --syscalls`); version 1 dumps read as
+//! they always did.
 use serde::{Deserialize, Serialize};
 
 pub const DUMP_FORMAT: &str = "stalltrace-dump";
-pub const DUMP_VERSION: u32 = 1;
+pub const DUMP_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -60,6 +63,21 @@ pub struct Options {
     /// only while an RX wait is pending). Absent: stacks were not sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks_hz: Option<u64>,
+    /// The sampler's rate (samples a second per CPU, taken only while an RX wait is
+    /// pending), from which holders' activity comes. Absent: no sampler (version 1
+    /// dumps, or a kernel without perf events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_hz: Option<u64>,
+    /// `record --syscalls`: exact syscall tracing was on (always in version 1: see
+    /// [`Header::exact_syscalls`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub syscalls: bool,
+    /// The recorder's own process id: never blamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorder_pid: Option<u32>,
+    /// Features this kernel did not allow, and what the recording did without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
 }
 
 /// Where the packet was processed, from the kernel's point of view.
@@ -194,16 +212,57 @@ pub struct HolderRec {
     pub policy: String,
     /// Real-time priority (1..99) for RT tasks, nice (-20..19) otherwise.
     pub priority: i32,
-    /// What it was doing in the window: the long syscalls (on CPU over the syscall
-    /// threshold) it spent the most of the window in, else the syscall it was inside
-    /// when it left the CPU if that covers most of its run; absent when it held the
-    /// CPU in user space (or syscalls were not traced).
+    /// `record --syscalls` (and every version 1 dump): the long syscalls (on CPU over
+    /// the syscall threshold) it spent the most of the window in, else the syscall it
+    /// was inside when it left the CPU if that covers most of its run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syscall: Option<SyscallRef>,
+    /// What it was doing in the window, from the samples of it on the wait's CPU: user
+    /// space, which syscalls (and files), the kernel otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
     /// `record --stacks`: its stacks sampled on the wait's CPU inside the wait window,
     /// symbolized while it ran; absent when stacks were off or no sample fell on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks: Option<HolderStacks>,
+}
+
+/// A task's samples, by what they caught it doing (see `crate::activity`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activity {
+    pub samples: u32,
+    /// In user space.
+    #[serde(default)]
+    pub user: u32,
+    /// In the kernel outside a syscall (a page fault, an interrupt).
+    #[serde(default)]
+    pub kernel: u32,
+    /// A kernel thread.
+    #[serde(default)]
+    pub kthread: u32,
+    /// In the kernel, and whether inside a syscall could not be told.
+    #[serde(default)]
+    pub unknown: u32,
+    /// Inside syscalls, most sampled first, by (syscall, file); at most
+    /// [`crate::activity::TOP_SYSCALLS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub syscalls: Vec<SyscallShare>,
+    /// Samples inside syscalls not listed in `syscalls`.
+    #[serde(default)]
+    pub other_syscalls: u32,
+}
+
+/// Samples inside one syscall (on one file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallShare {
+    pub nr: i64,
+    /// `read`, `openat`…; `syscall_N` when unknown.
+    pub name: String,
+    /// The file: behind the fd argument (read from /proc while the process lived), or
+    /// the path argument of openat and friends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub samples: u32,
 }
 
 /// What a holder's samples inside one wait window show.
@@ -364,18 +423,45 @@ pub struct Lost {
     pub packets: u64,
     pub waits: u64,
     pub syscalls: u64,
-    /// Stack samples dropped (`record --stacks` only).
+    /// Stack samples dropped (version 1 dumps with `--stacks`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stack_samples: u64,
+    /// Samples dropped (ring buffer full): activity is then drawn from fewer samples.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub samples: u64,
+    /// Kernel tables full: an RX thread's wakeup not remembered (its wait unseen), or
+    /// a syscall in flight not parked (`--syscalls`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub table_full: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+impl Header {
+    /// Whether syscalls were traced exactly (version 1 always did).
+    pub fn exact_syscalls(&self) -> bool {
+        self.version < 2 || self.options.syscalls
+    }
+}
+
 impl Lost {
+    /// Everything lost (saturating: a forged footer cannot make it wrap to 0).
     pub fn total(&self) -> u64 {
-        self.packets + self.waits + self.syscalls + self.stack_samples
+        [
+            self.waits,
+            self.syscalls,
+            self.stack_samples,
+            self.samples,
+            self.table_full,
+        ]
+        .iter()
+        .fold(self.packets, |a, &b| a.saturating_add(b))
     }
 }
 
@@ -408,6 +494,19 @@ pub struct Footer {
     /// `record --stacks`: what the sampler delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StackStats>,
+    /// What the sampler delivered (holders' activity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerStats>,
+}
+
+/// The sampler's counts over a recording.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplerStats {
+    pub hz: u64,
+    /// Samples received (taken while an RX wait was pending).
+    pub samples: u64,
+    /// … of which fell on a holder of a reported wait (each counted once).
+    pub attributed: u64,
 }
 
 /// The stack sampler's counts over a recording.
@@ -442,6 +541,12 @@ impl Record {
             if let Some(s) = h.syscall.as_mut() {
                 esc(&mut s.name);
                 s.path.as_mut().map(esc);
+            }
+            if let Some(a) = h.activity.as_mut() {
+                for x in &mut a.syscalls {
+                    esc(&mut x.name);
+                    x.path.as_mut().map(esc);
+                }
             }
             if let Some(st) = h.stacks.as_mut() {
                 for t in &mut st.top {

@@ -42,7 +42,8 @@ pub fn sched_phrase(c: &Culprit) -> String {
     )
 }
 
-/// `cadvisor (pid 10436, tgid 10137) held the CPU for 98 ms inside read() of …`.
+/// `cadvisor (pid 10436, tgid 10137) held the CPU for 98 ms inside read() of …`, or
+/// with samples `… for 96 ms: 91% in syscalls — read() of … 63%, … (48 samples)`.
 pub fn culprit_phrase(c: &Culprit) -> String {
     let mut s = format!(
         "{} (pid {}, tgid {}) held the CPU for {}",
@@ -51,7 +52,10 @@ pub fn culprit_phrase(c: &Culprit) -> String {
         c.tgid,
         human_ns(c.run_ns)
     );
-    if let Some(sys) = &c.syscall {
+    if let Some(a) = c.activity.as_ref().and_then(crate::activity::phrase) {
+        s.push_str(", ");
+        s.push_str(&a);
+    } else if let Some(sys) = &c.syscall {
         s.push_str(" inside ");
         s.push_str(&syscall_phrase(sys));
     }

@@ -231,19 +231,7 @@ pub fn render(r: &Report) -> String {
         );
         for c in &r.culprits {
             let cpus: Vec<String> = c.cpus.iter().map(u32::to_string).collect();
-            let mut inside: Vec<String> = c
-                .syscalls
-                .iter()
-                .map(|x| match &x.path {
-                    Some(p) => format!("{}() of {p} ({})", x.name, x.episodes),
-                    None => format!("{}() ({})", x.name, x.episodes),
-                })
-                .collect();
-            let in_syscalls: u64 = c.syscalls.iter().map(|x| x.episodes).sum();
-            if in_syscalls < c.episodes {
-                // The episodes without a syscall held the CPU outside one.
-                inside.push(format!("user space ({})", c.episodes - in_syscalls));
-            }
+            let inside = inside_cell(c, r.input.exact_syscalls);
             let _ = writeln!(
                 s,
                 "  {:<4}{:<17}{:<8}{:<9}{:<9}{:<8}{:<11}{:<11}{:<10}{}",
@@ -256,7 +244,7 @@ pub fn render(r: &Report) -> String {
                 human_ns(c.total_wait_ns),
                 human_ns(c.worst_wait_ns),
                 c.worst_rtt_ns.map(human_ns).unwrap_or_else(|| "-".into()),
-                inside.join(", ")
+                inside
             );
             for st in &c.stacks {
                 let _ = writeln!(
@@ -340,6 +328,33 @@ pub fn render(r: &Report) -> String {
         }
     }
     s
+}
+
+/// The culprit table's INSIDE cell: what the samples caught it doing, else the exact
+/// syscalls it sat in (and user space for the episodes without one, when syscalls were
+/// traced exactly), else that nothing says.
+fn inside_cell(c: &crate::correlate::rank::CulpritRank, exact_syscalls: bool) -> String {
+    if let Some(cell) = c.activity.as_ref().and_then(crate::activity::cell) {
+        return cell;
+    }
+    let mut inside: Vec<String> = c
+        .syscalls
+        .iter()
+        .map(|x| match &x.path {
+            Some(p) => format!("{}() of {p} ({})", x.name, x.episodes),
+            None => format!("{}() ({})", x.name, x.episodes),
+        })
+        .collect();
+    let in_syscalls: u64 = c.syscalls.iter().map(|x| x.episodes).sum();
+    if in_syscalls < c.episodes {
+        let rest = c.episodes - in_syscalls;
+        inside.push(if exact_syscalls {
+            format!("user space ({rest})")
+        } else {
+            format!("not sampled ({rest})")
+        });
+    }
+    inside.join(", ")
 }
 
 /// The text report, written when the analysis ends.

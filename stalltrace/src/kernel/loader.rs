@@ -12,7 +12,7 @@ use aya::{
 use thiserror::Error;
 use tracer_common::{
     EventKind, Filter, Hist, KernelConfig, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD,
-    HIST_TIMER, LOST_SLOTS, STACK_MAP_ENTRIES,
+    HIST_TIMER, LOST_PARKED, LOST_RX_WAKE, LOST_SLOTS, STACK_MAP_ENTRIES,
 };
 
 use stalltrace_analysis::dump::{CpuHist, Lost};
@@ -62,7 +62,7 @@ pub struct LoadOptions {
     pub offsets: Offsets,
     pub config: KernelConfig,
     pub ring_bytes: u32,
-    /// `--stacks`: load the sampler and size the stack map (one entry otherwise).
+    /// `--stacks`: size the stack map (one entry otherwise).
     pub stacks: bool,
 }
 
@@ -92,10 +92,10 @@ pub enum Role {
     PacketsTracepoint,
     /// Packets, by `kprobe:icmp_echo` (where the kernel has kprobes).
     PacketsKprobe,
-    /// Exact syscall tracing.
+    /// Exact syscall tracing (`--syscalls`).
     Syscalls,
-    /// `--stacks`.
-    Stacks,
+    /// The sampler: what holders were doing (always; one of the two loads).
+    Sampler,
 }
 
 /// A program of the eBPF object.
@@ -144,10 +144,17 @@ pub const PROGRAMS: &[Program] = &[
     },
     tp("sys_enter", "raw_syscalls", Role::Syscalls),
     tp("sys_exit", "raw_syscalls", Role::Syscalls),
+    // The sampler, in the order tried: with `bpf_task_pt_regs` (5.15+), then reading
+    // the saved registers off the kernel stack.
     Program {
-        name: "stack_sample",
+        name: "sample_task_regs",
         hook: Hook::CpuClock,
-        role: Role::Stacks,
+        role: Role::Sampler,
+    },
+    Program {
+        name: "sample_stack_regs",
+        hook: Hook::CpuClock,
+        role: Role::Sampler,
     },
 ];
 
@@ -187,6 +194,10 @@ pub struct Tracer {
     pub hooks: Vec<String>,
     /// `kprobe` or `tracepoint`.
     pub packet_hook: &'static str,
+    /// The sampler program that loaded, if one did.
+    pub sampler: Option<&'static str>,
+    /// What this kernel did not allow, and what the recording does without it.
+    pub degraded: Vec<String>,
 }
 
 impl Tracer {
@@ -205,10 +216,12 @@ impl Tracer {
             .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
             .map_err(|e| LoadError::Object(format!("{e:#}")))?;
+        let mut sampler = None;
+        let mut degraded = vec![];
         for p in PROGRAMS {
             let wanted = match p.role {
                 Role::Syscalls => with_syscalls,
-                Role::Stacks => opts.stacks,
+                Role::Sampler => sampler.is_none(),
                 _ => true,
             };
             if !wanted {
@@ -228,15 +241,37 @@ impl Tracer {
                     .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
                     .load(),
             };
-            verdict.map_err(|e| LoadError::Verifier {
-                prog: p.name.into(),
-                why: verifier_msg(&e),
-            })?;
+            match (verdict, p.role) {
+                (Ok(()), Role::Sampler) => sampler = Some(p.name),
+                (Ok(()), _) => {}
+                // The first sampler needs 5.15's helpers; the second is the fallback.
+                (Err(e), Role::Sampler) if p.name == "sample_task_regs" => {
+                    log::info!("{}: {}", p.name, verifier_msg(&e));
+                }
+                (Err(e), Role::Sampler) => degraded.push(format!(
+                    "no sampler ({}): culprits are named without what they were doing",
+                    verifier_msg(&e).lines().next().unwrap_or_default()
+                )),
+                (Err(e), _) => {
+                    return Err(LoadError::Verifier {
+                        prog: p.name.into(),
+                        why: verifier_msg(&e),
+                    })
+                }
+            }
+        }
+        if sampler == Some("sample_stack_regs") {
+            degraded.push(
+                "no bpf_task_pt_regs (before 5.15): the sampler reads saved registers off the kernel stack"
+                    .into(),
+            );
         }
         Ok(Self {
             ebpf,
             hooks: vec![],
             packet_hook: "tracepoint",
+            sampler,
+            degraded,
         })
     }
 
@@ -245,7 +280,8 @@ impl Tracer {
         &self,
         mode: AttachMode,
         with_syscalls: bool,
-        stacks_hz: Option<u64>,
+        sampler_hz: u64,
+        stacks: bool,
     ) -> Vec<String> {
         let hooks: Vec<String> = PROGRAMS
             .iter()
@@ -264,11 +300,14 @@ impl Tracer {
             format!("would attach: {}", hooks.join(" ")),
             format!("packets via: {packets}"),
         ];
-        if let Some(hz) = stacks_hz {
-            out.push(format!(
-                "would sample stacks: perf_event cpu-clock at {hz} Hz on each online CPU, recording only while an RX wait is pending"
-            ));
+        match self.sampler {
+            Some(name) => out.push(format!(
+                "would sample: perf_event cpu-clock at {sampler_hz} Hz on each online CPU ({name}), recording only while an RX wait is pending{}",
+                if stacks { ", with kernel and user stacks" } else { "" }
+            )),
+            None => out.push("no sampler on this kernel".into()),
         }
+        out.extend(self.degraded.iter().map(|d| format!("degraded: {d}")));
         out
     }
 
@@ -346,14 +385,16 @@ impl Tracer {
         Ok(())
     }
 
-    /// Starts the stack sampler: one software cpu-clock perf event per online CPU at
-    /// `hz` samples a second, each running the sampler program (which records only
-    /// while an RX wait is pending on its CPU). Returns the CPUs sampled.
-    pub fn attach_stacks(&mut self, hz: u64) -> Result<Vec<u32>, LoadError> {
+    /// Starts the sampler: one software cpu-clock perf event per online CPU at `hz`
+    /// samples a second, each running the sampler program (which records only while an
+    /// RX wait is pending on its CPU). Returns the CPUs sampled.
+    pub fn attach_sampler(&mut self, hz: u64) -> Result<Vec<u32>, LoadError> {
         let cpus = aya::util::online_cpus().map_err(|(path, e)| LoadError::PerfUnavailable {
             why: format!("the online CPUs could not be read from {path}: {e}"),
         })?;
-        let name = program("stack_sample")?.name;
+        let name = self.sampler.ok_or_else(|| LoadError::PerfUnavailable {
+            why: "no sampler program loaded on this kernel".into(),
+        })?;
         let pe: &mut PerfEvent = self
             .ebpf
             .program_mut(name)
@@ -413,7 +454,9 @@ impl Tracer {
             waits: by_kind[EventKind::SoftirqWait as usize]
                 + by_kind[EventKind::RxThreadWait as usize],
             syscalls: by_kind[EventKind::Syscall as usize],
-            stack_samples: by_kind[EventKind::StackSample as usize],
+            stack_samples: 0,
+            samples: by_kind[EventKind::Sample as usize],
+            table_full: by_kind[LOST_RX_WAKE as usize] + by_kind[LOST_PARKED as usize],
         })
     }
 

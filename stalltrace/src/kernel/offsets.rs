@@ -136,7 +136,77 @@ pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
             0
         })
     };
+    sampler_offsets(&btf, &mut o, &mut notes);
     Ok((o, notes))
+}
+
+/// Size of a struct, from BTF.
+fn struct_size(btf: &Btf, name: &str) -> Option<u32> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => u32::try_from(s.size()).ok(),
+            _ => None,
+        })
+}
+
+/// What the sampler reads: the kthread flag, the kernel stack (where the saved user
+/// registers are on kernels without `bpf_task_pt_regs`) and the registers that tell a
+/// syscall from a fault. Missing members leave the sampler telling user from kernel
+/// only (said in a note).
+fn sampler_offsets(btf: &Btf, o: &mut tracer_common::Offsets, notes: &mut Vec<String>) {
+    let mut missing = vec![];
+    let mut get = |st: &str, path: &[&str]| {
+        member_offset(btf, st, path).unwrap_or_else(|_| {
+            missing.push(format!("{st}.{}", path.join(".")));
+            0
+        })
+    };
+    o.task_flags = get("task_struct", &["flags"]);
+    o.task_on_cpu = get("task_struct", &["on_cpu"]);
+    o.task_stack = get("task_struct", &["stack"]);
+    if let [orig_ax, ip, cx, r11, flags, arg1] = SYSCALL_REGS[..] {
+        o.regs_orig_ax = get("pt_regs", &[orig_ax]);
+        o.regs_ip = get("pt_regs", &[ip]);
+        o.regs_cx = get("pt_regs", &[cx]);
+        o.regs_r11 = get("pt_regs", &[r11]);
+        o.regs_flags = get("pt_regs", &[flags]);
+        o.regs_arg1 = get("pt_regs", &[arg1]);
+    } else {
+        missing.push("the syscall registers on this architecture".into());
+    }
+    match struct_size(btf, "pt_regs") {
+        Some(n) => o.regs_size = n,
+        None => missing.push("sizeof(struct pt_regs)".into()),
+    }
+    o.kstack_size = kernel_stack_size();
+    if !missing.is_empty() {
+        o.regs_orig_ax = 0;
+        notes.push(format!(
+            "samples tell user from kernel only: BTF lacks {}",
+            missing.join(", ")
+        ));
+    }
+}
+
+/// `pt_regs` members the sampler reads: orig_ax, ip, cx, r11, flags, si (x86_64).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: [&str; 6] = ["orig_ax", "ip", "cx", "r11", "flags", "si"];
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_REGS: [&str; 0] = [];
+
+/// x86_64 THREAD_SIZE: 16 KiB, doubled with KASAN (only used before 5.15, where
+/// `bpf_task_pt_regs` is missing), read from the kernel's config when it is there.
+fn kernel_stack_size() -> u32 {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let config =
+        std::fs::read_to_string(format!("/boot/config-{}", release.trim())).unwrap_or_default();
+    if config.lines().any(|l| l.trim() == "CONFIG_KASAN=y") {
+        32 << 10
+    } else {
+        16 << 10
+    }
 }
 
 #[cfg(test)]

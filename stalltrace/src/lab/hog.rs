@@ -43,41 +43,117 @@ pub struct HogArgs {
     /// Bytes per read() (the file should be at least this big).
     #[arg(long, default_value_t = 64 << 20)]
     pub read_size: usize,
+    /// Hold the CPU in many short syscalls instead: open, read and close this file over
+    /// and over (as a metrics agent walks thousands of small files).
+    #[arg(long, conflicts_with = "read_file")]
+    pub poll_file: Option<PathBuf>,
+    /// Do the work in a second thread of this name (the process keeps `--name`), as a
+    /// multi-threaded daemon's worker would.
+    #[arg(long)]
+    pub thread_name: Option<String>,
+}
+
+/// What the hog does in its bursts.
+enum Work {
+    Spin,
+    /// One long read() per iteration: the CPU is held inside the syscall.
+    Read {
+        file: File,
+        buf: Vec<u8>,
+    },
+    /// open, read, close of a small file, again and again: many short syscalls.
+    Poll {
+        path: PathBuf,
+        buf: Vec<u8>,
+    },
+}
+
+impl Work {
+    fn step(&mut self) {
+        match self {
+            Work::Spin => {
+                for _ in 0..10_000 {
+                    std::hint::spin_loop();
+                }
+            }
+            Work::Read { file, buf } => {
+                let _ = file.read_at(buf, 0);
+            }
+            Work::Poll { path, buf } => {
+                if let Ok(mut f) = File::open(&*path) {
+                    let _ = std::io::Read::read(&mut f, buf);
+                }
+            }
+        }
+    }
+}
+
+fn set_name(name: &str) -> anyhow::Result<()> {
+    let name = CString::new(name).context("hog name")?;
+    // SAFETY: valid NUL-terminated name, truncated by the kernel to 15 bytes; names
+    // the calling thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    Ok(())
+}
+
+/// Bursts of work until the run's end, sleeping `gap` between them.
+fn bursts(a: &HogArgs, mut work: Work) {
+    let end = Instant::now() + a.duration;
+    while Instant::now() < end {
+        let burst_end = (Instant::now() + a.burst).min(end);
+        while Instant::now() < burst_end {
+            work.step();
+        }
+        std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
+    }
 }
 
 pub fn run(a: HogArgs) -> anyhow::Result<ExitCode> {
     // SAFETY: prctl with integer arguments; PDEATHSIG ends us if the lab dies.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let name = CString::new(a.name.clone()).context("hog name")?;
-    // SAFETY: valid NUL-terminated name, truncated by the kernel to 15 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-    pin(a.cpu)?;
-    if a.fifo > 0 {
-        set_fifo(a.fifo)?;
-    }
-    let mut file = None;
-    let mut buf = vec![];
-    if let Some(p) = &a.read_file {
-        file = Some(File::open(p).with_context(|| format!("opening {}", p.display()))?);
-        buf = vec![0u8; a.read_size];
-    }
-    let end = Instant::now() + a.duration;
-    while Instant::now() < end {
-        let burst_end = (Instant::now() + a.burst).min(end);
-        while Instant::now() < burst_end {
-            match &file {
-                Some(f) => {
-                    // One long syscall per iteration: the CPU is held inside read().
-                    let _ = f.read_at(&mut buf, 0);
-                }
-                None => {
-                    for _ in 0..10_000 {
-                        std::hint::spin_loop();
-                    }
-                }
-            }
+    set_name(&a.name)?;
+    let work = if let Some(p) = &a.read_file {
+        let file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        Work::Read {
+            file,
+            buf: vec![0u8; a.read_size],
         }
-        std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
+    } else if let Some(p) = &a.poll_file {
+        Work::Poll {
+            path: p.clone(),
+            buf: vec![0u8; 4096],
+        }
+    } else {
+        Work::Spin
+    };
+    match a.thread_name.clone() {
+        None => {
+            pin(a.cpu)?;
+            if a.fifo > 0 {
+                set_fifo(a.fifo)?;
+            }
+            bursts(&a, work);
+        }
+        Some(t) => {
+            // The worker takes the CPU and the priority; the process's first thread
+            // only waits for it.
+            let args = a.clone();
+            let worker = std::thread::Builder::new()
+                .name(t.clone())
+                .spawn(move || -> anyhow::Result<()> {
+                    set_name(&t)?;
+                    pin(args.cpu)?;
+                    if args.fifo > 0 {
+                        set_fifo(args.fifo)?;
+                    }
+                    bursts(&args, work);
+                    Ok(())
+                })
+                .context("starting the worker thread")?;
+            worker
+                .join()
+                .map_err(|_| anyhow::anyhow!("the worker thread panicked"))??;
+        }
     }
     Ok(ExitCode::Ok)
 }
@@ -150,6 +226,12 @@ impl Hog {
             .args(["--read-size", &a.read_size.to_string()]);
         if let Some(p) = &a.read_file {
             c.arg("--read-file").arg(p);
+        }
+        if let Some(p) = &a.poll_file {
+            c.arg("--poll-file").arg(p);
+        }
+        if let Some(t) = &a.thread_name {
+            c.args(["--thread-name", t]);
         }
         let child = c.spawn().context("starting the hog")?;
         let pid = child.id();

@@ -72,6 +72,17 @@ pub struct LabArgs {
     /// Record with --stacks: each wait carries the culprit's sampled stacks.
     #[arg(long)]
     pub stacks: bool,
+    /// The culprit's task name [default: the scenario's].
+    #[arg(long, value_parser = culprit_name)]
+    pub name: Option<String>,
+}
+
+/// A task name: 1 to 15 bytes (the kernel's limit), no NUL, no control character.
+fn culprit_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.chars().any(char::is_control) {
+        return Err(format!("{s:?}: 1 to 15 characters, no control characters"));
+    }
+    Ok(s.to_string())
 }
 
 pub fn list() {
@@ -216,23 +227,25 @@ fn run_scenario(
     wait_for_header(&dump, stop)?;
     pause(stop, Duration::from_millis(300))?;
 
+    let culprit = a.name.clone().unwrap_or_else(|| sc.culprit().to_string());
     let base = HogArgs {
         cpu,
         fifo: 50,
-        name: sc.culprit().into(),
+        name: culprit.clone(),
         duration: a.duration,
         burst: Duration::from_millis(100),
         gap: Duration::from_millis(30),
         read_file: None,
         read_size: 0,
+        poll_file: None,
+        thread_name: None,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;
     lab.journal.child(hog.pid, "the culprit")?;
     let hog_pid = hog.pid;
     crate::outln!(
-        "lab: planted {} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
-        sc.culprit(),
+        "lab: planted {culprit} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
         a.duration
     );
     let mut load = sc.load(&mut lab, hog_pid, a.duration)?;
@@ -248,7 +261,7 @@ fn run_scenario(
         Some(s) => bail!("the recorder failed ({s})"),
         None => bail!("the recorder did not stop"),
     }
-    verdict(sc, &dump, hog_pid)
+    verdict(sc, &culprit, &dump, hog_pid)
 }
 
 /// `stalltrace record` of the lab's traffic, from CPU 0 (the starved CPU runs only the
@@ -288,7 +301,12 @@ fn record(
 }
 
 /// Did this kernel show the stall, and was the planted culprit blamed?
-fn verdict(sc: &dyn Scenario, dump: &Path, hog_pid: u32) -> anyhow::Result<ExitCode> {
+fn verdict(
+    sc: &dyn Scenario,
+    culprit: &str,
+    dump: &Path,
+    hog_pid: u32,
+) -> anyhow::Result<ExitCode> {
     let kept = || {
         crate::outln!(
             "lab: dump kept at {} (stalltrace analyze {0} for the report again)",
@@ -300,19 +318,15 @@ fn verdict(sc: &dyn Scenario, dump: &Path, hog_pid: u32) -> anyhow::Result<ExitC
         crate::outln!("lab: NO STALL — {why}");
         return Ok(ExitCode::LabMismatch);
     }
-    let v = verdict::judge(dump, hog_pid, sc.culprit(), |r| sc.check(r))?;
+    let v = verdict::judge(dump, hog_pid, culprit, |r| sc.check(r))?;
     crate::outln!("{}", v.summary);
     kept();
     if v.blamed_planted {
-        crate::outln!(
-            "lab: PASS — the tool blamed the planted culprit {} (pid {hog_pid})",
-            sc.culprit()
-        );
+        crate::outln!("lab: PASS — the tool blamed the planted culprit {culprit} (pid {hog_pid})");
         Ok(ExitCode::Ok)
     } else {
         crate::outln!(
-            "lab: FAIL — the planted culprit was {} (pid {hog_pid}); see the report above",
-            sc.culprit()
+            "lab: FAIL — the planted culprit was {culprit} (pid {hog_pid}); see the report above"
         );
         Ok(ExitCode::LabMismatch)
     }

@@ -61,6 +61,8 @@ pub enum ScenarioName {
     SlowSyscall,
     /// The seed's case: NET_RX deferred to a starved ksoftirqd (kernels before 6.5).
     Ksoftirqd,
+    /// A SCHED_FIFO poller in many short syscalls: open, read, close of a /proc file.
+    ShortSyscalls,
 }
 
 impl ScenarioName {
@@ -69,6 +71,7 @@ impl ScenarioName {
             ScenarioName::RtHog => Box::new(RtHog),
             ScenarioName::SlowSyscall => Box::new(SlowSyscall),
             ScenarioName::Ksoftirqd => Box::new(Ksoftirqd),
+            ScenarioName::ShortSyscalls => Box::new(ShortSyscalls),
         }
     }
 
@@ -135,5 +138,49 @@ impl Scenario for SlowSyscall {
         base.read_file = Some(file);
         base.read_size = READ_SIZE;
         Ok(base)
+    }
+}
+
+pub struct ShortSyscalls;
+
+/// The file the poller reads: small, in the kernel (like memory.stat or a cgroup's
+/// cpu.stat), and its own.
+const POLLED: &str = "/proc/self/status";
+
+impl Scenario for ShortSyscalls {
+    fn name(&self) -> &'static str {
+        "short-syscalls"
+    }
+    fn summary(&self) -> &'static str {
+        "a SCHED_FIFO poller (proc-poller) opens, reads and closes /proc/self/status over and over in 100 ms bursts, as a metrics agent walks small files"
+    }
+    fn culprit(&self) -> &'static str {
+        "proc-poller"
+    }
+    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
+        threaded_napi(lab)
+    }
+    fn hog(&self, _lab: &mut Lab<'_>, mut base: HogArgs) -> anyhow::Result<HogArgs> {
+        base.poll_file = Some(POLLED.into());
+        Ok(base)
+    }
+    /// The culprit must read as in the kernel, reading the file: not "user space".
+    fn check(&self, report: &Report) -> Result<(), String> {
+        let Some(a) = report.culprits.first().and_then(|c| c.activity.as_ref()) else {
+            return Err("the culprit's activity was not sampled".into());
+        };
+        let read = a
+            .syscalls
+            .iter()
+            .any(|x| x.name == "read" && x.path.as_deref().is_some_and(|p| p.ends_with("/status")));
+        let share = u64::from(a.in_syscalls()) * 100 / u64::from(a.samples.max(1));
+        if read && share >= 50 {
+            Ok(())
+        } else {
+            Err(format!(
+                "its activity reads {}",
+                stalltrace_analysis::activity::phrase(a).unwrap_or_default()
+            ))
+        }
     }
 }

@@ -57,9 +57,13 @@ pub struct RecordArgs {
     /// Raise it when the recorder reports lost events.
     #[arg(long, value_parser = ring_size, default_value = "4MiB", value_name = "BYTES")]
     pub ring_buffer: u32,
-    /// Do not trace syscalls (saves the per-syscall hook cost; culprits are then named
-    /// without the syscall they were in).
+    /// Also trace every syscall exactly (raw_syscalls hooks on the whole node, ~270 ns
+    /// per syscall): long syscalls become records with their exact duration. Without
+    /// it, what culprits were doing comes from samples taken during waits.
     #[arg(long)]
+    pub syscalls: bool,
+    /// (Now the default: syscalls are not traced unless --syscalls.)
+    #[arg(long, hide = true, conflicts_with = "syscalls")]
     pub no_syscalls: bool,
     /// Print waits and syscalls only, not every packet.
     #[arg(short, long)]
@@ -86,21 +90,21 @@ pub struct RecordArgs {
     /// the final report matches its probes to this recording by wire id/sequence.
     #[arg(long, value_name = "FILE", conflicts_with = "probe")]
     pub probe_log: Option<PathBuf>,
-    /// Sample the kernel and user stacks of whoever holds a CPU while an RX wait is
-    /// pending there (perf cpu-clock sampler; nothing is sampled outside waits), and
-    /// attach each wait's holders' most frequent stacks, symbolized, to the dump.
+    /// Also take the kernel and user stacks of each sample, and attach each wait's
+    /// holders' most frequent stacks, symbolized, to the dump.
     #[arg(long)]
     pub stacks: bool,
-    /// With --stacks: samples a second per CPU (499 gives 25-50 samples in a 50-100 ms
-    /// wait; the sampler only records while a wait is pending).
-    #[arg(long, value_name = "HZ", default_value_t = DEFAULT_STACKS_HZ,
-          value_parser = clap::value_parser!(u64).range(1..=10_000), requires = "stacks")]
-    pub stacks_hz: u64,
+    /// Samples a second per CPU, taken only while an RX wait is pending there (the
+    /// default gives 25 samples in a 50 ms wait).
+    #[arg(long, visible_alias = "stacks-hz", value_name = "HZ", default_value_t = DEFAULT_SAMPLE_HZ,
+          value_parser = clap::value_parser!(u64).range(100..=10_000))]
+    pub sample_hz: u64,
 }
 
-/// Default `--stacks-hz`: a prime near 500, so the sampler does not beat in step with
-/// periodic work (HZ ticks, 10 ms probes) and a 50-100 ms wait gets 25-50 samples.
-pub const DEFAULT_STACKS_HZ: u64 = 499;
+/// Default `--sample-hz`: at least 20 samples in a 50 ms wait needs 400 Hz; a prime
+/// near 500 does not beat in step with periodic work (250/1000 Hz ticks, 10 ms probes).
+/// Outside waits a tick costs ~150 ns, so 1 000 ticks a second per node CPU is cheap.
+pub const DEFAULT_SAMPLE_HZ: u64 = 499;
 
 /// `--ring-buffer`: a power of two of at least a page, at most 1 GiB.
 pub fn ring_size(s: &str) -> Result<u32, String> {

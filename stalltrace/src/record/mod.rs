@@ -30,6 +30,7 @@ use crate::{
     enrich::Enricher,
     exit::{CodedError, ExitCode},
     kernel::loader::{LoadError, Tracer},
+    samples::Sampler,
     stacks, sys,
 };
 
@@ -60,7 +61,7 @@ pub fn load_err(e: LoadError) -> anyhow::Error {
     anyhow::Error::new(CodedError::new(code, format!("{e}{hint}")))
 }
 
-fn header(plan: &RecordPlan, tracer: &Tracer) -> Header {
+fn header(plan: &RecordPlan, tracer: &Tracer, sampling: bool, degraded: Vec<String>) -> Header {
     Header {
         format: DUMP_FORMAT.into(),
         version: DUMP_VERSION,
@@ -71,33 +72,51 @@ fn header(plan: &RecordPlan, tracer: &Tracer) -> Header {
         started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         hooks: tracer.hooks.clone(),
         packet_hook: tracer.packet_hook.into(),
-        options: plan.options(),
+        options: plan.options(sampling, degraded),
     }
 }
 
-/// Attaches the sampler when `--stacks` asked for it; the enricher that joins its
-/// samples to waits.
-fn enricher(plan: &RecordPlan, tracer: &mut Tracer) -> anyhow::Result<Enricher> {
-    let Some(hz) = plan.stacks_hz else {
-        return Ok(Enricher::default());
+/// Starts the sampler (what holders were doing; their stacks with `--stacks`) and
+/// returns the enricher that joins its samples to waits. Without perf events the
+/// recording goes on without it, said in `degraded` (with `--stacks` that is an error).
+fn enricher(
+    plan: &RecordPlan,
+    tracer: &mut Tracer,
+    degraded: &mut Vec<String>,
+) -> anyhow::Result<Enricher> {
+    let cpus = match tracer.attach_sampler(plan.sample_hz) {
+        Ok(c) => c,
+        Err(e) if !plan.stacks && e.is_kernel_feature() => {
+            degraded.push(format!(
+                "{e}: culprits are named without what they were doing"
+            ));
+            return Ok(Enricher::default().exclude_self());
+        }
+        Err(e) => return Err(load_err(e)),
     };
-    let cpus = tracer.attach_stacks(hz).map_err(load_err)?;
-    let map = tracer.take_stacks().map_err(load_err)?;
-    let ksyms = stacks::KernelSymbols::load().unwrap_or_else(|e| {
-        crate::errln!("note: kernel frames print as addresses: {e}");
-        stacks::KernelSymbols::empty()
-    });
+    let stacks = if plan.stacks {
+        let map = tracer.take_stacks().map_err(load_err)?;
+        let ksyms = stacks::KernelSymbols::load().unwrap_or_else(|e| {
+            crate::errln!("note: kernel frames print as addresses: {e}");
+            stacks::KernelSymbols::empty()
+        });
+        crate::errln!("stacks: {} kernel symbols", ksyms.len());
+        Some(stacks::StackCollector::new(
+            plan.sample_hz,
+            Box::new(map),
+            ksyms,
+            Box::<stacks::Blazesym>::default(),
+        ))
+    } else {
+        None
+    };
     crate::errln!(
-        "stacks: sampling {} CPUs at {hz} Hz while an RX wait is pending; {} kernel symbols",
+        "sampling {} CPUs at {} Hz while an RX wait is pending{}",
         cpus.len(),
-        ksyms.len()
+        plan.sample_hz,
+        if plan.stacks { ", with stacks" } else { "" }
     );
-    Ok(Enricher::with_stacks(stacks::StackCollector::new(
-        hz,
-        Box::new(map),
-        ksyms,
-        Box::<stacks::Blazesym>::default(),
-    )))
+    Ok(Enricher::with_sampler(Sampler::new(plan.sample_hz, stacks)).exclude_self())
 }
 
 async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
@@ -107,7 +126,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     let mut tracer = Tracer::load(&plan.load, plan.syscalls).map_err(load_err)?;
     if plan.dry_run {
-        for l in tracer.dry_run(plan.attach, plan.syscalls, plan.stacks_hz) {
+        for l in tracer.dry_run(plan.attach, plan.syscalls, plan.sample_hz, plan.stacks) {
             crate::outln!("{l}");
         }
         return Ok(ExitCode::Ok);
@@ -118,11 +137,16 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     {
         crate::errln!("{n}");
     }
-    let enricher = enricher(&plan, &mut tracer)?;
+    let mut degraded = tracer.degraded.clone();
+    let enricher = enricher(&plan, &mut tracer, &mut degraded)?;
+    for d in &degraded {
+        crate::errln!("note: {d}");
+    }
+    let sampling = enricher.sampler().is_some();
     // The dump exists only once everything is attached: a failed attach leaves nothing.
     let dump = DumpWriter::create(&plan.output, plan.force)
         .with_context(|| format!("creating the dump {}", plan.output.display()))?;
-    let header = header(&plan, &tracer);
+    let header = header(&plan, &tracer, sampling, degraded);
     let mut term = Terminal::stdout();
     let started = Instant::now();
     let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
@@ -180,7 +204,8 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let lost = src.lost().map_err(load_err)?;
     let hists = src.tracer.hists().map_err(load_err)?;
     let counts = src.dec.counts.clone();
-    let stack_stats = src.dec.enricher.stacks().map(|c| c.stats());
+    let stack_stats = src.dec.enricher.sampler().and_then(|c| c.stack_stats());
+    let sampler_stats = src.dec.enricher.sampler().map(|c| c.stats());
     drop(src);
     let footer = Footer {
         ended_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -193,6 +218,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         hist_timer: hists.timer.clone(),
         reason: reason.into(),
         stacks: stack_stats.clone(),
+        sampler: sampler_stats,
     };
     // After a write error the footer may not fit either; what was written stays readable.
     let footer_written = p.push(&Record::Footer(footer));
@@ -210,7 +236,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         crate::errln!("warning: {e}");
     }
     if let Some(s) = &stack_stats {
-        summary::stacks(s, lost.stack_samples);
+        summary::stacks(s, lost.samples);
     }
     summary::end(&counts, &lost, &hists, &plan.output, reason, term.dropped());
     // The final report: the live correlator's, or with an external prober's log, the

@@ -21,8 +21,10 @@ pub struct RecordPlan {
     pub attach: AttachMode,
     /// Trace syscalls exactly (raw_syscalls hooks).
     pub syscalls: bool,
-    /// `--stacks`: the sampler's rate.
-    pub stacks_hz: Option<u64>,
+    /// The sampler's rate.
+    pub sample_hz: u64,
+    /// `--stacks`: samples carry stacks.
+    pub stacks: bool,
     pub output: PathBuf,
     pub force: bool,
     pub duration: Option<Duration>,
@@ -118,14 +120,14 @@ impl RecordPlan {
         let config = KernelConfig {
             wait_threshold_ns: ns(a.wait_threshold),
             syscall_threshold_ns: ns(a.syscall_threshold),
-            track_syscalls: u32::from(!a.no_syscalls),
+            track_syscalls: u32::from(a.syscalls),
             nr_exit: syscalls::Sysno::exit as u32,
             nr_exit_group: syscalls::Sysno::exit_group as u32,
             stacks: u32::from(a.stacks),
             // Packets and stack samples wake the reader only past a quarter of the
             // ring; the 100 ms tick drains the rest.
             wakeup_bytes: a.ring_buffer / 4,
-            _pad: 0,
+            self_tgid: std::process::id(),
         };
         Ok(Self {
             load: LoadOptions {
@@ -136,8 +138,9 @@ impl RecordPlan {
                 stacks: a.stacks,
             },
             attach: a.attach,
-            syscalls: !a.no_syscalls,
-            stacks_hz: a.stacks.then_some(a.stacks_hz),
+            syscalls: a.syscalls,
+            sample_hz: a.sample_hz,
+            stacks: a.stacks,
             output,
             force: a.force,
             duration: a.duration,
@@ -151,8 +154,9 @@ impl RecordPlan {
         })
     }
 
-    /// What the dump header says about how the recording was made.
-    pub fn options(&self) -> Options {
+    /// What the dump header says about how the recording was made; `sampler_hz` when
+    /// the sampler runs, `degraded` what this kernel did not allow.
+    pub fn options(&self, sampling: bool, degraded: Vec<String>) -> Options {
         let f = &self.load.filter;
         let peer = match f.peer_family {
             4 => Some(IpAddr::from([f.peer[0], f.peer[1], f.peer[2], f.peer[3]]).to_string()),
@@ -171,7 +175,11 @@ impl RecordPlan {
                 Some(port) => format!("tcp:{}:{port}", p.target),
                 None => format!("icmp:{}", p.target),
             }),
-            stacks_hz: self.stacks_hz,
+            stacks_hz: (self.stacks && sampling).then_some(self.sample_hz),
+            sampler_hz: sampling.then_some(self.sample_hz),
+            syscalls: self.syscalls,
+            recorder_pid: Some(std::process::id()),
+            degraded,
         }
     }
 }

@@ -1,0 +1,266 @@
+//! What a task was doing while it held a CPU, from samples taken during the wait:
+//! the share in user space, in each syscall (and on which file), in the kernel
+//! otherwise. Samples see a culprit that makes thousands of short syscalls as clearly
+//! as one that sits in one long read, which tracing only the long syscalls missed.
+use crate::dump::{Activity, SyscallShare};
+
+/// Syscalls (with their file) listed per activity; the rest are counted together.
+pub const TOP_SYSCALLS: usize = 5;
+
+/// What one sample caught the task doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doing<'a> {
+    User,
+    /// In the kernel outside a syscall.
+    Kernel,
+    Kthread,
+    /// In the kernel; inside a syscall or not could not be read.
+    Unknown,
+    Syscall {
+        nr: i64,
+        name: &'a str,
+        path: Option<&'a str>,
+    },
+}
+
+impl Activity {
+    /// The profile of a set of samples.
+    pub fn from_samples<'a>(samples: impl IntoIterator<Item = Doing<'a>>) -> Self {
+        let mut a = Activity::default();
+        let mut all: Vec<SyscallShare> = Vec::new();
+        for s in samples {
+            a.samples = a.samples.saturating_add(1);
+            match s {
+                Doing::User => a.user += 1,
+                Doing::Kernel => a.kernel += 1,
+                Doing::Kthread => a.kthread += 1,
+                Doing::Unknown => a.unknown += 1,
+                Doing::Syscall { nr, name, path } => {
+                    match all
+                        .iter_mut()
+                        .find(|x| x.nr == nr && x.path.as_deref() == path)
+                    {
+                        Some(x) => x.samples += 1,
+                        None => all.push(SyscallShare {
+                            nr,
+                            name: name.to_string(),
+                            path: path.map(str::to_string),
+                            samples: 1,
+                        }),
+                    }
+                }
+            }
+        }
+        a.keep_top(all);
+        a
+    }
+
+    fn keep_top(&mut self, mut all: Vec<SyscallShare>) {
+        all.sort_by(|x, y| {
+            y.samples
+                .cmp(&x.samples)
+                .then(x.name.cmp(&y.name))
+                .then(x.path.cmp(&y.path))
+        });
+        let rest: u32 = all.iter().skip(TOP_SYSCALLS).map(|x| x.samples).sum();
+        all.truncate(TOP_SYSCALLS);
+        self.syscalls = all;
+        self.other_syscalls = self.other_syscalls.saturating_add(rest);
+    }
+
+    /// Adds another profile of the same task (the ranking's sum over episodes).
+    pub fn add(&mut self, o: &Activity) {
+        self.samples = self.samples.saturating_add(o.samples);
+        self.user = self.user.saturating_add(o.user);
+        self.kernel = self.kernel.saturating_add(o.kernel);
+        self.kthread = self.kthread.saturating_add(o.kthread);
+        self.unknown = self.unknown.saturating_add(o.unknown);
+        self.other_syscalls = self.other_syscalls.saturating_add(o.other_syscalls);
+        let mut all = std::mem::take(&mut self.syscalls);
+        for x in &o.syscalls {
+            match all.iter_mut().find(|y| y.nr == x.nr && y.path == x.path) {
+                Some(y) => y.samples = y.samples.saturating_add(x.samples),
+                None => all.push(x.clone()),
+            }
+        }
+        self.keep_top(all);
+    }
+
+    /// Samples inside any syscall.
+    pub fn in_syscalls(&self) -> u32 {
+        self.syscalls
+            .iter()
+            .fold(self.other_syscalls, |n, x| n.saturating_add(x.samples))
+    }
+}
+
+fn pct(n: u32, of: u32) -> u32 {
+    if of == 0 {
+        return 0;
+    }
+    ((u64::from(n) * 100 + u64::from(of) / 2) / u64::from(of)) as u32
+}
+
+/// `read() of /proc/4242/status`, `openat()`, `syscall 333`.
+pub fn call_words(x: &SyscallShare) -> String {
+    let call = match x.name.strip_prefix("syscall_") {
+        Some(n) => format!("syscall {n}"),
+        None => format!("{}()", x.name),
+    };
+    match &x.path {
+        Some(p) => format!("{call} of {p}"),
+        None => call,
+    }
+}
+
+/// Most of the samples (90% or more) caught the task doing one thing.
+const DOMINANT_PCT: u32 = 90;
+
+/// The profile in words, for sentences: `inside pread64() of /x (24 of 25 samples)`,
+/// `in user space (25 of 25 samples)`, or the breakdown `91% in syscalls — read() of
+/// /proc/4242/status 63%, openat() 18%, close() 10% — 9% in user space (48 samples)`.
+pub fn phrase(a: &Activity) -> Option<String> {
+    let n = a.samples;
+    if n == 0 {
+        return None;
+    }
+    if let Some(top) = a.syscalls.first() {
+        if pct(top.samples, n) >= DOMINANT_PCT {
+            return Some(format!(
+                "inside {} ({} of {n} samples)",
+                call_words(top),
+                top.samples
+            ));
+        }
+    }
+    if pct(a.user, n) >= DOMINANT_PCT {
+        return Some(format!("in user space ({} of {n} samples)", a.user));
+    }
+    if pct(a.kthread, n) >= DOMINANT_PCT {
+        return Some(format!(
+            "a kernel thread at work ({} of {n} samples)",
+            a.kthread
+        ));
+    }
+    let mut parts = vec![];
+    let sys = a.in_syscalls();
+    if sys > 0 {
+        let mut calls: Vec<String> = a
+            .syscalls
+            .iter()
+            .map(|x| format!("{} {}%", call_words(x), pct(x.samples, n)))
+            .collect();
+        if a.other_syscalls > 0 {
+            calls.push(format!("others {}%", pct(a.other_syscalls, n)));
+        }
+        parts.push(format!(
+            "{}% in syscalls — {}",
+            pct(sys, n),
+            calls.join(", ")
+        ));
+    }
+    for (k, what) in [
+        (a.user, "in user space"),
+        (a.kernel, "in the kernel outside syscalls"),
+        (a.kthread, "as a kernel thread"),
+        (a.unknown, "in the kernel"),
+    ] {
+        if k > 0 {
+            parts.push(format!("{}% {what}", pct(k, n)));
+        }
+    }
+    Some(format!("{} ({n} samples)", parts.join(" — ")))
+}
+
+/// The culprit table's INSIDE cell: the top two things it was doing, with shares.
+pub fn cell(a: &Activity) -> Option<String> {
+    let n = a.samples;
+    if n == 0 {
+        return None;
+    }
+    let mut items: Vec<(u32, String)> = a
+        .syscalls
+        .iter()
+        .map(|x| (x.samples, call_words(x)))
+        .collect();
+    items.push((a.user, "user space".into()));
+    items.push((a.kernel, "kernel".into()));
+    items.push((a.kthread, "kernel thread".into()));
+    items.sort_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+    let shown: Vec<String> = items
+        .iter()
+        .filter(|(k, _)| *k > 0)
+        .take(2)
+        .map(|(k, w)| format!("{w} {}%", pct(*k, n)))
+        .collect();
+    Some(shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sys<'a>(nr: i64, name: &'a str, path: Option<&'a str>) -> Doing<'a> {
+        Doing::Syscall { nr, name, path }
+    }
+
+    /// The short-syscall culprit: reads of one file, opens and closes, a little user
+    /// space: the breakdown names the file and the shares.
+    #[test]
+    fn a_loop_of_short_syscalls_reads_as_such() {
+        let status = Some("/proc/4242/status");
+        let mut s = vec![];
+        s.extend(std::iter::repeat_n(sys(0, "read", status), 30));
+        s.extend(std::iter::repeat_n(
+            sys(257, "openat", Some("/proc/self/status")),
+            9,
+        ));
+        s.extend(std::iter::repeat_n(sys(3, "close", None), 5));
+        s.extend(std::iter::repeat_n(Doing::User, 4));
+        let a = Activity::from_samples(s);
+        assert_eq!((a.samples, a.user, a.in_syscalls()), (48, 4, 44));
+        assert_eq!(
+            phrase(&a).unwrap(),
+            "92% in syscalls — read() of /proc/4242/status 63%, openat() of /proc/self/status 19%, \
+             close() 10% — 8% in user space (48 samples)"
+        );
+        assert_eq!(
+            cell(&a).unwrap(),
+            "read() of /proc/4242/status 63%, openat() of /proc/self/status 19%"
+        );
+    }
+
+    #[test]
+    fn one_long_syscall_and_a_busy_loop_read_plainly() {
+        let one = Activity::from_samples(
+            std::iter::repeat_n(sys(17, "pread64", Some("/x.dat")), 24).chain([Doing::User]),
+        );
+        assert_eq!(
+            phrase(&one).unwrap(),
+            "inside pread64() of /x.dat (24 of 25 samples)"
+        );
+        let busy = Activity::from_samples(std::iter::repeat_n(Doing::User, 25));
+        assert_eq!(phrase(&busy).unwrap(), "in user space (25 of 25 samples)");
+        assert_eq!(cell(&busy).unwrap(), "user space 100%");
+        assert_eq!(phrase(&Activity::default()), None);
+    }
+
+    #[test]
+    fn many_syscalls_keep_the_top_and_count_the_rest() {
+        let names = ["a", "b", "c", "d", "e", "f", "g"];
+        let s: Vec<Doing<'_>> = names
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| std::iter::repeat_n(sys(i as i64, n, None), 7 - i))
+            .collect();
+        let mut a = Activity::from_samples(s);
+        assert_eq!(a.syscalls.len(), TOP_SYSCALLS);
+        assert_eq!(a.other_syscalls, 2 + 1);
+        assert_eq!(a.in_syscalls(), a.samples);
+        let b = a.clone();
+        a.add(&b);
+        assert_eq!(a.samples, 2 * b.samples);
+        assert_eq!(a.syscalls[0].samples, 14);
+        assert!(phrase(&a).unwrap().contains("others"));
+    }
+}
