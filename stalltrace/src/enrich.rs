@@ -280,7 +280,11 @@ impl Enricher {
             tgid: s.header.tgid,
             comm: comm_str(&s.header.comm),
             nr: s.nr,
-            path: fd_path(s.header.pid, &name, s.arg0),
+            path: fd_path(s.header.pid, &name, s.arg0).or_else(|| {
+                // Exited since: the file a sample saw behind that fd.
+                let sampler = self.sampler.as_ref().filter(|_| takes_fd(&name))?;
+                sampler.file_of(s.header.tgid, s.arg0)
+            }),
             name,
             arg0: s.arg0,
             ret: s.ret,

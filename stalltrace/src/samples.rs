@@ -174,6 +174,12 @@ impl Sampler {
         self.stats.clone()
     }
 
+    /// The file an fd of a thread group was last seen to be (by a sample while the
+    /// process lived).
+    pub fn file_of(&self, tgid: u32, fd: u64) -> Option<String> {
+        self.files.fds.get(&(tgid, fd)).map(|p| p.to_string())
+    }
+
     /// `--stacks`: what the stack side delivered.
     pub fn stack_stats(&self) -> Option<StackStats> {
         self.stacks.as_ref().map(|s| s.stats())

@@ -63,10 +63,10 @@ pub fn our_bpf_programs() -> Vec<String> {
 
 /// Our BPF programs loaded right now, as `id name (owner pids)` (bpftool).
 pub fn our_bpf_programs_now() -> Vec<String> {
-    // The kernel keeps the first 15 bytes of a program's name.
+    // bpftool prints the full name from BTF; without BTF the kernel's 15 bytes.
     let ours: Vec<String> = stalltrace::kernel::loader::PROGRAMS
         .iter()
-        .map(|p| p.name.chars().take(15).collect())
+        .flat_map(|p| [p.name.to_string(), p.name.chars().take(15).collect()])
         .collect();
     let out = match Command::new("bpftool").args(["prog", "show"]).output() {
         Ok(o) => o,

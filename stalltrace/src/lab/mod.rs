@@ -72,6 +72,9 @@ pub struct LabArgs {
     /// Record with --stacks: each wait carries the culprit's sampled stacks.
     #[arg(long)]
     pub stacks: bool,
+    /// Record with --syscalls: exact syscall tracing besides the samples.
+    #[arg(long)]
+    pub syscalls: bool,
     /// The culprit's task name [default: the scenario's].
     #[arg(long, value_parser = culprit_name)]
     pub name: Option<String>,
@@ -281,6 +284,7 @@ fn record(
         .arg(dump)
         .args(["--duration", &format!("{}ms", record_for.as_millis())])
         .args(a.stacks.then_some("--stacks"))
+        .args(a.syscalls.then_some("--syscalls"))
         .stdin(Stdio::null());
     // SAFETY: between fork and exec only async-signal-safe calls: prctl and
     // sched_setaffinity on the child itself.

@@ -95,9 +95,9 @@ pub struct RecordArgs {
     #[arg(long)]
     pub stacks: bool,
     /// Samples a second per CPU, taken only while an RX wait is pending there (the
-    /// default gives 25 samples in a 50 ms wait).
+    /// default gives 25 samples in a 50 ms wait); 10 to 10000.
     #[arg(long, visible_alias = "stacks-hz", value_name = "HZ", default_value_t = DEFAULT_SAMPLE_HZ,
-          value_parser = clap::value_parser!(u64).range(100..=10_000))]
+          value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub sample_hz: u64,
 }
 

@@ -89,8 +89,8 @@ pub fn stacks(s: &StackStats, lost: u64) {
 /// The closing lines: what was recorded and lost, the delay histograms, the dump.
 pub fn end(c: &Counts, lost: &Lost, hists: &Hists, path: &Path, reason: &str, dropped_lines: u64) {
     crate::errln!(
-        "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, syscalls {})",
-        c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.syscalls
+        "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, samples {}, syscalls {}, full tables {})",
+        c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.samples, lost.syscalls, lost.table_full
     );
     for (name, hs) in hists.named() {
         for h in hs {

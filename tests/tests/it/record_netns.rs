@@ -333,11 +333,26 @@ fn records_without_tracefs() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     let recs = read_dump(&dump);
     assert_eq!(recs.last().unwrap()["type"], "footer", "{err}");
-    assert!(
-        recs[0]["hooks"].as_array().unwrap().len() >= 8,
-        "all hooks attached: {}",
-        recs[0]["hooks"]
-    );
+    let hooks: Vec<&str> = recs[0]["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for want in [
+        "tracepoint:sched:sched_switch",
+        "tracepoint:sched:sched_wakeup",
+        "tracepoint:irq:softirq_raise",
+        "tracepoint:irq:softirq_entry",
+        "tracepoint:irq:softirq_exit",
+        "tracepoint:net:netif_receive_skb",
+        "perf_event:cpu-clock@499Hz",
+    ] {
+        assert!(
+            hooks.contains(&want),
+            "{want} attached without tracefs: {hooks:?}"
+        );
+    }
 }
 
 #[test]
@@ -426,4 +441,41 @@ fn a_closed_stdout_neither_panics_nor_loses_the_dump() {
     };
     assert_eq!(code, Some(0));
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Default mode hooks no syscall on the node; `--syscalls` does. Checked with bpftool,
+/// not with the tool's own word, while a recorder runs.
+#[test]
+fn syscall_hooks_only_with_syscalls() {
+    if !require_root("syscall_hooks_only_with_syscalls") {
+        return;
+    }
+    let dir = tempdir("syscall-hooks");
+    for (extra, want) in [(vec![], false), (vec!["--syscalls"], true)] {
+        let dump = dir.join(format!("s{want}.jsonl"));
+        let mut args = vec!["--quiet", "--duration", "30s"];
+        args.extend(extra);
+        let rec = Recorder::start(&args, &dump);
+        let loaded = integration_tests::our_bpf_programs_now();
+        let has = |n: &str| loaded.iter().any(|p| p.contains(&format!(" {n}")));
+        let (code, _, err) = rec.finish(Some(libc::SIGINT));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(has("sys_enter"), want, "{args:?}: {loaded:?}");
+        assert_eq!(has("sys_exit"), want, "{args:?}: {loaded:?}");
+        assert!(has("sched_switch") && has("sample_task_regs"), "{loaded:?}");
+        let header: Value = serde_json::from_str(
+            std::fs::read_to_string(&dump)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            header["options"]["syscalls"].as_bool().unwrap_or(false),
+            want
+        );
+        assert_eq!(header["options"]["sampler_hz"], 499);
+    }
+    assert_no_programs("after the recorders");
 }
