@@ -59,9 +59,14 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
         return 0;
     };
     let pid = pid as u32;
-    // Keep the earliest pending wakeup: the wait runs from it.
-    if RX_WAKE.get_ptr(pid).is_some() {
-        return 0;
+    // Keep the earliest pending wakeup (the wait runs from it), unless the mark on its
+    // CPU is gone: then that wakeup's run was never seen (it ran elsewhere) and it is
+    // stale.
+    if let Some(old) = RX_WAKE.get_ptr(pid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        if rx_pending(unsafe { (*old).target_cpu }) != 0 {
+            return 0;
+        }
     }
     let w = RxWake {
         ts: now(),
@@ -130,24 +135,40 @@ fn park_syscalls(st: &mut CpuState, next_pid: u32, ts: u64) {
     }
 }
 
+/// `CpuState::cur_since` when the task now on the CPU was switched in while no wait was
+/// pending: its start does not matter (a wait that begins during its run starts the
+/// window), so that switch reads no clock.
+const SINCE_BEFORE_WAIT: u64 = 1;
+/// A CPU marked as having an RX-thread wakeup pending for longer than this is stale (the
+/// thread ran elsewhere): the mark is dropped.
+const STALE_PENDING_NS: u64 = 5_000_000_000;
+
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
-/// On every switch: the time, and one read of next's flags. The run history only
-/// while an RX wait is pending on this CPU (it is only read for a wait's window);
-/// RX threads' switch-ins close their waits.
+/// While no RX wait is pending on this CPU (nearly always), a switch costs two loads
+/// and a store. While one is pending: the run that ends goes into the history, and an
+/// RX thread switching in closes its wait.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(st) = cpu_state() else { return 0 };
+    // SAFETY: helper with no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let rx_marked = rx_pending(cpu);
+    let pending = st.netrx_raise_ns != 0 || rx_marked != 0;
+    let syscalls = CONFIG.load().track_syscalls != 0;
+    if !pending && !syscalls {
+        st.cur_since = SINCE_BEFORE_WAIT;
+        return 0;
+    }
     let ts = now();
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
-    // SAFETY: helper with no arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let pending = st.netrx_raise_ns != 0 || rx_pending(cpu) != 0;
+    if rx_marked != 0 && ts.saturating_sub(rx_marked) > STALE_PENDING_NS {
+        clear_rx_pending(cpu);
+    }
     if pending && st.cur_since != 0 {
         record_run(st, prev, ts);
     }
-    let syscalls = CONFIG.load().track_syscalls != 0;
-    let next_kthread = is_kthread(next);
+    let next_kthread = pending && is_kthread(next);
     let next_pid = if syscalls || next_kthread {
         kread::<i32>(next, OFFSETS.load().task_pid).unwrap_or(0) as u32
     } else {
