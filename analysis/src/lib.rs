@@ -8,6 +8,7 @@ pub mod activity;
 pub mod analyze;
 pub mod correlate;
 pub mod dump;
+pub mod identity;
 pub mod probelog;
 pub mod report;
 pub mod stacks;

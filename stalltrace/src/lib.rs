@@ -25,6 +25,7 @@ pub mod enrich;
 pub mod events;
 pub mod exit;
 pub mod features;
+pub mod identity;
 pub mod kernel;
 pub mod lab;
 pub mod probe;
