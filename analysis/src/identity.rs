@@ -44,6 +44,25 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Escapes control characters in every field (see [`crate::report::escape`]).
+    pub fn sanitize(&mut self) {
+        for f in [
+            &mut self.namespace,
+            &mut self.pod,
+            &mut self.pod_uid,
+            &mut self.container,
+            &mut self.container_id,
+            &mut self.qos,
+            &mut self.runtime,
+            &mut self.unit,
+            &mut self.cgroup,
+        ] {
+            if let Some(s) = f.as_mut() {
+                crate::report::escape::field(s);
+            }
+        }
+    }
+
     /// The words a report prints: `namespace/pod/container`, `namespace/pod`,
     /// `pod <uid>`, `unit kubelet.service` or `container <12 hex>`, most specific
     /// first; `None` when the path said nothing (the root cgroup).

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
-use crate::{analyze, exit, features, lab, probe, record};
+use crate::{analyze, exit, features, lab, probe, record, watch};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -38,6 +38,9 @@ pub struct Cli {
 enum Cmd {
     /// Trace probe packets and RX waits; print them live and write a JSON Lines dump.
     Record(record::RecordArgs),
+    /// Run as a node agent until SIGTERM: Prometheus metrics (pods and containers
+    /// named), one dump per stall episode (flight recorder).
+    Watch(watch::WatchArgs),
     /// Send ICMP echo or TCP SYN probes and print hping3-style lines with RTTs.
     Probe(probe::ProbeArgs),
     /// Report what this kernel allows (BTF, kprobes, perf events, the verifier's word on
@@ -80,6 +83,7 @@ pub fn main() -> std::process::ExitCode {
         .init();
     let res = match cli.cmd {
         Cmd::Record(a) => record::run(a),
+        Cmd::Watch(a) => watch::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Features(a) => features::run(a),

@@ -100,6 +100,8 @@ pub struct Enricher {
     sampler: Option<Sampler>,
     /// The recorder's own process: its threads are left out of holders.
     self_tgid: u32,
+    /// Pods, containers and units of holders, from their cgroups.
+    resolver: crate::identity::Resolver,
 }
 
 impl Enricher {
@@ -109,6 +111,16 @@ impl Enricher {
             sampler: Some(sampler),
             ..Default::default()
         }
+    }
+
+    /// Names pods and containers from these kubelet log directories.
+    pub fn with_pod_dirs(
+        mut self,
+        pods: std::path::PathBuf,
+        containers: std::path::PathBuf,
+    ) -> Self {
+        self.resolver = crate::identity::Resolver::new(pods, containers);
+        self
     }
 
     /// Leaves this process's threads out of the holders it reports.
@@ -144,16 +156,48 @@ impl Enricher {
         })
     }
 
-    /// cgroup v2 path of a cgroup id (the id is the directory's inode number).
+    /// cgroup v2 path of a cgroup id (the id is the directory's inode number in the
+    /// unified hierarchy: `/sys/fs/cgroup` on v2, `/sys/fs/cgroup/unified` on hybrid
+    /// layouts), for a task that is gone by the time its cgroup is asked.
     fn cgroup_path(&mut self, id: u64) -> Option<String> {
         if id == 0 {
             return None;
         }
         if !self.cgroups.contains_key(&id) && !self.cgroups_scanned {
             self.cgroups_scanned = true;
-            scan_cgroups(Path::new("/sys/fs/cgroup"), "", 0, &mut self.cgroups);
+            let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .into_iter()
+                .map(Path::new)
+                .find(|p| p.join("cgroup.controllers").exists());
+            if let Some(root) = v2 {
+                scan_cgroups(root, "", 0, &mut self.cgroups);
+            }
         }
         self.cgroups.get(&id).cloned()
+    }
+
+    /// The process's name and the task's pod/container/unit, while it lives.
+    fn who(
+        &mut self,
+        pid: u32,
+        tgid: u32,
+    ) -> (
+        Option<String>,
+        Option<stalltrace_analysis::identity::Identity>,
+    ) {
+        if pid == 0 {
+            return (None, None);
+        }
+        let process = fs::read_to_string(format!("/proc/{tgid}/comm"))
+            .ok()
+            .map(|s| s.trim_end().to_string());
+        let id = self.resolver.identity_of_pid(pid).filter(|i| {
+            i.pod_uid.is_some()
+                || i.container_id.is_some()
+                || i.unit.is_some()
+                || i.cgroup.as_deref().is_some_and(|c| c != "/")
+        });
+        (process, id)
     }
 
     /// What `h` was doing in [start, end]: see [`HolderRec::syscall`].
@@ -208,13 +252,20 @@ impl Enricher {
     }
 
     fn holder(&mut self, h: &Holder, start: u64, end: u64) -> HolderRec {
+        let (process, identity) = self.who(h.pid, h.tgid);
+        let cgroup = identity
+            .as_ref()
+            .and_then(|i| i.cgroup.clone())
+            .or_else(|| self.cgroup_path(h.cgroup_id));
         HolderRec {
             pid: h.pid,
             tgid: h.tgid,
             comm: comm_str(&h.comm),
+            process,
+            identity,
             run_ns: h.run_ns,
             cgroup_id: h.cgroup_id,
-            cgroup: self.cgroup_path(h.cgroup_id),
+            cgroup,
             policy: policy_name(h.policy).to_string(),
             priority: user_priority(h.prio),
             syscall: self.holder_syscall(h, start, end),

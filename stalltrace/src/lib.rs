@@ -33,3 +33,4 @@ pub mod record;
 pub mod samples;
 pub mod stacks;
 pub mod sys;
+pub mod watch;

@@ -340,6 +340,8 @@ mod tests {
             pid,
             tgid: pid,
             comm: "t".into(),
+            process: None,
+            identity: None,
             run_ns: 1,
             cgroup_id: 0,
             cgroup: None,

@@ -55,6 +55,8 @@ pub fn holder(
         pid,
         tgid,
         comm: comm.into(),
+        process: None,
+        identity: None,
         run_ns,
         cgroup_id: 4000 + u64::from(pid % 7),
         cgroup: Some(format!("/kubepods/burstable/pod-{comm}")),

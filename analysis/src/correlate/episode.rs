@@ -71,7 +71,14 @@ pub struct RxTask {
 pub struct Culprit {
     pub pid: u32,
     pub tgid: u32,
+    /// The thread's name.
     pub comm: String,
+    /// The process's name, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// Its pod and container (or systemd unit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::Identity>,
     pub policy: String,
     pub priority: i32,
     pub cgroup_id: u64,
@@ -246,6 +253,8 @@ impl Culprit {
             pid: h.pid,
             tgid: h.tgid,
             comm: h.comm.clone(),
+            process: h.process.clone(),
+            identity: h.identity.clone(),
             policy: h.policy.clone(),
             priority: h.priority,
             cgroup_id: h.cgroup_id,
@@ -277,6 +286,8 @@ mod tests {
             pid,
             tgid: pid,
             comm: format!("t{pid}"),
+            process: None,
+            identity: None,
             run_ns,
             cgroup_id: 1,
             cgroup: None,

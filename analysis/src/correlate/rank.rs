@@ -14,8 +14,14 @@ const MAX_SYSCALLS: usize = 8;
 pub struct CulpritRank {
     pub rank: u32,
     pub tgid: u32,
-    /// The thread name of the worst episode's holder.
+    /// The process's name (the thread's, when the dump does not know the process).
     pub comm: String,
+    /// Its threads seen as culprit, by name (first few).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<String>,
+    /// Its pod and container (or systemd unit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::Identity>,
     /// Threads seen as culprit (first few).
     pub pids: Vec<u32>,
     pub episodes: u64,
@@ -146,13 +152,16 @@ impl Ranking {
             return;
         };
         // One row per process: threads of one process (cadvisor's readers) add up.
+        let name = c.process.clone().unwrap_or_else(|| c.comm.clone());
         let r = self
             .by_proc
-            .entry((c.tgid, c.comm.clone()))
+            .entry((c.tgid, name.clone()))
             .or_insert_with(|| CulpritRank {
                 rank: 0,
                 tgid: c.tgid,
-                comm: c.comm.clone(),
+                comm: name,
+                threads: vec![],
+                identity: c.identity.clone(),
                 pids: vec![],
                 episodes: 0,
                 probes_delayed: 0,
@@ -176,6 +185,12 @@ impl Ranking {
         r.run_ns = r.run_ns.saturating_add(c.run_ns);
         if !r.pids.contains(&c.pid) && r.pids.len() < MAX_PIDS {
             r.pids.push(c.pid);
+        }
+        if c.process.as_ref().is_some_and(|p| *p != c.comm)
+            && !r.threads.contains(&c.comm)
+            && r.threads.len() < MAX_PIDS
+        {
+            r.threads.push(c.comm.clone());
         }
         if !r.cpus.contains(&ep.cpu) {
             r.cpus.push(ep.cpu);

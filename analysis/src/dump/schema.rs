@@ -201,7 +201,14 @@ fn one() -> u32 {
 pub struct HolderRec {
     pub pid: u32,
     pub tgid: u32,
+    /// The thread's name.
     pub comm: String,
+    /// The process's name (its thread-group leader's), when it differs or is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// Kubernetes pod and container (or the systemd unit), from its cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::Identity>,
     /// Time on the CPU inside the wait window.
     pub run_ns: u64,
     pub cgroup_id: u64,
@@ -537,6 +544,10 @@ impl Record {
         fn holder(h: &mut HolderRec) {
             esc(&mut h.comm);
             esc(&mut h.policy);
+            h.process.as_mut().map(esc);
+            if let Some(i) = h.identity.as_mut() {
+                i.sanitize();
+            }
             h.cgroup.as_mut().map(esc);
             if let Some(s) = h.syscall.as_mut() {
                 esc(&mut s.name);

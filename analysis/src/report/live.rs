@@ -40,11 +40,6 @@ pub fn packet_line(p: &PacketRec) -> String {
 
 /// `stall-hog (pid 4242, SCHED_FIFO 50)`.
 pub fn task_words(h: &HolderRec) -> String {
-    let ids = if h.tgid != 0 && h.tgid != h.pid {
-        format!("pid {}, tgid {}", h.pid, h.tgid)
-    } else {
-        format!("pid {}", h.pid)
-    };
     let sched = match h.policy.as_str() {
         "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
         "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => {
@@ -52,7 +47,17 @@ pub fn task_words(h: &HolderRec) -> String {
         }
         p => format!("{p} nice {}", h.priority),
     };
-    format!("{} ({ids}, {sched})", h.comm)
+    // The policy goes inside the last parenthesis: `stall-hog (pid 4242, SCHED_FIFO 50)`.
+    let mut who = super::who(&h.comm, h.pid, h.tgid, h.process.as_deref());
+    match who.pop() {
+        Some(')') => who.push_str(&format!(", {sched})")),
+        Some(c) => {
+            who.push(c);
+            who.push_str(&format!(" ({sched})"));
+        }
+        None => {}
+    }
+    format!("{who}{}", super::where_words(h.identity.as_ref()))
 }
 
 /// What the holder was doing: from its samples (`inside pread64() of /path (24 of 25
@@ -265,6 +270,8 @@ mod tests {
                 pid: 4242,
                 tgid: 4242,
                 comm: "stall-hog".into(),
+                process: None,
+                identity: None,
                 run_ns: 705_000_000,
                 cgroup_id: 1,
                 cgroup: None,

@@ -4,6 +4,7 @@
 pub mod escape;
 pub mod json;
 pub mod live;
+pub mod metrics;
 pub mod perfetto;
 pub mod text;
 
@@ -42,14 +43,33 @@ pub fn sched_phrase(c: &Culprit) -> String {
     )
 }
 
+/// A task named as people look for it: the process, and the thread when it differs:
+/// `stall-hog (pid 4242)`, `qz-daemon (pid 21417), thread qz-worker (tid 21419)`; a dump
+/// that does not know the process (version 1) says `cadvisor (pid 10436, tgid 10137)`.
+pub fn who(comm: &str, pid: u32, tgid: u32, process: Option<&str>) -> String {
+    match process {
+        Some(p) if p == comm && (pid == tgid || tgid == 0) => format!("{comm} (pid {pid})"),
+        Some(p) if pid == tgid || tgid == 0 => format!("{p} (pid {pid}), thread {comm}"),
+        Some(p) => format!("{p} (pid {tgid}), thread {comm} (tid {pid})"),
+        None if pid == tgid || tgid == 0 => format!("{comm} (pid {pid})"),
+        None => format!("{comm} (pid {pid}, tgid {tgid})"),
+    }
+}
+
+/// ` in kube-system/cadvisor-x7k2p/cadvisor`, ` in unit kubelet.service`, or nothing.
+pub fn where_words(id: Option<&crate::identity::Identity>) -> String {
+    id.and_then(crate::identity::Identity::short)
+        .map(|s| format!(" in {s}"))
+        .unwrap_or_default()
+}
+
 /// `cadvisor (pid 10436, tgid 10137) held the CPU for 98 ms inside read() of …`, or
 /// with samples `… for 96 ms: 91% in syscalls — read() of … 63%, … (48 samples)`.
 pub fn culprit_phrase(c: &Culprit) -> String {
     let mut s = format!(
-        "{} (pid {}, tgid {}) held the CPU for {}",
-        c.comm,
-        c.pid,
-        c.tgid,
+        "{}{} held the CPU for {}",
+        who(&c.comm, c.pid, c.tgid, c.process.as_deref()),
+        where_words(c.identity.as_ref()),
         human_ns(c.run_ns)
     );
     if let Some(a) = c.activity.as_ref().and_then(crate::activity::phrase) {

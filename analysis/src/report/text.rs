@@ -246,6 +246,21 @@ pub fn render(r: &Report) -> String {
                 c.worst_rtt_ns.map(human_ns).unwrap_or_else(|| "-".into()),
                 inside
             );
+            if !c.threads.is_empty() || c.identity.is_some() {
+                let threads = if c.threads.is_empty() {
+                    String::new()
+                } else {
+                    format!("threads {}", c.threads.join(", "))
+                };
+                let _ = writeln!(
+                    s,
+                    "      {threads}{}",
+                    super::where_words(c.identity.as_ref())
+                        .trim_start_matches(' ')
+                        .to_string()
+                        .as_str()
+                );
+            }
             for st in &c.stacks {
                 let _ = writeln!(
                     s,

@@ -19,6 +19,37 @@ Examples:
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = AFTER_HELP)]
 pub struct RecordArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Stop after this long (e.g. 30s, 5m; at most 10 years); default: until Ctrl-C or
+    /// SIGTERM.
+    #[arg(long, value_parser = duration_in::<MS, { 3650 * DAY }>, value_name = "D")]
+    pub duration: Option<Duration>,
+    /// Dump file (JSON Lines, mode 0600); default stalltrace-<unix time>.jsonl.
+    #[arg(short, long, value_name = "DUMP")]
+    pub output: Option<PathBuf>,
+    /// Replace the dump file if it exists (it is unlinked, never written through).
+    #[arg(long)]
+    pub force: bool,
+    /// Print waits and syscalls only, not every packet.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Load every program through the verifier and print the plan; attach nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print a summary every D while recording: per-CPU RX delay histograms and the
+    /// culprits ranked so far.
+    #[arg(long, value_parser = duration_in::<{ 100 * MS }, DAY>, value_name = "D")]
+    pub summary_every: Option<Duration>,
+    /// hping3 or ping output of a prober running elsewhere (possibly another host):
+    /// the final report matches its probes to this recording by wire id/sequence.
+    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
+    pub probe_log: Option<PathBuf>,
+}
+
+/// What to trace and how: the flags `record` and `watch` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TraceArgs {
     /// Only ICMP echoes with this identifier (either byte order: hping3 writes it in
     /// host order).
     #[arg(long, value_name = "N")]
@@ -31,16 +62,6 @@ pub struct RecordArgs {
     #[arg(long, visible_alias = "tcp-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub tcp: Option<u16>,
-    /// Stop after this long (e.g. 30s, 5m; at most 10 years); default: until Ctrl-C or
-    /// SIGTERM.
-    #[arg(long, value_parser = duration_in::<MS, { 3650 * DAY }>, value_name = "D")]
-    pub duration: Option<Duration>,
-    /// Dump file (JSON Lines, mode 0600); default stalltrace-<unix time>.jsonl.
-    #[arg(short, long, value_name = "DUMP")]
-    pub output: Option<PathBuf>,
-    /// Replace the dump file if it exists (it is unlinked, never written through).
-    #[arg(long)]
-    pub force: bool,
     /// Which hook reports packets.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: AttachMode,
@@ -65,12 +86,6 @@ pub struct RecordArgs {
     /// (Now the default: syscalls are not traced unless --syscalls.)
     #[arg(long, hide = true, conflicts_with = "syscalls")]
     pub no_syscalls: bool,
-    /// Print waits and syscalls only, not every packet.
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Load every program through the verifier and print the plan; attach nothing.
-    #[arg(long)]
-    pub dry_run: bool,
     /// Probe this host with the built-in prober while recording (ICMP echo, or TCP SYN
     /// with --tcp); its probes go into the dump and are matched to kernel events.
     #[arg(long, value_name = "HOST")]
@@ -82,14 +97,6 @@ pub struct RecordArgs {
     /// /sys/kernel/btf/vmlinux (e.g. a BTFHub file for this exact kernel).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
-    /// Print a summary every D while recording: per-CPU RX delay histograms and the
-    /// culprits ranked so far.
-    #[arg(long, value_parser = duration_in::<{ 100 * MS }, DAY>, value_name = "D")]
-    pub summary_every: Option<Duration>,
-    /// hping3 or ping output of a prober running elsewhere (possibly another host):
-    /// the final report matches its probes to this recording by wire id/sequence.
-    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
-    pub probe_log: Option<PathBuf>,
     /// Also take the kernel and user stacks of each sample, and attach each wait's
     /// holders' most frequent stacks, symbolized, to the dump.
     #[arg(long)]
@@ -99,6 +106,13 @@ pub struct RecordArgs {
     #[arg(long, visible_alias = "stacks-hz", value_name = "HZ", default_value_t = DEFAULT_SAMPLE_HZ,
           value_parser = clap::value_parser!(u64).range(10..=10_000))]
     pub sample_hz: u64,
+    /// Where the kubelet keeps pod logs (`<namespace>_<pod>_<uid>/<container>/`): pod
+    /// and container names come from it.
+    #[arg(long, value_name = "DIR", default_value = crate::identity::DEFAULT_PODS_DIR)]
+    pub pods_dir: PathBuf,
+    /// Where the kubelet links container logs (`<pod>_<namespace>_<container>-<id>.log`).
+    #[arg(long, value_name = "DIR", default_value = crate::identity::DEFAULT_CONTAINERS_DIR)]
+    pub containers_dir: PathBuf,
 }
 
 /// Default `--sample-hz`: at least 20 samples in a 50 ms wait needs 400 Hz; a prime

@@ -20,6 +20,7 @@ use stalltrace_analysis::{
 };
 
 pub use self::args::RecordArgs;
+pub use self::plan::TracePlan;
 use self::{
     live::LivePrinter,
     pipeline::{Signals, Source},
@@ -61,7 +62,40 @@ pub fn load_err(e: LoadError) -> anyhow::Error {
     anyhow::Error::new(CodedError::new(code, format!("{e}{hint}")))
 }
 
-fn header(plan: &RecordPlan, tracer: &Tracer, sampling: bool, degraded: Vec<String>) -> Header {
+/// A tracer loaded and attached, and the enricher that turns its records into dump
+/// records: what `record` and `watch` start the same way.
+pub struct Attached {
+    pub tracer: Tracer,
+    pub enricher: Enricher,
+    pub header: Header,
+}
+
+/// Loads and attaches everything the plan asks for (saying on stderr what fell back),
+/// starts the sampler, and builds the dump header.
+pub fn attach(plan: &TracePlan) -> anyhow::Result<Attached> {
+    let mut tracer = Tracer::load(&plan.load, plan.syscalls).map_err(load_err)?;
+    for n in tracer
+        .attach(plan.attach, plan.syscalls)
+        .map_err(load_err)?
+    {
+        crate::errln!("{n}");
+    }
+    let mut degraded = tracer.degraded.clone();
+    let enricher = enricher(plan, &mut tracer, &mut degraded)?
+        .with_pod_dirs(plan.pods_dir.clone(), plan.containers_dir.clone());
+    for d in &degraded {
+        crate::errln!("note: {d}");
+    }
+    let sampling = enricher.sampler().is_some();
+    let header = header(plan, &tracer, sampling, degraded);
+    Ok(Attached {
+        tracer,
+        enricher,
+        header,
+    })
+}
+
+fn header(plan: &TracePlan, tracer: &Tracer, sampling: bool, degraded: Vec<String>) -> Header {
     Header {
         format: DUMP_FORMAT.into(),
         version: DUMP_VERSION,
@@ -80,7 +114,7 @@ fn header(plan: &RecordPlan, tracer: &Tracer, sampling: bool, degraded: Vec<Stri
 /// returns the enricher that joins its samples to waits. Without perf events the
 /// recording goes on without it, said in `degraded` (with `--stacks` that is an error).
 fn enricher(
-    plan: &RecordPlan,
+    plan: &TracePlan,
     tracer: &mut Tracer,
     degraded: &mut Vec<String>,
 ) -> anyhow::Result<Enricher> {
@@ -120,43 +154,36 @@ fn enricher(
 }
 
 async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
-    for n in &plan.notes {
+    let t = &plan.trace;
+    for n in &t.notes {
         crate::errln!("note: {n}");
     }
     let mut signals = Signals::install()?;
-    let mut tracer = Tracer::load(&plan.load, plan.syscalls).map_err(load_err)?;
     if plan.dry_run {
-        for l in tracer.dry_run(plan.attach, plan.syscalls, plan.sample_hz, plan.stacks) {
+        let tracer = Tracer::load(&t.load, t.syscalls).map_err(load_err)?;
+        for l in tracer.dry_run(t.attach, t.syscalls, t.sample_hz, t.stacks) {
             crate::outln!("{l}");
         }
         return Ok(ExitCode::Ok);
     }
-    for n in tracer
-        .attach(plan.attach, plan.syscalls)
-        .map_err(load_err)?
-    {
-        crate::errln!("{n}");
-    }
-    let mut degraded = tracer.degraded.clone();
-    let enricher = enricher(&plan, &mut tracer, &mut degraded)?;
-    for d in &degraded {
-        crate::errln!("note: {d}");
-    }
-    let sampling = enricher.sampler().is_some();
+    let Attached {
+        tracer,
+        enricher,
+        header,
+    } = attach(t)?;
     // The dump exists only once everything is attached: a failed attach leaves nothing.
     let dump = DumpWriter::create(&plan.output, plan.force)
         .with_context(|| format!("creating the dump {}", plan.output.display()))?;
-    let header = header(&plan, &tracer, sampling, degraded);
     let mut term = Terminal::stdout();
     let started = Instant::now();
-    let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
+    let cfg = Config::from_header(&header, Some(t.stall_threshold_ns));
     let sinks: Vec<Box<dyn Sink + '_>> = vec![
         Box::new(dump),
-        Box::new(LivePrinter::new(&term, plan.quiet, plan.stall_threshold_ns)),
+        Box::new(LivePrinter::new(&term, plan.quiet, t.stall_threshold_ns)),
     ];
     let mut p = Pipeline::new(cfg, sinks);
     p.push(&Record::Header(header))?;
-    let mut src = Source::start(tracer, enricher, plan.probe.clone())?;
+    let mut src = Source::start(tracer, enricher, t.probe.clone())?;
     crate::errln!(
         "recording to {} ({}); Ctrl-C to stop",
         plan.output.display(),
@@ -167,7 +194,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
 
     let mut next_summary = plan.summary_every.map(|d| started + d);
     let mut last_lost = 0;
-    let ring_kib = plan.load.ring_bytes / 1024;
+    let ring_kib = t.load.ring_bytes / 1024;
     let outcome = pipeline::run(&mut src, &mut p, &mut signals, plan.duration, |src, p, ticks| {
         if let (Some(at), Some(every)) = (next_summary, plan.summary_every) {
             if Instant::now() >= at {
@@ -247,7 +274,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
             let o = AnalyzeOptions {
                 dump: plan.output.clone(),
                 probe_log: Some(log.clone()),
-                stall_threshold_ns: Some(plan.stall_threshold_ns),
+                stall_threshold_ns: Some(t.stall_threshold_ns),
             };
             let mut lines = OnEpisode(|ep| term.line(&episode_line(ep)));
             analyze(&o, &mut [&mut lines])?

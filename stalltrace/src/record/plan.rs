@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use stalltrace_analysis::dump::Options;
 use tracer_common::{Filter, KernelConfig};
 
-use super::args::RecordArgs;
+use super::args::{RecordArgs, TraceArgs};
 use crate::{
     exit::{CodedError, ExitCode},
     kernel::{
@@ -16,7 +16,8 @@ use crate::{
     probe::{self, ProberConfig},
 };
 
-pub struct RecordPlan {
+/// What to trace, checked: what `record` and `watch` share.
+pub struct TracePlan {
     pub load: LoadOptions,
     pub attach: AttachMode,
     /// Trace syscalls exactly (raw_syscalls hooks).
@@ -25,17 +26,23 @@ pub struct RecordPlan {
     pub sample_hz: u64,
     /// `--stacks`: samples carry stacks.
     pub stacks: bool,
+    pub stall_threshold_ns: u64,
+    pub probe: Option<ProberConfig>,
+    pub pods_dir: PathBuf,
+    pub containers_dir: PathBuf,
+    /// What the user should know before it starts (offsets that could not be read).
+    pub notes: Vec<String>,
+}
+
+pub struct RecordPlan {
+    pub trace: TracePlan,
     pub output: PathBuf,
     pub force: bool,
     pub duration: Option<Duration>,
-    pub stall_threshold_ns: u64,
     pub quiet: bool,
     pub summary_every: Option<Duration>,
-    pub probe: Option<ProberConfig>,
     pub probe_log: Option<PathBuf>,
     pub dry_run: bool,
-    /// What the user should know before it starts (offsets that could not be read).
-    pub notes: Vec<String>,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -43,7 +50,7 @@ fn ns(d: Duration) -> u64 {
 }
 
 /// The in-kernel packet filter: what to record.
-pub fn filter(a: &RecordArgs, probe_target: Option<IpAddr>) -> Filter {
+pub fn filter(a: &TraceArgs, probe_target: Option<IpAddr>) -> Filter {
     let mut f = Filter::all_icmp();
     if let Some(id) = a.icmp_id {
         f.icmp_id_set = 1;
@@ -78,11 +85,7 @@ fn default_output() -> PathBuf {
 
 impl RecordPlan {
     pub fn check(a: &RecordArgs) -> anyhow::Result<Self> {
-        preflight::check_privileges("stalltrace record")?;
-        let probe_target = match &a.probe {
-            Some(h) => Some(probe::resolve_host(h, false)?),
-            None => None,
-        };
+        let trace = TracePlan::check(&a.trace, "stalltrace record")?;
         if let Some(p) = &a.probe_log {
             std::fs::metadata(p).map_err(|e| {
                 CodedError::new(
@@ -102,6 +105,28 @@ impl RecordPlan {
             )
             .into());
         }
+        Ok(Self {
+            trace,
+            output,
+            force: a.force,
+            duration: a.duration,
+            quiet: a.quiet,
+            summary_every: a.summary_every,
+            probe_log: a.probe_log.clone(),
+            dry_run: a.dry_run,
+        })
+    }
+}
+
+impl TracePlan {
+    /// Checks the tracing flags against each other and this machine; `what` names the
+    /// command in the privileges error.
+    pub fn check(a: &TraceArgs, what: &str) -> anyhow::Result<Self> {
+        preflight::check_privileges(what)?;
+        let probe_target = match &a.probe {
+            Some(h) => Some(probe::resolve_host(h, false)?),
+            None => None,
+        };
         let btf = preflight::check_btf(a.btf.as_deref())?;
         if a.stacks {
             preflight::check_perf_cpu_clock()?;
@@ -124,8 +149,8 @@ impl RecordPlan {
             nr_exit: syscalls::Sysno::exit as u32,
             nr_exit_group: syscalls::Sysno::exit_group as u32,
             stacks: u32::from(a.stacks),
-            // Packets and stack samples wake the reader only past a quarter of the
-            // ring; the 100 ms tick drains the rest.
+            // Packets and samples wake the reader only past a quarter of the ring;
+            // the 100 ms tick drains the rest.
             wakeup_bytes: a.ring_buffer / 4,
             self_tgid: std::process::id(),
         };
@@ -141,15 +166,10 @@ impl RecordPlan {
             syscalls: a.syscalls,
             sample_hz: a.sample_hz,
             stacks: a.stacks,
-            output,
-            force: a.force,
-            duration: a.duration,
             stall_threshold_ns: ns(a.stall_threshold),
-            quiet: a.quiet,
-            summary_every: a.summary_every,
             probe,
-            probe_log: a.probe_log.clone(),
-            dry_run: a.dry_run,
+            pods_dir: a.pods_dir.clone(),
+            containers_dir: a.containers_dir.clone(),
             notes,
         })
     }

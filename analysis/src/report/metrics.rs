@@ -1,0 +1,564 @@
+//! Prometheus metrics for `stalltrace watch`: what a fleet's dashboards and alerts
+//! need from each node, with bounded label sets. Episodes and their delay are counted
+//! by culprit (namespace, pod, container, process) for at most `top_k` culprits at a
+//! time, everything else under `other`; a culprit idle for ten minutes gives its place
+//! up, so a node that churns through thousands of short-lived pods keeps a fixed number
+//! of series. The Linux side adds what only it knows ([`NodeStats`]): the kernel's wait
+//! histograms, lost events, the BPF programs' and the agent's own cost.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::{Registry, Unit},
+};
+
+use crate::analyze::Sink;
+use crate::correlate::Episode;
+use crate::dump::{CpuHist, Lost, ProbeStatus, Record};
+
+/// Label values of a culprit series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct CulpritKey {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub comm: String,
+}
+
+impl CulpritKey {
+    /// The series everything beyond the top K goes to.
+    pub fn other() -> Self {
+        Self {
+            namespace: "other".into(),
+            pod: "other".into(),
+            container: "other".into(),
+            comm: "other".into(),
+        }
+    }
+
+    fn labels(&self) -> [(&'static str, &str); 4] {
+        [
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("container", &self.container),
+            ("comm", &self.comm),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    episodes: u64,
+    delay_ns: u64,
+    /// Kernel clock of its last episode (for giving the place up).
+    last_ns: u64,
+}
+
+/// A culprit with no episode for this long (kernel clock) gives its series up.
+const IDLE_NS: u64 = 600_000_000_000;
+
+/// The culprit series: at most `k` named ones, the rest under `other`.
+#[derive(Debug)]
+pub struct CulpritTable {
+    k: usize,
+    named: HashMap<CulpritKey, Totals>,
+    other: Totals,
+}
+
+impl CulpritTable {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            named: HashMap::new(),
+            other: Totals::default(),
+        }
+    }
+
+    pub fn add(&mut self, key: CulpritKey, delay_ns: u64, now_ns: u64) {
+        if !self.named.contains_key(&key) && self.named.len() >= self.k {
+            self.named
+                .retain(|_, t| now_ns.saturating_sub(t.last_ns) < IDLE_NS);
+        }
+        let room = self.named.len() < self.k;
+        let t = if self.named.contains_key(&key) || room {
+            self.named.entry(key).or_default()
+        } else {
+            &mut self.other
+        };
+        t.episodes = t.episodes.saturating_add(1);
+        t.delay_ns = t.delay_ns.saturating_add(delay_ns);
+        t.last_ns = t.last_ns.max(now_ns);
+    }
+
+    /// Series exported now (named ones, and `other` once it has counts).
+    pub fn series(&self) -> usize {
+        self.named.len() + usize::from(self.other.episodes > 0)
+    }
+}
+
+/// What only the Linux side knows, refreshed before each scrape.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    /// Per CPU: NET_RX raise→entry and RX-thread wakeup→run, log2 µs buckets.
+    pub net_rx: Vec<CpuHist>,
+    pub rx_thread: Vec<CpuHist>,
+    pub lost: Lost,
+    /// Per BPF program: (name, run time ns, runs), when `kernel.bpf_stats_enabled`.
+    pub bpf: Vec<(String, u64, u64)>,
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub open_fds: u64,
+    /// The correlator's held packets and index entries.
+    pub retained: (usize, usize),
+    /// Dumps the flight recorder wrote, and bytes it holds in memory.
+    pub dumps_written: u64,
+    pub recorder_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct ProbeTotals {
+    ok: u64,
+    lost: u64,
+    dup: u64,
+    /// RTT buckets (upper bounds in seconds) and their counts, sum in seconds.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+}
+
+const RTT_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+];
+
+#[derive(Debug)]
+struct State {
+    culprits: CulpritTable,
+    /// Episodes by CPU.
+    cpu_episodes: HashMap<u32, u64>,
+    episodes_without_culprit: u64,
+    probes: ProbeTotals,
+    node: NodeStats,
+    version: String,
+}
+
+/// The metrics of a running agent; cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    state: Arc<Mutex<State>>,
+}
+
+impl Metrics {
+    pub fn new(top_k: usize, version: &str) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                culprits: CulpritTable::new(top_k),
+                cpu_episodes: HashMap::new(),
+                episodes_without_culprit: 0,
+                probes: ProbeTotals {
+                    buckets: RTT_BOUNDS.iter().map(|&b| (b, 0)).collect(),
+                    ..ProbeTotals::default()
+                },
+                node: NodeStats::default(),
+                version: version.into(),
+            })),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic elsewhere while holding the lock leaves plain counters: keep using them.
+        let mut g = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g)
+    }
+
+    pub fn set_node(&self, n: NodeStats) {
+        self.with(|s| s.node = n);
+    }
+
+    /// Culprit series exported now (the bounded-cardinality promise, for tests).
+    pub fn culprit_series(&self) -> usize {
+        self.with(|s| s.culprits.series())
+    }
+
+    /// The exposition text (Prometheus/OpenMetrics).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg)?;
+        Ok(out)
+    }
+
+    pub fn episode(&self, ep: &Episode) {
+        self.with(|s| {
+            *s.cpu_episodes.entry(ep.cpu).or_default() += 1;
+            let Some(c) = &ep.culprit else {
+                s.episodes_without_culprit += 1;
+                return;
+            };
+            let id = c.identity.as_ref();
+            let key = CulpritKey {
+                namespace: id.and_then(|i| i.namespace.clone()).unwrap_or_default(),
+                pod: id.and_then(|i| i.pod.clone()).unwrap_or_default(),
+                container: id.and_then(|i| i.container.clone()).unwrap_or_default(),
+                comm: c.process.clone().unwrap_or_else(|| c.comm.clone()),
+            };
+            s.culprits.add(key, ep.wait_ns, ep.end_ns);
+        });
+    }
+
+    fn probe(&self, status: ProbeStatus, rtt_ns: Option<u64>) {
+        self.with(|s| {
+            let p = &mut s.probes;
+            match status {
+                ProbeStatus::Ok => p.ok += 1,
+                ProbeStatus::Lost => p.lost += 1,
+                ProbeStatus::Dup => p.dup += 1,
+            }
+            if let (ProbeStatus::Ok, Some(r)) = (status, rtt_ns) {
+                let secs = r as f64 / 1e9;
+                p.sum += secs;
+                // Per bucket (the encoder accumulates); slower than the last: +Inf only.
+                if let Some(b) = p.buckets.iter_mut().find(|b| secs <= b.0) {
+                    b.1 += 1;
+                }
+            }
+        });
+    }
+}
+
+impl Sink for Metrics {
+    fn what(&self) -> &str {
+        "the metrics"
+    }
+    fn record(&mut self, rec: &Record) -> std::io::Result<()> {
+        if let Record::Probe(p) = rec {
+            self.probe(p.status, p.rtt_ns);
+        }
+        Ok(())
+    }
+    fn episode(&mut self, ep: &Episode) -> std::io::Result<()> {
+        Metrics::episode(self, ep);
+        Ok(())
+    }
+}
+
+/// Kernel log2 µs buckets as a Prometheus histogram: per-bucket counts at upper bounds
+/// 2^(i+1) µs (the encoder makes them cumulative); the sum is estimated at each
+/// bucket's middle, as the kernel keeps no sum.
+fn log2_histogram(buckets: &[u64]) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut count = 0u64;
+    let mut sum = 0.0;
+    let mut out = Vec::with_capacity(buckets.len());
+    for (i, &n) in buckets.iter().enumerate() {
+        let upper_us = (2u64 << i.min(62)) as f64;
+        count = count.saturating_add(n);
+        sum += n as f64 * upper_us * 0.75e-6;
+        out.push((upper_us * 1e-6, n));
+    }
+    (sum, count, out)
+}
+
+fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(Vec<(&str, String)>, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            return ConstCounter::new(*v).encode(m);
+        }
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    series: &[(Vec<(&str, String)>, f64)],
+) -> Result<(), std::fmt::Error> {
+    let mut m = e.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in series {
+        if labels.is_empty() {
+            return ConstGauge::new(*v).encode(m);
+        }
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let n = &s.node;
+        {
+            let mut m = e.encode_descriptor(
+                "stalltrace_rx_wait",
+                "How long receive work waited for its CPU: NET_RX softirq raise to entry (kind=net_rx), RX thread wakeup to run (kind=rx_thread); every wait, from the kernel's histograms.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (kind, hs) in [("net_rx", &n.net_rx), ("rx_thread", &n.rx_thread)] {
+                for h in hs.iter() {
+                    let (sum, count, buckets) = log2_histogram(&h.buckets);
+                    let labels = [("cpu", h.cpu.to_string()), ("kind", kind.to_string())];
+                    m.encode_family(&labels)?
+                        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                            sum, count, &buckets, None,
+                        )?;
+                }
+            }
+        }
+        let mut named: Vec<(&CulpritKey, &Totals)> = s.culprits.named.iter().collect();
+        named.sort_by(|a, b| a.0.pod.cmp(&b.0.pod).then(a.0.comm.cmp(&b.0.comm)));
+        let other = CulpritKey::other();
+        let mut series: Vec<(&CulpritKey, &Totals)> = named;
+        if s.culprits.other.episodes > 0 {
+            series.push((&other, &s.culprits.other));
+        }
+        let lab = |k: &CulpritKey| -> Vec<(&str, String)> {
+            k.labels()
+                .iter()
+                .map(|(a, b)| (*a, b.to_string()))
+                .collect()
+        };
+        counter(
+            &mut e,
+            "stalltrace_stall_episodes",
+            "Stall episodes (RX work held off its CPU for at least the stall threshold), by the culprit that held the CPU; top culprits by name, the rest as other.",
+            None,
+            &series.iter().map(|(k, t)| (lab(k), t.episodes as f64)).collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut e,
+            "stalltrace_stall_delay",
+            "Receive delay the culprit's episodes caused (sum of the episodes' waits).",
+            Some(&Unit::Seconds),
+            &series
+                .iter()
+                .map(|(k, t)| (lab(k), t.delay_ns as f64 / 1e9))
+                .collect::<Vec<_>>(),
+        )?;
+        let mut cpus: Vec<(&u32, &u64)> = s.cpu_episodes.iter().collect();
+        cpus.sort();
+        counter(
+            &mut e,
+            "stalltrace_cpu_stall_episodes",
+            "Stall episodes by the CPU whose receive work waited.",
+            None,
+            &cpus
+                .iter()
+                .map(|(c, n)| (vec![("cpu", c.to_string())], **n as f64))
+                .collect::<Vec<_>>(),
+        )?;
+        counter(
+            &mut e,
+            "stalltrace_episodes_without_culprit",
+            "Stall episodes in which no task was recorded holding the CPU (interrupts, or an idle CPU).",
+            None,
+            &[(vec![], s.episodes_without_culprit as f64)],
+        )?;
+        let l = &n.lost;
+        counter(
+            &mut e,
+            "stalltrace_lost_events",
+            "Events the kernel could not hand over (ring buffer or a kernel table full).",
+            None,
+            &[
+                ("packets", l.packets),
+                ("waits", l.waits),
+                ("samples", l.samples),
+                ("syscalls", l.syscalls),
+                ("table_full", l.table_full),
+            ]
+            .iter()
+            .map(|(k, v)| (vec![("kind", k.to_string())], *v as f64))
+            .collect::<Vec<_>>(),
+        )?;
+        let p = &s.probes;
+        if p.ok + p.lost + p.dup > 0 {
+            counter(
+                &mut e,
+                "stalltrace_probes",
+                "Probes of the built-in prober by outcome.",
+                None,
+                &[("ok", p.ok), ("lost", p.lost), ("dup", p.dup)]
+                    .iter()
+                    .map(|(k, v)| (vec![("status", k.to_string())], *v as f64))
+                    .collect::<Vec<_>>(),
+            )?;
+            let mut m = e.encode_descriptor(
+                "stalltrace_probe_rtt",
+                "Round-trip times of the built-in prober's answered probes.",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                p.sum, p.ok, &p.buckets, None,
+            )?;
+        }
+        if !n.bpf.is_empty() {
+            let by = |f: &dyn Fn(&(String, u64, u64)) -> f64| {
+                n.bpf
+                    .iter()
+                    .map(|b| (vec![("program", b.0.clone())], f(b)))
+                    .collect::<Vec<_>>()
+            };
+            counter(
+                &mut e,
+                "stalltrace_bpf_run",
+                "Time the kernel spent in each of the agent's BPF programs (needs kernel.bpf_stats_enabled=1).",
+                Some(&Unit::Seconds),
+                &by(&|b| b.1 as f64 / 1e9),
+            )?;
+            counter(
+                &mut e,
+                "stalltrace_bpf_runs",
+                "Runs of each of the agent's BPF programs (needs kernel.bpf_stats_enabled=1).",
+                None,
+                &by(&|b| b.2 as f64),
+            )?;
+        }
+        counter(
+            &mut e,
+            "stalltrace_process_cpu",
+            "CPU time of the agent itself (user and system).",
+            Some(&Unit::Seconds),
+            &[(vec![], n.cpu_seconds)],
+        )?;
+        gauge(
+            &mut e,
+            "stalltrace_process_resident_memory",
+            "Resident memory of the agent.",
+            Some(&Unit::Bytes),
+            &[(vec![], n.rss_bytes as f64)],
+        )?;
+        gauge(
+            &mut e,
+            "stalltrace_process_open_fds",
+            "Open file descriptors of the agent.",
+            None,
+            &[(vec![], n.open_fds as f64)],
+        )?;
+        gauge(
+            &mut e,
+            "stalltrace_correlator_retained",
+            "What the correlator holds to join records (bounded by its window).",
+            None,
+            &[
+                (vec![("what", "packets".to_string())], n.retained.0 as f64),
+                (
+                    vec![("what", "index_entries".to_string())],
+                    n.retained.1 as f64,
+                ),
+            ],
+        )?;
+        counter(
+            &mut e,
+            "stalltrace_flight_recorder_dumps",
+            "Episode dumps the flight recorder wrote.",
+            None,
+            &[(vec![], n.dumps_written as f64)],
+        )?;
+        gauge(
+            &mut e,
+            "stalltrace_flight_recorder_memory",
+            "Bytes of recent records the flight recorder holds.",
+            Some(&Unit::Bytes),
+            &[(vec![], n.recorder_bytes as f64)],
+        )?;
+        let m = e.encode_descriptor(
+            "stalltrace_build",
+            "The agent's version.",
+            None,
+            MetricType::Info,
+        )?;
+        let info =
+            prometheus_client::metrics::info::Info::new(vec![("version", s.version.clone())]);
+        info.encode(m)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> CulpritKey {
+        CulpritKey {
+            namespace: "batch".into(),
+            pod: format!("job-{i}"),
+            container: "worker".into(),
+            comm: "cruncher".into(),
+        }
+    }
+
+    /// Thousands of short-lived pods: the series stay at K named plus `other`.
+    #[test]
+    fn culprit_series_stay_bounded() {
+        let mut t = CulpritTable::new(20);
+        for i in 0..2000 {
+            t.add(key(i), 100_000_000, i as u64 * 1_000_000_000);
+        }
+        assert!(t.series() <= 21, "{}", t.series());
+        // Idle culprits gave their places up (their series end): those named now had an
+        // episode in the last ten minutes.
+        assert_eq!(t.named.len(), 20);
+        assert!(!t.named.contains_key(&key(0)));
+        assert!(t
+            .named
+            .keys()
+            .all(|k| k.pod.trim_start_matches("job-").parse::<u64>().unwrap() >= 1999 - 620));
+        // The first 20 went idle ten minutes later: their places go to newer culprits.
+        let later = 3_000 * 1_000_000_000;
+        t.add(key(5000), 1, later);
+        assert!(t.named.contains_key(&key(5000)));
+        assert!(t.series() <= 21);
+    }
+
+    #[test]
+    fn exposition_names_follow_the_conventions() {
+        let m = Metrics::new(3, "0.1.0");
+        let mut h = vec![0u64; 32];
+        h[0] = 5;
+        h[16] = 1;
+        m.set_node(NodeStats {
+            net_rx: vec![CpuHist { cpu: 1, buckets: h }],
+            lost: Lost {
+                packets: 2,
+                ..Default::default()
+            },
+            bpf: vec![("sched_switch".into(), 1_000, 10)],
+            ..Default::default()
+        });
+        let text = m.encode().unwrap();
+        for want in [
+            "# TYPE stalltrace_rx_wait_seconds histogram",
+            "stalltrace_rx_wait_seconds_bucket{le=\"0.000002\",cpu=\"1\",kind=\"net_rx\"} 5",
+            "stalltrace_rx_wait_seconds_bucket{le=\"0.000004\",cpu=\"1\",kind=\"net_rx\"} 5",
+            "stalltrace_rx_wait_seconds_bucket{le=\"0.131072\",cpu=\"1\",kind=\"net_rx\"} 6",
+            "stalltrace_rx_wait_seconds_count{cpu=\"1\",kind=\"net_rx\"} 6",
+            "# TYPE stalltrace_stall_episodes counter",
+            "stalltrace_lost_events_total{kind=\"packets\"} 2",
+            "stalltrace_bpf_runs_total{program=\"sched_switch\"} 10",
+            "stalltrace_build_info{version=\"0.1.0\"} 1",
+        ] {
+            assert!(text.contains(want), "{want} not in:\n{text}");
+        }
+    }
+}

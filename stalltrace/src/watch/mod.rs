@@ -1,0 +1,211 @@
+//! `stalltrace watch`: the node agent. The record pipeline, run until SIGTERM with no
+//! prober needed (an RX wait over the threshold is a stall for every packet behind
+//! it), feeding Prometheus metrics with bounded label sets and a flight recorder that
+//! writes one dump per episode. Deployed as a DaemonSet (deploy/daemonset.yaml);
+//! Prometheus and Kubernetes are the fleet layer.
+pub mod flight;
+pub mod http;
+pub mod node;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use stalltrace_analysis::{
+    analyze::{Pipeline, Sink},
+    correlate::{Config, Episode},
+    dump::Record,
+    report::{metrics::Metrics, text::episode_line},
+    units::{duration_in, parse_size, SEC},
+};
+
+use self::flight::{FlightRecorder, Limits};
+use crate::{
+    exit::ExitCode,
+    record::{
+        args::TraceArgs,
+        attach,
+        pipeline::{self, Signals, Source},
+        plan::TracePlan,
+        Attached,
+    },
+};
+
+const AFTER_HELP: &str = "\
+Examples:
+  sudo stalltrace watch                                   # metrics on 127.0.0.1:9910/metrics
+  sudo stalltrace watch --listen 0.0.0.0:9910 --dump-dir /var/lib/stalltrace
+  sudo stalltrace watch --probe 10.0.0.7                  # RTTs too
+
+Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
+  stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
+  stalltrace_stall_episodes_total{namespace,pod,container,comm}   by culprit (top-K, then other)
+  stalltrace_stall_delay_seconds_total{...}   the receive delay they caused
+  stalltrace_lost_events_total{kind}, stalltrace_bpf_run_seconds_total{program}, ...
+Each episode also prints one line on stderr (kubectl logs).";
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = AFTER_HELP)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9910")]
+    pub listen: SocketAddr,
+    /// Write one dump per episode (with its context) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+    /// Keep at most this many episode dumps (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub dump_max_files: u64,
+    /// Keep at most this many bytes of episode dumps (e.g. 256MiB).
+    #[arg(long, value_name = "BYTES", default_value = "256MiB",
+          value_parser = |s: &str| parse_size(s, 1 << 16, 1 << 40))]
+    pub dump_max_bytes: u64,
+    /// Records kept before and after each episode in its dump (0 to 30s).
+    #[arg(long, value_name = "D", default_value = "2s",
+          value_parser = duration_in::<0, { 30 * SEC }>)]
+    pub dump_context: Duration,
+    /// Culprits named in the metrics at most (the rest are `other`): bounds the series.
+    #[arg(long, value_name = "K", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub top_k: u64,
+}
+
+/// Prints each closing episode's line on stderr.
+struct EpisodeLog;
+
+impl Sink for EpisodeLog {
+    fn what(&self) -> &str {
+        "the log"
+    }
+    fn episode(&mut self, ep: &Episode) -> std::io::Result<()> {
+        crate::errln!("{}", episode_line(ep));
+        Ok(())
+    }
+}
+
+pub fn run(a: WatchArgs) -> anyhow::Result<ExitCode> {
+    let plan = TracePlan::check(&a.trace, "stalltrace watch")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(watch(&a, plan))
+}
+
+async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
+    for n in &plan.notes {
+        crate::errln!("note: {n}");
+    }
+    let mut signals = Signals::install()?;
+    let metrics = Metrics::new(
+        usize::try_from(a.top_k).unwrap_or(1000),
+        env!("CARGO_PKG_VERSION"),
+    );
+    // The endpoint answers from the start; /healthz says ok once the loop ticks.
+    let alive = Arc::new(AtomicU64::new(0));
+    let server = http::serve(a.listen, metrics.clone(), alive.clone())?;
+    let Attached {
+        tracer,
+        enricher,
+        header,
+    } = attach(&plan)?;
+    let flight = match &a.dump_dir {
+        Some(d) => Some(
+            FlightRecorder::new(
+                d,
+                Limits {
+                    max_files: usize::try_from(a.dump_max_files).unwrap_or(usize::MAX),
+                    max_bytes: a.dump_max_bytes,
+                    context_ns: u64::try_from(a.dump_context.as_nanos()).unwrap_or(u64::MAX),
+                },
+            )
+            .with_context(|| format!("preparing the dump directory {}", d.display()))?,
+        ),
+        None => None,
+    };
+    let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
+    // The flight recorder's counters are read for the metrics between records.
+    let flight = flight.map(|f| Arc::new(std::sync::Mutex::new(f)));
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(metrics.clone()), Box::new(EpisodeLog)];
+    if let Some(f) = &flight {
+        sinks.push(Box::new(Shared(f.clone())));
+    }
+    let mut p = Pipeline::new(cfg, sinks);
+    p.push(&Record::Header(header))?;
+    let mut src = Source::start(tracer, enricher, plan.probe.clone())?;
+    crate::errln!(
+        "watching: metrics on http://{}/metrics{}; SIGTERM to stop",
+        a.listen,
+        a.dump_dir
+            .as_ref()
+            .map(|d| format!(", episode dumps in {}", d.display()))
+            .unwrap_or_default()
+    );
+    let outcome = pipeline::run(&mut src, &mut p, &mut signals, None, |src, p, ticks| {
+        alive.store(crate::sys::boot_ns(), Ordering::Relaxed);
+        if ticks % 10 == 1 {
+            let (dumps, held) = flight
+                .as_ref()
+                .map(|f| {
+                    f.lock()
+                        .map(|f| (f.written, f.held_bytes() as u64))
+                        .unwrap_or((0, 0))
+                })
+                .unwrap_or((0, 0));
+            metrics.set_node(node::stats(src, p, dumps, held));
+        }
+        Ok(())
+    })
+    .await;
+    // SIGTERM: stop within a second or two, detaching everything.
+    let reason = outcome.as_ref().map(|r| *r).unwrap_or("error");
+    let _ = src.stop(&mut p);
+    drop(src);
+    let _ = p.finish(|_| {});
+    server.stop();
+    crate::errln!("stopped ({reason})");
+    outcome.map(|_| ExitCode::Ok)
+}
+
+/// A sink shared with the metrics reader.
+struct Shared(Arc<std::sync::Mutex<FlightRecorder>>);
+
+impl Sink for Shared {
+    fn what(&self) -> &str {
+        "the flight recorder"
+    }
+    fn record(&mut self, r: &Record) -> std::io::Result<()> {
+        self.with(|f| f.record(r))
+    }
+    fn episode(&mut self, e: &Episode) -> std::io::Result<()> {
+        self.with(|f| f.episode(e))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.with(|f| f.flush())
+    }
+    fn finish(&mut self, r: &stalltrace_analysis::correlate::Report) -> std::io::Result<()> {
+        self.with(|f| f.finish(r))
+    }
+}
+
+impl Shared {
+    fn with(
+        &self,
+        f: impl FnOnce(&mut FlightRecorder) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        match self.0.lock() {
+            Ok(mut g) => f(&mut g),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+}
