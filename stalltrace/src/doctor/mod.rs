@@ -1,0 +1,384 @@
+//! `stalltrace doctor`: from "who held the CPU" to "why, and what to do". Read-only
+//! checks of the node for the conditions behind the stalls `record` catches: dying memory
+//! cgroups and the cost of reading `memory.stat` (the seed's cadvisor case), and the
+//! kernel's known behaviours.
+//!
+//! Every check reads files only (under [`Roots`], so tests read fixture trees), bounds
+//! every walk by count and by time, and says `unknown` with the reason when it cannot
+//! see. One module per group of checks; each turns its facts into [`Check`]s.
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use stalltrace_analysis::dump::CgroupFacts;
+
+use crate::exit::ExitCode;
+
+pub mod cgroups;
+pub mod kernel;
+pub mod memstat;
+#[cfg(test)]
+mod testfs;
+mod text;
+
+pub const REPORT_FORMAT: &str = "stalltrace-doctor";
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Report format on standard output.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// (tests) Read /sys below this directory instead of /.
+    #[arg(long, hide = true, default_value = "/", value_name = "DIR")]
+    pub sys_root: PathBuf,
+    /// (tests) Read /proc below this directory instead of /.
+    #[arg(long, hide = true, default_value = "/", value_name = "DIR")]
+    pub proc_root: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Where `/sys` and `/proc` are read from: `/` on a live node, a fixture tree in tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roots {
+    pub sys: PathBuf,
+    pub proc: PathBuf,
+}
+
+impl Roots {
+    /// This machine.
+    pub fn live() -> Self {
+        Self::new("/", "/")
+    }
+
+    pub fn new(sys: impl Into<PathBuf>, proc: impl Into<PathBuf>) -> Self {
+        Self {
+            sys: sys.into(),
+            proc: proc.into(),
+        }
+    }
+
+    /// `rel` (e.g. `sys/fs/cgroup`) below the sys root.
+    pub fn sys(&self, rel: &str) -> PathBuf {
+        self.sys.join(rel.trim_start_matches('/'))
+    }
+
+    /// `rel` (e.g. `proc/cgroups`) below the proc root.
+    pub fn proc(&self, rel: &str) -> PathBuf {
+        self.proc.join(rel.trim_start_matches('/'))
+    }
+
+    /// Reading this machine itself: then the answers `record` would get from
+    /// `kernel::preflight` are used as they are.
+    pub fn is_live(&self) -> bool {
+        self.sys == Path::new("/") && self.proc == Path::new("/")
+    }
+}
+
+/// A check's verdict. Only `bad` changes the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Unknown,
+    Warn,
+    Bad,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Unknown => "unknown",
+            Status::Warn => "warn",
+            Status::Bad => "bad",
+        }
+    }
+}
+
+/// One line of the report: a verdict, the measured evidence, what to do, and the
+/// details (numbers, names, thresholds and why) indented below it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    /// Stable key for scripts (`memory_cgroups`, `memory_stat_cost`, …).
+    pub id: String,
+    /// What is checked, for people (`memory cgroups`).
+    pub title: String,
+    pub status: Status,
+    /// The measured evidence in one phrase.
+    pub summary: String,
+    pub what_to_do: Option<String>,
+    pub details: Vec<String>,
+}
+
+impl Check {
+    pub fn new(id: &str, title: &str, status: Status, summary: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            title: title.into(),
+            status,
+            summary: summary.into(),
+            what_to_do: None,
+            details: vec![],
+        }
+    }
+
+    pub fn todo(mut self, what: impl Into<String>) -> Self {
+        self.what_to_do = Some(what.into());
+        self
+    }
+
+    pub fn detail(mut self, line: impl Into<String>) -> Self {
+        self.details.push(line.into());
+        self
+    }
+
+    pub fn details(mut self, lines: impl IntoIterator<Item = String>) -> Self {
+        self.details.extend(lines);
+        self
+    }
+}
+
+/// Everything measured, behind the checks (for scripts and for `record`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Facts {
+    pub cgroups: CgroupFacts,
+    pub memcg: cgroups::Census,
+    pub stat_cost: memstat::StatCost,
+    pub kernel: kernel::KernelFacts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    /// Always [`REPORT_FORMAT`].
+    pub format: String,
+    pub version: u32,
+    pub host: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// RFC 3339 wall-clock time the checks started.
+    pub measured_at: String,
+    /// How long the checks took.
+    pub took_ms: u64,
+    pub checks: Vec<Check>,
+    pub facts: Facts,
+}
+
+impl DoctorReport {
+    /// The worst verdict over all checks.
+    pub fn worst(&self) -> Status {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Ok)
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        if self.worst() == Status::Bad {
+            ExitCode::DoctorBad
+        } else {
+            ExitCode::Ok
+        }
+    }
+}
+
+/// Budgets: together they keep `doctor` within seconds on a node with tens of thousands
+/// of cgroups and tasks (the walks are what a slow node makes slow).
+pub mod budget {
+    use std::time::Duration;
+    /// Directories of the memory hierarchy walked to count live cgroups.
+    pub const CGROUP_DIRS: u64 = 200_000;
+    pub const CGROUP_WALK: Duration = Duration::from_secs(2);
+    /// Timed reads of one memory.stat (root, largest subtrees).
+    pub const STAT_READS_EACH: u32 = 5;
+    pub const STAT_SAMPLES_TOTAL: Duration = Duration::from_secs(2);
+    /// The cadvisor-like pass over every memory.stat.
+    pub const STAT_FULL_WALK: Duration = Duration::from_secs(3);
+    /// `record` measures its cgroup facts before attaching: cheaper bounds.
+    pub const FACTS_WALK: Duration = Duration::from_secs(1);
+    pub const FACTS_READS: Duration = Duration::from_millis(500);
+}
+
+/// A bound on a walk: so many items and so much time, whichever ends first.
+#[derive(Debug)]
+pub struct Budget {
+    deadline: Instant,
+    left: u64,
+    cut: bool,
+}
+
+impl Budget {
+    pub fn new(time: Duration, items: u64) -> Self {
+        Self {
+            deadline: Instant::now() + time,
+            left: items,
+            cut: false,
+        }
+    }
+
+    /// Whether one more item may be taken; once refused, [`Budget::cut`] says so.
+    pub fn take(&mut self) -> bool {
+        if self.cut {
+            return false;
+        }
+        if self.left == 0 || Instant::now() >= self.deadline {
+            self.cut = true;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    pub fn cut(&self) -> bool {
+        self.cut
+    }
+}
+
+/// Largest file read whole (/proc/interrupts on a big machine is a few hundred KiB).
+const MAX_FILE: u64 = 4 << 20;
+
+/// A /proc or /sys text file, bounded in size.
+pub(crate) fn read_text(p: &Path) -> std::io::Result<String> {
+    let mut s = String::new();
+    std::fs::File::open(p)?
+        .take(MAX_FILE)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
+/// Why a read failed, in words that say what to do about it.
+pub(crate) fn why(p: &Path, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            format!("permission denied reading {} (run as root)", p.display())
+        }
+        std::io::ErrorKind::NotFound => format!("{} does not exist", p.display()),
+        _ => format!("reading {}: {e}", p.display()),
+    }
+}
+
+/// `3120` → `3 120`: counts people compare at a glance.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration for people: `9 µs`, `2.35 ms` (between 1 and 10 ms, where a stat read
+/// starts to hurt), `150 ms`, `1.3 s`.
+pub fn dur(ns: u64) -> String {
+    if (1_000_000..10_000_000).contains(&ns) && !ns.is_multiple_of(1_000_000) {
+        format!("{} ms", stalltrace_analysis::units::ms(ns, 2))
+    } else {
+        stalltrace_analysis::units::human_ns(ns)
+    }
+}
+
+/// Runs every check against `roots`. Never fails: what cannot be read is `unknown`.
+pub fn examine(roots: &Roots) -> DoctorReport {
+    let started = Instant::now();
+    let measured_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let kernel = kernel::read(roots);
+    let (census, dirs) =
+        cgroups::census(roots, Budget::new(budget::CGROUP_WALK, budget::CGROUP_DIRS));
+    let stat_cost = memstat::measure(&census, &dirs, budget::STAT_SAMPLES_TOTAL, true);
+    let checks = vec![
+        cgroups::check(&census, &kernel),
+        memstat::check(&stat_cost, &census, &kernel),
+        kernel::check(&kernel),
+        kernel::tracing_check(&kernel),
+    ];
+    let cgroups = cgroups::facts(&census, &stat_cost, measured_at.clone());
+    DoctorReport {
+        format: REPORT_FORMAT.into(),
+        version: REPORT_VERSION,
+        host: crate::sys::read_trim(roots.proc("proc/sys/kernel/hostname")).unwrap_or_default(),
+        kernel: kernel.release.clone(),
+        measured_at,
+        took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        checks,
+        facts: Facts {
+            cgroups,
+            memcg: census,
+            stat_cost,
+            kernel,
+        },
+    }
+}
+
+/// The memory-cgroup facts `record` stores in its dump header: counts and a few timed
+/// reads of the root's memory.stat, within about a second and a half.
+pub fn cgroup_facts(roots: &Roots) -> CgroupFacts {
+    let measured_at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let (census, dirs) =
+        cgroups::census(roots, Budget::new(budget::FACTS_WALK, budget::CGROUP_DIRS));
+    let stat_cost = memstat::measure(&census, &dirs, budget::FACTS_READS, false);
+    cgroups::facts(&census, &stat_cost, measured_at)
+}
+
+/// `stalltrace doctor`.
+pub fn run(a: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let roots = Roots::new(a.sys_root, a.proc_root);
+    let report = examine(&roots);
+    match a.format {
+        Format::Text => {
+            for line in text::render(&report) {
+                crate::outln!("{line}");
+            }
+        }
+        Format::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_at_a_glance() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(3120), "3 120");
+        assert_eq!(count(1_234_567), "1 234 567");
+        assert_eq!(dur(212_000), "212 µs");
+        assert_eq!(dur(2_345_000), "2.35 ms");
+        assert_eq!(dur(153_000_000), "153 ms");
+        assert_eq!(dur(5_000_000), "5 ms");
+    }
+
+    #[test]
+    fn budget_stops_on_count_and_says_so() {
+        let mut b = Budget::new(Duration::from_secs(60), 2);
+        assert!(b.take() && b.take());
+        assert!(!b.take());
+        assert!(b.cut());
+        let mut t = Budget::new(Duration::ZERO, 10);
+        assert!(!t.take());
+        assert!(t.cut());
+    }
+
+    #[test]
+    fn worst_status_decides_the_exit_code() {
+        let mut r = examine(&Roots::new("/nonexistent-sys", "/nonexistent-proc"));
+        assert_ne!(r.worst(), Status::Bad, "{:#?}", r.checks);
+        assert_eq!(r.exit_code(), ExitCode::Ok);
+        r.checks.push(Check::new("x", "x", Status::Bad, "x"));
+        assert_eq!(r.exit_code(), ExitCode::DoctorBad);
+    }
+}
