@@ -1,7 +1,7 @@
 //! `stalltrace doctor`: from "who held the CPU" to "why, and what to do". Read-only
 //! checks of the node for the conditions behind the stalls `record` catches: dying memory
-//! cgroups and the cost of reading `memory.stat` (the seed's cadvisor case), and the
-//! kernel's known behaviours.
+//! cgroups and the cost of reading `memory.stat` (the seed's cadvisor case), the kernel's
+//! known behaviours, where RX runs and what else may hold those CPUs.
 //!
 //! Every check reads files only (under [`Roots`], so tests read fixture trees), bounds
 //! every walk by count and by time, and says `unknown` with the reason when it cannot
@@ -18,8 +18,12 @@ use stalltrace_analysis::dump::CgroupFacts;
 use crate::exit::ExitCode;
 
 pub mod cgroups;
+pub mod contention;
+pub mod cpus;
 pub mod kernel;
 pub mod memstat;
+pub mod rx;
+pub mod tasks;
 #[cfg(test)]
 mod testfs;
 mod text;
@@ -154,6 +158,8 @@ pub struct Facts {
     pub memcg: cgroups::Census,
     pub stat_cost: memstat::StatCost,
     pub kernel: kernel::KernelFacts,
+    pub rx: rx::RxLayout,
+    pub tasks: tasks::TaskScan,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +209,13 @@ pub mod budget {
     pub const STAT_SAMPLES_TOTAL: Duration = Duration::from_secs(2);
     /// The cadvisor-like pass over every memory.stat.
     pub const STAT_FULL_WALK: Duration = Duration::from_secs(3);
+    /// Threads looked at for scheduling policy and affinity.
+    pub const TASKS: u64 = 200_000;
+    pub const TASK_SCAN: Duration = Duration::from_millis(1500);
+    /// Network interfaces and queues looked at (a node with pods has a veth each).
+    pub const INTERFACES: u64 = 4096;
+    pub const QUEUES_PER_INTERFACE: usize = 1024;
+    pub const NET_SCAN: Duration = Duration::from_secs(1);
     /// `record` measures its cgroup facts before attaching: cheaper bounds.
     pub const FACTS_WALK: Duration = Duration::from_secs(1);
     pub const FACTS_READS: Duration = Duration::from_millis(500);
@@ -255,6 +268,11 @@ pub(crate) fn read_text(p: &Path) -> std::io::Result<String> {
     Ok(s)
 }
 
+/// A file holding one number (sysctls, sysfs attributes).
+pub(crate) fn read_u64(p: &Path) -> Option<u64> {
+    read_text(p).ok()?.trim().parse().ok()
+}
+
 /// Why a read failed, in words that say what to do about it.
 pub(crate) fn why(p: &Path, e: &std::io::Error) -> String {
     match e.kind() {
@@ -297,10 +315,15 @@ pub fn examine(roots: &Roots) -> DoctorReport {
     let (census, dirs) =
         cgroups::census(roots, Budget::new(budget::CGROUP_WALK, budget::CGROUP_DIRS));
     let stat_cost = memstat::measure(&census, &dirs, budget::STAT_SAMPLES_TOTAL, true);
+    let tasks = tasks::scan(roots, Budget::new(budget::TASK_SCAN, budget::TASKS));
+    let rx = rx::read(roots, &tasks);
     let checks = vec![
         cgroups::check(&census, &kernel),
         memstat::check(&stat_cost, &census, &kernel),
         kernel::check(&kernel),
+        rx::queues_check(&rx, &tasks),
+        rx::budget_check(&rx),
+        contention::check(&rx, &tasks, &kernel),
         kernel::tracing_check(&kernel),
     ];
     let cgroups = cgroups::facts(&census, &stat_cost, measured_at.clone());
@@ -317,6 +340,8 @@ pub fn examine(roots: &Roots) -> DoctorReport {
             memcg: census,
             stat_cost,
             kernel,
+            rx,
+            tasks,
         },
     }
 }
