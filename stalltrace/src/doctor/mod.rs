@@ -1,7 +1,8 @@
 //! `stalltrace doctor`: from "who held the CPU" to "why, and what to do". Read-only
 //! checks of the node for the conditions behind the stalls `record` catches: dying memory
 //! cgroups and the cost of reading `memory.stat` (the seed's cadvisor case), the kernel's
-//! known behaviours, where RX runs and what else may hold those CPUs.
+//! known behaviours, where RX runs and what else may hold those CPUs, and the tool's own
+//! prerequisites.
 //!
 //! Every check reads files only (under [`Roots`], so tests read fixture trees), bounds
 //! every walk by count and by time, and says `unknown` with the reason when it cannot
@@ -22,6 +23,7 @@ pub mod contention;
 pub mod cpus;
 pub mod kernel;
 pub mod memstat;
+pub mod privileges;
 pub mod rx;
 pub mod tasks;
 #[cfg(test)]
@@ -160,6 +162,7 @@ pub struct Facts {
     pub kernel: kernel::KernelFacts,
     pub rx: rx::RxLayout,
     pub tasks: tasks::TaskScan,
+    pub tool: privileges::ToolFacts,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -317,6 +320,7 @@ pub fn examine(roots: &Roots) -> DoctorReport {
     let stat_cost = memstat::measure(&census, &dirs, budget::STAT_SAMPLES_TOTAL, true);
     let tasks = tasks::scan(roots, Budget::new(budget::TASK_SCAN, budget::TASKS));
     let rx = rx::read(roots, &tasks);
+    let tool = privileges::read(roots);
     let checks = vec![
         cgroups::check(&census, &kernel),
         memstat::check(&stat_cost, &census, &kernel),
@@ -325,6 +329,7 @@ pub fn examine(roots: &Roots) -> DoctorReport {
         rx::budget_check(&rx),
         contention::check(&rx, &tasks, &kernel),
         kernel::tracing_check(&kernel),
+        privileges::check(&tool, &kernel),
     ];
     let cgroups = cgroups::facts(&census, &stat_cost, measured_at.clone());
     DoctorReport {
@@ -342,6 +347,7 @@ pub fn examine(roots: &Roots) -> DoctorReport {
             kernel,
             rx,
             tasks,
+            tool,
         },
     }
 }
