@@ -404,6 +404,190 @@ mod tests {
         assert!(t.cut());
     }
 
+    use crate::doctor::testfs::{Task, Tree};
+
+    /// The seed's node, and the lab's planted stall, in one fixture: kernel 4.9, cgroup
+    /// v1 with 20 000 dying memory cgroups and a kubepods subtree, a virtio NIC whose
+    /// queue interrupt goes to CPU 1, a napi thread pinned to CPU 1 next to a spinning
+    /// SCHED_FIFO task, no BTF, no kprobes, and not root.
+    fn bad_node() -> Tree {
+        let t = Tree::new("node");
+        t.file("proc/sys/kernel/osrelease", "4.9.0-19-amd64\n")
+            .file("proc/sys/kernel/version", "#1 SMP Debian 4.9.320-2\n")
+            .file("proc/sys/kernel/hostname", "kube-node-bad\n")
+            .file("proc/sys/kernel/sched_rt_runtime_us", "950000\n")
+            .file("proc/sys/kernel/sched_rt_period_us", "1000000\n")
+            .file("proc/uptime", "1000.00 1500.00\n")
+            .file(
+                "proc/mounts",
+                "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\nproc /proc proc rw 0 0\n",
+            )
+            .file("proc/cgroups", "#subsys_name\thierarchy\tnum_cgroups\tenabled\nmemory\t4\t20012\t1\n")
+            .file("proc/self/status", "Uid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n")
+            .file("proc/self/limits", "Max locked memory         65536                65536                bytes\n")
+            .file("sys/fs/cgroup/memory/memory.stat", "cache 0\n")
+            .file("sys/fs/cgroup/memory/kubepods/memory.stat", "cache 0\n")
+            .file("sys/fs/cgroup/memory/system.slice/memory.stat", "cache 0\n")
+            .file(
+                "proc/interrupts",
+                "           CPU0       CPU1\n 38:  0  6494  PCI-MSI-edge  virtio2-input.0\n 39:  5579  0  PCI-MSI-edge  virtio2-output.0\n",
+            )
+            .file("proc/irq/38/smp_affinity_list", "1\n")
+            .file("proc/irq/39/smp_affinity_list", "0\n")
+            .file("sys/devices/system/cpu/online", "0-1\n")
+            .file("proc/sys/net/core/netdev_budget", "300\n")
+            .file("proc/sys/net/core/netdev_budget_usecs", "2000\n")
+            .file("proc/sys/net/core/dev_weight", "64\n")
+            .file("proc/sys/net/core/rps_sock_flow_entries", "0\n")
+            .dir("sys/devices/pci0000:00/0000:00:03.0/virtio2")
+            .link(
+                "sys/class/net/eth0/device",
+                &t.path("sys/devices/pci0000:00/0000:00:03.0/virtio2"),
+            )
+            .file("sys/class/net/eth0/queues/rx-0/rps_cpus", "0\n")
+            .file("sys/class/net/eth0/threaded", "1\n")
+            .task(Task::user(1, 1, "systemd").on("0-1"))
+            .task(Task::kthread(16, "ksoftirqd/1").on("1"))
+            .task(Task::kthread(812, "napi/eth0-8193").on("1"))
+            .task(Task::user(4000, 4000, "cadvisor").on("0-1"))
+            .task(Task::user(6000, 6000, "spin").on("1").fifo(50).busy(95_000));
+        for i in 0..9 {
+            t.dir(&format!("sys/fs/cgroup/memory/kubepods/pod{i}"));
+        }
+        t
+    }
+
+    #[test]
+    fn a_bad_node_reads_as_one_line_per_check_and_exits_7() {
+        let t = bad_node();
+        let r = examine(&t.roots());
+        let ids: Vec<&str> = r.checks.iter().map(|c| c.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec![
+                "memory_cgroups",
+                "memory_stat_cost",
+                "kernel",
+                "rx_queues",
+                "softirq_budget",
+                "rx_cpus",
+                "tracing",
+                "privileges"
+            ]
+        );
+        let status = |id: &str| r.checks.iter().find(|c| c.id == id).map(|c| c.status);
+        assert_eq!(status("memory_cgroups"), Some(Status::Bad));
+        assert_eq!(status("memory_stat_cost"), Some(Status::Ok));
+        assert_eq!(status("kernel"), Some(Status::Warn));
+        assert_eq!(status("rx_queues"), Some(Status::Ok));
+        assert_eq!(status("softirq_budget"), Some(Status::Ok));
+        assert_eq!(status("rx_cpus"), Some(Status::Bad));
+        assert_eq!(status("tracing"), Some(Status::Warn));
+        assert_eq!(status("privileges"), Some(Status::Warn));
+        assert_eq!(r.exit_code(), ExitCode::DoctorBad);
+        assert_eq!(r.host, "kube-node-bad");
+        assert_eq!(r.facts.cgroups.memcg_dying, Some(20_000));
+        assert_eq!(r.facts.cgroups.kubepods_live, Some(10));
+
+        let text = text::render(&r);
+        assert!(
+            text[0].starts_with("stalltrace doctor on kube-node-bad (Linux 4.9.0-19-amd64)"),
+            "{}",
+            text[0]
+        );
+        assert!(text.contains(&"[bad] memory cgroups: 20 000 dying, 12 live (10 under kubepods); what to do: find what creates and removes short-lived cgroups that leave page cache behind (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` frees the pages that pin them (the seed's workaround; cached files are re-read), and then watch this count; on cgroup v1, kernels from 5.2 stop walking them on every memory.stat read".to_string()), "{text:#?}");
+        let rx = text
+            .iter()
+            .find(|l| l.starts_with("[bad] RX CPUs: "))
+            .unwrap();
+        assert!(
+            rx.contains("napi/eth0-8193 (pid 812, SCHED_OTHER, CPUs 1"),
+            "{rx}"
+        );
+        assert!(
+            rx.contains("spin (pid 6000, SCHED_FIFO 50, CPUs 1, 95% CPU)"),
+            "{rx}"
+        );
+        // Every check is one unindented line; everything else is indented detail.
+        let heads = text.iter().filter(|l| l.starts_with('[')).count();
+        assert_eq!(heads, r.checks.len());
+        assert!(text[1..text.len() - 1]
+            .iter()
+            .all(|l| l.starts_with('[') || l.starts_with("    ")));
+        assert_eq!(
+            text.last().unwrap(),
+            "2 bad, 3 warn, 0 unknown, 3 ok (exit code 7)"
+        );
+    }
+
+    #[test]
+    fn the_report_round_trips_through_json() {
+        let r = examine(&bad_node().roots());
+        let json = serde_json::to_string_pretty(&r).unwrap();
+        let back: DoctorReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["format"], "stalltrace-doctor");
+        assert_eq!(v["checks"][0]["status"], "bad");
+        assert_eq!(v["facts"]["cgroups"]["hierarchy"], "v1");
+        assert_eq!(
+            v["facts"]["rx"]["rx_cpus"]["1"][0],
+            "irq 38 virtio2-input.0"
+        );
+    }
+
+    #[test]
+    fn garbage_everywhere_is_unknown_or_ok_never_a_panic() {
+        let t = Tree::new("garbage");
+        let junk = "\u{0}((( ))) -1 0x zz 99999999999999999999999 \u{202e}\n:\n";
+        for f in [
+            "proc/sys/kernel/osrelease",
+            "proc/sys/kernel/version",
+            "proc/sys/kernel/sched_rt_runtime_us",
+            "proc/uptime",
+            "proc/mounts",
+            "proc/cgroups",
+            "proc/self/status",
+            "proc/self/limits",
+            "proc/interrupts",
+            "proc/irq/38/smp_affinity_list",
+            "proc/net/softnet_stat",
+            "proc/sys/net/core/netdev_budget",
+            "sys/fs/cgroup/cgroup.controllers",
+            "sys/fs/cgroup/memory/memory.stat",
+            "sys/fs/cgroup/memory/cgroup.stat",
+            "sys/devices/system/cpu/online",
+            "sys/devices/system/cpu/isolated",
+            "sys/class/net/eth0/queues/rx-0/rps_cpus",
+            "sys/class/net/eth0/threaded",
+            "proc/7/task/7/stat",
+            "proc/7/task/7/status",
+        ] {
+            t.file(f, junk);
+        }
+        t.file("proc/8/task/8/stat", "8 (x) R 1 2 3")
+            .file("proc/9/task/9/stat", "9 (y) S 0 0 0 0 0 not-a-number 0")
+            .file("sys/devices/system/cpu/nohz_full", "0-4294967295\n");
+        let r = examine(&t.roots());
+        assert_eq!(r.checks.len(), 8);
+        assert_ne!(r.exit_code(), ExitCode::DoctorBad, "{:#?}", r.checks);
+        assert!(!text::render(&r).is_empty());
+        let back: DoctorReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.checks, r.checks);
+    }
+
+    #[test]
+    fn cgroup_facts_are_measured_within_their_bounds() {
+        let started = Instant::now();
+        let f = cgroup_facts(&bad_node().roots());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(f.memcg_dying, Some(20_000));
+        assert_eq!(f.memcg_live, Some(12));
+        assert_eq!(f.root_stat_reads, budget::STAT_READS_EACH);
+        assert!(f.root_stat_read_median_ns.is_some());
+        assert!(!f.measured_at.is_empty());
+    }
+
     #[test]
     fn worst_status_decides_the_exit_code() {
         let mut r = examine(&Roots::new("/nonexistent-sys", "/nonexistent-proc"));
