@@ -430,8 +430,8 @@ pub fn check(c: &Census, kernel: &KernelFacts) -> Check {
         "find what creates and removes short-lived cgroups that leave page cache behind \
          (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` \
          frees the pages that pin them (the seed's workaround; cached files are re-read), and \
-         then watch this count; on cgroup v1, kernels from 5.2 stop walking them on every \
-         memory.stat read",
+         then watch this count; kernels from 5.2 stop walking them on every memory.stat \
+         read",
     )
 }
 

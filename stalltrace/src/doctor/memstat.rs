@@ -309,7 +309,7 @@ pub fn check(cost: &StatCost, census: &Census, kernel: &KernelFacts) -> Check {
     check.todo(
         "fewer dying memory cgroups make each read cheaper (see memory cgroups); poll less \
          often (cadvisor --housekeeping_interval, the kubelet's stats period); on kernels \
-         before 5.2 with cgroup v1, upgrading removes the walk over every cgroup",
+         before 5.2, upgrading removes the walk over every cgroup",
     )
 }
 

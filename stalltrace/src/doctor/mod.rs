@@ -495,7 +495,7 @@ mod tests {
             "{}",
             text[0]
         );
-        assert!(text.contains(&"[bad] memory cgroups: 20 000 dying, 12 live (10 under kubepods); what to do: find what creates and removes short-lived cgroups that leave page cache behind (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` frees the pages that pin them (the seed's workaround; cached files are re-read), and then watch this count; on cgroup v1, kernels from 5.2 stop walking them on every memory.stat read".to_string()), "{text:#?}");
+        assert!(text.contains(&"[bad] memory cgroups: 20 000 dying, 12 live (10 under kubepods); what to do: find what creates and removes short-lived cgroups that leave page cache behind (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` frees the pages that pin them (the seed's workaround; cached files are re-read), and then watch this count; kernels from 5.2 stop walking them on every memory.stat read".to_string()), "{text:#?}");
         let rx = text
             .iter()
             .find(|l| l.starts_with("[bad] RX CPUs: "))
