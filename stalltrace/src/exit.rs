@@ -10,6 +10,8 @@ pub enum ExitCode {
     KernelFeature = 4,
     BadInput = 5,
     LabMismatch = 6,
+    /// `doctor` found something bad on this node.
+    DoctorBad = 7,
 }
 
 impl From<ExitCode> for std::process::ExitCode {

@@ -21,6 +21,7 @@ macro_rules! errln {
 
 pub mod analyze;
 pub mod cli;
+pub mod doctor;
 pub mod enrich;
 pub mod events;
 pub mod exit;
