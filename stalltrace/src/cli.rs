@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
-use crate::{analyze, exit, features, lab, probe, record, watch};
+use crate::{analyze, doctor, exit, features, lab, probe, record, watch};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -18,7 +18,7 @@ Examples:
 Exit codes:
   0 success   1 runtime failure   2 bad command line   3 missing privileges
   4 the kernel lacks a needed feature   5 unreadable or malformed input file
-  6 lab: the tool did not blame the planted culprit";
+  6 lab: the tool did not blame the planted culprit   7 doctor: a check is bad";
 
 #[derive(Parser)]
 #[command(name = "stalltrace", version, about = "Why did this packet wait on this node, and who is to blame?",
@@ -41,6 +41,9 @@ enum Cmd {
     /// Run as a node agent until SIGTERM: Prometheus metrics (pods and containers
     /// named), one dump per stall episode (flight recorder).
     Watch(watch::WatchArgs),
+    /// Check this node for what makes receive work wait (dying memory cgroups, slow
+    /// memory.stat, RX layout, kernel behaviours) and say what to do; read-only.
+    Doctor(doctor::DoctorArgs),
     /// Send ICMP echo or TCP SYN probes and print hping3-style lines with RTTs.
     Probe(probe::ProbeArgs),
     /// Report what this kernel allows (BTF, kprobes, perf events, the verifier's word on
@@ -84,6 +87,7 @@ pub fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Record(a) => record::run(a),
         Cmd::Watch(a) => watch::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
         Cmd::Probe(a) => probe::run(a),
         Cmd::Lab(a) => lab::run(a),
         Cmd::Features(a) => features::run(a),
