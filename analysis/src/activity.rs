@@ -23,12 +23,93 @@ pub enum Doing<'a> {
     },
 }
 
+/// Where cgroup filesystems are mounted: files under them are cgroup statistics.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/";
+
+/// The same statistics file of many cgroups is one activity: `/sys/fs/cgroup/memory/
+/// kubepods/…/pod1/memory.stat` and 3 000 siblings read as `/sys/fs/cgroup/memory/…/
+/// memory.stat` once more than [`COLLAPSE_AT`] of them were read.
+const COLLAPSE_AT: usize = 3;
+
+fn collapsed(path: &str) -> Option<String> {
+    let rest = path.strip_prefix(CGROUP_ROOT)?;
+    let (dir, file) = rest.rsplit_once('/')?;
+    let top = dir.split('/').next().unwrap_or(dir);
+    Some(format!("{CGROUP_ROOT}{top}/…/{file}"))
+}
+
+/// A cgroup statistics file (`memory.stat`, `cpu.stat`, `io.stat`, …) among what a
+/// culprit did: its name.
+pub fn cgroup_stat_file(path: &str) -> Option<&str> {
+    let file = path.rsplit('/').next()?;
+    let stat =
+        file.ends_with(".stat") || file.starts_with("memory.") || file.starts_with("cpuacct.");
+    (path.starts_with(CGROUP_ROOT) && stat).then_some(file)
+}
+
 impl Activity {
     /// The profile of a set of samples.
     pub fn from_samples<'a>(samples: impl IntoIterator<Item = Doing<'a>>) -> Self {
+        let samples: Vec<Doing<'a>> = samples.into_iter().collect();
+        // Files of many cgroups read with one syscall: one entry.
+        let mut distinct: Vec<(i64, String, &str)> = vec![];
+        for s in &samples {
+            if let Doing::Syscall {
+                nr, path: Some(p), ..
+            } = s
+            {
+                if let Some(c) = collapsed(p) {
+                    if !distinct
+                        .iter()
+                        .any(|(n, k, q)| *n == *nr && *k == c && q == p)
+                    {
+                        distinct.push((*nr, c, p));
+                    }
+                }
+            }
+        }
+        let collapse = |nr: i64, p: &str| -> Option<String> {
+            let c = collapsed(p)?;
+            let n = distinct
+                .iter()
+                .filter(|(m, k, _)| *m == nr && *k == c)
+                .count();
+            (n > COLLAPSE_AT).then_some(c)
+        };
         let mut a = Activity::default();
         let mut all: Vec<SyscallShare> = Vec::new();
         for s in samples {
+            let s = match s {
+                Doing::Syscall {
+                    nr,
+                    name,
+                    path: Some(p),
+                } => match collapse(nr, p) {
+                    Some(c) => {
+                        let share_path = c;
+                        a.samples = a.samples.saturating_add(1);
+                        match all
+                            .iter_mut()
+                            .find(|x| x.nr == nr && x.path.as_deref() == Some(share_path.as_str()))
+                        {
+                            Some(x) => x.samples += 1,
+                            None => all.push(SyscallShare {
+                                nr,
+                                name: name.to_string(),
+                                path: Some(share_path),
+                                samples: 1,
+                            }),
+                        }
+                        continue;
+                    }
+                    None => Doing::Syscall {
+                        nr,
+                        name,
+                        path: Some(p),
+                    },
+                },
+                other => other,
+            };
             a.samples = a.samples.saturating_add(1);
             match s {
                 Doing::User => a.user += 1,
@@ -84,6 +165,15 @@ impl Activity {
             }
         }
         self.keep_top(all);
+    }
+
+    /// The cgroup statistics file it spent the most samples reading, if any (at least
+    /// a tenth of them).
+    pub fn cgroup_stat_file(&self) -> Option<&str> {
+        self.syscalls
+            .iter()
+            .filter(|x| x.samples.saturating_mul(10) >= self.samples)
+            .find_map(|x| x.path.as_deref().and_then(cgroup_stat_file))
     }
 
     /// Samples inside any syscall.
@@ -243,6 +333,39 @@ mod tests {
         assert_eq!(phrase(&busy).unwrap(), "in user space (25 of 25 samples)");
         assert_eq!(cell(&busy).unwrap(), "user space 100%");
         assert_eq!(phrase(&Activity::default()), None);
+    }
+
+    /// A walker reading memory.stat of many cgroups: one entry, the file named.
+    #[test]
+    fn the_same_stat_file_of_many_cgroups_is_one_activity() {
+        let paths: Vec<String> = (0..40)
+            .map(|i| format!("/sys/fs/cgroup/memory/stalltrace-lab/c{i}/memory.stat"))
+            .collect();
+        let mut s: Vec<Doing<'_>> = paths.iter().map(|p| sys(0, "read", Some(p))).collect();
+        s.extend(std::iter::repeat_n(
+            sys(
+                257,
+                "openat",
+                Some("/sys/fs/cgroup/memory/stalltrace-lab/c1/memory.stat"),
+            ),
+            5,
+        ));
+        s.push(Doing::User);
+        let a = Activity::from_samples(s);
+        assert_eq!(
+            a.syscalls[0].path.as_deref(),
+            Some("/sys/fs/cgroup/memory/…/memory.stat")
+        );
+        assert_eq!(a.syscalls[0].samples, 40);
+        assert_eq!(a.cgroup_stat_file(), Some("memory.stat"));
+        // One cgroup's file keeps its full path.
+        let one = Activity::from_samples([sys(0, "read", Some("/sys/fs/cgroup/cpu/cpu.stat"))]);
+        assert_eq!(
+            one.syscalls[0].path.as_deref(),
+            Some("/sys/fs/cgroup/cpu/cpu.stat")
+        );
+        assert_eq!(one.cgroup_stat_file(), Some("cpu.stat"));
+        assert_eq!(cgroup_stat_file("/proc/1/status"), None);
     }
 
     #[test]

@@ -471,3 +471,38 @@ fn inside_is_filled_for_a_culprit_in_user_space() {
         "{text}"
     );
 }
+
+/// The seed's culprit read memory.stat: the episode and the summary point at the
+/// node's memory cgroups, with the count measured at record time when the dump has it.
+#[test]
+fn a_culprit_reading_cgroup_statistics_is_linked_to_the_doctor() {
+    let recs = fixture::records(Seed::default());
+    let r = run(&recs, None, None);
+    let why = r.episodes[0].why.as_deref().unwrap();
+    assert!(
+        why.starts_with("reading cgroup statistics (memory.stat): "),
+        "{why}"
+    );
+    assert!(why.contains("stalltrace doctor"), "{why}");
+    let mut with_facts = recs.clone();
+    if let Record::Header(h) = &mut with_facts[0] {
+        h.cgroups = Some(CgroupFacts {
+            memcg_live: Some(1904),
+            memcg_dying: Some(3120),
+            ..Default::default()
+        });
+    }
+    let r = run(&with_facts, None, None);
+    let why = r.episodes[0].why.as_deref().unwrap();
+    assert!(
+        why.contains("with 3120 dying memory cgroups (1904 live) at record time"),
+        "{why}"
+    );
+    let summary = stalltrace_analysis::report::summary(&r).join("\n");
+    assert!(
+        summary.contains("cadvisor spent its episodes reading cgroup statistics files")
+            && summary.contains("The node had 3120 dying memory cgroups"),
+        "{summary}"
+    );
+    assert!(stalltrace_analysis::report::text::episode_line(&r.episodes[0]).ends_with(why));
+}

@@ -40,6 +40,7 @@ pub fn header(host: &str, kernel: &str, cpus: u32, t0: u64, probe: Option<String
             probe,
             ..Options::default()
         },
+        cgroups: None,
     }
 }
 

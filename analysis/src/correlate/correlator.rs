@@ -65,6 +65,8 @@ pub struct Config {
     pub boot_to_wall_ns: Option<i64>,
     /// From the dump header: the recorder's own process, never a culprit.
     pub recorder_pid: Option<u32>,
+    /// From the dump header: the node's memory cgroups at record time.
+    pub cgroups: Option<crate::dump::CgroupFacts>,
 }
 
 impl Config {
@@ -82,6 +84,7 @@ impl Config {
             max_listed_unexplained: 50,
             boot_to_wall_ns: None,
             recorder_pid: None,
+            cgroups: None,
         }
     }
 
@@ -94,6 +97,7 @@ impl Config {
         let mut c = Self::new(thr);
         c.boot_to_wall_ns = Some(h.boot_to_wall_ns);
         c.recorder_pid = h.options.recorder_pid;
+        c.cgroups.clone_from(&h.cgroups);
         if h.options.probe.is_some() {
             c.mode = Some(Mode::Probes);
         }
@@ -889,7 +893,13 @@ impl Correlator {
             lines,
             lines_omitted,
             truncated: st.waits.iter().any(|w| w.truncated),
+            why: None,
         };
+        let mut ep = ep;
+        ep.why = ep
+            .culprit
+            .as_ref()
+            .and_then(|c| super::episode::why(c, self.cfg.cgroups.as_ref()));
         self.settle_claims(&claims, true);
         let t = &mut self.tally;
         t.next_episode += 1;

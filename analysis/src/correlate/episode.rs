@@ -48,6 +48,33 @@ pub struct Episode {
     pub lines_omitted: u32,
     /// The kernel's run history was shorter than the window: holders may be incomplete.
     pub truncated: bool,
+    /// Why the culprit may have been slow, when its activity points somewhere: it was
+    /// reading cgroup statistics files, with the node's dying memory cgroups.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The cgroup statistics file a culprit was reading (from its samples, else from its
+/// exact syscall).
+pub fn cgroup_file_read(c: &Culprit) -> Option<String> {
+    if let Some(f) = c.activity.as_ref().and_then(Activity::cgroup_stat_file) {
+        return Some(f.to_string());
+    }
+    let sys = c.syscall.as_ref()?;
+    crate::activity::cgroup_stat_file(sys.path.as_deref()?).map(str::to_string)
+}
+
+/// `reading cgroup statistics (memory.stat) with 3120 dying memory cgroups (1904
+/// live) at record time: see stalltrace doctor`, when the culprit read such files.
+pub fn why(c: &Culprit, facts: Option<&crate::dump::CgroupFacts>) -> Option<String> {
+    let file = cgroup_file_read(c)?;
+    let node = facts
+        .and_then(|f| f.dying_phrase("at record time"))
+        .map(|p| format!(" with {p}"))
+        .unwrap_or_default();
+    Some(format!(
+        "reading cgroup statistics ({file}){node}: `stalltrace doctor` says why such reads are slow and what to do"
+    ))
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

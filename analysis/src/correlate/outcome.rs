@@ -34,6 +34,9 @@ pub struct InputInfo {
     /// Features the recording's kernel did not allow.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// Memory cgroups measured at record time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<crate::dump::CgroupFacts>,
     /// The footer was read: the recorder ended cleanly.
     pub complete: bool,
     /// The last line was torn (the recorder died while writing it).
@@ -67,6 +70,7 @@ impl InputInfo {
         self.exact_syscalls = h.exact_syscalls();
         self.sampler_hz = h.options.sampler_hz;
         self.degraded.clone_from(&h.options.degraded);
+        self.cgroups.clone_from(&h.cgroups);
     }
 
     pub fn set_footer(&mut self, f: &Footer) {

@@ -80,6 +80,7 @@ impl<R: Read> DumpReader<R> {
                 hooks: vec![],
                 packet_hook: String::new(),
                 options: Default::default(),
+                cgroups: None,
             },
             footer: None,
             partial_last_line: false,
@@ -259,6 +260,7 @@ mod tests {
             hooks: vec![],
             packet_hook: "tracepoint".into(),
             options: Options::default(),
+            cgroups: None,
         }))
         .unwrap()
     }

@@ -45,6 +45,11 @@ pub struct Header {
     pub packet_hook: String,
     /// The command line options that shaped the recording.
     pub options: Options,
+    /// Memory cgroups (live, dying) and the cost of reading memory.stat, measured at
+    /// the start (as `stalltrace doctor` does): what a culprit reading cgroup files
+    /// is up against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<super::node::CgroupFacts>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -171,6 +171,38 @@ pub fn summary(r: &Report) -> Vec<String> {
             ));
         }
     }
+    // What the culprits' activity points at: cgroup statistics reads.
+    let readers: Vec<&str> = r
+        .culprits
+        .iter()
+        .filter(|c| {
+            c.activity
+                .as_ref()
+                .and_then(|a| a.cgroup_stat_file())
+                .is_some()
+                || c.syscalls.iter().any(|x| {
+                    x.path
+                        .as_deref()
+                        .and_then(crate::activity::cgroup_stat_file)
+                        .is_some()
+                })
+        })
+        .map(|c| c.comm.as_str())
+        .collect();
+    if !readers.is_empty() {
+        let node = r
+            .input
+            .cgroups
+            .as_ref()
+            .and_then(|f| f.dying_phrase("when the recording started"))
+            .map(|p| format!(" The node had {p}."))
+            .unwrap_or_default();
+        out.push(format!(
+            "{} spent {} episodes reading cgroup statistics files (memory.stat and the like), which walk every memory cgroup, dying ones included, on older kernels and flush per-CPU stats on newer ones.{node} Run `stalltrace doctor` on the node for the cost of such reads and what to do.",
+            readers.join(", "),
+            if readers.len() == 1 { "its" } else { "their" }
+        ));
+    }
     if t.probes_unexplained > 0 {
         out.push(format!(
             "{} at or above {thr} {} not explained by a wait on this node: {} no packet recorded, \

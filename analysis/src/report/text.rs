@@ -63,6 +63,9 @@ pub fn episode_line(e: &Episode) -> String {
     if e.truncated {
         s.push_str(" (holders may be incomplete)");
     }
+    if let Some(w) = &e.why {
+        let _ = write!(s, "; {w}");
+    }
     s
 }
 

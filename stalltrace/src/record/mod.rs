@@ -107,6 +107,9 @@ fn header(plan: &TracePlan, tracer: &Tracer, sampling: bool, degraded: Vec<Strin
         hooks: tracer.hooks.clone(),
         packet_hook: tracer.packet_hook.into(),
         options: plan.options(sampling, degraded),
+        // What a culprit reading cgroup files is up against (the doctor's numbers;
+        // about a second on a node with tens of thousands of cgroups).
+        cgroups: Some(crate::doctor::cgroup_facts(&crate::doctor::Roots::live())),
     }
 }
 

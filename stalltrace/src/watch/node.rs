@@ -50,12 +50,7 @@ pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
-pub fn stats(
-    src: &Source,
-    p: &Pipeline<'_>,
-    dumps_written: u64,
-    recorder_bytes: u64,
-) -> NodeStats {
+pub fn stats(src: &Source, p: &Pipeline<'_>, dumps_written: u64, recorder_bytes: u64) -> NodeStats {
     let hists = src.tracer.hists().ok();
     NodeStats {
         net_rx: hists.as_ref().map(|h| h.net_rx.clone()).unwrap_or_default(),
