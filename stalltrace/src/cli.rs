@@ -54,6 +54,9 @@ enum Cmd {
     /// (internal) The lab's planted culprit.
     #[command(hide = true)]
     Hog(lab::hog::HogArgs),
+    /// (internal) The memcg-stat lab scenario's cgroup charger.
+    #[command(hide = true)]
+    ChargeCgroups(lab::memcg::ChargeArgs),
     /// (internal) The ksoftirqd lab scenario's UDP flood.
     #[command(hide = true)]
     Flood(lab::flood::FloodArgs),
@@ -93,6 +96,7 @@ pub fn main() -> std::process::ExitCode {
         Cmd::Features(a) => features::run(a),
         Cmd::Hog(a) => lab::hog::run(a),
         Cmd::Flood(a) => lab::flood::run(a),
+        Cmd::ChargeCgroups(a) => lab::memcg::charge_run(a),
         Cmd::Analyze(a) => analyze::run(a),
         Cmd::Completions { shell } => completions(shell),
         Cmd::ManPages { out } => man_pages(&out),

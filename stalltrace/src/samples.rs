@@ -100,7 +100,11 @@ impl Files {
     }
 
     fn file(&mut self, ev: &SampleEvent, name: &str) -> Option<Rc<str>> {
-        let arg = comm_str(&ev.path);
+        let mut arg = comm_str(&ev.path);
+        if !ev.path.contains(&0) {
+            // The kernel's copy filled the buffer: the path goes on.
+            arg.push('…');
+        }
         if !arg.is_empty() {
             let p = self.intern(&absolute_proc(&arg, ev.header.tgid, ev.header.pid));
             if self.last_opened.len() >= 1 << 14 {

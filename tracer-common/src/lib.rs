@@ -220,15 +220,16 @@ pub const MODE_KTHREAD: u32 = 4;
 /// In the kernel, and whether inside a syscall could not be read.
 pub const MODE_KERNEL_UNKNOWN: u32 = 5;
 
-/// Bytes of a path argument kept with a sample (openat and friends).
-pub const SAMPLE_PATH_LEN: usize = 64;
+/// Bytes of a path argument kept with a sample (openat and friends): Kubernetes cgroup
+/// paths run to 200 bytes and more.
+pub const SAMPLE_PATH_LEN: usize = 256;
 
 /// A cpu-clock sample of the task on a CPU while an RX wait was pending there (a
 /// NET_RX raise not yet run, or an RX thread woken to this CPU and not yet switched
 /// in); the idle task is never sampled. The header's pid/tgid/comm is the sampled task,
 /// `ts_ns` the sample time. What it was doing comes from the interrupted registers
 /// (user or kernel mode) and, in the kernel, from its saved user registers (the
-/// syscall number and first argument). 144 bytes.
+/// syscall number and first argument). 336 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SampleEvent {
@@ -446,7 +447,7 @@ const _: () = {
     assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<StackEvent>() == 64);
-    assert!(core::mem::size_of::<SampleEvent>() == 144);
+    assert!(core::mem::size_of::<SampleEvent>() == 80 + SAMPLE_PATH_LEN);
     assert!((EventKind::Sample as u32) < LOST_RX_WAKE);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 88);

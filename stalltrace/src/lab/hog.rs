@@ -47,6 +47,10 @@ pub struct HogArgs {
     /// and over (as a metrics agent walks thousands of small files).
     #[arg(long, conflicts_with = "read_file")]
     pub poll_file: Option<PathBuf>,
+    /// Hold the CPU walking this cgroup directory instead: read memory.stat (and
+    /// cpu.stat, io.stat where present) of every cgroup below it, over and over.
+    #[arg(long, conflicts_with_all = ["read_file", "poll_file"])]
+    pub walk_stats: Option<PathBuf>,
     /// Do the work in a second thread of this name (the process keeps `--name`), as a
     /// multi-threaded daemon's worker would.
     #[arg(long)]
@@ -66,6 +70,37 @@ enum Work {
         path: PathBuf,
         buf: Vec<u8>,
     },
+    /// Statistics files of every cgroup below a directory, as cadvisor reads them.
+    Walk {
+        files: Vec<PathBuf>,
+        next: usize,
+        buf: Vec<u8>,
+    },
+}
+
+/// The statistics files of every cgroup below `root` (bounded).
+fn stat_files(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        if out.len() > 100_000 {
+            break;
+        }
+        for f in ["memory.stat", "cpu.stat", "io.stat"] {
+            let p = d.join(f);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            dirs.extend(
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
 }
 
 impl Work {
@@ -83,6 +118,14 @@ impl Work {
                 if let Ok(mut f) = File::open(&*path) {
                     let _ = std::io::Read::read(&mut f, buf);
                 }
+            }
+            Work::Walk { files, next, buf } => {
+                if let Some(p) = files.get(*next) {
+                    if let Ok(mut f) = File::open(p) {
+                        let _ = std::io::Read::read(&mut f, buf);
+                    }
+                }
+                *next = (*next + 1) % files.len().max(1);
             }
         }
     }
@@ -117,6 +160,12 @@ pub fn run(a: HogArgs) -> anyhow::Result<ExitCode> {
         Work::Read {
             file,
             buf: vec![0u8; a.read_size],
+        }
+    } else if let Some(root) = &a.walk_stats {
+        Work::Walk {
+            files: stat_files(root),
+            next: 0,
+            buf: vec![0u8; 16 << 10],
         }
     } else if let Some(p) = &a.poll_file {
         Work::Poll {
@@ -229,6 +278,9 @@ impl Hog {
         }
         if let Some(p) = &a.poll_file {
             c.arg("--poll-file").arg(p);
+        }
+        if let Some(p) = &a.walk_stats {
+            c.arg("--walk-stats").arg(p);
         }
         if let Some(t) = &a.thread_name {
             c.args(["--thread-name", t]);

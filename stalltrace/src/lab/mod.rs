@@ -7,6 +7,7 @@ pub mod flood;
 pub mod hog;
 pub mod journal;
 pub mod ksoftirqd;
+pub mod memcg;
 pub mod scenario;
 pub mod verdict;
 
@@ -242,6 +243,7 @@ fn run_scenario(
         read_size: 0,
         poll_file: None,
         thread_name: None,
+        walk_stats: None,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;

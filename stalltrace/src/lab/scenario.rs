@@ -63,6 +63,8 @@ pub enum ScenarioName {
     Ksoftirqd,
     /// A SCHED_FIFO poller in many short syscalls: open, read, close of a /proc file.
     ShortSyscalls,
+    /// The seed's culprit: dying memory cgroups and a walker reading memory.stat.
+    MemcgStat,
 }
 
 impl ScenarioName {
@@ -72,6 +74,7 @@ impl ScenarioName {
             ScenarioName::SlowSyscall => Box::new(SlowSyscall),
             ScenarioName::Ksoftirqd => Box::new(Ksoftirqd),
             ScenarioName::ShortSyscalls => Box::new(ShortSyscalls),
+            ScenarioName::MemcgStat => Box::new(super::memcg::MemcgStat),
         }
     }
 
@@ -85,7 +88,7 @@ impl ScenarioName {
 }
 
 /// Threaded NAPI on the namespace side, its kthread pinned to the starved CPU.
-fn threaded_napi(lab: &mut Lab<'_>) -> anyhow::Result<String> {
+pub(super) fn threaded_napi(lab: &mut Lab<'_>) -> anyhow::Result<String> {
     let pid = lab.ns.threaded_napi(lab.cpu)?;
     Ok(format!(
         "namespace {} ({} <-> {}), RX by napi thread pid {pid} pinned to CPU {}",
