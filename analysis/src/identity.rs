@@ -395,13 +395,16 @@ pub fn parse_proc_cgroup(text: &str) -> Option<String> {
             }
         }
     }
-    let v1 = memory.or(cpu).or(systemd);
-    let names_pod = |p: &str| parse_cgroup_path(p).pod_uid.is_some();
-    let chosen = match (unified, v1) {
-        (Some(u), Some(v)) if !names_pod(u) && names_pod(v) => Some(v),
-        (Some(u), _) => Some(u),
-        (None, v) => v,
-    };
+    // In preference order; but any hierarchy that names a pod beats one that does not
+    // (a kubelet on a hybrid layout, or a task moved in one v1 hierarchy only).
+    let order = [unified, memory, cpu, systemd];
+    let names_pod = |p: &&&str| parse_cgroup_path(p).pod_uid.is_some();
+    let chosen = order
+        .iter()
+        .flatten()
+        .find(names_pod)
+        .or_else(|| order.iter().flatten().next())
+        .copied();
     match chosen {
         Some(p) => Some(p.to_string()),
         None => any_line.then(|| "/".to_string()),

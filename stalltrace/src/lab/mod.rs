@@ -79,6 +79,10 @@ pub struct LabArgs {
     /// The culprit's task name [default: the scenario's].
     #[arg(long, value_parser = culprit_name)]
     pub name: Option<String>,
+    /// Put the culprit into this cgroup directory once it runs (e.g. a kubelet-shaped
+    /// path in the unified hierarchy, to see the pod named).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A task name: 1 to 15 bytes (the kernel's limit), no NUL, no control character.
@@ -249,6 +253,10 @@ fn run_scenario(
     let hog = Hog::spawn(&hog_args)?;
     lab.journal.child(hog.pid, "the culprit")?;
     let hog_pid = hog.pid;
+    if let Some(cg) = &a.cgroup {
+        std::fs::write(cg.join("cgroup.procs"), hog_pid.to_string())
+            .with_context(|| format!("moving the culprit into {}", cg.display()))?;
+    }
     crate::outln!(
         "lab: planted {culprit} (pid {hog_pid}, SCHED_FIFO 50) on CPU {cpu} for {:?}",
         a.duration
