@@ -77,7 +77,11 @@ fn doctor_counts_planted_dying_memory_cgroups() {
     }
     let Some(own) = own_memcg() else {
         assert!(
-            require("doctor_counts_planted_dying_memory_cgroups", false, "no v1 memory hierarchy"),
+            require(
+                "doctor_counts_planted_dying_memory_cgroups",
+                false,
+                "no v1 memory hierarchy"
+            ),
             "unreachable"
         );
         return;
@@ -86,7 +90,11 @@ fn doctor_counts_planted_dying_memory_cgroups() {
     let before = doctor_json();
     let reported = |r: &Value| r["facts"]["cgroups"]["memcg_dying"].as_u64().unwrap();
     let k0 = kernel_dying();
-    assert!(reported(&before).abs_diff(k0) <= 2, "{} vs {k0}", reported(&before));
+    assert!(
+        reported(&before).abs_diff(k0) <= 2,
+        "{} vs {k0}",
+        reported(&before)
+    );
     assert_ne!(check(&before, "memory_cgroups")["status"], "bad");
 
     // Plant K dying ones below this test's own memory cgroup.
@@ -121,13 +129,22 @@ fn doctor_counts_planted_dying_memory_cgroups() {
     let k2 = kernel_dying();
     let n = reported(&after);
     assert!(k1 >= k0 + K as u64 - 5, "planted {K}: {k0} → {k1}");
-    assert!((k1.min(k2)..=k1.max(k2)).contains(&n), "doctor {n}, kernel {k1}..{k2}");
+    assert!(
+        (k1.min(k2)..=k1.max(k2)).contains(&n),
+        "doctor {n}, kernel {k1}..{k2}"
+    );
     let cost = check(&after, "memory_stat_cost");
     assert!(
-        after["facts"]["cgroups"]["root_stat_read_median_ns"].as_u64().unwrap() > 0,
+        after["facts"]["cgroups"]["root_stat_read_median_ns"]
+            .as_u64()
+            .unwrap()
+            > 0,
         "{cost}"
     );
-    assert!(cost["summary"].as_str().unwrap().contains("median"), "{cost}");
+    assert!(
+        cost["summary"].as_str().unwrap().contains("median"),
+        "{cost}"
+    );
 
     // Clean up: the files go, their cache goes, the dying cgroups are released.
     drop(files);
@@ -136,7 +153,11 @@ fn doctor_counts_planted_dying_memory_cgroups() {
     while kernel_dying() > k0 + 10 && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(kernel_dying() <= k0 + 10, "released: {k0} → {}", kernel_dying());
+    assert!(
+        kernel_dying() <= k0 + 10,
+        "released: {k0} → {}",
+        kernel_dying()
+    );
 }
 
 /// A CPU that carries a threaded NAPI thread and a SCHED_FIFO task: warn or bad, and
@@ -172,6 +193,12 @@ fn doctor_names_the_napi_thread_and_the_fifo_task_sharing_a_cpu() {
     let status = c["status"].as_str().unwrap();
     assert!(status == "warn" || status == "bad", "{c}");
     let text = c.to_string();
-    assert!(text.contains(&format!("napi/{}-", ns.ns_if)) && text.contains(&napi.to_string()), "{c}");
-    assert!(text.contains(&name) && text.contains(&hog_pid.to_string()), "{c}");
+    assert!(
+        text.contains(&format!("napi/{}-", ns.ns_if)) && text.contains(&napi.to_string()),
+        "{c}"
+    );
+    assert!(
+        text.contains(&name) && text.contains(&hog_pid.to_string()),
+        "{c}"
+    );
 }

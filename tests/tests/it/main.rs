@@ -9,3 +9,4 @@ mod probe_match;
 mod probe_netns;
 mod record_netns;
 mod vm_guest;
+mod watch;
