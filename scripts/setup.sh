@@ -10,7 +10,7 @@ set -euo pipefail
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages used by the tests, the lab and the benchmarks -----------------
-pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod prometheus linux-perf)
+pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod prometheus linux-perf iptables)
 # --vm: also what `cargo xtask vmtest` needs to boot other kernels under qemu.
 if [ "${1:-}" = "--vm" ]; then
   pkgs+=(qemu-system-x86 busybox-static cpio xz-utils)

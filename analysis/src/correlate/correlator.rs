@@ -368,6 +368,10 @@ impl Correlator {
     fn count_probe(&mut self, p: &ProbeRec) {
         let t = &mut self.tally.totals;
         t.probes += 1;
+        if let Some(e) = &p.send_error {
+            t.probes_not_sent += 1;
+            t.first_send_error.get_or_insert_with(|| e.clone());
+        }
         match p.status {
             ProbeStatus::Lost => t.probes_lost += 1,
             ProbeStatus::Ok if is_stalled(p, self.cfg.stall_threshold_ns) => t.probes_stalled += 1,

@@ -91,6 +91,11 @@ pub struct Totals {
     /// Probe results considered (from the dump or the log).
     pub probes: u64,
     pub probes_lost: u64,
+    /// Lost probes that never left: the kernel refused the send (part of `probes_lost`).
+    pub probes_not_sent: u64,
+    /// Why the first of them was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_send_error: Option<String>,
     /// Answered at or above the stall threshold.
     pub probes_stalled: u64,
     /// Probes the prober saw answered.

@@ -407,6 +407,10 @@ pub struct ProbeRec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ns: Option<u64>,
     pub status: ProbeStatus,
+    /// Why the probe never left (the kernel refused the send: a firewall's EPERM, an
+    /// unreachable network); such a probe is `lost` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -610,6 +614,7 @@ impl Record {
             Record::Probe(p) => {
                 esc(&mut p.source);
                 esc(&mut p.target);
+                p.send_error.as_mut().map(esc);
             }
             Record::Footer(f) => {
                 esc(&mut f.ended_at);

@@ -205,6 +205,13 @@ pub fn render(r: &Report) -> String {
         plural(t.packets, "packet", "packets"),
         plural(t.waits, "wait", "waits"),
     );
+    if let Some(e) = &t.first_send_error {
+        let _ = writeln!(
+            s,
+            "  {} never left: the kernel refused to send them (first: {e})",
+            plural(t.probes_not_sent, "probe", "probes"),
+        );
+    }
     if t.probes_answered > 0 {
         let _ = writeln!(
             s,

@@ -607,9 +607,10 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     assert_eq!(st.code(), Some(0));
     let out = fs::read_to_string(&out_path).expect("output");
     let answered = reply_lines(&out).len() as u64;
+    // Lost in flight, or refused by the kernel while the carrier was down.
     let lost_lines = out
         .lines()
-        .filter(|l| l.starts_with("no answer for icmp_seq="))
+        .filter(|l| l.starts_with("no answer for icmp_seq=") || l.starts_with("not sent icmp_seq="))
         .count() as u64;
     assert!(
         lost_lines >= 5,
@@ -649,4 +650,110 @@ fn no_probe_lost_to_a_flood_of_foreign_echo_replies() {
         text.contains("300 packets transmitted, 300 packets received, 0 lost"),
         "{text}"
     );
+}
+
+/// A firewall starts dropping the prober's packets mid-run (`iptables -A OUTPUT -j DROP`
+/// in the namespace the recorder probes from): the kernel refuses each send with EPERM;
+/// the recorder says so live within a second, keeps probing, and the dump counts the
+/// probes that never left, with the reason.
+#[test]
+fn a_firewall_refusing_probes_is_said_live_and_in_the_dump() {
+    if !require_root("a_firewall_refusing_probes_is_said_live_and_in_the_dump") {
+        return;
+    }
+    if !integration_tests::require(
+        "a_firewall_refusing_probes_is_said_live_and_in_the_dump",
+        which("iptables"),
+        "needs iptables (scripts/setup.sh installs it)",
+    ) {
+        return;
+    }
+    let ns = Netns::create_unique("fw").expect("netns");
+    let dir = Scratch::new("firewall");
+    let dump = dir.file("fw.jsonl");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(stalltrace_bin())
+        .args([
+            "record",
+            "--quiet",
+            "--probe",
+            &ns.host_addr,
+            "--interval",
+            "10ms",
+        ])
+        .args(["--duration", "6s", "-o"])
+        .arg(&dump)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut rec = stalltrace_testkit::child::ChildGuard::new(cmd.spawn().expect("record"));
+    let stdout = rec.take_stdout().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    // Recording and answered probes first.
+    std::thread::sleep(Duration::from_secs(2));
+    let drop_rule = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "iptables", "-A", "OUTPUT", "-j", "DROP",
+        ])
+        .status()
+        .expect("iptables");
+    let ruled_at = Instant::now();
+    assert!(
+        drop_rule.success(),
+        "iptables -A OUTPUT -j DROP in {}",
+        ns.name
+    );
+    let said = loop {
+        match rx.recv_timeout(Duration::from_secs(3)) {
+            Ok((at, l)) if l.contains("not sent") => break Some((at, l)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    let (at, line) = said.expect("a live line about refused probes");
+    assert!(
+        at.duration_since(ruled_at) < Duration::from_secs(1),
+        "said {:?} after the rule: {line}",
+        at.duration_since(ruled_at)
+    );
+    assert!(line.contains("Operation not permitted"), "{line}");
+    let st = rec.wait_for(Duration::from_secs(20)).expect("record ends");
+    assert!(st.success(), "{st}");
+    let rep = Command::new(stalltrace_bin())
+        .args(["analyze", "--format", "json"])
+        .arg(&dump)
+        .output()
+        .expect("analyze");
+    assert!(rep.status.success());
+    let rep: Value = serde_json::from_slice(&rep.stdout).expect("json");
+    let t = &rep["totals"];
+    // ~4 s of refusals at 10 ms: hundreds, all lost, none answered after the rule.
+    let not_sent = t["probes_not_sent"].as_u64().unwrap_or(0);
+    assert!(not_sent >= 200, "{t}");
+    assert!(t["probes_lost"].as_u64().unwrap_or(0) >= not_sent, "{t}");
+    assert!(
+        t["probes_answered"].as_u64().unwrap_or(0) >= 100,
+        "answered before the rule: {t}"
+    );
+    let why = t["first_send_error"].as_str().unwrap_or_default();
+    assert!(why.contains("Operation not permitted"), "{t}");
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
