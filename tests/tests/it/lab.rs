@@ -220,3 +220,115 @@ fn the_lab_refuses_clearly_where_it_cannot_run() {
     assert!(still_there, "the lab does not delete what it did not make");
     integration_tests::assert_machine_clean("after refusals");
 }
+
+/// The NET_RX budget sysctls the ksoftirqd scenario lowers, read now.
+fn budget_sysctls() -> Vec<String> {
+    ["netdev_budget", "dev_weight"]
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{s}"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The running lab's journal, as JSON (Null before it exists).
+fn journal() -> serde_json::Value {
+    std::fs::read("/run/stalltrace/lab.json")
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn journal_has_proc(j: &serde_json::Value, what: &str) -> bool {
+    j["procs"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["what"] == what))
+}
+
+/// The ksoftirqd lab killed with SIGKILL at each of its phases (namespace made,
+/// recording, budget lowered, flood running) cannot clean up after itself; `lab
+/// --cleanup` then restores both sysctls to the values before the lab (a snapshot
+/// taken here, not the lab's own) and removes everything. SIGHUP (a closed SSH
+/// session) at the flood is handled like SIGTERM by the lab itself.
+#[test]
+fn a_lab_killed_at_any_phase_is_undone_by_cleanup() {
+    if !require_root("a_lab_killed_at_any_phase_is_undone_by_cleanup") {
+        return;
+    }
+    let before = budget_sysctls();
+    assert!(
+        before.iter().all(|v| v != "1"),
+        "budgets already lowered: {before:?}"
+    );
+    type Phase = (&'static str, fn(&serde_json::Value) -> bool);
+    let phases: [Phase; 4] = [
+        ("namespace made", |j| j["namespace"].is_string()),
+        ("recording", |j| journal_has_proc(j, "the recorder")),
+        ("budget lowered", |j| {
+            j["sysctls"].as_array().is_some_and(|s| !s.is_empty())
+        }),
+        ("flood running", |j| journal_has_proc(j, "the flood")),
+    ];
+    let runs = phases
+        .iter()
+        .map(|p| (p, libc::SIGKILL))
+        .chain([(&phases[3], libc::SIGHUP)]);
+    for ((phase, reached), sig) in runs {
+        let ctx = format!("signal {sig} at '{phase}'");
+        let child = Command::new(stalltrace_bin())
+            .args(["lab", "--scenario", "ksoftirqd", "--duration", "6s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = stalltrace_testkit::child::ChildGuard::new(child);
+        let t0 = Instant::now();
+        while !reached(&journal()) {
+            assert!(child.running(), "{ctx}: the lab ended before the phase");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{ctx}: phase never reached"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        let st = child
+            .signal_and_wait(sig, Duration::from_secs(30))
+            .expect("lab exits");
+        assert!(
+            !st.success(),
+            "{ctx}: an interrupted lab does not claim success"
+        );
+        if sig == libc::SIGKILL {
+            assert!(
+                std::path::Path::new("/run/stalltrace/lab.json").exists(),
+                "{ctx}: the journal survives the kill"
+            );
+            let out = Command::new(stalltrace_bin())
+                .args(["lab", "--cleanup"])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(0), "{ctx}: {text}");
+            assert!(
+                text.contains("lab: "),
+                "{ctx}: cleanup says what it did: {text}"
+            );
+            // Idempotent: a second run finds nothing.
+            let again = Command::new(stalltrace_bin())
+                .args(["lab", "--cleanup"])
+                .output()
+                .unwrap();
+            assert_eq!(again.status.code(), Some(0), "{ctx}");
+            assert!(
+                String::from_utf8_lossy(&again.stdout).contains("nothing to clean up"),
+                "{ctx}: {}",
+                String::from_utf8_lossy(&again.stdout)
+            );
+        }
+        assert_eq!(budget_sysctls(), before, "{ctx}: sysctls as before the lab");
+        integration_tests::assert_machine_clean(&ctx);
+    }
+}
