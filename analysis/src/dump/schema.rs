@@ -449,6 +449,10 @@ pub struct Lost {
     /// a syscall in flight not parked (`--syscalls`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub table_full: u64,
+    /// Records still in the ring buffer when a stop's time was up (a stop under a
+    /// flood ends promptly instead of decoding everything queued).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unread_at_exit: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -475,6 +479,7 @@ impl Lost {
             self.stack_samples,
             self.samples,
             self.table_full,
+            self.unread_at_exit,
         ]
         .iter()
         .fold(self.packets, |a, &b| a.saturating_add(b))

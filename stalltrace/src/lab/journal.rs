@@ -44,6 +44,9 @@ pub struct State {
     pub dirs: Vec<PathBuf>,
     /// cgroup directories the lab made, parents first (removed children first).
     pub cgroups: Vec<PathBuf>,
+    /// Directories kept for the user (the dump's): removed only while still empty.
+    #[serde(default)]
+    pub kept: Vec<PathBuf>,
     pub procs: Vec<Proc>,
 }
 
@@ -318,6 +321,12 @@ fn undo(s: &State) -> Vec<String> {
     for d in s.dirs.iter().rev() {
         if d.exists() && fs::remove_dir_all(d).is_ok() {
             done.push(format!("{} removed", d.display()));
+        }
+    }
+    for k in &s.kept {
+        // Only an empty one goes: a lab killed before its recorder wrote anything.
+        if fs::remove_dir(k).is_ok() {
+            done.push(format!("empty {} removed", k.display()));
         }
     }
     for c in s.cgroups.iter().rev() {

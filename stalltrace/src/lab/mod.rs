@@ -225,12 +225,15 @@ fn run_scenario(
             .private_dir(Path::new("/tmp"), "lab-dump")
             .map(|d| d.join(format!("{}.jsonl", sc.name())))?,
     };
-    // The dump outlives the lab: its directory is not the lab's to remove.
-    lab.journal.note(|s| {
-        if let Some(d) = dump.parent() {
-            s.dirs.retain(|x| x != d);
-        }
-    })?;
+    // The dump outlives the lab: its directory is removed only if left empty.
+    if a.output.is_none() {
+        lab.journal.note(|s| {
+            if let Some(d) = dump.parent() {
+                s.dirs.retain(|x| x != d);
+                s.kept.push(d.to_path_buf());
+            }
+        })?;
+    }
     let mut recorder = record(a, ns, &dump, lab.journal)?;
     wait_for_header(&dump, stop)?;
     pause(stop, Duration::from_millis(300))?;

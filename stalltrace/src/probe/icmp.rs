@@ -357,13 +357,7 @@ mod tests {
     #[test]
     fn raw_socket_sees_only_our_echo_replies() {
         use std::time::Duration;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").is_err(),
-                "needs root, and CI runs as root"
-            );
-            eprintln!("SKIP raw_socket_sees_only_our_echo_replies: needs root");
+        if !stalltrace_testkit::ci::require_root("raw_socket_sees_only_our_echo_replies") {
             return;
         }
         let ns = stalltrace_testkit::netns::Netns::create_unique("flt").expect("namespace");

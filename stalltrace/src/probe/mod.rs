@@ -650,7 +650,12 @@ mod tests {
         let h = match spawn(cfg.clone(), tx) {
             Ok(h) => h,
             Err(e) if crate::exit::classify(&e) == ExitCode::Privileges => {
-                crate::errln!("SKIP: {e}");
+                let why = format!("needs a raw or ping socket: {e}");
+                stalltrace_testkit::ci::require(
+                    "spawn_streams_records_and_stop_returns_stats",
+                    false,
+                    &why,
+                );
                 return;
             }
             Err(e) => panic!("{e:#}"),

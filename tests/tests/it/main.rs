@@ -4,6 +4,7 @@
 //! namespaces and the kernel's programs.
 mod attribution_lab;
 mod doctor;
+mod hardening;
 mod lab;
 mod probe_match;
 mod probe_netns;

@@ -583,7 +583,7 @@ fn probes_lost_while_the_link_is_down_are_reported() {
         "probe",
         &ns.ns_addr,
         "--count",
-        "60",
+        "300",
         "--interval",
         "10ms",
         "--timeout",
@@ -592,12 +592,32 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     .stdout(fs::File::create(&out_path).expect("out"))
     .stderr(Stdio::null());
     let mut g = ChildGuard::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(150));
+    // Conditions, not sleeps: answers first, then the link down until five probes
+    // are reported lost, then up again.
+    let count_lines = |pred: &dyn Fn(&str) -> bool| {
+        fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| pred(l))
+            .count()
+    };
+    let is_lost =
+        |l: &str| l.starts_with("no answer for icmp_seq=") || l.starts_with("not sent icmp_seq=");
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(3), "{what} within 3 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_until("5 answers", &|| {
+        count_lines(&|l| l.starts_with("len=")) >= 5
+    });
     let down = Command::new("ip")
         .args(["-n", &ns.name, "link", "set", &ns.ns_if, "down"])
         .status()
         .expect("ip");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("5 probes lost", &|| count_lines(&is_lost) >= 5);
     let up = Command::new("ip")
         .args(["-n", &ns.name, "link", "set", &ns.ns_if, "up"])
         .status()
@@ -614,14 +634,25 @@ fn probes_lost_while_the_link_is_down_are_reported() {
         .count() as u64;
     assert!(
         lost_lines >= 5,
-        "the link was down for 200 ms at 10 ms intervals:\n{out}"
+        "the link was down until 5 were lost:\n{out}"
     );
-    assert_eq!(number_before(&out, "packets transmitted"), 60);
+    assert_eq!(number_before(&out, "packets transmitted"), 300);
+    // Answered again once the link was back.
+    let last_lost = out
+        .lines()
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| is_lost(l))
+        .expect("lost lines");
+    assert!(
+        out.lines().skip(last_lost).any(|l| l.starts_with("len=")),
+        "answers after the link came back:\n{out}"
+    );
     assert_eq!(number_before(&out, "lost,"), lost_lines, "{out}");
     assert_eq!(number_before(&out, "packets received"), answered, "{out}");
     // Every probe settled: answered or lost (late answers are extra lines).
     let late = out.lines().filter(|l| l.starts_with("LATE! ")).count() as u64;
-    assert_eq!(answered + lost_lines, 60, "late {late}:\n{out}");
+    assert_eq!(answered + lost_lines, 300, "late {late}:\n{out}");
 }
 
 /// A flood of someone else's echoes in the same namespace: the raw socket's filter keeps
@@ -638,12 +669,33 @@ fn no_probe_lost_to_a_flood_of_foreign_echo_replies() {
         .stderr(Stdio::null())
         .spawn()
         .expect("flood");
+    let rx_packets = || -> u64 {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "cat"])
+            .arg(format!("/sys/class/net/{}/statistics/rx_packets", ns.ns_if))
+            .output()
+            .expect("rx_packets");
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let rx0 = rx_packets();
     let out = Command::new(stalltrace_bin())
         .args(["probe", &ns.ns_addr, "--count", "300", "--interval", "10ms"])
         .output()
         .expect("probe");
+    let flooded = rx_packets() - rx0;
+    let still_running = matches!(flood.try_wait(), Ok(None));
     let _ = flood.kill();
     let _ = flood.wait();
+    // The flood really ran alongside: far more echoes than our 300 reached the
+    // namespace, and hping3 was still flooding at the end.
+    assert!(still_running, "the flood ran to the end");
+    assert!(
+        flooded > 30_000,
+        "{flooded} packets reached the namespace in 3 s"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
