@@ -79,6 +79,13 @@ pub struct LabArgs {
     /// The culprit's task name [default: the scenario's].
     #[arg(long, value_parser = culprit_name)]
     pub name: Option<String>,
+    /// Do the culprit's work in a second thread of this name (the process keeps its
+    /// name), as a multi-threaded daemon's worker would.
+    #[arg(long, value_name = "NAME", value_parser = culprit_name)]
+    pub thread: Option<String>,
+    /// The culprit renames itself before each burst (tests of bounded metrics).
+    #[arg(long, hide = true)]
+    pub rename_each_burst: bool,
     /// Put the culprit into this cgroup directory once it runs (e.g. a kubelet-shaped
     /// path in the unified hierarchy, to see the pod named).
     #[arg(long, value_name = "DIR")]
@@ -249,8 +256,9 @@ fn run_scenario(
         read_file: None,
         read_size: 0,
         poll_file: None,
-        thread_name: None,
+        thread_name: a.thread.clone(),
         walk_stats: None,
+        rename_each_burst: a.rename_each_burst,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;

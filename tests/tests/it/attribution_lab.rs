@@ -678,3 +678,73 @@ fn lost_events_are_counted_and_shown() {
         "footer counts what the dump holds"
     );
 }
+
+/// A daemon whose worker thread holds the CPU: blamed as the process (its pid and
+/// name), with the thread named apart; the test finds both ids itself in /proc.
+#[test]
+fn a_multithreaded_culprit_is_named_by_process_and_thread() {
+    if !require_root("a_multithreaded_culprit_is_named_by_process_and_thread") {
+        return;
+    }
+    let dir = stalltrace_testkit::scratch::Scratch::new("mt").unwrap();
+    let dump = dir.join("mt.jsonl");
+    let child = Command::new(stalltrace_bin())
+        .args(["lab", "--scenario", "rt-hog", "--duration", "2s"])
+        .args(["--name", "mt-daemon", "--thread", "mt-worker-3", "-o"])
+        .arg(&dump)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+    let t0 = std::time::Instant::now();
+    let (pid, tid) = loop {
+        let found = integration_tests::find_thread("mt-daemon").and_then(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks.flatten().find_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+                (comm.trim() == "mt-worker-3").then_some((pid, tid))
+            })
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            lab.running() && t0.elapsed() < std::time::Duration::from_secs(60),
+            "no worker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_ne!(pid, tid, "the worker is a second thread");
+    let out = lab.into_inner().unwrap().wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let rep = Command::new(stalltrace_bin())
+        .args(["analyze", "--format", "json"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let rep: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    let c = &rep["culprits"][0];
+    assert_eq!(c["tgid"].as_u64(), Some(u64::from(pid)), "{c}");
+    assert_eq!(c["comm"], "mt-daemon", "ranked by process: {c}");
+    assert!(
+        c["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_u64() == Some(u64::from(tid))),
+        "the worker's tid among the culprit's threads: {c}"
+    );
+    let phrase = format!("culprit mt-daemon (pid {pid}), thread mt-worker-3 (tid {tid}) held");
+    let episodes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("episode "))
+        .collect();
+    assert!(
+        !episodes.is_empty() && episodes.iter().all(|e| e.contains(&phrase)),
+        "{phrase}\n{stdout}"
+    );
+    integration_tests::assert_machine_clean("after the multi-threaded lab");
+}
