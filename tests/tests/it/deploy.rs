@@ -31,7 +31,8 @@ const NS: &str = "shop";
 const POD: &str = "cart-5d8f7b9c4-q7w2e";
 const CONTAINER: &str = "pricer";
 const UID: &str = "9a1c2e3f-4b5d-4e6f-8a7b-0c1d2e3f4a5b";
-const CID: &str = "7e1f0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f";
+/// A containerd container id: 64 hex digits.
+const CID: &str = "7e1f0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7";
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
