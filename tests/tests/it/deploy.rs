@@ -19,10 +19,10 @@ use serde::Deserialize as _;
 use serde_yaml::Value;
 use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
 
-/// Kubernetes versions the manifest must validate against: the oldest and newest the
-/// pinned kubernetes-validate (deploy/requirements-validate.txt) ships schemas for
-/// that we claim.
-const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
+/// Kubernetes versions the manifest must validate against: the first with
+/// `recursiveReadOnly` mounts, and the newest the pinned kubernetes-validate
+/// (deploy/requirements-validate.txt) ships schemas for.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 
 /// Capabilities the DaemonSet may add: what `stalltrace watch` needs (docs/deploy.md).
 const ALLOWED_CAPS: [&str; 2] = ["BPF", "PERFMON"];
@@ -283,6 +283,11 @@ fn deploy_manifest_says_what_the_binary_accepts_and_grants_little() {
             assert_ne!(m["readOnly"], Value::Bool(true), "dumps are written");
         } else {
             assert_eq!(m["readOnly"], Value::Bool(true), "{path} must be read-only");
+            // Sub-mounts too (the cgroup v1 controllers under /sys/fs/cgroup).
+            assert!(
+                ["IfPossible", "Enabled"].contains(&m["recursiveReadOnly"].as_str().unwrap_or("")),
+                "{path}: recursiveReadOnly"
+            );
             assert_eq!(path, hp, "{hp} is mounted where the binary looks for it");
         }
     }
