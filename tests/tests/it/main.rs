@@ -3,6 +3,7 @@
 //! (`stalltrace_testkit::ci`). Run one at a time (`--test-threads=1`): they share CPUs,
 //! namespaces and the kernel's programs.
 mod attribution_lab;
+mod deploy;
 mod doctor;
 mod hardening;
 mod lab;
