@@ -113,6 +113,9 @@ pub struct Totals {
     pub episodes_not_listed: u64,
     /// Packets processed in an episode's delayed RX run.
     pub packets_delayed: u64,
+    /// Packets forgotten before their time because the window held its maximum (a
+    /// flood): a stall among them may show fewer packets than it delayed.
+    pub packets_forgotten_early: u64,
     /// Kernel waits (merged per CPU) at or above the stall threshold.
     pub stalls_over_threshold: u64,
 }
