@@ -17,6 +17,7 @@ mod fixtures;
 mod image;
 mod lint;
 mod man;
+mod mutants;
 mod setup;
 mod vmtest;
 
@@ -55,6 +56,9 @@ enum Cmd {
     Man(man::ManArgs),
     /// Rewrite the golden fixtures (tests/fixtures) from the record builders.
     Fixtures,
+    /// Mutation testing of the analysis crate (cargo-mutants; hours): writes the score
+    /// and the surviving mutants to docs/mutants.md.
+    Mutants(mutants::MutantsArgs),
     /// Set up, build (release), and build the node agent's OCI image from scratch
     /// (buildah: the binary and the libraries ldd lists), tagged localhost/stalltrace:<version>.
     Image(image::ImageArgs),
@@ -131,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Vmtest(a) => vmtest::run(a)?,
         Cmd::Man(a) => man::run(a)?,
         Cmd::Fixtures => fixtures::run()?,
+        Cmd::Mutants(a) => mutants::run(a)?,
         Cmd::Image(a) => image::main(a)?,
     }
     Ok(())

@@ -1,0 +1,121 @@
+//! `cargo xtask mutants`: how strong the analysis crate's tests are. cargo-mutants
+//! changes the code one small edit at a time (a `<` for a `<=`, a body for
+//! `Default::default()`) and runs the crate's tests; a mutant the tests do not notice
+//! is a behaviour nothing checks. Writes the score and the survivors to
+//! `docs/mutants.md` (the README quotes it). Hours of CPU on two cores: run it in the
+//! benchmark's rhythm, not in CI. It runs at idle priority so it does not disturb a
+//! test running meanwhile.
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+/// The pinned cargo-mutants (its outcome format is what `score` reads).
+const VERSION: &str = "27.1.0";
+
+#[derive(clap::Args)]
+pub struct MutantsArgs {
+    /// Only mutants in files matching this glob (cargo-mutants' --file), e.g.
+    /// `analysis/src/correlate/*.rs`; repeatable. Default: the whole analysis crate.
+    #[arg(long)]
+    file: Vec<String>,
+    /// Parallel builds (each takes a copy of the tree).
+    #[arg(long, default_value_t = 2)]
+    jobs: u32,
+    /// Only recompute the score from the last run's outcomes.
+    #[arg(long)]
+    score_only: bool,
+}
+
+pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
+    let root = crate::root();
+    let out = root.join("target/mutants");
+    if !a.score_only {
+        let path = crate::setup::run(&[])?;
+        install(&path)?;
+        let mut cmd = Command::new("chrt");
+        // SCHED_IDLE: only the CPU time nobody else wants.
+        cmd.args([
+            "--idle",
+            "0",
+            "cargo",
+            "mutants",
+            "-p",
+            "stalltrace-analysis",
+        ])
+        .args(["--jobs", &a.jobs.to_string(), "--output"])
+        .arg(&out)
+        .env("PATH", &path)
+        .current_dir(&root);
+        for f in &a.file {
+            cmd.args(["--file", f]);
+        }
+        // Exit 2 means "some mutants survived": the score says how many.
+        let st = cmd.status().context("running cargo mutants")?;
+        if !matches!(st.code(), Some(0 | 2 | 3)) {
+            bail!("cargo mutants failed ({st})");
+        }
+    }
+    let report = score(&out.join("mutants.out/outcomes.json"))?;
+    let doc = root.join("docs/mutants.md");
+    std::fs::write(&doc, &report).with_context(|| format!("writing {}", doc.display()))?;
+    print!("{report}");
+    Ok(())
+}
+
+fn install(path: &std::ffi::OsString) -> anyhow::Result<()> {
+    let have = Command::new("cargo")
+        .args(["mutants", "--version"])
+        .env("PATH", path)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION));
+    if have {
+        return Ok(());
+    }
+    crate::cargo(
+        path,
+        &["install", "cargo-mutants", "--locked", "--version", VERSION],
+    )
+}
+
+/// The score and the survivors, as the Markdown `docs/mutants.md` holds.
+fn score(outcomes: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(outcomes).with_context(|| {
+        format!(
+            "reading {} (run without --score-only first)",
+            outcomes.display()
+        )
+    })?;
+    let v: Value = serde_json::from_str(&text).context("parsing cargo-mutants' outcomes")?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let (caught, missed, timeout, unviable) =
+        (n("caught"), n("missed"), n("timeout"), n("unviable"));
+    let viable = caught + missed + timeout;
+    // A timeout is a mutant the tests noticed (it hung them).
+    let pct = if viable == 0 {
+        0.0
+    } else {
+        (caught + timeout) as f64 * 100.0 / viable as f64
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "# Mutation score of the analysis crate\n");
+    let _ = writeln!(
+        s,
+        "`cargo xtask mutants` (cargo-mutants {VERSION}), run {}: **{pct:.1} %** of {viable} viable mutants caught ({caught} caught, {timeout} timed out, {missed} missed; {unviable} did not build).\n",
+        v["start_time"].as_str().unwrap_or("?").get(..10).unwrap_or("?"),
+    );
+    let missed: Vec<&str> = v["outcomes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["summary"] == "MissedMutant")
+        .filter_map(|o| o["scenario"]["Mutant"]["name"].as_str())
+        .collect();
+    if !missed.is_empty() {
+        let _ = writeln!(s, "Survivors (each a behaviour no test pins down):\n");
+        for m in missed {
+            let _ = writeln!(s, "- `{m}`");
+        }
+    }
+    Ok(s)
+}
