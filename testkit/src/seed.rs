@@ -200,3 +200,56 @@ mod tests {
         assert_eq!(rtts, vec![99, 89, 79, 69, 59, 49, 39, 29, 19, 9]);
     }
 }
+
+/// The seed's variants whose reports are golden files: (name, recording).
+pub fn report_variants() -> Vec<(&'static str, Seed)> {
+    vec![
+        ("seed", Seed::default()),
+        (
+            "seed-packets",
+            Seed {
+                probes: false,
+                ..Seed::default()
+            },
+        ),
+        (
+            "seed-quiet",
+            Seed {
+                stall: false,
+                ..Seed::default()
+            },
+        ),
+        (
+            "seed-cut",
+            Seed {
+                footer: false,
+                ..Seed::default()
+            },
+        ),
+    ]
+}
+
+/// The text and JSON reports of every variant, as `(file name, content)` for
+/// `tests/fixtures/`: each recording is written to `dir` and analyzed as a user would;
+/// the dump's path reads `<name>.jsonl` so the files do not depend on `dir`.
+pub fn golden_reports(dir: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    use stalltrace_analysis::analyze::{analyze, AnalyzeOptions};
+    use stalltrace_analysis::report::{json, text};
+    let mut out = vec![];
+    for (name, s) in report_variants() {
+        let dump = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&dump, jsonl(&records(s)))
+            .map_err(|e| format!("{}: {e}", dump.display()))?;
+        let r =
+            analyze(&AnalyzeOptions::dump(&dump), &mut []).map_err(|e| format!("{name}: {e}"))?;
+        let real = dump.display().to_string();
+        let shown = format!("{name}.jsonl");
+        out.push((
+            format!("{name}.report.txt"),
+            text::render(&r).replace(&real, &shown),
+        ));
+        let j = json::render(&r).map_err(|e| format!("{name}: {e}"))?;
+        out.push((format!("{name}.report.json"), j.replace(&real, &shown)));
+    }
+    Ok(out)
+}

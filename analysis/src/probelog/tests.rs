@@ -340,3 +340,48 @@ fn file_without_probes_is_an_error_naming_it() {
     assert_eq!(parse_file(&f).unwrap().probes.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Odd values are left unknown, not turned into probes: a negative or infinite RTT, a
+/// host name with its parentheses the wrong way round; a TCP answer is known by
+/// `flags=` or by `sport=` alone. The summary line counts what was found.
+#[test]
+fn odd_values_and_the_summary_line() {
+    let log = "\
+len=46 ip=10.0.0.2 ttl=64 id=1 icmp_seq=1 rtt=-5.0 ms
+len=46 ip=10.0.0.2 ttl=64 id=2 icmp_seq=2 rtt=inf ms
+len=46 ip=10.0.0.2 ttl=64 id=3 icmp_seq=3 rtt=1.5 ms
+len=40 ip=10.0.0.2 ttl=64 DF id=0 sport=80 win=0 seq=4 rtt=2.0 ms
+len=40 ip=10.0.0.2 ttl=64 DF id=0 win=0 flags=RA seq=5 rtt=2.5 ms
+64 bytes from x)y(z: icmp_seq=6 ttl=64 time=1.0 ms
+";
+    let l = parse_str(log);
+    let got: Vec<(u32, ProbeProto, Option<u64>)> = l
+        .probes
+        .iter()
+        .map(|p| (p.seq, p.proto, p.rtt_ns))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (3, ProbeProto::Icmp, Some(1_500_000)),
+            (4, ProbeProto::Tcp, Some(2_000_000)),
+            (5, ProbeProto::Tcp, Some(2_500_000)),
+            (6, ProbeProto::Icmp, Some(1_000_000)),
+        ]
+    );
+    assert_eq!(
+        l.probes[3].target, "x)y(z",
+        "no parenthesised address to take"
+    );
+    assert_eq!(l.unknown_lines, 2);
+    assert_eq!(
+        l.summary_line(),
+        "log: 4 probes (4 ok, 0 dup, 0 lost), 2 unknown lines"
+    );
+    let with_stats = parse_str(PING_D);
+    let line = with_stats.summary_line();
+    assert!(
+        line.contains("; ping statistics: ") && line.contains(" transmitted, "),
+        "{line}"
+    );
+}

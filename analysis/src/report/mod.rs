@@ -220,3 +220,57 @@ pub fn summary(r: &Report) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way a task is named: by its process when known, the thread apart only
+    /// when it differs; tgid 0 (unknown) is no thread.
+    #[test]
+    fn who_names_process_and_thread() {
+        let cases = [
+            (("cadvisor", 7, 7, Some("cadvisor")), "cadvisor (pid 7)"),
+            (("cadvisor", 7, 0, Some("cadvisor")), "cadvisor (pid 7)"),
+            (
+                ("worker", 7, 7, Some("daemon")),
+                "daemon (pid 7), thread worker",
+            ),
+            (
+                ("worker", 8, 0, Some("daemon")),
+                "daemon (pid 8), thread worker",
+            ),
+            (
+                ("worker", 9, 7, Some("daemon")),
+                "daemon (pid 7), thread worker (tid 9)",
+            ),
+            (
+                ("daemon", 9, 7, Some("daemon")),
+                "daemon (pid 7), thread daemon (tid 9)",
+            ),
+            (("hog", 7, 7, None), "hog (pid 7)"),
+            (("hog", 7, 0, None), "hog (pid 7)"),
+            (("hog", 9, 7, None), "hog (pid 9, tgid 7)"),
+        ];
+        for ((comm, pid, tgid, process), want) in cases {
+            assert_eq!(
+                who(comm, pid, tgid, process),
+                want,
+                "{comm} {pid} {tgid} {process:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn where_words_say_the_most_specific_identity() {
+        assert_eq!(where_words(None), "");
+        let id = crate::identity::Identity {
+            namespace: Some("payments".into()),
+            pod: Some("ledger-1".into()),
+            container: Some("indexer".into()),
+            ..Default::default()
+        };
+        assert_eq!(where_words(Some(&id)), " in payments/ledger-1/indexer");
+        assert_eq!(where_words(Some(&crate::identity::Identity::default())), "");
+    }
+}
