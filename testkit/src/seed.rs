@@ -183,24 +183,6 @@ pub fn records(s: Seed) -> Vec<Record> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_models_the_staircase() {
-        let recs = records(Seed::default());
-        let rtts: Vec<u64> = recs
-            .iter()
-            .filter_map(|r| match r {
-                Record::Probe(p) if (1953..=1962).contains(&p.seq) => p.rtt_ns.map(|r| r / MS),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(rtts, vec![99, 89, 79, 69, 59, 49, 39, 29, 19, 9]);
-    }
-}
-
 /// The seed's variants whose reports are golden files: (name, recording).
 pub fn report_variants() -> Vec<(&'static str, Seed)> {
     vec![
@@ -252,4 +234,22 @@ pub fn golden_reports(dir: &std::path::Path) -> Result<Vec<(String, String)>, St
         out.push((format!("{name}.report.json"), j.replace(&real, &shown)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_models_the_staircase() {
+        let recs = records(Seed::default());
+        let rtts: Vec<u64> = recs
+            .iter()
+            .filter_map(|r| match r {
+                Record::Probe(p) if (1953..=1962).contains(&p.seq) => p.rtt_ns.map(|r| r / MS),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rtts, vec![99, 89, 79, 69, 59, 49, 39, 29, 19, 9]);
+    }
 }
