@@ -25,6 +25,10 @@ pub struct MutantsArgs {
     /// Only recompute the score from the last run's outcomes.
     #[arg(long)]
     score_only: bool,
+    /// Test again only what the last run did not catch (cargo-mutants --iterate), e.g.
+    /// after adding tests for its survivors.
+    #[arg(long)]
+    iterate: bool,
 }
 
 pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
@@ -49,6 +53,9 @@ pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
         .current_dir(&root);
         for f in &a.file {
             cmd.args(["--file", f]);
+        }
+        if a.iterate {
+            cmd.arg("--iterate");
         }
         // Exit 2 means "some mutants survived": the score says how many.
         let st = cmd.status().context("running cargo mutants")?;
