@@ -54,8 +54,14 @@ pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
         for f in &a.file {
             cmd.args(["--file", f]);
         }
+        let outcomes = out.join("mutants.out/outcomes.json");
         if a.iterate {
             cmd.arg("--iterate");
+            // The score joins the earlier outcomes with the retested ones, by mutant.
+            std::fs::copy(&outcomes, out.join("earlier-outcomes.json"))
+                .context("keeping the last run's outcomes (run once without --iterate first)")?;
+        } else {
+            let _ = std::fs::remove_file(out.join("earlier-outcomes.json"));
         }
         // Exit 2 means "some mutants survived": the score says how many.
         let st = cmd.status().context("running cargo mutants")?;
@@ -63,7 +69,10 @@ pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
             bail!("cargo mutants failed ({st})");
         }
     }
-    let report = score(&out.join("mutants.out/outcomes.json"))?;
+    let report = score(
+        &out.join("earlier-outcomes.json"),
+        &out.join("mutants.out/outcomes.json"),
+    )?;
     let doc = root.join("docs/mutants.md");
     std::fs::write(&doc, &report).with_context(|| format!("writing {}", doc.display()))?;
     print!("{report}");
@@ -85,18 +94,54 @@ fn install(path: &std::ffi::OsString) -> anyhow::Result<()> {
     )
 }
 
-/// The score and the survivors, as the Markdown `docs/mutants.md` holds.
-fn score(outcomes: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(outcomes).with_context(|| {
-        format!(
-            "reading {} (run without --score-only first)",
-            outcomes.display()
-        )
-    })?;
-    let v: Value = serde_json::from_str(&text).context("parsing cargo-mutants' outcomes")?;
-    let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let (caught, missed, timeout, unviable) =
-        (n("caught"), n("missed"), n("timeout"), n("unviable"));
+/// Outcome by mutant name, from a cargo-mutants outcomes file (missing: none).
+fn outcomes(path: &Path) -> anyhow::Result<(Vec<(String, String)>, String)> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok((vec![], String::new()));
+    };
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("parsing cargo-mutants' outcomes {}", path.display()))?;
+    let list = v["outcomes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let name = o["scenario"]["Mutant"]["name"].as_str()?;
+            Some((name.to_string(), o["summary"].as_str()?.to_string()))
+        })
+        .collect();
+    let day = v["start_time"]
+        .as_str()
+        .unwrap_or("?")
+        .get(..10)
+        .unwrap_or("?")
+        .to_string();
+    Ok((list, day))
+}
+
+/// The score and the survivors, as the Markdown `docs/mutants.md` holds: the earlier
+/// run's outcomes overlaid with the latest (an `--iterate` run retests only some).
+fn score(earlier: &Path, latest: &Path) -> anyhow::Result<String> {
+    let (mut all, _) = outcomes(earlier)?;
+    let (newer, day) = outcomes(latest)?;
+    anyhow::ensure!(
+        !newer.is_empty(),
+        "no outcomes in {} (run without --score-only first)",
+        latest.display()
+    );
+    for (name, summary) in newer {
+        match all.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = summary,
+            None => all.push((name, summary)),
+        }
+    }
+    let count = |k: &str| all.iter().filter(|(_, s)| s == k).count();
+    let (caught, missed, timeout, unviable) = (
+        count("CaughtMutant"),
+        count("MissedMutant"),
+        count("Timeout"),
+        count("Unviable"),
+    );
     let viable = caught + missed + timeout;
     // A timeout is a mutant the tests noticed (it hung them).
     let pct = if viable == 0 {
@@ -108,15 +153,12 @@ fn score(outcomes: &Path) -> anyhow::Result<String> {
     let _ = writeln!(s, "# Mutation score of the analysis crate\n");
     let _ = writeln!(
         s,
-        "`cargo xtask mutants` (cargo-mutants {VERSION}), run {}: **{pct:.1} %** of {viable} viable mutants caught ({caught} caught, {timeout} timed out, {missed} missed; {unviable} did not build).\n",
-        v["start_time"].as_str().unwrap_or("?").get(..10).unwrap_or("?"),
+        "`cargo xtask mutants` (cargo-mutants {VERSION}), last run {day}: **{pct:.1} %** of {viable} viable mutants caught ({caught} caught, {timeout} timed out, {missed} missed; {unviable} did not build).\n"
     );
-    let missed: Vec<&str> = v["outcomes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["summary"] == "MissedMutant")
-        .filter_map(|o| o["scenario"]["Mutant"]["name"].as_str())
+    let missed: Vec<&str> = all
+        .iter()
+        .filter(|(_, s)| s == "MissedMutant")
+        .map(|(n, _)| n.as_str())
         .collect();
     if !missed.is_empty() {
         let _ = writeln!(s, "Survivors (each a behaviour no test pins down):\n");
