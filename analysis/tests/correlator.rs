@@ -535,3 +535,60 @@ fn a_culprit_reading_cgroup_statistics_is_linked_to_the_doctor() {
     );
     assert!(stalltrace_analysis::report::text::episode_line(&r.episodes[0]).ends_with(why));
 }
+
+/// Lost probes, of which one never left (the kernel refused the send), and slow
+/// answers: counted apart in the totals, the first refusal's reason kept.
+#[test]
+fn lost_and_refused_probes_are_counted_apart() {
+    use stalltrace_testkit::records::probe;
+    let mut c = Correlator::new(Config::new(50 * MS));
+    c.push(&Record::Header(fixture::header(None)));
+    let mut lost = probe(1, 7, 0);
+    lost.rtt_ns = None;
+    lost.status = ProbeStatus::Lost;
+    let mut refused = lost.clone();
+    refused.seq = 2;
+    refused.send_error = Some("Operation not permitted (os error 1)".into());
+    let mut refused2 = refused.clone();
+    refused2.seq = 3;
+    refused2.send_error = Some("Network is unreachable (os error 101)".into());
+    for p in [
+        probe(0, 7, 60 * MS),
+        lost,
+        refused,
+        refused2,
+        probe(4, 7, 49 * MS),
+        probe(5, 7, 50 * MS),
+    ] {
+        c.push(&Record::Probe(p));
+    }
+    let t = c.finish().totals;
+    assert_eq!((t.probes, t.probes_lost, t.probes_not_sent), (6, 3, 2));
+    assert_eq!(
+        t.first_send_error.as_deref(),
+        Some("Operation not permitted (os error 1)")
+    );
+    assert_eq!(
+        t.probes_stalled, 2,
+        "60 ms and exactly 50 ms are stalled, 49 ms is not"
+    );
+    assert_eq!(t.records, 7, "the header and six probes");
+}
+
+/// The stall threshold: the command line's, else the recording's (when set), else
+/// 50 ms; a recording that ran a prober is in probe mode from the start.
+#[test]
+fn the_threshold_comes_from_the_command_line_then_the_recording() {
+    let mut h = fixture::header(None);
+    h.options.stall_threshold_ns = 0;
+    assert_eq!(Config::from_header(&h, None).stall_threshold_ns, 50 * MS);
+    h.options.stall_threshold_ns = 30 * MS;
+    assert_eq!(Config::from_header(&h, None).stall_threshold_ns, 30 * MS);
+    assert_eq!(
+        Config::from_header(&h, Some(80 * MS)).stall_threshold_ns,
+        80 * MS
+    );
+    assert_eq!(Config::from_header(&h, None).mode, None);
+    h.options.probe = Some("10.0.0.7".into());
+    assert_eq!(Config::from_header(&h, None).mode, Some(Mode::Probes));
+}
