@@ -103,8 +103,55 @@ pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
     // From memory: btf-rs's file backend seeks per type and takes seconds.
     let bytes =
         fs::read(btf_path).map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
-    let btf = Btf::from_bytes(&bytes)
-        .map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
+    read_bytes(&bytes).map_err(|e| match e {
+        OffsetError::Btf(why) => OffsetError::Btf(format!("{}: {why}", btf_path.display())),
+        e => e,
+    })
+}
+
+/// Size of the BTF header btf-rs reads (`struct btf_header`).
+const BTF_HEADER_LEN: usize = 24;
+const BTF_MAGIC: u16 = 0xeb9f;
+
+/// Checks that the header's sections lie inside `bytes` before btf-rs sees them: it
+/// sizes its tables from the header's lengths (up to 16 MiB each), so a 24-byte file
+/// claiming 4 GiB of strings would cost tens of MiB before failing.
+fn check_btf_header(bytes: &[u8]) -> Result<(), String> {
+    let Some(hdr) = bytes.get(..BTF_HEADER_LEN) else {
+        return Err(format!("{} bytes, shorter than a BTF header", bytes.len()));
+    };
+    let le = match [hdr[0], hdr[1]] {
+        m if u16::from_le_bytes(m) == BTF_MAGIC => true,
+        m if u16::from_be_bytes(m) == BTF_MAGIC => false,
+        _ => return Err("no BTF magic".into()),
+    };
+    let word = |i: usize| {
+        let b = [hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]];
+        u64::from(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let (hdr_len, type_off, type_len, str_off, str_len) =
+        (word(4), word(8), word(12), word(16), word(20));
+    let len = bytes.len() as u64;
+    if hdr_len < BTF_HEADER_LEN as u64
+        || hdr_len + type_off + type_len > len
+        || hdr_len + str_off + str_len > len
+    {
+        return Err(format!(
+            "its sections (types {type_off}+{type_len}, strings {str_off}+{str_len} after a \
+             {hdr_len}-byte header) do not fit in its {len} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// [`read`] from BTF already in memory.
+pub fn read_bytes(bytes: &[u8]) -> Result<(Offsets, Vec<String>), OffsetError> {
+    check_btf_header(bytes).map_err(OffsetError::Btf)?;
+    let btf = Btf::from_bytes(bytes).map_err(|e| OffsetError::Btf(e.to_string()))?;
     let mut o = Offsets::defaults();
     let mut notes = vec![];
     o.skb_head = member_offset(&btf, "sk_buff", &["head"])?;
@@ -171,5 +218,31 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert!(o.task_cpu > 0 && o.task_comm > 0 && o.regs_arg0 > 0);
         assert!(member_offset(&btf, "sk_buff", &["no_such_member"]).is_err());
+    }
+
+    /// A 24-byte header claiming 4 GiB of types and strings is refused before btf-rs
+    /// sizes its tables from it.
+    #[test]
+    fn a_header_that_does_not_fit_its_file_is_refused() {
+        let mut h = vec![0x9f, 0xeb, 1, 0];
+        for w in [24u32, 0, u32::MAX, 0, u32::MAX] {
+            h.extend(w.to_le_bytes());
+        }
+        let e = read_bytes(&h).unwrap_err().to_string();
+        assert!(e.contains("do not fit in its 24 bytes"), "{e}");
+        // Big-endian BTF is checked the same way.
+        let mut b = vec![0xeb, 0x9f, 1, 0];
+        for w in [24u32, 0, 0, 0, 1] {
+            b.extend(w.to_be_bytes());
+        }
+        assert!(read_bytes(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("do not fit"));
+        assert!(read_bytes(b"").is_err());
+        assert!(read_bytes(&[0u8; 64])
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 }
