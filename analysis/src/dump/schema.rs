@@ -374,8 +374,12 @@ fn is_zero(v: &u64) -> bool {
 }
 
 impl Lost {
+    /// Saturating: a footer from elsewhere may hold any counts.
     pub fn total(&self) -> u64 {
-        self.packets + self.waits + self.syscalls + self.stack_samples
+        self.packets
+            .saturating_add(self.waits)
+            .saturating_add(self.syscalls)
+            .saturating_add(self.stack_samples)
     }
 }
 
@@ -495,5 +499,23 @@ impl Record {
                 esc(&mut f.reason);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (dump_structured target): a footer's lost counts overflowed
+    /// their sum in the text report.
+    #[test]
+    fn lost_total_saturates() {
+        let lost = Lost {
+            packets: u64::MAX,
+            waits: 1,
+            syscalls: 0,
+            stack_samples: 0,
+        };
+        assert_eq!(lost.total(), u64::MAX);
     }
 }
