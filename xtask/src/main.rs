@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fixtures;
+mod fuzz;
 mod lint;
 mod man;
 mod setup;
@@ -54,6 +55,9 @@ enum Cmd {
     Man(man::ManArgs),
     /// Rewrite the golden fixtures (tests/fixtures) from the record builders.
     Fixtures,
+    /// Install cargo-fuzz if missing and run each fuzz target (fuzz/) for a bounded
+    /// time; writes fuzz/results.md, fails on any crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 pub(crate) fn root() -> PathBuf {
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Vmtest(a) => vmtest::run(a)?,
         Cmd::Man(a) => man::run(a)?,
         Cmd::Fixtures => fixtures::run()?,
+        Cmd::Fuzz(a) => fuzz::run(a)?,
     }
     Ok(())
 }
