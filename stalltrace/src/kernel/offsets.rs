@@ -32,10 +32,14 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, Offset
         .ok_or_else(|| OffsetError::Member(what()))?;
     let mut cur = st;
     let mut bits: u32 = 0;
+    let mut visits = 0;
     for (i, want) in path.iter().enumerate() {
-        let (off, ty) =
-            find_member(btf, &cur, want, 0).ok_or_else(|| OffsetError::Member(what()))?;
-        bits += off;
+        let (off, ty) = find_member(btf, &cur, want, 0, &mut visits)
+            .ok_or_else(|| OffsetError::Member(what()))?;
+        // Checked: offsets in a BTF file from elsewhere (--btf) may be anything.
+        bits = bits
+            .checked_add(off)
+            .ok_or_else(|| OffsetError::Member(format!("{} (offset overflows)", what())))?;
         if i + 1 < path.len() {
             cur = match strip(btf, ty) {
                 Some(Type::Struct(s)) | Some(Type::Union(s)) => s,
@@ -66,12 +70,27 @@ fn strip(btf: &Btf, mut t: Type) -> Option<Type> {
     None
 }
 
+/// Members one lookup may look at. A kernel's needs a few hundred; a BTF file from
+/// elsewhere may make a struct its own anonymous member, where a depth-limited search
+/// alone visits members^depth.
+const MAX_VISITS: u32 = 20_000;
+
 /// Depth-first search for a member by name, descending into anonymous members.
-fn find_member(btf: &Btf, st: &btf_rs::Struct, want: &str, depth: u32) -> Option<(u32, Type)> {
+fn find_member(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    want: &str,
+    depth: u32,
+    visits: &mut u32,
+) -> Option<(u32, Type)> {
     if depth > 8 {
         return None;
     }
     for m in &st.members {
+        *visits += 1;
+        if *visits > MAX_VISITS {
+            return None;
+        }
         let name = btf.resolve_name(m).unwrap_or_default();
         let ty = btf.resolve_chained_type(m).ok()?;
         if name == want {
@@ -79,8 +98,8 @@ fn find_member(btf: &Btf, st: &btf_rs::Struct, want: &str, depth: u32) -> Option
         }
         if name.is_empty() {
             if let Some(Type::Struct(inner) | Type::Union(inner)) = strip(btf, ty) {
-                if let Some((off, t)) = find_member(btf, &inner, want, depth + 1) {
-                    return Some((m.bit_offset() + off, t));
+                if let Some((off, t)) = find_member(btf, &inner, want, depth + 1, visits) {
+                    return Some((m.bit_offset().checked_add(off)?, t));
                 }
             }
         }
@@ -218,6 +237,64 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert!(o.task_cpu > 0 && o.task_comm > 0 && o.regs_arg0 > 0);
         assert!(member_offset(&btf, "sk_buff", &["no_such_member"]).is_err());
+    }
+
+    /// Little-endian BTF of `types` (words) and `strings`.
+    fn btf_bytes(types: &[&[u32]], strings: &[u8]) -> Vec<u8> {
+        let ty: Vec<u8> = types
+            .iter()
+            .flat_map(|t| t.iter())
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        let n = ty.len() as u32;
+        for w in [24, 0, n, n, strings.len() as u32] {
+            out.extend(w.to_le_bytes());
+        }
+        out.extend(ty);
+        out.extend(strings);
+        out
+    }
+
+    const STRUCT: u32 = 4 << 24;
+    /// Names at offsets 1 (task_struct), 13 (thread_info), 25 (cpu), 29 (int).
+    const NAMES: &[u8] = b"\0task_struct\0thread_info\0cpu\0int\0";
+
+    /// Offsets whose sum passes u32, through a named and an anonymous member.
+    #[test]
+    fn offsets_that_overflow_are_an_error() {
+        let int: &[u32] = &[29, 1 << 24, 4, 32];
+        let info: &[u32] = &[13, STRUCT | 1, 8, 25, 1, 0x1000];
+        // task_struct { thread_info at 0xffffff00 } (id 2), thread_info { cpu } (id 3).
+        let b = btf_bytes(
+            &[int, &[1, STRUCT | 1, 64, 13, 3, 0xffff_ff00], info],
+            NAMES,
+        );
+        let btf = Btf::from_bytes(&b).unwrap();
+        let e = member_offset(&btf, "task_struct", &["thread_info", "cpu"]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        // The same with thread_info anonymous: found through it, the sum overflows.
+        let b = btf_bytes(&[int, &[1, STRUCT | 1, 64, 0, 3, 0xffff_ff00], info], NAMES);
+        let btf = Btf::from_bytes(&b).unwrap();
+        assert!(member_offset(&btf, "task_struct", &["cpu"]).is_err());
+    }
+
+    /// A struct that is its own anonymous member, 40 times: the search is cut short.
+    #[test]
+    fn a_struct_nested_in_itself_is_not_searched_forever() {
+        let mut t: Vec<u32> = vec![1, STRUCT | 40, 64];
+        for _ in 0..40 {
+            t.extend([0, 1, 0]);
+        }
+        let b = btf_bytes(&[&t], NAMES);
+        let btf = Btf::from_bytes(&b).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(member_offset(&btf, "task_struct", &["pid"]).is_err());
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     /// A 24-byte header claiming 4 GiB of types and strings is refused before btf-rs
