@@ -132,11 +132,10 @@ impl UserSymbolizer for FakeUser {
     }
 }
 
-/// Ring-buffer bytes as `record` consumes them: decoded, then enriched by a plain
-/// enricher and, when stack samples came, by one with stacks (fake stack map), then
-/// sanitized and serialized as the dump writer does. The whole input is tried as one
-/// record, then as frames (see [`ring::frames`]). (Each enricher scans cgroupfs once
-/// for a wait's holders: the costly part, so the second only when it adds something.)
+/// Ring-buffer bytes as `record` consumes them: decoded, then enriched (with stacks
+/// from a fake stack map when stack samples came, as `record --stacks`; else a plain
+/// `Enricher::default()`), then sanitized and serialized as the dump writer does. The
+/// whole input is tried as one record, then as frames (see [`ring::frames`]).
 pub fn run_ring(bytes: &[u8]) {
     let mut evs = vec![];
     match events::decode(bytes) {
@@ -146,36 +145,33 @@ pub fn run_ring(bytes: &[u8]) {
         }
     }
     evs.extend(ring::frames(bytes).filter_map(|f| events::decode(f).ok()));
-    let enrich = |e: &mut Enricher| {
-        for ev in &evs {
-            if let Some(mut rec) = e.record(ev) {
-                rec.sanitize();
-                if let Err(err) = serde_json::to_string(&rec) {
-                    panic!("an enriched record does not serialize: {err}");
-                }
+    let mut e = if evs.iter().any(|e| matches!(e, RawEvent::Stack(_))) {
+        let mut syms = std::collections::BTreeMap::new();
+        syms.insert(0xffff_ffff_8100_0000, "vfs_read".to_string());
+        syms.insert(0xffff_ffff_8100_4000, "ksys_read".to_string());
+        syms.insert(0xffff_ffff_8200_0000, "_etext".to_string());
+        let ksyms = match KernelSymbols::from_map(syms) {
+            Ok(k) => k,
+            Err(e) => panic!("a fixed symbol map was refused: {e}"),
+        };
+        Enricher::with_stacks(StackCollector::new(
+            99,
+            Box::new(FakeStacks),
+            ksyms,
+            Box::new(FakeUser),
+        ))
+    } else {
+        Enricher::default()
+    };
+    for ev in &evs {
+        if let Some(mut rec) = e.record(ev) {
+            rec.sanitize();
+            if let Err(err) = serde_json::to_string(&rec) {
+                panic!("an enriched record does not serialize: {err}");
             }
         }
-    };
-    enrich(&mut Enricher::default());
-    if !evs.iter().any(|e| matches!(e, RawEvent::Stack(_))) {
-        return;
     }
-    let mut syms = std::collections::BTreeMap::new();
-    syms.insert(0xffff_ffff_8100_0000, "vfs_read".to_string());
-    syms.insert(0xffff_ffff_8100_4000, "ksys_read".to_string());
-    syms.insert(0xffff_ffff_8200_0000, "_etext".to_string());
-    let ksyms = match KernelSymbols::from_map(syms) {
-        Ok(k) => k,
-        Err(e) => panic!("a fixed symbol map was refused: {e}"),
-    };
-    let mut stacked = Enricher::with_stacks(StackCollector::new(
-        99,
-        Box::new(FakeStacks),
-        ksyms,
-        Box::new(FakeUser),
-    ));
-    enrich(&mut stacked);
-    if let Some(c) = stacked.stacks() {
+    if let Some(c) = e.stacks() {
         let _ = c.stats();
     }
 }

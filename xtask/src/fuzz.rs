@@ -33,14 +33,15 @@ pub struct FuzzArgs {
     pub update_corpus: bool,
 }
 
-/// The targets and the longest input each is given: a few records, a few log lines, a
-/// framed batch of ring records, the minimized kernel BTF seed.
-const TARGETS: &[(&str, u32)] = &[
-    ("dump", 16 << 10),
-    ("dump_structured", 4 << 10),
-    ("probelog", 1 << 10),
-    ("ring", 2 << 10),
-    ("btf", 16 << 10),
+/// The targets, the longest input each is given (a few records, a few log lines, a
+/// framed batch of ring records, the minimized kernel BTF seed), and the longest kept
+/// in the committed corpus.
+const TARGETS: &[(&str, u32, u32)] = &[
+    ("dump", 16 << 10, 2 << 10),
+    ("dump_structured", 4 << 10, 1 << 10),
+    ("probelog", 1 << 10, 512),
+    ("ring", 1 << 10, 1 << 10),
+    ("btf", 16 << 10, 4 << 10),
 ];
 /// Caps: resident memory of the process, any single allocation, one input's time.
 const RSS_LIMIT_MB: u64 = 512;
@@ -63,8 +64,8 @@ struct Outcome {
 }
 
 pub fn run(a: FuzzArgs) -> anyhow::Result<()> {
-    let targets: Vec<(&str, u32)> = match &a.target {
-        Some(t) => match TARGETS.iter().find(|(n, _)| n == t) {
+    let targets: Vec<(&str, u32, u32)> = match &a.target {
+        Some(t) => match TARGETS.iter().find(|(n, _, _)| n == t) {
             Some(&x) => vec![x],
             None => bail!(
                 "no fuzz target {t:?}; there are: {}",
@@ -78,20 +79,21 @@ pub fn run(a: FuzzArgs) -> anyhow::Result<()> {
     let fuzz_dir = crate::root().join("fuzz");
     // The eBPF object is not needed to decode records: skip bpf-linker.
     nightly(&path, &fuzz_dir, &["fuzz", "build"]).context("building the fuzz targets")?;
-    let mut outcomes = vec![];
-    for (t, max_len) in targets {
-        let o = run_target(&path, &fuzz_dir, t, max_len, &a)?;
-        print_outcome(&o);
-        if a.update_corpus && o.crashes.is_empty() {
-            update_corpus(&path, &fuzz_dir, t)?;
-        }
-        outcomes.push(o);
-    }
     let tools = [
         tool_version(&path, &["rustc", "+nightly", "--version"]),
         tool_version(&path, &["cargo", "fuzz", "--version"]),
     ];
-    write_results(&fuzz_dir.join("results.md"), &outcomes, &a, &tools)?;
+    let mut outcomes = vec![];
+    for (t, max_len, corpus_len) in targets {
+        let o = run_target(&path, &fuzz_dir, t, max_len, &a)?;
+        print_outcome(&o);
+        if a.update_corpus && o.crashes.is_empty() {
+            update_corpus(&path, &fuzz_dir, t, corpus_len)?;
+        }
+        outcomes.push(o);
+        // After each target: a run stopped half-way keeps the rows it finished.
+        write_results(&fuzz_dir.join("results.md"), &outcomes, &a, &tools)?;
+    }
     println!("\nwrote {}", fuzz_dir.join("results.md").display());
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.crashes.is_empty()).collect();
     if !failed.is_empty() {
@@ -316,53 +318,72 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus
     }
 }
 
-/// Merges the scratch corpus' new coverage into the committed one, then minimizes it;
-/// the crash-* inputs (regressions of fixed crashes) stay whatever cmin thinks.
-fn update_corpus(path: &OsString, fuzz_dir: &Path, t: &str) -> anyhow::Result<()> {
+/// Merges the scratch corpus' new coverage into the committed one and minimizes it
+/// (`cargo fuzz cmin`), inputs cut to the target's corpus length so the repository
+/// stays small; the seed-* and crash-* inputs are kept whatever cmin thinks of them.
+fn update_corpus(path: &OsString, fuzz_dir: &Path, t: &str, corpus_len: u32) -> anyhow::Result<()> {
     let committed = fuzz_dir.join("corpus").join(t);
     let work = fuzz_dir.join("target/xtask").join(t).join("corpus");
     let keep: Vec<(PathBuf, Vec<u8>)> = files(&committed)
         .into_iter()
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("crash-"))
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("crash-") || n.starts_with("seed-")
+            })
         })
         .filter_map(|p| fs::read(&p).ok().map(|b| (p, b)))
         .collect();
     let fuzz_dir_s = fuzz_dir.to_string_lossy().into_owned();
     let c = committed.to_string_lossy().into_owned();
     let w = work.to_string_lossy().into_owned();
-    nightly(
-        path,
-        fuzz_dir,
-        &[
-            "fuzz",
-            "run",
-            "--fuzz-dir",
-            &fuzz_dir_s,
-            t,
-            &c,
-            &w,
-            "--",
-            "-merge=1",
-            &format!("-rss_limit_mb={RSS_LIMIT_MB}"),
-            &format!("-malloc_limit_mb={MALLOC_LIMIT_MB}"),
-        ],
-    )?;
-    nightly(
-        path,
-        fuzz_dir,
-        &["fuzz", "cmin", "--fuzz-dir", &fuzz_dir_s, t, &c],
-    )?;
+    let max_len = format!("-max_len={corpus_len}");
+    let rss = format!("-rss_limit_mb={RSS_LIMIT_MB}");
+    let malloc = format!("-malloc_limit_mb={MALLOC_LIMIT_MB}");
+    let merge = [
+        "fuzz",
+        "run",
+        "--fuzz-dir",
+        &fuzz_dir_s,
+        t,
+        &c,
+        &w,
+        "--",
+        "-merge=1",
+        &max_len,
+        &rss,
+        &malloc,
+    ];
+    nightly(path, fuzz_dir, &merge)?;
+    let cmin = [
+        "fuzz",
+        "cmin",
+        "--fuzz-dir",
+        &fuzz_dir_s,
+        t,
+        &c,
+        "--",
+        &max_len,
+        &rss,
+        &malloc,
+    ];
+    nightly(path, fuzz_dir, &cmin)?;
     for (p, b) in keep {
         if !p.exists() {
             fs::write(&p, b).with_context(|| format!("restoring {}", p.display()))?;
         }
     }
+    let all = files(&committed);
+    let bytes: u64 = all
+        .iter()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     println!(
-        "fuzz: {} now holds {} inputs",
+        "fuzz: {} now holds {} inputs, {} KiB",
         committed.display(),
-        files(&committed).len()
+        all.len(),
+        bytes >> 10
     );
     Ok(())
 }
