@@ -83,7 +83,8 @@ pub fn user_priority(prio: u32) -> i32 {
     if prio < 100 {
         99 - prio as i32
     } else {
-        prio as i32 - 120
+        // A corrupt record's prio past i32::MAX must not wrap negative and overflow.
+        i32::try_from(prio).unwrap_or(i32::MAX) - 120
     }
 }
 
@@ -208,11 +209,13 @@ impl Enricher {
             .iter()
             .filter(|s| s.pid == h.pid && s.ts_ns > start && s.start_ns < end)
         {
-            let overlap = s.ts_ns.min(end) - s.start_ns.max(start);
+            // Saturating: a record from a broken or hostile ring buffer may end before
+            // it starts (its own or the wait's window).
+            let overlap = s.ts_ns.min(end).saturating_sub(s.start_ns.max(start));
             match best.as_mut() {
                 Some(b) if b.nr == s.nr && b.path == s.path => {
                     b.calls += 1;
-                    b.in_window_ns += overlap;
+                    b.in_window_ns = b.in_window_ns.saturating_add(overlap);
                     b.since_ns = b.since_ns.min(s.start_ns);
                 }
                 Some(b) if b.in_window_ns >= overlap => {}
@@ -247,7 +250,7 @@ impl Enricher {
             path,
             since_ns: h.sys_start_ns,
             calls: 1,
-            in_window_ns: end - h.sys_start_ns.max(start),
+            in_window_ns: end.saturating_sub(h.sys_start_ns.max(start)),
         })
     }
 
@@ -540,11 +543,52 @@ mod tests {
         assert_eq!((stats.samples, stats.attributed), (3, 2));
     }
 
+    /// Found by fuzzing (ring target): a wait whose start is after its end, and a
+    /// syscall that ends before it starts, overflowed the overlap arithmetic.
+    #[test]
+    fn inverted_windows_do_not_overflow() {
+        let mut e = Enricher::default();
+        let mut s = ev::syscall();
+        s.header.pid = 10436;
+        s.start_ns = u64::MAX;
+        s.header.ts_ns = 1_000;
+        e.record(&RawEvent::Syscall(s));
+        let mut w = ev::wait(EventKind::SoftirqWait);
+        w.wait_start_ns = u64::MAX;
+        w.header.ts_ns = 500;
+        w.holders[0].sys_start_ns = 1;
+        w.holders[0].run_ns = 2;
+        let Some(Record::Wait(rec)) = e.record(&RawEvent::Wait(w)) else {
+            panic!("not a wait")
+        };
+        let sys = rec.holders[0].syscall.as_ref().expect("in flight");
+        assert_eq!(sys.in_window_ns, 0);
+        // And overlapping syscalls whose overlaps add up past u64.
+        let mut e = Enricher::default();
+        for _ in 0..3 {
+            let mut s = ev::syscall();
+            s.header.pid = 10436;
+            s.start_ns = 1;
+            s.header.ts_ns = u64::MAX;
+            e.record(&RawEvent::Syscall(s));
+        }
+        let mut w = ev::wait(EventKind::SoftirqWait);
+        w.wait_start_ns = 0;
+        w.header.ts_ns = u64::MAX;
+        let Some(Record::Wait(rec)) = e.record(&RawEvent::Wait(w)) else {
+            panic!("not a wait")
+        };
+        let sys = rec.holders[0].syscall.as_ref().expect("the syscalls");
+        assert_eq!((sys.calls, sys.in_window_ns), (3, u64::MAX));
+    }
+
     #[test]
     fn priorities_read_as_users_set_them() {
         assert_eq!(user_priority(49), 50); // chrt -f 50
         assert_eq!(user_priority(120), 0);
         assert_eq!(user_priority(139), 19);
+        // Found by fuzzing (ring target): prio u32::MAX overflowed.
+        assert_eq!(user_priority(u32::MAX), i32::MAX - 120);
         assert_eq!(syscall_name(0), "read");
         assert_eq!(syscall_name(-1), "syscall_-1");
         assert_eq!(syscall_name(100_000), "syscall_100000");

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fixtures;
+mod fuzz;
 mod image;
 mod lint;
 mod man;
@@ -62,6 +63,9 @@ enum Cmd {
     /// Set up, build (release), and build the node agent's OCI image from scratch
     /// (buildah: the binary and the libraries ldd lists), tagged localhost/stalltrace:<version>.
     Image(image::ImageArgs),
+    /// Install cargo-fuzz if missing and run each fuzz target (fuzz/) for a bounded
+    /// time; writes fuzz/results.md, fails on any crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 pub(crate) fn root() -> PathBuf {
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fixtures => fixtures::run()?,
         Cmd::Mutants(a) => mutants::run(a)?,
         Cmd::Image(a) => image::main(a)?,
+        Cmd::Fuzz(a) => fuzz::run(a)?,
     }
     Ok(())
 }

@@ -38,7 +38,13 @@ pub enum DumpError {
     Binary { path: PathBuf, line: u64 },
     #[error("{path}:{line}: record after the footer")]
     AfterFooter { path: PathBuf, line: u64 },
+    #[error("{path}:{line}: line {line} is over {} MiB: not a stalltrace dump", MAX_LINE_BYTES >> 20)]
+    LineTooLong { path: PathBuf, line: u64 },
 }
+
+/// The longest line read. A record is at most tens of KiB (three holders with their
+/// stacks); without a cap a file with no newline would be buffered whole.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// Reads the header on open, then yields records; remembers whether a footer came.
 pub struct DumpReader<R: Read> {
@@ -140,8 +146,9 @@ impl<R: Read> DumpReader<R> {
     fn next_line(&mut self) -> Result<Option<Record>, DumpError> {
         loop {
             self.buf.clear();
-            let n = self
-                .lines
+            // One byte over the cap tells a line of exactly the cap from a longer one.
+            let n = (&mut self.lines)
+                .take(MAX_LINE_BYTES as u64 + 1)
                 .read_until(b'\n', &mut self.buf)
                 .map_err(|source| DumpError::Io {
                     path: self.path.clone(),
@@ -151,6 +158,12 @@ impl<R: Read> DumpReader<R> {
                 return Ok(None);
             }
             self.line += 1;
+            if n > MAX_LINE_BYTES && self.buf.last() != Some(&b'\n') {
+                return Err(DumpError::LineTooLong {
+                    path: self.path.clone(),
+                    line: self.line,
+                });
+            }
             let complete = self.buf.last() == Some(&b'\n');
             let text = trim_ascii(&self.buf);
             if text.is_empty() {
@@ -387,6 +400,76 @@ mod tests {
         assert_eq!(decode_record(moved.as_bytes()).unwrap(), generic);
         // Malformed fast-path lines are still errors.
         assert!(decode_record(br#"{"type":"packet","ts_ns":"soon"}"#).is_err());
+    }
+
+    /// `head`, then `fill` repeated `n` times, then `tail`: generated as read, never
+    /// held whole.
+    struct Gen {
+        head: Vec<u8>,
+        fill: u8,
+        n: u64,
+        tail: Vec<u8>,
+        pos: u64,
+    }
+
+    impl Read for Gen {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let total = self.head.len() as u64 + self.n + self.tail.len() as u64;
+            let mut k = 0;
+            while k < out.len() && self.pos < total {
+                let p = self.pos;
+                let h = self.head.len() as u64;
+                out[k] = if p < h {
+                    self.head[p as usize]
+                } else if p < h + self.n {
+                    self.fill
+                } else {
+                    self.tail[(p - h - self.n) as usize]
+                };
+                k += 1;
+                self.pos += 1;
+            }
+            Ok(k)
+        }
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_with_its_number() {
+        // 1 GiB of a line with no newline: refused after 16 MiB, not buffered.
+        let head = format!("{}\n{}\n", header_line(), probe_line(1)).into_bytes();
+        let gen = Gen {
+            head,
+            fill: b'x',
+            n: 1 << 30,
+            tail: vec![],
+            pos: 0,
+        };
+        let mut r = DumpReader::new(Path::new("big.jsonl"), gen).unwrap();
+        assert!(r.next_record().unwrap().is_some());
+        let e = r.next_record().unwrap_err();
+        assert!(matches!(e, DumpError::LineTooLong { line: 3, .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "big.jsonl:3: line 3 is over 16 MiB: not a stalltrace dump"
+        );
+        assert!(
+            r.buf.capacity() <= 2 * (MAX_LINE_BYTES + 1),
+            "buffered {} bytes",
+            r.buf.capacity()
+        );
+
+        // A line of exactly the cap plus its newline (blank, so skipped) still reads.
+        let foot = serde_json::to_string(&Record::Footer(Footer::default())).unwrap();
+        let gen = Gen {
+            head: format!("{}\n", header_line()).into_bytes(),
+            fill: b' ',
+            n: MAX_LINE_BYTES as u64,
+            tail: format!("\n{foot}\n").into_bytes(),
+            pos: 0,
+        };
+        let mut r = DumpReader::new(Path::new("edge.jsonl"), gen).unwrap();
+        assert!(r.next_record().unwrap().is_none());
+        assert!(r.footer().is_some());
     }
 
     #[test]

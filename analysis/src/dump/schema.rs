@@ -628,3 +628,21 @@ impl Record {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (dump_structured target): a footer's lost counts overflowed
+    /// their sum in the text report.
+    #[test]
+    fn lost_total_saturates() {
+        let lost = Lost {
+            packets: u64::MAX,
+            waits: 1,
+            syscalls: 0,
+            stack_samples: 0,
+        };
+        assert_eq!(lost.total(), u64::MAX);
+    }
+}

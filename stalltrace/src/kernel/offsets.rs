@@ -32,10 +32,14 @@ pub fn member_offset(btf: &Btf, name: &str, path: &[&str]) -> Result<u32, Offset
         .ok_or_else(|| OffsetError::Member(what()))?;
     let mut cur = st;
     let mut bits: u32 = 0;
+    let mut visits = 0;
     for (i, want) in path.iter().enumerate() {
-        let (off, ty) =
-            find_member(btf, &cur, want, 0).ok_or_else(|| OffsetError::Member(what()))?;
-        bits += off;
+        let (off, ty) = find_member(btf, &cur, want, 0, &mut visits)
+            .ok_or_else(|| OffsetError::Member(what()))?;
+        // Checked: offsets in a BTF file from elsewhere (--btf) may be anything.
+        bits = bits
+            .checked_add(off)
+            .ok_or_else(|| OffsetError::Member(format!("{} (offset overflows)", what())))?;
         if i + 1 < path.len() {
             cur = match strip(btf, ty) {
                 Some(Type::Struct(s)) | Some(Type::Union(s)) => s,
@@ -66,12 +70,27 @@ fn strip(btf: &Btf, mut t: Type) -> Option<Type> {
     None
 }
 
+/// Members one lookup may look at. A kernel's needs a few hundred; a BTF file from
+/// elsewhere may make a struct its own anonymous member, where a depth-limited search
+/// alone visits members^depth.
+const MAX_VISITS: u32 = 20_000;
+
 /// Depth-first search for a member by name, descending into anonymous members.
-fn find_member(btf: &Btf, st: &btf_rs::Struct, want: &str, depth: u32) -> Option<(u32, Type)> {
+fn find_member(
+    btf: &Btf,
+    st: &btf_rs::Struct,
+    want: &str,
+    depth: u32,
+    visits: &mut u32,
+) -> Option<(u32, Type)> {
     if depth > 8 {
         return None;
     }
     for m in &st.members {
+        *visits += 1;
+        if *visits > MAX_VISITS {
+            return None;
+        }
         let name = btf.resolve_name(m).unwrap_or_default();
         let ty = btf.resolve_chained_type(m).ok()?;
         if name == want {
@@ -79,8 +98,8 @@ fn find_member(btf: &Btf, st: &btf_rs::Struct, want: &str, depth: u32) -> Option
         }
         if name.is_empty() {
             if let Some(Type::Struct(inner) | Type::Union(inner)) = strip(btf, ty) {
-                if let Some((off, t)) = find_member(btf, &inner, want, depth + 1) {
-                    return Some((m.bit_offset() + off, t));
+                if let Some((off, t)) = find_member(btf, &inner, want, depth + 1, visits) {
+                    return Some((m.bit_offset().checked_add(off)?, t));
                 }
             }
         }
@@ -103,8 +122,55 @@ pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
     // From memory: btf-rs's file backend seeks per type and takes seconds.
     let bytes =
         fs::read(btf_path).map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
-    let btf = Btf::from_bytes(&bytes)
-        .map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
+    read_bytes(&bytes).map_err(|e| match e {
+        OffsetError::Btf(why) => OffsetError::Btf(format!("{}: {why}", btf_path.display())),
+        e => e,
+    })
+}
+
+/// Size of the BTF header btf-rs reads (`struct btf_header`).
+const BTF_HEADER_LEN: usize = 24;
+const BTF_MAGIC: u16 = 0xeb9f;
+
+/// Checks that the header's sections lie inside `bytes` before btf-rs sees them: it
+/// sizes its tables from the header's lengths (up to 16 MiB each), so a 24-byte file
+/// claiming 4 GiB of strings would cost tens of MiB before failing.
+fn check_btf_header(bytes: &[u8]) -> Result<(), String> {
+    let Some(hdr) = bytes.get(..BTF_HEADER_LEN) else {
+        return Err(format!("{} bytes, shorter than a BTF header", bytes.len()));
+    };
+    let le = match [hdr[0], hdr[1]] {
+        m if u16::from_le_bytes(m) == BTF_MAGIC => true,
+        m if u16::from_be_bytes(m) == BTF_MAGIC => false,
+        _ => return Err("no BTF magic".into()),
+    };
+    let word = |i: usize| {
+        let b = [hdr[i], hdr[i + 1], hdr[i + 2], hdr[i + 3]];
+        u64::from(if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        })
+    };
+    let (hdr_len, type_off, type_len, str_off, str_len) =
+        (word(4), word(8), word(12), word(16), word(20));
+    let len = bytes.len() as u64;
+    if hdr_len < BTF_HEADER_LEN as u64
+        || hdr_len + type_off + type_len > len
+        || hdr_len + str_off + str_len > len
+    {
+        return Err(format!(
+            "its sections (types {type_off}+{type_len}, strings {str_off}+{str_len} after a \
+             {hdr_len}-byte header) do not fit in its {len} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// [`read`] from BTF already in memory.
+pub fn read_bytes(bytes: &[u8]) -> Result<(Offsets, Vec<String>), OffsetError> {
+    check_btf_header(bytes).map_err(OffsetError::Btf)?;
+    let btf = Btf::from_bytes(bytes).map_err(|e| OffsetError::Btf(e.to_string()))?;
     let mut o = Offsets::defaults();
     let mut notes = vec![];
     o.skb_head = member_offset(&btf, "sk_buff", &["head"])?;
@@ -244,5 +310,89 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert!(o.task_cpu > 0 && o.task_comm > 0 && o.regs_arg0 > 0);
         assert!(member_offset(&btf, "sk_buff", &["no_such_member"]).is_err());
+    }
+
+    /// Little-endian BTF of `types` (words) and `strings`.
+    fn btf_bytes(types: &[&[u32]], strings: &[u8]) -> Vec<u8> {
+        let ty: Vec<u8> = types
+            .iter()
+            .flat_map(|t| t.iter())
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        let n = ty.len() as u32;
+        for w in [24, 0, n, n, strings.len() as u32] {
+            out.extend(w.to_le_bytes());
+        }
+        out.extend(ty);
+        out.extend(strings);
+        out
+    }
+
+    const STRUCT: u32 = 4 << 24;
+    /// Names at offsets 1 (task_struct), 13 (thread_info), 25 (cpu), 29 (int).
+    const NAMES: &[u8] = b"\0task_struct\0thread_info\0cpu\0int\0";
+
+    /// Offsets whose sum passes u32, through a named and an anonymous member.
+    #[test]
+    fn offsets_that_overflow_are_an_error() {
+        let int: &[u32] = &[29, 1 << 24, 4, 32];
+        let info: &[u32] = &[13, STRUCT | 1, 8, 25, 1, 0x1000];
+        // task_struct { thread_info at 0xffffff00 } (id 2), thread_info { cpu } (id 3).
+        let b = btf_bytes(
+            &[int, &[1, STRUCT | 1, 64, 13, 3, 0xffff_ff00], info],
+            NAMES,
+        );
+        let btf = Btf::from_bytes(&b).unwrap();
+        let e = member_offset(&btf, "task_struct", &["thread_info", "cpu"]).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        // The same with thread_info anonymous: found through it, the sum overflows.
+        let b = btf_bytes(&[int, &[1, STRUCT | 1, 64, 0, 3, 0xffff_ff00], info], NAMES);
+        let btf = Btf::from_bytes(&b).unwrap();
+        assert!(member_offset(&btf, "task_struct", &["cpu"]).is_err());
+    }
+
+    /// A struct that is its own anonymous member, 40 times: the search is cut short.
+    #[test]
+    fn a_struct_nested_in_itself_is_not_searched_forever() {
+        let mut t: Vec<u32> = vec![1, STRUCT | 40, 64];
+        for _ in 0..40 {
+            t.extend([0, 1, 0]);
+        }
+        let b = btf_bytes(&[&t], NAMES);
+        let btf = Btf::from_bytes(&b).unwrap();
+        let t0 = std::time::Instant::now();
+        assert!(member_offset(&btf, "task_struct", &["pid"]).is_err());
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    /// A 24-byte header claiming 4 GiB of types and strings is refused before btf-rs
+    /// sizes its tables from it.
+    #[test]
+    fn a_header_that_does_not_fit_its_file_is_refused() {
+        let mut h = vec![0x9f, 0xeb, 1, 0];
+        for w in [24u32, 0, u32::MAX, 0, u32::MAX] {
+            h.extend(w.to_le_bytes());
+        }
+        let e = read_bytes(&h).unwrap_err().to_string();
+        assert!(e.contains("do not fit in its 24 bytes"), "{e}");
+        // Big-endian BTF is checked the same way.
+        let mut b = vec![0xeb, 0x9f, 1, 0];
+        for w in [24u32, 0, 0, 0, 1] {
+            b.extend(w.to_be_bytes());
+        }
+        assert!(read_bytes(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("do not fit"));
+        assert!(read_bytes(b"").is_err());
+        assert!(read_bytes(&[0u8; 64])
+            .unwrap_err()
+            .to_string()
+            .contains("magic"));
     }
 }
