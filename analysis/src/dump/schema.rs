@@ -640,9 +640,19 @@ mod tests {
         let lost = Lost {
             packets: u64::MAX,
             waits: 1,
-            syscalls: 0,
-            stack_samples: 0,
+            ..Default::default()
         };
         assert_eq!(lost.total(), u64::MAX);
+        // Every field counts.
+        let each = Lost {
+            packets: 1,
+            waits: 2,
+            syscalls: 4,
+            stack_samples: 8,
+            samples: 16,
+            table_full: 32,
+            unread_at_exit: 64,
+        };
+        assert_eq!(each.total(), 127);
     }
 }
