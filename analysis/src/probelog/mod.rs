@@ -107,17 +107,45 @@ pub fn parse_file(path: &Path) -> Result<ProbeLog, ProbeLogError> {
 }
 
 /// Parses a log from a reader; bytes that are not UTF-8 are replaced, not fatal.
+/// A prober's line is under 200 bytes; past this a line is read no further (its
+/// start is parsed, the rest skipped), so a log of one endless line costs no memory.
+pub const MAX_LINE_BYTES: usize = 64 << 10;
+
 pub fn parse_reader(mut r: impl BufRead) -> std::io::Result<ProbeLog> {
     let mut p = Parser::default();
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        if r.read_until(b'\n', &mut buf)? == 0 {
+        let n = std::io::Read::take(&mut r, MAX_LINE_BYTES as u64).read_until(b'\n', &mut buf)?;
+        if n == 0 {
             break;
+        }
+        if buf.last() != Some(&b'\n') {
+            skip_rest_of_line(&mut r)?;
         }
         p.line(&String::from_utf8_lossy(&buf));
     }
     Ok(p.finish())
+}
+
+/// Consumes input up to and including the next newline, without keeping it.
+fn skip_rest_of_line(r: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = r.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                r.consume(i + 1);
+                return Ok(());
+            }
+            None => {
+                let n = chunk.len();
+                r.consume(n);
+            }
+        }
+    }
 }
 
 /// Parses a whole log held in memory.

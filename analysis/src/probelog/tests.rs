@@ -385,3 +385,18 @@ len=40 ip=10.0.0.2 ttl=64 DF id=0 win=0 flags=RA seq=5 rtt=2.5 ms
         "{line}"
     );
 }
+
+/// A log of one endless line (64 MiB, produced as it is read, never stored) costs no
+/// memory: its first 64 KiB are parsed, the rest skipped, and the next lines count.
+#[test]
+fn an_endless_line_is_read_no_further_than_its_start() {
+    use std::io::Read as _;
+    let head = b"64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=0.5 ms".to_vec();
+    let endless = std::io::repeat(b'x').take(1 << 26);
+    let tail = &b"\n64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 time=0.6 ms\n"[..];
+    let r = std::io::BufReader::with_capacity(1 << 20, head.as_slice().chain(endless).chain(tail));
+    let l = parse_reader(r).unwrap();
+    let got: Vec<(u32, Option<u64>)> = l.probes.iter().map(|p| (p.seq, p.rtt_ns)).collect();
+    // The first line's fields are at its start: still a probe; the next line too.
+    assert_eq!(got, vec![(1, Some(500_000)), (2, Some(600_000))]);
+}
