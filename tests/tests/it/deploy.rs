@@ -7,14 +7,14 @@
 //! mount or network namespace behind. Under CI a missing tool fails these tests.
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::{our_bpf_programs, require, require_root, stalltrace_bin};
+use integration_tests::{
+    free_port, http_get, our_bpf_programs, require, require_root, stalltrace_bin, wait_until,
+};
 use serde::Deserialize as _;
 use serde_yaml::Value;
 use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
@@ -337,34 +337,6 @@ fn deploy_manifest_says_what_the_binary_accepts_and_grants_little() {
     }
 }
 
-/// An HTTP GET on localhost: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The test's container and image: removed whatever happens.
 struct Podman {
     name: String,
@@ -600,7 +572,8 @@ fn deploy_image_serves_metrics_from_a_container() {
     let t_healthy = Instant::now();
     let mut healthy = false;
     while t_healthy.elapsed() < Duration::from_secs(60) && !healthy {
-        healthy = get(port, "/healthz").is_some_and(|(code, body)| code == 200 && body == "ok\n");
+        healthy =
+            http_get(port, "/healthz").is_some_and(|(code, body)| code == 200 && body == "ok\n");
         if !healthy {
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -637,7 +610,9 @@ fn deploy_image_serves_metrics_from_a_container() {
     let t_ep = Instant::now();
     let mut named = false;
     while t_ep.elapsed() < Duration::from_secs(15) && !named {
-        text = get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        text = http_get(port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         named = text.lines().any(|l| l.starts_with(&series));
         if !named {
             std::thread::sleep(Duration::from_millis(200));
@@ -659,7 +634,7 @@ fn deploy_image_serves_metrics_from_a_container() {
     eprintln!("agent RSS in the container: {:.1} MiB", rss / 1048576.0);
 
     // Its dumps land in the mounted directory, private, readable by the host's analyze.
-    wait_for("an episode dump", Duration::from_secs(10), || {
+    wait_until("an episode dump", Duration::from_secs(10), || {
         std::fs::read_dir(&dumps).is_ok_and(|mut d| d.next().is_some())
     });
     let first = std::fs::read_dir(&dumps)

@@ -6,14 +6,15 @@
 //! recorder's dumps read back with the same identity, and SIGTERM ends it within 2 s
 //! with nothing left loaded.
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use integration_tests::{our_bpf_programs, require_root, stalltrace_bin};
+use integration_tests::{
+    free_port, http_get, our_bpf_programs, require_root, stalltrace_bin, wait_until,
+};
 use serde_json::Value;
 use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
 
@@ -22,35 +23,6 @@ const POD: &str = "ledger-7f9c8d-x2k4p";
 const CONTAINER: &str = "indexer";
 const UID: &str = "4b3e6c1a-9d2f-4e8b-a7c5-1f0e2d3c4b5a";
 const CID: &str = "5f0e7c3a1b2d4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
-
-/// An HTTP GET on localhost: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A free localhost port.
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The kubelet-shaped cgroup (systemd driver, containerd), removed on drop.
 struct PodCgroup(PathBuf);
@@ -106,7 +78,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
     .unwrap();
     let cg = PodCgroup::make();
     let dumps = dir.join("dumps");
-    let metrics_port = port();
+    let metrics_port = free_port();
     let watch = Command::new(stalltrace_bin())
         .args(["watch", "--listen", &format!("127.0.0.1:{metrics_port}")])
         .arg("--pods-dir")
@@ -120,12 +92,12 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
         .spawn()
         .unwrap();
     let mut watch = ChildGuard::new(watch);
-    wait_for("watch healthy", Duration::from_secs(30), || {
-        get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
+    wait_until("watch healthy", Duration::from_secs(30), || {
+        http_get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
     });
 
     // A real Prometheus scraping the agent every second.
-    let prom_port = port();
+    let prom_port = free_port();
     let prom_dir = dir.join("prom");
     std::fs::create_dir_all(&prom_dir).unwrap();
     let cfg = prom_dir.join("prometheus.yml");
@@ -177,8 +149,8 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
         "stalltrace_stall_episodes_total{{namespace=\"{NS}\",pod=\"{POD}\",container=\"{CONTAINER}\",comm=\"stall-hog\"}}"
     );
     let mut text = String::new();
-    wait_for("the episode counter", Duration::from_secs(10), || {
-        text = get(metrics_port, "/metrics")
+    wait_until("the episode counter", Duration::from_secs(10), || {
+        text = http_get(metrics_port, "/metrics")
             .map(|(_, b)| b)
             .unwrap_or_default();
         text.lines().any(|l| l.starts_with(&series))
@@ -216,11 +188,11 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
     let query =
         format!("/api/v1/query?query=stalltrace_stall_episodes_total%7Bpod%3D%22{POD}%22%7D");
     let mut answer = Value::Null;
-    wait_for(
+    wait_until(
         "Prometheus to scrape the counter",
         Duration::from_secs(20),
         || {
-            answer = get(prom_port, &query)
+            answer = http_get(prom_port, &query)
                 .and_then(|(_, b)| serde_json::from_str(&b).ok())
                 .unwrap_or(Value::Null);
             answer["data"]["result"][0]["value"][1]
@@ -239,7 +211,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
     );
     // Prometheus's own OpenMetrics parser took the whole exposition: the target is up
     // with no scrape error (a malformed line fails the whole scrape).
-    let targets = get(prom_port, "/api/v1/targets")
+    let targets = http_get(prom_port, "/api/v1/targets")
         .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
         .unwrap_or(Value::Null);
     let target = &targets["data"]["activeTargets"][0];
@@ -248,7 +220,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
     let _ = prom.stop();
 
     // The flight recorder: one readable dump per episode, the pod named in it.
-    wait_for("episode dumps", Duration::from_secs(5), || {
+    wait_until("episode dumps", Duration::from_secs(5), || {
         std::fs::read_dir(&dumps).is_ok_and(|d| d.count() >= 3)
     });
     let first = std::fs::read_dir(&dumps)
@@ -332,7 +304,7 @@ fn watch_keeps_culprit_series_bounded() {
         return;
     }
     let dir = Scratch::new("bounded").unwrap();
-    let metrics_port = port();
+    let metrics_port = free_port();
     let watch = Command::new(stalltrace_bin())
         .args([
             "watch",
@@ -345,8 +317,8 @@ fn watch_keeps_culprit_series_bounded() {
         .spawn()
         .unwrap();
     let mut watch = ChildGuard::new(watch);
-    wait_for("watch healthy", Duration::from_secs(30), || {
-        get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
+    wait_until("watch healthy", Duration::from_secs(30), || {
+        http_get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
     });
     let lab = Command::new(stalltrace_bin())
         .args([
@@ -379,7 +351,7 @@ fn watch_keeps_culprit_series_bounded() {
         .collect();
     assert!(distinct.len() >= 10, "many distinct culprits: {distinct:?}");
     std::thread::sleep(Duration::from_secs(2));
-    let text = get(metrics_port, "/metrics")
+    let text = http_get(metrics_port, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
     let series: Vec<(&str, f64)> = text
