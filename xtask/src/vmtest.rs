@@ -38,12 +38,18 @@ use anyhow::{bail, Context as _};
 
 use crate::root;
 
+mod apt;
+
 #[derive(clap::Args, Debug)]
 pub struct VmtestArgs {
-    /// Kernel series to boot (`6.1`, `6.12`: the newest Debian package of that series),
-    /// or an exact package name (`linux-image-6.1.0-56-amd64-unsigned`). Repeatable.
-    #[arg(long = "kernel", value_name = "NAME", default_values_t = ["6.1".to_string(), "6.12".to_string()])]
+    /// Kernel series to boot (`5.10`, `6.1`, `6.1-rt`, `6.12`: the newest Debian package
+    /// of that series and flavour), or an exact package name
+    /// (`linux-image-6.1.0-56-amd64-unsigned`). Repeatable. Default: the CI matrix.
+    #[arg(long = "kernel", value_name = "NAME", conflicts_with = "all")]
     pub kernels: Vec<String>,
+    /// The full matrix: 5.10, 6.1, 6.1-rt and 6.12.
+    #[arg(long)]
+    pub all: bool,
     /// Only tests whose name contains this.
     #[arg(long, value_name = "SUBSTRING")]
     pub filter: Option<String>,
@@ -54,6 +60,25 @@ pub struct VmtestArgs {
     /// three minutes); qemu is killed when it is reached.
     #[arg(long)]
     pub guest_timeout: Option<u64>,
+}
+
+/// Every kernel the project is tested on (`--all`): 5.10 LTS (Debian bullseye, the
+/// oldest the registry serves), 6.1 (bookworm), 6.1 PREEMPT_RT, 6.12 (bookworm's
+/// backport; NET_RX no longer deferred to ksoftirqd since 6.5).
+pub const FULL_MATRIX: &[&str] = &["5.10", "6.1", "6.1-rt", "6.12"];
+
+/// What `cargo xtask vmtest` (and CI) boots without `--kernel`.
+pub const CI_MATRIX: &[&str] = FULL_MATRIX;
+
+impl VmtestArgs {
+    /// The kernels to boot: `--kernel`s, else `--all`'s or CI's matrix.
+    fn matrix(&self) -> Vec<String> {
+        if !self.kernels.is_empty() {
+            return self.kernels.clone();
+        }
+        let m = if self.all { FULL_MATRIX } else { CI_MATRIX };
+        m.iter().map(|k| k.to_string()).collect()
+    }
 }
 
 /// Modules the guest needs (their dependencies come along): virtio PCI and 9p for the
@@ -67,13 +92,19 @@ const TEST_BINARY: &str = "it";
 /// ones.
 const SUITES: &[(&str, bool)] = &[("record_netns", false), ("vm_guest", true)];
 
-fn cache_dir() -> PathBuf {
+/// `$XDG_CACHE_HOME/stalltrace` (or `~/.cache/stalltrace`): kernels and private apt
+/// configurations, outside the repository, kept between runs.
+fn cache_root() -> PathBuf {
     let base = env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
         });
-    base.join("stalltrace").join("kernels")
+    base.join("stalltrace")
+}
+
+fn cache_dir() -> PathBuf {
+    cache_root().join("kernels")
 }
 
 /// Runs scripts/setup.sh --vm (the build toolchain plus qemu, busybox-static, cpio) and
@@ -153,59 +184,6 @@ fn version_key(s: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The newest generic (not cloud, not rt) unsigned amd64 image of a series.
-fn newest_package(series: &str, names: &str) -> Option<String> {
-    names
-        .lines()
-        .map(str::trim)
-        .filter(|n| {
-            n.strip_prefix("linux-image-")
-                .and_then(|v| v.strip_suffix("-amd64-unsigned"))
-                .is_some_and(|v| {
-                    v.starts_with(&format!("{series}."))
-                        && !v.contains("cloud")
-                        && !v.contains("-rt")
-                })
-        })
-        .max_by_key(|n| version_key(n))
-        .map(str::to_string)
-}
-
-fn apt_pkgnames(series: &str) -> String {
-    Command::new("apt-cache")
-        .args(["pkgnames", &format!("linux-image-{series}.")])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-/// Package name for a matrix entry; refreshes apt's lists once if they know none, and
-/// falls back to the newest cached one when apt cannot be asked.
-fn resolve(entry: &str) -> anyhow::Result<String> {
-    if entry.starts_with("linux-image-") {
-        return Ok(entry.to_string());
-    }
-    if let Some(p) = newest_package(entry, &apt_pkgnames(entry)) {
-        return Ok(p);
-    }
-    eprintln!("vmtest: apt knows no linux-image-{entry}.* package; running apt-get update");
-    let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-    if let Some(p) = newest_package(entry, &apt_pkgnames(entry)) {
-        return Ok(p);
-    }
-    let cached = fs::read_dir(cache_dir())
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default();
-    newest_package(entry, &cached).with_context(|| {
-        format!("no Debian package linux-image-{entry}.*-amd64-unsigned found (apt-cache pkgnames), none cached")
-    })
-}
-
 /// A kernel unpacked into the cache: vmlinuz, its release, modules in load order.
 struct Kernel {
     package: String,
@@ -267,7 +245,7 @@ fn module_order(dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Result<Vec
 }
 
 /// Downloads and unpacks `package` into the cache unless it is there already.
-fn fetch(package: &str) -> anyhow::Result<Kernel> {
+fn fetch(package: &str, source: &apt::Source) -> anyhow::Result<Kernel> {
     let dir = cache_dir().join(package);
     if dir.join("ready").exists() {
         let release = fs::read_to_string(dir.join("release"))
@@ -286,12 +264,7 @@ fn fetch(package: &str) -> anyhow::Result<Kernel> {
     fs::create_dir_all(tmp.join("modules"))
         .with_context(|| format!("creating {}", tmp.display()))?;
     let res = (|| -> anyhow::Result<String> {
-        eprintln!("vmtest: downloading {package} from Debian (apt-get download)");
-        run_ok(
-            Command::new("apt-get")
-                .args(["download", "-q", package])
-                .current_dir(&tmp),
-        )?;
+        apt::download(source, package, &tmp)?;
         let deb = fs::read_dir(&tmp)?
             .flatten()
             .map(|e| e.path())
@@ -780,8 +753,8 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
     let (stalltrace, exes) = build(&path)?;
     let plan = plan(&stalltrace, &exes, &a)?;
     let mut runs = vec![];
-    for entry in &a.kernels {
-        let kernel = resolve(entry).and_then(|p| fetch(&p));
+    for entry in &a.matrix() {
+        let kernel = apt::resolve(&apt::Entry::parse(entry)).and_then(|(p, src)| fetch(&p, &src));
         let k = match kernel {
             Ok(k) => k,
             Err(e) => {
@@ -856,23 +829,6 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn picks_the_newest_generic_image_of_a_series() {
-        let names = "linux-image-6.1.0-9-amd64-unsigned\nlinux-image-6.1.0-56-amd64-unsigned\n\
-                     linux-image-6.1.0-56-cloud-amd64-unsigned\nlinux-image-6.1.0-56-rt-amd64-unsigned\n\
-                     linux-image-6.12.117+deb12-amd64-unsigned\nlinux-image-6.12.9+deb12-amd64-unsigned\n\
-                     linux-image-6.1.0-56-amd64-dbg\n";
-        assert_eq!(
-            newest_package("6.1", names).as_deref(),
-            Some("linux-image-6.1.0-56-amd64-unsigned")
-        );
-        assert_eq!(
-            newest_package("6.12", names).as_deref(),
-            Some("linux-image-6.12.117+deb12-amd64-unsigned")
-        );
-        assert_eq!(newest_package("5.10", names), None);
-    }
 
     #[test]
     fn modules_load_after_their_dependencies() {
