@@ -39,6 +39,7 @@ use anyhow::{bail, Context as _};
 use crate::root;
 
 mod apt;
+mod matrix;
 
 #[derive(clap::Args, Debug)]
 pub struct VmtestArgs {
@@ -404,6 +405,12 @@ struct TestResult {
 
 struct KernelRun {
     label: String,
+    /// `uname -r` of the guest, once its kernel is known.
+    release: Option<String>,
+    /// The guest's look at its kernel (`results/info`) and what the tests measured
+    /// (`results/matrix.tsv`), for the table.
+    info_kv: Vec<(String, String)>,
+    facts: Vec<(String, String)>,
     boot_s: Option<f64>,
     wall_s: f64,
     problem: Option<String>,
@@ -415,6 +422,14 @@ struct KernelRun {
 }
 
 impl KernelRun {
+    /// `release (package)`, or the entry asked for when it never got that far.
+    fn name(&self) -> String {
+        match &self.release {
+            Some(r) => format!("{r} ({})", self.label),
+            None => self.label.clone(),
+        }
+    }
+
     fn failed(&self) -> bool {
         self.problem.is_some() || self.tests.iter().any(|t| t.status != "PASS")
     }
@@ -473,7 +488,6 @@ fn plan(
 }
 
 fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result<KernelRun> {
-    let label = format!("{} ({})", k.release, k.package);
     let work = root().join("target/vmtest").join(&k.release);
     fs::create_dir_all(&work)?;
     let initrd = initramfs(k, &work)?;
@@ -484,7 +498,7 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
     // target/vmtest/<release>/results/artifacts).
     fs::write(
         results.join("env"),
-        "export CI=true RUST_BACKTRACE=1 STALLTRACE_ARTIFACTS=/results/artifacts\n",
+        "export CI=true RUST_BACKTRACE=1 STALLTRACE_ARTIFACTS=/results/artifacts STALLTRACE_MATRIX=/results/matrix.tsv\n",
     )?;
     let plan_text: String = plan
         .iter()
@@ -541,7 +555,9 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     println!(
-        "vmtest: booting {label} under qemu (TCG), {} tests, limit {} s",
+        "vmtest: booting {} ({}) under qemu (TCG), {} tests, limit {} s",
+        k.release,
+        k.package,
         plan.len(),
         limit.as_secs()
     );
@@ -660,6 +676,7 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         .find_map(|l| l.split("guest: root ready after ").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse().ok());
+    let (info_kv, facts) = matrix::read_facts(&results);
     let info = fs::read_to_string(results.join("info"))
         .unwrap_or_default()
         .lines()
@@ -686,7 +703,10 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         });
     }
     Ok(KernelRun {
-        label,
+        label: k.package.clone(),
+        release: Some(k.release.clone()),
+        info_kv,
+        facts,
         boot_s,
         wall_s,
         problem,
@@ -700,7 +720,7 @@ fn report(run: &KernelRun, results: &Path) {
     println!();
     println!(
         "vmtest: kernel {}: {} — boot {}, guest {:.0} s",
-        run.label,
+        run.name(),
         if run.failed() { "FAILED" } else { "ok" },
         run.boot_s
             .map(|b| format!("{b:.1} s"))
@@ -761,6 +781,9 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
                 runs.push((
                     KernelRun {
                         label: entry.clone(),
+                        release: None,
+                        info_kv: vec![],
+                        facts: vec![],
                         boot_s: None,
                         wall_s: 0.0,
                         problem: Some(format!("{e:#}")),
@@ -780,6 +803,9 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
         let run = || {
             boot(&k, &plan, &a).unwrap_or_else(|e| KernelRun {
                 label: k.package.clone(),
+                release: Some(k.release.clone()),
+                info_kv: vec![],
+                facts: vec![],
                 boot_s: None,
                 wall_s: 0.0,
                 problem: Some(format!("{e:#}")),
@@ -812,13 +838,27 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
         println!(
             "  {:<7} {}: {pass}/{} tests passed{}",
             if r.failed() { "FAILED" } else { "ok" },
-            r.label,
+            r.name(),
             r.tests.len(),
             r.problem
                 .as_deref()
                 .map(|p| format!(" — {p}"))
                 .unwrap_or_default()
         );
+    }
+    let out = root().join("target/vmtest");
+    let command = std::iter::once("cargo xtask vmtest".to_string())
+        .chain(env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let all: Vec<&KernelRun> = runs.iter().map(|(r, _)| r).collect();
+    match matrix::write(&out, &all, &command, t0.elapsed().as_secs_f64()) {
+        Ok(()) => println!(
+            "vmtest: the table is in {} (and {})",
+            out.join("kernels.md").display(),
+            out.join("matrix.json").display()
+        ),
+        Err(e) => println!("vmtest: could not write the table: {e:#}"),
     }
     if runs.iter().any(|(r, _)| r.failed()) {
         bail!("the kernel matrix failed");

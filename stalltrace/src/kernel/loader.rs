@@ -200,6 +200,8 @@ pub struct Tracer {
     pub sampler: Option<&'static str>,
     /// What this kernel did not allow, and what the recording does without it.
     pub degraded: Vec<String>,
+    /// Programs the verifier accepted, in table order.
+    pub loaded: Vec<&'static str>,
 }
 
 impl Tracer {
@@ -220,6 +222,7 @@ impl Tracer {
             .map_err(|e| LoadError::Object(format!("{e:#}")))?;
         let mut sampler = None;
         let mut degraded = vec![];
+        let mut loaded = vec![];
         for p in PROGRAMS {
             let wanted = match p.role {
                 Role::Syscalls => with_syscalls,
@@ -243,6 +246,9 @@ impl Tracer {
                     .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
                     .load(),
             };
+            if verdict.is_ok() {
+                loaded.push(p.name);
+            }
             match (verdict, p.role) {
                 (Ok(()), Role::Sampler) => sampler = Some(p.name),
                 (Ok(()), _) => {}
@@ -274,7 +280,18 @@ impl Tracer {
             packet_hook: "tracepoint",
             sampler,
             degraded,
+            loaded,
         })
+    }
+
+    /// The sampler variant that loaded, for `features` and the docs: how it finds a
+    /// task's saved user registers.
+    pub fn sampler_variant(&self) -> &'static str {
+        match self.sampler {
+            Some("sample_task_regs") => "sample_task_regs (bpf_task_pt_regs, Linux 5.15+)",
+            Some(_) => "sample_stack_regs (saved registers read off the task's kernel stack: no bpf_task_pt_regs before 5.15)",
+            None => "none",
+        }
     }
 
     /// What `record --dry-run` prints: the hooks it would attach, and the packet path.

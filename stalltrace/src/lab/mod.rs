@@ -215,6 +215,7 @@ fn run_scenario(
         journal,
         scratch,
         cpu,
+        rx_by_ksoftirqd: false,
     };
     let how = sc.prepare(&mut lab)?;
     crate::outln!("lab: {how}");
@@ -262,6 +263,10 @@ fn run_scenario(
         a.duration
     );
     let mut load = sc.load(&mut lab, hog_pid, a.duration)?;
+    if load.is_none() && lab.rx_by_ksoftirqd {
+        // No threaded NAPI here: ksoftirqd is the RX thread, and the flood wakes it.
+        load = ksoftirqd::Ksoftirqd.load(&mut lab, hog_pid, a.duration)?;
+    }
     let waited = pause(stop, a.duration + Duration::from_millis(500));
     // The load's global changes go back the moment it is not needed.
     if let Some(l) = load.as_mut() {

@@ -17,6 +17,9 @@ pub struct Lab<'a> {
     pub scratch: &'a Path,
     /// The CPU starved.
     pub cpu: u32,
+    /// Set by [`threaded_napi`] on a kernel without threaded NAPI (before 5.12): RX goes
+    /// to `ksoftirqd/N` instead, which needs the ksoftirqd scenario's flood.
+    pub rx_by_ksoftirqd: bool,
 }
 
 /// Something that runs alongside the culprit until dropped (ksoftirqd's flood).
@@ -87,13 +90,37 @@ impl ScenarioName {
     }
 }
 
-/// Threaded NAPI on the namespace side, its kthread pinned to the starved CPU.
+/// Threaded NAPI on the namespace side, its kthread pinned to the starved CPU. Before
+/// 5.12 there is no threaded NAPI (`/sys/class/net/<dev>/threaded`): the scenario then
+/// starves the RX thread those kernels do have, `ksoftirqd/N`, fed as in the ksoftirqd
+/// scenario (RPS to the CPU, a flood while the culprit runs), which stalls there because
+/// NET_RX raised while ksoftirqd is runnable is left to it before 6.5. The culprit and
+/// what the verdict needs are the same; the lab says which RX thread it starved.
 pub(super) fn threaded_napi(lab: &mut Lab<'_>) -> anyhow::Result<String> {
+    if !has_threaded_napi(lab.ns) {
+        lab.rx_by_ksoftirqd = true;
+        let how = Ksoftirqd.prepare(lab)?;
+        return Ok(format!(
+            "{how} — this kernel has no threaded NAPI (Linux 5.12+), so the RX thread starved is ksoftirqd/{}",
+            lab.cpu
+        ));
+    }
     let pid = lab.ns.threaded_napi(lab.cpu)?;
     Ok(format!(
         "namespace {} ({} <-> {}), RX by napi thread pid {pid} pinned to CPU {}",
         lab.ns.name, lab.ns.host_addr, lab.ns.ns_addr, lab.cpu
     ))
+}
+
+/// Whether the namespace side can have an RX kthread (`threaded` in its sysfs
+/// directory, Linux 5.12+), as seen from inside the namespace (sysfs shows a
+/// namespace's own devices only).
+fn has_threaded_napi(ns: &Netns) -> bool {
+    let path = format!("/sys/class/net/{}/threaded", ns.ns_if);
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "test", "-e", &path])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub struct RtHog;

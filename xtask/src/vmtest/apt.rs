@@ -79,7 +79,11 @@ impl Entry {
     /// The newest package of `names` (one a line) this entry means.
     pub fn pick(&self, names: &str) -> Option<String> {
         match self {
-            Entry::Package(p) => names.lines().map(str::trim).find(|n| n == p).map(Into::into),
+            Entry::Package(p) => names
+                .lines()
+                .map(str::trim)
+                .find(|n| n == p)
+                .map(Into::into),
             Entry::Series { series, rt } => newest_package(series, *rt, names),
         }
     }
@@ -120,31 +124,36 @@ fn pkgnames(src: &Source, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The package an entry means and the configuration that can download it: the
-/// machine's first, then each private suite; each refreshed once when it knows none.
+/// The package an entry means and the configuration that can download it. First what
+/// the configurations know already (the machine's, then each private suite); then each
+/// is refreshed once, the private ones first, so that a series only bullseye has does
+/// not refresh the machine's own lists.
 pub fn resolve(entry: &Entry) -> anyhow::Result<(String, Source)> {
-    let mut tried = vec![];
-    let mut sources = vec![Source::Machine];
+    let mut sources = vec![];
     for suite in PRIVATE_SUITES {
         sources.push(private(suite)?);
     }
-    for src in sources {
-        if let Some(p) = entry.pick(&pkgnames(&src, &entry.prefix())) {
-            return Ok((p, src));
+    sources.push(Source::Machine);
+    let known = |src: &Source| entry.pick(&pkgnames(src, &entry.prefix()));
+    for src in sources.iter().rev() {
+        if let Some(p) = known(src) {
+            return Ok((p, src.clone()));
         }
+    }
+    for src in &sources {
         eprintln!(
-            "vmtest: {} know no {}*; running apt-get update there",
+            "vmtest: {} has no {}*; running apt-get update for it",
             src.describe(),
             entry.prefix()
         );
-        if let Err(e) = update(&src) {
+        if let Err(e) = update(src) {
             eprintln!("vmtest: {e:#}");
         }
-        if let Some(p) = entry.pick(&pkgnames(&src, &entry.prefix())) {
-            return Ok((p, src));
+        if let Some(p) = known(src) {
+            return Ok((p, src.clone()));
         }
-        tried.push(src.describe());
     }
+    let tried: Vec<String> = sources.iter().map(Source::describe).collect();
     bail!(
         "no Debian package for {entry:?} ({}*-amd64-unsigned) in {}",
         entry.prefix(),
@@ -220,8 +229,7 @@ fn machine_debian_uri() -> String {
     files
         .iter()
         .filter(|p| {
-            p.extension()
-                .is_some_and(|x| x == "list" || x == "sources")
+            p.extension().is_some_and(|x| x == "list" || x == "sources")
                 || p.ends_with("sources.list")
         })
         .filter_map(|p| fs::read_to_string(p).ok())
@@ -256,7 +264,9 @@ pub fn bookworm_uri(text: &str) -> Option<String> {
         let bookworm =
             field("Suites:").is_some_and(|s| s.split_whitespace().any(|s| s == "bookworm"));
         if is_deb && bookworm {
-            if let Some(uri) = field("URIs:").and_then(|u| u.split_whitespace().next().map(Into::into)) {
+            if let Some(uri) =
+                field("URIs:").and_then(|u| u.split_whitespace().next().map(Into::into))
+            {
                 return Some(uri);
             }
         }
@@ -315,7 +325,10 @@ mod tests {
         );
         let list = "# deb http://old/ bookworm main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://proxy:3142/debian bookworm main contrib\n";
-        assert_eq!(bookworm_uri(list).as_deref(), Some("http://proxy:3142/debian"));
+        assert_eq!(
+            bookworm_uri(list).as_deref(),
+            Some("http://proxy:3142/debian")
+        );
         assert_eq!(bookworm_uri("deb http://x/ trixie main\n"), None);
     }
 }
