@@ -219,7 +219,7 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
-            .map_err(|e| LoadError::Object(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Object(format!("{e:#}{}", too_old_hint())))?;
         let mut sampler = None;
         let mut degraded = vec![];
         let mut loaded = vec![];
@@ -547,6 +547,23 @@ fn run_stats(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
         )
     };
     (rc == 0).then_some((info.run_time_ns, info.run_cnt))
+}
+
+/// The oldest kernel the object can load on: the BPF ring buffer and
+/// `bpf_ktime_get_boot_ns` came in 5.8 (`--btf` makes up for missing BTF, not for
+/// these). Known from the helpers' history, not tested: the matrix's oldest is 5.10.
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// What to say when the object does not load on a kernel older than [`MIN_KERNEL`].
+fn too_old_hint() -> String {
+    let release = crate::sys::kernel_release();
+    if crate::lab::ksoftirqd::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
+        return String::new();
+    }
+    format!(
+        " (this kernel, {release}, is older than {}.{}, which stalltrace needs: the BPF ring buffer and bpf_ktime_get_boot_ns)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )
 }
 
 /// The verifier's log can be long; keep its last lines, which say why.
