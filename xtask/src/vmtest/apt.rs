@@ -314,6 +314,20 @@ mod tests {
     }
 
     #[test]
+    fn the_private_configuration_stays_under_its_directory() {
+        let conf = private_conf(Path::new("/c/apt/bullseye"));
+        for want in [
+            "Dir::Etc::SourceList \"/c/apt/bullseye/sources.list\";",
+            "Dir::Etc::SourceParts \"/dev/null\";",
+            "Dir::State::Lists \"/c/apt/bullseye/lists\";",
+            "Dir::Cache \"/c/apt/bullseye/cache\";",
+            "#clear APT::Update::Post-Invoke-Success;",
+        ] {
+            assert!(conf.contains(want), "{want} in {conf}");
+        }
+    }
+
+    #[test]
     fn finds_the_bookworm_uri_in_either_sources_format() {
         let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\n\
                       Suites: bookworm bookworm-updates\nComponents: main\n\n\

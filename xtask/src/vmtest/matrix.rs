@@ -201,3 +201,78 @@ pub fn write(dir: &Path, runs: &[&KernelRun], command: &str, total_s: f64) -> an
         .with_context(|| format!("writing {}", dir.join("kernels.md").display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmtest::TestResult;
+
+    fn kv(pairs: &[(&str, &str)]) -> Facts {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_row_says_only_what_the_guest_measured() {
+        let run = KernelRun {
+            label: "linux-image-5.10.0-32-amd64-unsigned".into(),
+            release: Some("5.10.0-32-amd64".into()),
+            info_kv: kv(&[
+                ("kprobes", "yes"),
+                ("btf", "yes"),
+                ("preempt_rt", "no"),
+                ("threaded_napi", "no"),
+                ("bpftool", "program_type kprobe is available"),
+                ("bpftool", "program_type tracing is available"),
+                ("fentry", "bpftrace kfunc:icmp_echo failed: ERROR"),
+            ]),
+            facts: kv(&[
+                ("packet_hook", "kprobe:icmp_echo (auto)"),
+                ("sampler", "sample_stack_regs"),
+                ("lab rt-hog", "FAIL (exit Some(6))"),
+                ("lab rt-hog", "PASS (ksoftirqd)"),
+                ("degraded", "no bpf_task_pt_regs (before 5.15): …"),
+            ]),
+            boot_s: Some(5.0),
+            wall_s: 540.0,
+            problem: None,
+            info: vec![],
+            tests: vec![TestResult {
+                id: "vm_guest.x".into(),
+                status: "PASS",
+                secs: 1.0,
+            }],
+            hung: false,
+        };
+        let cells = row(&run);
+        assert_eq!(cells.len(), COLUMNS.len());
+        assert_eq!(
+            cells[..8],
+            [
+                "5.10.0-32-amd64 (`linux-image-5.10.0-32-amd64-unsigned`)",
+                "no",
+                "yes",
+                "attaches",
+                "kprobe:icmp_echo",
+                "loads; bpftrace kfunc fails",
+                "no",
+                "sample_stack_regs"
+            ]
+        );
+        assert_eq!(cells[8], "—", "no ksoftirqd fact: no guess");
+        assert_eq!(cells[9], "PASS (ksoftirqd)", "the last word on a key");
+        assert_eq!(cells[13], "1/1");
+        assert_eq!(cells[14], "9.0");
+        let md = markdown(&[&run], "cargo xtask vmtest --all", 600.0);
+        assert!(
+            md.contains("| --- |") && md.contains("took 10.0 min"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- 5.10.0-32-amd64: degraded: no bpf_task_pt_regs"),
+            "{md}"
+        );
+    }
+}
