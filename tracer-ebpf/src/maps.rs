@@ -80,9 +80,6 @@ pub struct CpuState {
     pub rx_run_pid: u32,
     pub _pad_rx: u32,
     pub rx_run_start: u64,
-    /// When the wait that preceded that run began: an RX thread it wakes on this CPU
-    /// during the run (a lock handoff on PREEMPT_RT) has waited since then too.
-    pub rx_run_wait_start: u64,
     /// First NET_RX raise since the last entry (0 = none pending) and who raised it.
     pub netrx_raise_ns: u64,
     pub netrx_raiser_pid: u32,

@@ -68,12 +68,10 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
             return 0;
         }
     }
-    let waker_pid = bpf_get_current_pid_tgid() as u32;
-    let target_cpu = kread(p, o.task_cpu).unwrap_or(u32::MAX);
     let w = RxWake {
-        ts: inherited_wait_start(waker_pid, target_cpu, now()),
-        waker_pid,
-        target_cpu,
+        ts: now(),
+        waker_pid: bpf_get_current_pid_tgid() as u32,
+        target_cpu: kread(p, o.task_cpu).unwrap_or(u32::MAX),
         waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
     };
     if RX_WAKE.insert(pid, w, 0).is_err() {
@@ -83,31 +81,6 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     // The wait happens on the target CPU: tell its scheduler hook and sampler.
     mark_rx_pending(w.target_cpu, w.ts);
     0
-}
-
-/// When an RX thread wakes another on its own CPU in the run that ended its own wait,
-/// the woken one waited as long: on PREEMPT_RT every softirq thread takes the per-CPU
-/// bottom-half lock, so a napi thread blocked on it behind a starved ksoftirqd (or irq
-/// thread) is woken by the lock's handoff only once that thread got the CPU back. Its
-/// wait then starts where the waker's did, and its holders are the same tasks.
-#[inline(always)]
-fn inherited_wait_start(waker_pid: u32, target_cpu: u32, ts: u64) -> u64 {
-    // SAFETY: helper with no arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(st) = cpu_state() else { return ts };
-    // The waker's current run is the one that followed its wait (it switched in by
-    // closing that wait, and has not been switched out since).
-    let handoff = target_cpu == cpu
-        && st.rx_run_pid == waker_pid
-        && st.rx_run_start != 0
-        && st.rx_run_start == st.cur_since
-        && st.rx_run_wait_start != 0
-        && st.rx_run_wait_start < ts;
-    if handoff {
-        st.rx_run_wait_start
-    } else {
-        ts
-    }
 }
 
 /// An RX thread preempted while it still had work (`preempt` set: it stays runnable)
@@ -256,7 +229,6 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let _ = RX_WAKE.remove(next_pid);
     st.rx_run_pid = next_pid;
     st.rx_run_start = ts;
-    st.rx_run_wait_start = w.ts;
     // The wait is over here, and where the wakeup aimed (if it migrated since).
     clear_rx_pending(cpu);
     if w.target_cpu != cpu {
