@@ -10,7 +10,11 @@ set -euo pipefail
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages used by the tests, the lab and the benchmarks -----------------
-pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod prometheus linux-perf)
+pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod prometheus linux-perf iptables)
+# The node agent's image and its test (cargo xtask image, tests/tests/it/deploy.rs):
+# buildah builds it from scratch, podman runs it with runc (crun refuses the hybrid
+# cgroup layout of these machines), python3-venv holds kubernetes-validate (PyPI).
+pkgs+=(podman buildah runc python3-venv)
 # --vm: also what `cargo xtask vmtest` needs to boot other kernels under qemu.
 if [ "${1:-}" = "--vm" ]; then
   pkgs+=(qemu-system-x86 busybox-static cpio xz-utils)
@@ -57,5 +61,17 @@ if [ ! -x "$root/bin/bpf-linker" ]; then
   LLVM_PREFIX="$root/llvm" RUSTFLAGS="-C link-arg=-Wl,-rpath,$sysroot/lib" \
     cargo +stable install bpf-linker --locked --no-default-features \
       --features "llvm-${llvm_major}" --root "$root" >&2
+fi
+# --- kubernetes-validate (PyPI, pinned in deploy/requirements-validate.txt) in a venv --
+# The deploy test validates deploy/daemonset.yaml offline against the Kubernetes schemas
+# this package ships; it looks for the venv here (or $KUBERNETES_VALIDATE).
+reqs="$(cd "$(dirname "$0")/.." && pwd)/deploy/requirements-validate.txt"
+kv_version=$(sed -n 's/^kubernetes-validate==//p' "$reqs")
+kv="$tools/kubernetes-validate-$kv_version"
+if [ ! -x "$kv/bin/kubernetes-validate" ]; then
+  log "installing kubernetes-validate $kv_version into $kv"
+  rm -rf "$kv"
+  python3 -m venv "$kv" >&2
+  "$kv/bin/pip" install --quiet --disable-pip-version-check -r "$reqs" >&2
 fi
 echo "BPF_LINKER_DIR=$root/bin"

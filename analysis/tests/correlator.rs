@@ -313,6 +313,35 @@ fn long_stream(seconds: u64, mut each: impl FnMut(&Record)) {
     }
 }
 
+/// A flood: 150 000 packets within one second (well inside the 3 s window). The
+/// window keeps at most `max_packets`, forgets the oldest beyond it and counts them.
+#[test]
+fn a_flood_holds_at_most_max_packets_and_counts_the_rest() {
+    use stalltrace_testkit::records::echo_request;
+    let mut cfg = Config::new(50 * MS);
+    cfg.max_packets = 20_000;
+    let mut c = Correlator::new(cfg);
+    c.push(&Record::Header(fixture::header(None)));
+    let mut max_pkts = 0;
+    for i in 0..150_000u64 {
+        let ts = fixture::T0 + i * 6_000; // 0.9 s in all
+        let p = echo_request(
+            ts,
+            ts,
+            1,
+            (9, 9, "flooder", RxContext::ProcessSoftirq),
+            7,
+            i as u16,
+        );
+        c.push(&Record::Packet(p));
+        max_pkts = max_pkts.max(c.retained().0);
+    }
+    assert_eq!(max_pkts, 20_000);
+    let r = c.finish();
+    assert_eq!(r.totals.packets_forgotten_early, 130_000);
+    assert_eq!(r.totals.packets, 150_000);
+}
+
 #[test]
 fn memory_stays_bounded_and_the_ranking_adds_up_over_a_long_stream() {
     let mut c = Correlator::new(Config::new(50 * MS));

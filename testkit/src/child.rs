@@ -19,6 +19,11 @@ impl ChildGuard {
         }
     }
 
+    /// The child's stdout pipe, taken (for a reader thread).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

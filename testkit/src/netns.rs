@@ -171,17 +171,25 @@ impl Netns {
     }
 }
 
-/// First thread whose comm starts with `prefix`.
+/// First live process whose comm starts with `prefix`. Zombies are dead: here PID 1
+/// (the VM's init) reaps orphans late, and a killed culprit lingers as one for a while.
 pub fn find_thread(prefix: &str) -> Option<u32> {
     let rd = fs::read_dir("/proc").ok()?;
     for e in rd.flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(c) = fs::read_to_string(format!("/proc/{pid}/comm")) {
-            if c.trim_end().starts_with(prefix) {
-                return Some(pid);
-            }
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state …`; comm may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let zombie = stat[close + 1..].trim_start().starts_with('Z');
+        if comm.starts_with(prefix) && !zombie {
+            return Some(pid);
         }
     }
     None

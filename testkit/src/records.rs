@@ -112,6 +112,7 @@ pub fn probe(seq: u32, ident: u16, rtt_ns: u64) -> ProbeRec {
         sent_ns: None,
         rtt_ns: Some(rtt_ns),
         status: ProbeStatus::Ok,
+        send_error: None,
     }
 }
 

@@ -136,6 +136,34 @@ impl Recorder {
         me
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
+    /// Whether it ended by itself (not reaped yet: `finish` collects its output).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Sends `sig` and waits at most `limit` (then kills it and panics): (code, stdout,
+    /// stderr).
+    pub fn finish_within(mut self, sig: i32, limit: std::time::Duration) -> (i32, String, String) {
+        let c = self.child.as_mut().expect("recorder running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, sig) };
+        let t0 = std::time::Instant::now();
+        while c.try_wait().expect("waiting for the recorder").is_none() {
+            assert!(
+                t0.elapsed() < limit,
+                "recorder did not exit within {limit:?} of signal {sig}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.finish(None)
+    }
+
     /// Sends `sig` (if any) and waits (30 s at most) for the exit: (code, stdout, stderr).
     pub fn finish(mut self, sig: Option<i32>) -> (i32, String, String) {
         let mut c = self.child.take().expect("recorder running");

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fixtures;
+mod image;
 mod lint;
 mod man;
 mod setup;
@@ -54,6 +55,9 @@ enum Cmd {
     Man(man::ManArgs),
     /// Rewrite the golden fixtures (tests/fixtures) from the record builders.
     Fixtures,
+    /// Set up, build (release), and build the node agent's OCI image from scratch
+    /// (buildah: the binary and the libraries ldd lists), tagged localhost/stalltrace:<version>.
+    Image(image::ImageArgs),
 }
 
 pub(crate) fn root() -> PathBuf {
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Vmtest(a) => vmtest::run(a)?,
         Cmd::Man(a) => man::run(a)?,
         Cmd::Fixtures => fixtures::run()?,
+        Cmd::Image(a) => image::main(a)?,
     }
     Ok(())
 }

@@ -213,6 +213,7 @@ mod tests {
             sent_ns: None,
             rtt_ns: Some(rtt_ms * 1_000_000),
             status: ProbeStatus::Ok,
+            send_error: None,
         }
     }
 

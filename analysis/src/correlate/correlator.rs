@@ -54,6 +54,9 @@ pub struct Config {
     pub window_ns: u64,
     /// Hard cap on that, whatever waits are open (bounds memory on odd input).
     pub max_retain_ns: u64,
+    /// Packets kept at most, whatever their age: a node-wide flood (100k+ packets a
+    /// second) would otherwise hold the whole window, hundreds of MiB in a node agent.
+    pub max_packets: usize,
     /// Probe lines shown before an episode (the seed shows the two before).
     pub context_lines: usize,
     /// Lines kept per episode.
@@ -78,6 +81,7 @@ impl Config {
             linger_ns: 1_000_000_000,
             window_ns: 3_000_000_000,
             max_retain_ns: 60_000_000_000,
+            max_packets: 100_000,
             context_lines: 3,
             max_lines: 64,
             max_listed_episodes: 1000,
@@ -166,8 +170,19 @@ impl Packets {
         r
     }
 
-    fn forget_before(&mut self, keep_from: u64) {
-        while self.window.front().is_some_and(|p| p.seen_at < keep_from) {
+    /// Forgets packets seen before `keep_from`, and the oldest beyond `max` whatever
+    /// their age; returns how many went early for the cap.
+    fn forget_before(&mut self, keep_from: u64, max: usize) -> u64 {
+        let mut early = 0;
+        loop {
+            let old = self.window.front().is_some_and(|p| p.seen_at < keep_from);
+            let over = self.window.len() > max;
+            if !(old || over) {
+                break;
+            }
+            if !old {
+                early += 1;
+            }
             let Some((id, p)) = self.window.pop_front() else {
                 break;
             };
@@ -178,6 +193,7 @@ impl Packets {
                 self.by_run.forget((p.cpu, rx), id);
             }
         }
+        early
     }
 }
 
@@ -368,6 +384,10 @@ impl Correlator {
     fn count_probe(&mut self, p: &ProbeRec) {
         let t = &mut self.tally.totals;
         t.probes += 1;
+        if let Some(e) = &p.send_error {
+            t.probes_not_sent += 1;
+            t.first_send_error.get_or_insert_with(|| e.clone());
+        }
         match p.status {
             ProbeStatus::Lost => t.probes_lost += 1,
             ProbeStatus::Ok if is_stalled(p, self.cfg.stall_threshold_ns) => t.probes_stalled += 1,
@@ -610,7 +630,8 @@ impl Correlator {
             keep_from = keep_from.min(self.stalls.min_start.saturating_sub(self.cfg.linger_ns));
         }
         keep_from = keep_from.max(floor);
-        self.packets.forget_before(keep_from);
+        let early = self.packets.forget_before(keep_from, self.cfg.max_packets);
+        self.tally.totals.packets_forgotten_early += early;
         while self
             .syscalls
             .front()

@@ -91,6 +91,11 @@ pub struct Totals {
     /// Probe results considered (from the dump or the log).
     pub probes: u64,
     pub probes_lost: u64,
+    /// Lost probes that never left: the kernel refused the send (part of `probes_lost`).
+    pub probes_not_sent: u64,
+    /// Why the first of them was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_send_error: Option<String>,
     /// Answered at or above the stall threshold.
     pub probes_stalled: u64,
     /// Probes the prober saw answered.
@@ -108,6 +113,9 @@ pub struct Totals {
     pub episodes_not_listed: u64,
     /// Packets processed in an episode's delayed RX run.
     pub packets_delayed: u64,
+    /// Packets forgotten before their time because the window held its maximum (a
+    /// flood): a stall among them may show fewer packets than it delayed.
+    pub packets_forgotten_early: u64,
     /// Kernel waits (merged per CPU) at or above the stall threshold.
     pub stalls_over_threshold: u64,
 }

@@ -276,6 +276,7 @@ mod tests {
             sent_ns: None,
             rtt_ns: Some(1_000_000),
             status: ProbeStatus::Ok,
+            send_error: None,
         }))
         .unwrap()
     }

@@ -407,6 +407,10 @@ pub struct ProbeRec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ns: Option<u64>,
     pub status: ProbeStatus,
+    /// Why the probe never left (the kernel refused the send: a firewall's EPERM, an
+    /// unreachable network); such a probe is `lost` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -445,6 +449,10 @@ pub struct Lost {
     /// a syscall in flight not parked (`--syscalls`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub table_full: u64,
+    /// Records still in the ring buffer when a stop's time was up (a stop under a
+    /// flood ends promptly instead of decoding everything queued).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unread_at_exit: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -471,6 +479,7 @@ impl Lost {
             self.stack_samples,
             self.samples,
             self.table_full,
+            self.unread_at_exit,
         ]
         .iter()
         .fold(self.packets, |a, &b| a.saturating_add(b))
@@ -610,6 +619,7 @@ impl Record {
             Record::Probe(p) => {
                 esc(&mut p.source);
                 esc(&mut p.target);
+                p.send_error.as_mut().map(esc);
             }
             Record::Footer(f) => {
                 esc(&mut f.ended_at);

@@ -271,6 +271,7 @@ impl Parser {
                 } else {
                     ProbeStatus::Ok
                 },
+                send_error: None,
             });
             return true;
         }
@@ -294,6 +295,7 @@ impl Parser {
                 sent_ns: None,
                 rtt_ns: None,
                 status: ProbeStatus::Lost,
+                send_error: None,
             });
             self.no_answer.insert(seq, i);
             return true;
@@ -361,6 +363,7 @@ impl Parser {
                 sent_ns: None,
                 rtt_ns: Some(rtt_ns),
                 status,
+                send_error: None,
             });
         }
         // TCP answers carry `flags=`; a bare `seq=` line is UDP mode, which the dump
@@ -382,6 +385,7 @@ impl Parser {
                 sent_ns: None,
                 rtt_ns: Some(rtt_ns),
                 status,
+                send_error: None,
             });
         }
         None

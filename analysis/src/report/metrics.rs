@@ -482,15 +482,16 @@ impl Collector for Metrics {
             Some(&Unit::Bytes),
             &[(vec![], n.recorder_bytes as f64)],
         )?;
-        let m = e.encode_descriptor(
-            "stalltrace_build",
-            "The agent's version.",
+        // A gauge of 1, Prometheus's `_info` idiom: an OpenMetrics `info` family is not
+        // understood by the classic text parser (promtool, Prometheus before 2.x's
+        // OpenMetrics negotiation).
+        gauge(
+            &mut e,
+            "stalltrace_build_info",
+            "The agent's version (always 1).",
             None,
-            MetricType::Info,
+            &[(vec![("version", s.version.clone())], 1.0)],
         )?;
-        let info =
-            prometheus_client::metrics::info::Info::new(vec![("version", s.version.clone())]);
-        info.encode(m)?;
         Ok(())
     }
 }

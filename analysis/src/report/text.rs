@@ -205,6 +205,20 @@ pub fn render(r: &Report) -> String {
         plural(t.packets, "packet", "packets"),
         plural(t.waits, "wait", "waits"),
     );
+    if t.packets_forgotten_early > 0 {
+        let _ = writeln!(
+            s,
+            "  {} forgotten early: the correlator holds at most 100 000 at a time (a flood); stalls among them may list fewer packets",
+            plural(t.packets_forgotten_early, "packet", "packets"),
+        );
+    }
+    if let Some(e) = &t.first_send_error {
+        let _ = writeln!(
+            s,
+            "  {} never left: the kernel refused to send them (first: {e})",
+            plural(t.probes_not_sent, "probe", "probes"),
+        );
+    }
     if t.probes_answered > 0 {
         let _ = writeln!(
             s,

@@ -314,8 +314,19 @@ impl Tracer {
             (_, Ok(())) => "kprobe:icmp_echo".to_string(),
             (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
         };
+        // Read back from the kernel's side: the programs that hold a verified fd now.
+        let verified: Vec<&str> = PROGRAMS
+            .iter()
+            .filter(|p| {
+                self.ebpf
+                    .program(p.name)
+                    .is_some_and(|prog| prog.fd().is_ok())
+            })
+            .map(|p| p.name)
+            .collect();
         let mut out = vec![
             "dry run: every program passed the verifier; nothing attached".to_string(),
+            format!("verified: {}", verified.join(" ")),
             format!("would attach: {}", hooks.join(" ")),
             format!("packets via: {packets}"),
         ];
@@ -476,6 +487,7 @@ impl Tracer {
             stack_samples: 0,
             samples: by_kind[EventKind::Sample as usize],
             table_full: by_kind[LOST_RX_WAKE as usize] + by_kind[LOST_PARKED as usize],
+            unread_at_exit: 0,
         })
     }
 

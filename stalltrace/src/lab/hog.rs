@@ -55,6 +55,10 @@ pub struct HogArgs {
     /// multi-threaded daemon's worker would.
     #[arg(long)]
     pub thread_name: Option<String>,
+    /// Take a new name (`<name>-<burst>`) before each burst: many distinct culprits
+    /// from one process, for the agent's bounded-series test.
+    #[arg(long, hide = true)]
+    pub rename_each_burst: bool,
 }
 
 /// What the hog does in its bursts.
@@ -142,7 +146,14 @@ fn set_name(name: &str) -> anyhow::Result<()> {
 /// Bursts of work until the run's end, sleeping `gap` between them.
 fn bursts(a: &HogArgs, mut work: Work) {
     let end = Instant::now() + a.duration;
-    while Instant::now() < end {
+    let stem: String = a.name.chars().take(9).collect();
+    for burst in 0u32.. {
+        if Instant::now() >= end {
+            break;
+        }
+        if a.rename_each_burst {
+            let _ = set_name(&format!("{stem}-{burst}"));
+        }
         let burst_end = (Instant::now() + a.burst).min(end);
         while Instant::now() < burst_end {
             work.step();
@@ -284,6 +295,9 @@ impl Hog {
         }
         if let Some(t) = &a.thread_name {
             c.args(["--thread-name", t]);
+        }
+        if a.rename_each_burst {
+            c.arg("--rename-each-burst");
         }
         let child = c.spawn().context("starting the hog")?;
         let pid = child.id();

@@ -44,6 +44,9 @@ pub struct State {
     pub dirs: Vec<PathBuf>,
     /// cgroup directories the lab made, parents first (removed children first).
     pub cgroups: Vec<PathBuf>,
+    /// Directories kept for the user (the dump's): removed only while still empty.
+    #[serde(default)]
+    pub kept: Vec<PathBuf>,
     pub procs: Vec<Proc>,
 }
 
@@ -266,15 +269,34 @@ pub fn cleanup_in(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
+/// Whether the process the journal names still runs: same start time, not a zombie.
+fn running(p: &Proc) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", p.pid)) else {
+        return false;
+    };
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    !zombie && start_ticks(p.pid) == Some(p.start_ticks)
+}
+
 /// Undoes everything `s` records that is still there; says what it did.
 fn undo(s: &State) -> Vec<String> {
     let mut done = vec![];
+    let mut killed = vec![];
     for p in s.procs.iter().rev() {
-        if p.pid != std::process::id() && start_ticks(p.pid) == Some(p.start_ticks) {
+        if p.pid != std::process::id() && running(p) {
             // SAFETY: kill(2); the pid is the lab's child, checked by its start time.
             unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
             done.push(format!("killed {} (pid {})", p.what, p.pid));
+            killed.push(p);
         }
+    }
+    // Gone before their cgroups are removed (a cgroup with a task in it is busy) and
+    // before we say the machine is clean; SIGKILL takes effect in milliseconds.
+    let t0 = std::time::Instant::now();
+    while killed.iter().any(|p| running(p)) && t0.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     for (p, v) in s.sysctls.iter().rev() {
         let now = fs::read_to_string(p).unwrap_or_default();
@@ -299,6 +321,12 @@ fn undo(s: &State) -> Vec<String> {
     for d in s.dirs.iter().rev() {
         if d.exists() && fs::remove_dir_all(d).is_ok() {
             done.push(format!("{} removed", d.display()));
+        }
+    }
+    for k in &s.kept {
+        // Only an empty one goes: a lab killed before its recorder wrote anything.
+        if fs::remove_dir(k).is_ok() {
+            done.push(format!("empty {} removed", k.display()));
         }
     }
     for c in s.cgroups.iter().rev() {

@@ -79,6 +79,13 @@ pub struct LabArgs {
     /// The culprit's task name [default: the scenario's].
     #[arg(long, value_parser = culprit_name)]
     pub name: Option<String>,
+    /// Do the culprit's work in a second thread of this name (the process keeps its
+    /// name), as a multi-threaded daemon's worker would.
+    #[arg(long, value_name = "NAME", value_parser = culprit_name)]
+    pub thread: Option<String>,
+    /// The culprit renames itself before each burst (tests of bounded metrics).
+    #[arg(long, hide = true)]
+    pub rename_each_burst: bool,
     /// Put the culprit into this cgroup directory once it runs (e.g. a kubelet-shaped
     /// path in the unified hierarchy, to see the pod named).
     #[arg(long, value_name = "DIR")]
@@ -226,12 +233,15 @@ fn run_scenario(
             .private_dir(Path::new("/tmp"), "lab-dump")
             .map(|d| d.join(format!("{}.jsonl", sc.name())))?,
     };
-    // The dump outlives the lab: its directory is not the lab's to remove.
-    lab.journal.note(|s| {
-        if let Some(d) = dump.parent() {
-            s.dirs.retain(|x| x != d);
-        }
-    })?;
+    // The dump outlives the lab: its directory is removed only if left empty.
+    if a.output.is_none() {
+        lab.journal.note(|s| {
+            if let Some(d) = dump.parent() {
+                s.dirs.retain(|x| x != d);
+                s.kept.push(d.to_path_buf());
+            }
+        })?;
+    }
     let mut recorder = record(a, ns, &dump, lab.journal)?;
     wait_for_header(&dump, stop)?;
     pause(stop, Duration::from_millis(300))?;
@@ -247,8 +257,9 @@ fn run_scenario(
         read_file: None,
         read_size: 0,
         poll_file: None,
-        thread_name: None,
+        thread_name: a.thread.clone(),
         walk_stats: None,
+        rename_each_burst: a.rename_each_burst,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;

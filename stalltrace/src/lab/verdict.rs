@@ -55,3 +55,63 @@ pub fn judge(
         summary,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stalltrace_testkit::{
+        records::jsonl,
+        scratch::Scratch,
+        seed::{self, Seed, CADVISOR_TGID},
+    };
+
+    fn dump(s: Seed) -> (Scratch, std::path::PathBuf) {
+        let dir = Scratch::new("verdict").unwrap();
+        let p = dir.join("seed.jsonl");
+        std::fs::write(&p, jsonl(&seed::records(s))).unwrap();
+        (dir, p)
+    }
+
+    /// The seed blames cadvisor: planted cadvisor passes; any other pid or name, a
+    /// failed scenario check, or a dump without a stall does not.
+    #[test]
+    fn only_the_planted_task_passes() {
+        let (_d, p) = dump(Seed::default());
+        let ok = |_: &Report| Ok(());
+        let v = judge(&p, CADVISOR_TGID, "cadvisor", ok).unwrap();
+        assert!(v.blamed_planted, "{}", v.summary);
+        assert!(
+            v.summary.contains("top culprit cadvisor (tgid 10137)"),
+            "{}",
+            v.summary
+        );
+        for (pid, comm) in [
+            (CADVISOR_TGID + 1, "cadvisor"),
+            (CADVISOR_TGID, "stall-hog"),
+        ] {
+            let v = judge(&p, pid, comm, ok).unwrap();
+            assert!(!v.blamed_planted, "planted {comm} ({pid}): {}", v.summary);
+        }
+        let v = judge(&p, CADVISOR_TGID, "cadvisor", |_| {
+            Err("it read no memory.stat".into())
+        })
+        .unwrap();
+        assert!(!v.blamed_planted);
+        assert!(
+            v.summary.ends_with("; but it read no memory.stat"),
+            "{}",
+            v.summary
+        );
+        let (_d, quiet) = dump(Seed {
+            stall: false,
+            ..Seed::default()
+        });
+        let v = judge(&quiet, CADVISOR_TGID, "cadvisor", ok).unwrap();
+        assert!(!v.blamed_planted);
+        assert!(
+            v.summary.starts_with("lab: no culprit blamed: 0 episodes"),
+            "{}",
+            v.summary
+        );
+    }
+}

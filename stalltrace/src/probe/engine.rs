@@ -236,6 +236,7 @@ impl<C: Clock> Engine<C> {
             sent_ns: Some(slot.sent_boot_ns),
             rtt_ns,
             status,
+            send_error: None,
         }
     }
 
@@ -256,7 +257,9 @@ impl<C: Clock> Engine<C> {
             let more = self.cfg.count.is_none_or(|c| self.tracker.next < c);
             let due = self.sched.deadline(self.tracker.next);
             if more && due <= now {
-                self.send_one(due)?;
+                if !self.send_one(due, &mut on) {
+                    return Ok(());
+                }
                 continue;
             }
             if !self.expire(now, &mut on) {
@@ -291,36 +294,37 @@ impl<C: Clock> Engine<C> {
         }
     }
 
-    fn send_one(&mut self, due: Instant) -> std::io::Result<()> {
+    /// Sends probe `next`. A refused send (a firewall's EPERM, no route, a full queue)
+    /// does not stop the run: the probe is lost at once, with the reason, so the
+    /// caller can say so within the interval rather than after the timeout.
+    fn send_one(&mut self, due: Instant, on: &mut impl FnMut(Outcome<'_>) -> bool) -> bool {
         let counter = self.tracker.next;
         let sent_boot_ns = self.clock.boot_ns();
         let sent = self.clock.now();
-        let wire = match self.transport.send(counter) {
-            Ok(w) => Some(w),
-            Err(e)
-                if e.raw_os_error() == Some(libc::EPERM)
-                    || e.raw_os_error() == Some(libc::EACCES) =>
-            {
-                return Err(e);
-            }
-            Err(e) => {
-                // Unreachable network, full queue…: the probe counts as sent and lost.
-                if self.stats.send_errors == 0 {
-                    log::warn!("sending probe {counter}: {e}");
-                }
-                self.stats.send_errors += 1;
-                None
-            }
-        };
+        let result = self.transport.send(counter);
         self.stats.drift.record(due, sent);
         self.stats.transmitted += 1;
-        self.tracker.push(Slot {
+        let (wire, state, error) = match result {
+            Ok(w) => (Some(w), State::Pending, None),
+            Err(e) => {
+                self.stats.send_errors += 1;
+                self.stats.lost += 1;
+                (None, State::Lost, Some(e.to_string()))
+            }
+        };
+        let slot = Slot {
             sent,
             sent_boot_ns,
             wire,
-            state: State::Pending,
+            state,
+        };
+        let rec = error.map(|e| {
+            let mut rec = self.record(counter, &slot, None, ProbeStatus::Lost);
+            rec.send_error = Some(e);
+            rec
         });
-        Ok(())
+        self.tracker.push(slot);
+        rec.is_none_or(|rec| on(Outcome::Lost { rec }))
     }
 
     fn expire(&mut self, now: Instant, on: &mut impl FnMut(Outcome<'_>) -> bool) -> bool {
@@ -448,6 +452,8 @@ mod tests {
         clock: VirtualClock,
         script: fn(u64) -> Vec<u64>,
         stall_ms: fn(u64) -> u64,
+        /// Probes the kernel refuses to send (a firewall's EPERM).
+        refused: fn(u64) -> bool,
         queue: Vec<(Instant, u64)>,
         modulus: u64,
     }
@@ -458,6 +464,7 @@ mod tests {
                 clock: clock.clone(),
                 script,
                 stall_ms: |_| 0,
+                refused: |_| false,
                 queue: Vec::new(),
                 modulus,
             }
@@ -468,6 +475,9 @@ mod tests {
         fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
             self.clock
                 .advance(Duration::from_millis((self.stall_ms)(counter)));
+            if (self.refused)(counter) {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
             let now = self.clock.now();
             for d in (self.script)(counter) {
                 self.queue
@@ -554,6 +564,42 @@ mod tests {
             late,
             took: clock.elapsed() - start,
         }
+    }
+
+    /// A firewall refusing probes 3 to 6 (EPERM): each is lost at its send, with the
+    /// reason, before the next probe's answer; the run goes on and 7.. are answered.
+    #[test]
+    fn a_refused_send_is_lost_at_once_and_the_run_goes_on() {
+        let clock = VirtualClock::new();
+        let mut fake = Fake::new(&clock, |_| vec![2], 65536);
+        fake.refused = |c| (3..=6).contains(&c);
+        let r = run_fake(fake, 20, 1000, 12);
+        assert_eq!((r.st.send_errors, r.st.lost, r.st.received), (4, 4, 8));
+        let order: Vec<(u32, ProbeStatus)> = r.recs.iter().map(|p| (p.seq, p.status)).collect();
+        let expected: Vec<(u32, ProbeStatus)> = (0..12)
+            .map(|s| {
+                let st = if (3..=6).contains(&s) {
+                    ProbeStatus::Lost
+                } else {
+                    ProbeStatus::Ok
+                };
+                (s, st)
+            })
+            .collect();
+        assert_eq!(
+            order, expected,
+            "each refusal reported at its send, in order"
+        );
+        for p in r.recs.iter().filter(|p| p.status == ProbeStatus::Lost) {
+            let e = p.send_error.as_deref().unwrap_or_default();
+            assert!(e.contains("Operation not permitted"), "{e:?}");
+            assert_eq!(p.wire_seq, None, "nothing went on the wire");
+        }
+        assert!(r
+            .recs
+            .iter()
+            .filter(|p| p.status == ProbeStatus::Ok)
+            .all(|p| p.send_error.is_none()));
     }
 
     #[test]

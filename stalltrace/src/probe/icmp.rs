@@ -38,20 +38,25 @@ pub enum SockKind {
     Dgram,
 }
 
+/// Bytes of the run's cookie at the start of every echo payload.
+pub const COOKIE_LEN: usize = 8;
+
 pub struct IcmpTransport {
     sock: Socket,
     target: IpAddr,
     dest: SockAddr,
     kind: SockKind,
     ident: u16,
+    /// The cookie, then zeros up to `--size`; an answer must echo the cookie back.
     payload: Vec<u8>,
     buf: Vec<u8>,
 }
 
 impl IcmpTransport {
     /// Opens the socket. `ident` is the echo id for a raw socket, written big-endian
-    /// (the wire value); a datagram socket gets the kernel's id instead.
-    pub fn open(target: IpAddr, size: usize, ident: u16) -> Result<Self, OpenError> {
+    /// (the wire value); a datagram socket gets the kernel's id instead. Payloads are
+    /// `size` bytes (at least [`COOKIE_LEN`]) starting with `cookie`.
+    pub fn open(target: IpAddr, size: usize, ident: u16, cookie: u64) -> Result<Self, OpenError> {
         let (domain, proto) = match target {
             IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
             IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
@@ -113,7 +118,7 @@ impl IcmpTransport {
             dest: SocketAddr::new(target, 0).into(),
             kind,
             ident,
-            payload: vec![0u8; size],
+            payload: payload(cookie, size),
             buf: vec![0u8; 65536],
         })
     }
@@ -126,6 +131,17 @@ impl IcmpTransport {
     pub fn wire_ident(&self) -> u16 {
         self.ident
     }
+}
+
+fn payload(cookie: u64, size: usize) -> Vec<u8> {
+    let mut p = vec![0u8; size.max(COOKIE_LEN)];
+    p[..COOKIE_LEN].copy_from_slice(&cookie.to_be_bytes());
+    p
+}
+
+/// Whether an echo reply's payload (after its 8-byte header) opens with our cookie.
+fn carries_cookie(icmp: &[u8], payload: &[u8]) -> bool {
+    icmp.get(8..8 + COOKIE_LEN) == payload.get(..COOKIE_LEN)
 }
 
 fn no_permission_msg() -> String {
@@ -218,6 +234,10 @@ impl Transport for IcmpTransport {
         if ty != reply_type || (self.kind == SockKind::Raw && id != self.ident) {
             return Ok(None);
         }
+        // Our id but not our cookie: someone else's echo (or a forged answer).
+        if !carries_cookie(icmp, &self.payload) {
+            return Ok(None);
+        }
         Ok(Some(Reply {
             slot: u64::from(seq),
             at,
@@ -286,6 +306,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_answer_must_echo_the_cookie() {
+        let ours = payload(0x1122_3344_5566_7788, 0);
+        assert_eq!(ours.len(), COOKIE_LEN, "the cookie is always sent");
+        assert_eq!(payload(1, 20).len(), 20);
+        let header = [0u8, 0, 0, 0, 0x42, 0x42, 0, 1];
+        let reply = |body: &[u8]| [&header[..], body].concat();
+        assert!(carries_cookie(&reply(&ours), &ours));
+        assert!(carries_cookie(
+            &reply(&payload(0x1122_3344_5566_7788, 64)),
+            &ours
+        ));
+        assert!(
+            !carries_cookie(&reply(&payload(0x1122_3344_5566_7789, 0)), &ours),
+            "another cookie"
+        );
+        assert!(
+            !carries_cookie(&reply(&ours[..7]), &ours),
+            "a truncated payload"
+        );
+        assert!(!carries_cookie(&header, &ours), "no payload");
+    }
+
+    #[test]
     fn echo_fields_are_big_endian() {
         // Bytes of an echo reply seen by tcpdump: type 0, id 0x7228, seq 0x0100.
         let b = [0u8, 0, 0x8c, 0xd7, 0x72, 0x28, 0x01, 0x00];
@@ -308,23 +351,19 @@ mod tests {
     }
 
     /// The raw socket's filter keeps other pingers' replies out of our queue (a flood of
-    /// them would otherwise overflow it and drop our answers) and lets ours in. Needs
+    /// them would otherwise overflow it and drop our answers) and lets ours in; a reply
+    /// with our id but another cookie is not ours. Needs
     /// root (a raw socket and a namespace); fails instead of skipping under CI=true.
     #[test]
     fn raw_socket_sees_only_our_echo_replies() {
         use std::time::Duration;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var("CI").is_err(),
-                "needs root, and CI runs as root"
-            );
-            eprintln!("SKIP raw_socket_sees_only_our_echo_replies: needs root");
+        if !stalltrace_testkit::ci::require_root("raw_socket_sees_only_our_echo_replies") {
             return;
         }
         let ns = stalltrace_testkit::netns::Netns::create_unique("flt").expect("namespace");
         let target: IpAddr = ns.ns_addr.parse().expect("address");
-        let mut t = IcmpTransport::open(target, 0, 0x4242).expect("raw socket");
+        let mut t =
+            IcmpTransport::open(target, 0, 0x4242, 0x0123_4567_89ab_cdef).expect("raw socket");
         assert_eq!(t.kind(), SockKind::Raw);
         // Someone else's pings: five replies arrive in our namespace.
         let out = std::process::Command::new("ping")
@@ -352,5 +391,40 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(got.map(|r| r.slot), Some(0), "our own reply arrives");
+
+        // A request with our id but not our cookie (someone who guessed the id): its
+        // reply passes the kernel filter and is still not taken for ours; with the
+        // cookie it is.
+        let forger = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).expect("raw");
+        let forge = |cookie: u64, seq: u16| {
+            let body = payload(cookie, 8);
+            let h = Icmpv4Header::with_checksum(
+                Icmpv4Type::EchoRequest(IcmpEchoHeader { id: 0x4242, seq }),
+                &body,
+            );
+            let pkt = [h.to_bytes().as_slice(), &body].concat();
+            forger
+                .send_to(&pkt, &SocketAddr::new(target, 0).into())
+                .expect("send");
+        };
+        let answers = |t: &mut IcmpTransport| {
+            let t0 = Instant::now();
+            let mut seen = Vec::new();
+            while t0.elapsed() < Duration::from_millis(300) {
+                if let Some(r) = t.try_recv().ok().flatten() {
+                    seen.push(r.slot);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            seen
+        };
+        forge(0x0123_4567_89ab_cdee, 7);
+        assert_eq!(
+            answers(&mut t),
+            Vec::<u64>::new(),
+            "a reply without our cookie"
+        );
+        forge(0x0123_4567_89ab_cdef, 8);
+        assert_eq!(answers(&mut t), vec![8], "the same with our cookie");
     }
 }

@@ -37,7 +37,10 @@ use icmp::{IcmpTransport, OpenError, SockKind};
 pub use stats::ProbeStats;
 use tcp::{TcpTransport, PORT_SPAN};
 
-use stalltrace_analysis::{dump::ProbeRec, units::parse_duration};
+use stalltrace_analysis::{
+    dump::ProbeRec,
+    units::{duration_in, MS, SEC},
+};
 
 use crate::exit::{CodedError, ExitCode};
 
@@ -61,17 +64,20 @@ pub struct ProbeArgs {
     /// Send TCP SYNs to this port instead of ICMP echo requests (needs root or CAP_NET_RAW).
     #[arg(long, value_name = "PORT")]
     pub tcp: Option<u16>,
-    /// Time between probes (sends follow an absolute schedule: probe i at start + i × interval).
-    #[arg(short, long, default_value = "10ms", value_parser = parse_duration)]
+    /// Time between probes, 1ms to 60s (sends follow an absolute schedule: probe i at
+    /// start + i × interval).
+    #[arg(short, long, default_value = "10ms", value_parser = duration_in::<MS, { 60 * SEC }>)]
     pub interval: Duration,
     /// Stop after this many probes (default: until Ctrl-C).
     #[arg(short, long, value_name = "N")]
     pub count: Option<u64>,
-    /// ICMP payload bytes.
-    #[arg(short, long, value_name = "B", default_value_t = 0)]
-    pub size: usize,
-    /// A probe without an answer after this long is lost.
-    #[arg(short = 'W', long, default_value = "1s", value_parser = parse_duration)]
+    /// ICMP payload bytes, up to 65000; the first 8 are the run's random cookie, so at
+    /// least 8 are sent.
+    #[arg(short, long, value_name = "B", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(0..=65_000))]
+    pub size: u16,
+    /// A probe without an answer after this long is lost (1ms to 60s).
+    #[arg(short = 'W', long, default_value = "1s", value_parser = duration_in::<MS, { 60 * SEC }>)]
     pub timeout: Duration,
     /// Resolve HOST to an IPv6 address.
     #[arg(short = '6')]
@@ -86,6 +92,10 @@ pub struct ProbeArgs {
     pub bench_schedule: bool,
 }
 
+/// The shortest time between probes: below a millisecond the probes become a load of
+/// their own on the path they measure, and the 16-bit wire sequence wraps in a minute.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+
 /// What the built-in prober does.
 #[derive(Debug, Clone)]
 pub struct ProberConfig {
@@ -95,7 +105,7 @@ pub struct ProberConfig {
     pub interval: Duration,
     /// Probes to send; `None` runs until stopped.
     pub count: Option<u64>,
-    /// ICMP payload bytes.
+    /// ICMP payload bytes (at least the 8-byte cookie).
     pub size: usize,
     pub timeout: Duration,
 }
@@ -108,15 +118,19 @@ impl ProberConfig {
             tcp_port: None,
             interval: Duration::from_millis(10),
             count: None,
-            size: 0,
+            size: icmp::COOKIE_LEN,
             timeout: Duration::from_secs(1),
         }
     }
 
     pub fn validate(&self) -> Result<(), CodedError> {
         let usage = |m: String| CodedError::new(ExitCode::Usage, m);
-        if self.interval.is_zero() {
-            return Err(usage("--interval must be above zero".into()));
+        if self.interval < MIN_INTERVAL {
+            return Err(usage(format!(
+                "--interval {:?} is below {MIN_INTERVAL:?}: faster probes load the path they measure \
+                 (and wrap the 16-bit wire sequence within a minute)",
+                self.interval
+            )));
         }
         if self.timeout.is_zero() {
             return Err(usage("--timeout must be above zero".into()));
@@ -171,6 +185,11 @@ pub fn resolve_host(host: &str, ipv6: bool) -> anyhow::Result<IpAddr> {
         })
 }
 
+/// A non-zero echo id from random bits (0 reads as "unset" in some tools).
+fn echo_ident(r: u64) -> u16 {
+    (r as u16).max(1)
+}
+
 /// An opened prober: the sockets exist, nothing is sent yet.
 struct Opened {
     engine: Engine,
@@ -179,51 +198,62 @@ struct Opened {
     describe: String,
 }
 
+/// Unpredictable bits for the echo id, the payload cookie and the TCP port base: a
+/// tenant who cannot guess them cannot forge answers.
+fn random_u64() -> anyhow::Result<u64> {
+    getrandom::u64().context("reading random bytes for the prober's identifiers")
+}
+
 fn open(cfg: &ProberConfig) -> anyhow::Result<Opened> {
     cfg.validate()?;
-    let pid = std::process::id();
     let map_open = |e: OpenError| -> anyhow::Error {
         match e {
             OpenError::NoPermission(m) => CodedError::new(ExitCode::Privileges, m).into(),
             OpenError::Io { .. } => anyhow::Error::new(e),
         }
     };
-    let (transport, wire_ident, tcp_ports, describe): (Box<dyn Transport>, _, _, _) =
-        match cfg.tcp_port {
-            None => {
-                // Per-run echo id from the pid, written big-endian (unlike hping3, which
-                // writes its pid in host order).
-                let t = IcmpTransport::open(cfg.target, cfg.size, pid as u16).map_err(map_open)?;
-                let id = t.wire_ident();
-                let how = match t.kind() {
-                    SockKind::Raw => "raw socket",
-                    SockKind::Dgram => "unprivileged ping socket",
-                };
-                let proto = if cfg.target.is_ipv4() {
-                    "icmp"
-                } else {
-                    "icmpv6"
-                };
-                (
-                    Box::new(t) as Box<dyn Transport>,
-                    Some(id),
-                    None,
-                    format!("{proto} echo, {how}, echo id {id}"),
-                )
-            }
-            Some(port) => {
-                let t = TcpTransport::open(cfg.target, port, 10_000 + (pid % 20_000) as u16)
-                    .map_err(map_open)?;
-                let base = t.base_port();
-                let last = base + (PORT_SPAN - 1);
-                (
-                    Box::new(t) as Box<dyn Transport>,
-                    None,
-                    Some((base, last)),
-                    format!("tcp SYN to port {port}, source ports {base}-{last}"),
-                )
-            }
-        };
+    let (transport, wire_ident, tcp_ports, describe): (Box<dyn Transport>, _, _, _) = match cfg
+        .tcp_port
+    {
+        None => {
+            // A random echo id per run (never the pid: 1 in every container, and
+            // what ping uses), written big-endian; a random cookie opens every
+            // payload and replies without it are not ours.
+            let ident = echo_ident(random_u64()?);
+            let cookie = random_u64()?;
+            let t = IcmpTransport::open(cfg.target, cfg.size, ident, cookie).map_err(map_open)?;
+            let id = t.wire_ident();
+            let how = match t.kind() {
+                SockKind::Raw => "raw socket",
+                SockKind::Dgram => "unprivileged ping socket",
+            };
+            let proto = if cfg.target.is_ipv4() {
+                "icmp"
+            } else {
+                "icmpv6"
+            };
+            (
+                Box::new(t) as Box<dyn Transport>,
+                Some(id),
+                None,
+                format!("{proto} echo, {how}, echo id {id}"),
+            )
+        }
+        Some(port) => {
+            let range = tcp::ephemeral_ports();
+            let base = tcp::port_base(range, random_u64()?)
+                .map_err(|m| CodedError::new(ExitCode::Usage, m))?;
+            let t = TcpTransport::open(cfg.target, port, base).map_err(map_open)?;
+            let base = t.base_port();
+            let last = base + (PORT_SPAN - 1);
+            (
+                Box::new(t) as Box<dyn Transport>,
+                None,
+                Some((base, last)),
+                format!("tcp SYN to port {port}, source ports {base}-{last}"),
+            )
+        }
+    };
     let engine = Engine::new(
         transport,
         EngineConfig {
@@ -384,10 +414,10 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
     }
     install_signal_handlers()?;
     if a.bench_schedule {
-        if a.interval.is_zero() {
+        if a.interval < MIN_INTERVAL {
             anyhow::bail!(CodedError::new(
                 ExitCode::Usage,
-                "--interval must be above zero"
+                format!("--interval must be at least {MIN_INTERVAL:?}")
             ));
         }
         let count = a.count.unwrap_or(10_000);
@@ -411,7 +441,7 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
         tcp_port: a.tcp,
         interval: a.interval,
         count: a.count,
-        size: a.size,
+        size: usize::from(a.size),
         timeout: a.timeout,
     };
     let Opened {
@@ -450,7 +480,10 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<ExitCode> {
             }
             Outcome::Lost { rec } => {
                 let key = if is_tcp { "seq" } else { "icmp_seq" };
-                format!("no answer for {key}={} within {:?}", rec.seq, cfg.timeout)
+                match &rec.send_error {
+                    Some(e) => format!("not sent {key}={}: {e}", rec.seq),
+                    None => format!("no answer for {key}={} within {:?}", rec.seq, cfg.timeout),
+                }
             }
             Outcome::Late { seq, rtt_ns, reply } => reply_line("LATE! ", seq, rtt_ns, &reply.info),
         };
@@ -487,16 +520,23 @@ mod tests {
     fn validate_rejects_ambiguous_in_flight() {
         let mut c = ProberConfig::new("127.0.0.1".parse().unwrap());
         assert!(c.validate().is_ok());
-        c.interval = Duration::from_micros(10);
-        c.timeout = Duration::from_secs(1);
-        assert_eq!(c.validate().unwrap_err().code, ExitCode::Usage);
-        c.interval = Duration::from_millis(1);
+        for fast in [
+            Duration::ZERO,
+            Duration::from_micros(10),
+            Duration::from_micros(999),
+        ] {
+            c.interval = fast;
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.code, ExitCode::Usage);
+            assert!(e.to_string().contains("below 1ms"), "{e}");
+        }
+        c.interval = MIN_INTERVAL;
+        assert!(c.validate().is_ok());
         c.tcp_port = Some(80);
         assert!(c.validate().is_ok()); // 1001 in flight < 8192 ports
-        c.interval = Duration::from_micros(100);
-        assert!(c.validate().is_err()); // 10001 in flight > 8192 ports
-        c.interval = Duration::ZERO;
-        assert!(c.validate().is_err());
+        c.timeout = Duration::from_secs(9);
+        let e = c.validate().unwrap_err(); // 9001 in flight > 8192 ports
+        assert!(e.to_string().contains("9001 probes in flight"), "{e}");
     }
 
     #[test]
@@ -610,7 +650,12 @@ mod tests {
         let h = match spawn(cfg.clone(), tx) {
             Ok(h) => h,
             Err(e) if crate::exit::classify(&e) == ExitCode::Privileges => {
-                crate::errln!("SKIP: {e}");
+                let why = format!("needs a raw or ping socket: {e}");
+                stalltrace_testkit::ci::require(
+                    "spawn_streams_records_and_stop_returns_stats",
+                    false,
+                    &why,
+                );
                 return;
             }
             Err(e) => panic!("{e:#}"),

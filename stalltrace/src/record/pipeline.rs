@@ -25,8 +25,15 @@ use crate::{
     probe::{self, ProbeStats, ProberConfig, ProberHandle},
 };
 
-/// Records handled per wakeup before the loop looks at signals and ticks again.
-pub const BATCH: usize = 4096;
+/// Records handled per wakeup before the loop looks at signals and ticks again: about
+/// a millisecond of work in a release build (a debug build is ~50 times slower).
+pub const BATCH: usize = 512;
+/// How long a stop keeps decoding what is queued.
+pub const STOP_DRAIN: Duration = Duration::from_millis(250);
+/// Then how long it counts what is left (the programs still run: under a flood the
+/// ring never empties).
+const STOP_COUNT: Duration = Duration::from_millis(100);
+
 /// How often the loop ticks when the ring is quiet.
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -70,6 +77,8 @@ pub struct Source {
     pub dec: Decoder,
     prober: Option<ProberHandle>,
     probes: Receiver<ProbeRec>,
+    /// Records left in the ring when the stop's time was up: lost, and counted.
+    pub unread_at_exit: u64,
 }
 
 /// Ring-buffer records to dump records.
@@ -148,6 +157,7 @@ impl Source {
             },
             prober,
             probes,
+            unread_at_exit: 0,
         })
     }
 
@@ -162,21 +172,31 @@ impl Source {
         Ok(())
     }
 
-    /// Stops the prober (its last answers land), takes what is still queued (for a
-    /// second at most), and returns the prober's statistics.
+    /// Stops the prober (its last answers land), takes what is still queued (for
+    /// [`STOP_DRAIN`] at most: a stop is prompt even under a flood), and returns the
+    /// prober's statistics. What is still in the ring after that is counted, unread,
+    /// in [`Source::unread_at_exit`].
     pub fn stop(&mut self, p: &mut Pipeline<'_>) -> anyhow::Result<Option<ProbeStats>> {
         let stats = self.prober.take().map(|h| {
             std::thread::sleep(Duration::from_millis(100));
             h.stop()
         });
         let t0 = Instant::now();
-        while self.drain_ring(p, BATCH)? && t0.elapsed() < Duration::from_secs(1) {}
+        while self.drain_ring(p, 256)? && t0.elapsed() < STOP_DRAIN {}
+        let ring = self.ring.get_mut();
+        let t0 = Instant::now();
+        while t0.elapsed() < STOP_COUNT && ring.next().is_some() {
+            self.unread_at_exit += 1;
+        }
         self.drain_probes(p)?;
         Ok(stats)
     }
 
+    /// The kernel's loss counters, and the records left unread at the stop.
     pub fn lost(&self) -> Result<stalltrace_analysis::dump::Lost, LoadError> {
-        self.tracer.lost()
+        let mut lost = self.tracer.lost()?;
+        lost.unread_at_exit = self.unread_at_exit;
+        Ok(lost)
     }
 }
 
@@ -222,7 +242,14 @@ pub async fn run(
             g = src.ring.readable_mut() => {
                 let mut g = g.context("polling the ring buffer")?;
                 let more = src.dec.drain(g.get_inner_mut(), p, BATCH)?;
-                if !more {
+                if more {
+                    // Back to the runtime between batches: it polls its drivers (the
+                    // signal pipe, the timers) only when the task yields, and a ring
+                    // that is always readable would otherwise keep a SIGTERM waiting
+                    // for 128 batches (tokio's budget), seconds under a flood.
+                    drop(g);
+                    tokio::task::yield_now().await;
+                } else {
                     g.clear_ready();
                 }
             }

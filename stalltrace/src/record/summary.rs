@@ -92,6 +92,12 @@ pub fn end(c: &Counts, lost: &Lost, hists: &Hists, path: &Path, reason: &str, dr
         "\nstopped ({reason}): {} packets, {} waits, {} long syscalls recorded; lost {} (packets {}, waits {}, samples {}, syscalls {}, full tables {})",
         c.packets, c.waits, c.syscalls, lost.total(), lost.packets, lost.waits, lost.samples, lost.syscalls, lost.table_full
     );
+    if lost.unread_at_exit > 0 {
+        crate::errln!(
+            "  {} records were still queued when the stop's time was up: counted as lost, not decoded",
+            lost.unread_at_exit
+        );
+    }
     for (name, hs) in hists.named() {
         for h in hs {
             crate::errln!("  CPU {:>3} {name}: {}", h.cpu, hist_words(&h.buckets));

@@ -189,10 +189,8 @@ fn rt_hog_is_blamed_for_waits_of_100ms_with_the_napi_thread_as_rx_context() {
     assert_eq!(live, offline, "live and offline episodes differ");
     for e in &offline {
         assert!(
-            e.contains(&format!(
-                "culprit stall-hog (pid {0}, tgid {0})",
-                run.hog_pid
-            )),
+            // A single-threaded culprit: its pid, no thread named apart.
+            e.contains(&format!("culprit stall-hog (pid {}) held", run.hog_pid)),
             "{e}"
         );
         assert!(e.contains("RX ran in napi/stl-n-"), "{e}");
@@ -554,6 +552,22 @@ fn rt_hog_stacks_are_in_user_space_in_the_hog() {
     integration_tests::assert_machine_clean("after the lab");
 }
 
+/// Jiffies the hypervisor stole from this VM so far (all CPUs, /proc/stat's 8th field).
+fn steal_jiffies() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(8))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// No stall planted, none reported: every request and reply recorded (the tracepoint
+/// path sees both), and no wait of 50 ms or more — unless the hypervisor stole that
+/// much CPU from the VM meanwhile (then such a wait is real; said, not failed).
 #[test]
 fn a_quiet_recording_reports_no_wait_over_50ms() {
     if !require_root("a_quiet_recording_reports_no_wait_over_50ms") {
@@ -563,8 +577,17 @@ fn a_quiet_recording_reports_no_wait_over_50ms() {
     let dump = tempdir("quiet").join("quiet.jsonl");
     // Ended by the SIGINT below; --duration only guards a hung test (ping -i 0.01 really
     // sends every ~20 ms on a HZ=250 kernel).
+    let steal0 = steal_jiffies();
     let rec = Recorder::start(
-        &["--quiet", "--peer", &ns.ns_addr, "--duration", "120s"],
+        &[
+            "--quiet",
+            "--attach",
+            "tracepoint",
+            "--peer",
+            &ns.ns_addr,
+            "--duration",
+            "120s",
+        ],
         &dump,
     );
     let ping = Command::new("ping")
@@ -574,14 +597,20 @@ fn a_quiet_recording_reports_no_wait_over_50ms() {
     assert!(String::from_utf8_lossy(&ping.stdout).contains("1000 received"));
     let (code, _, err) = rec.finish(Some(libc::SIGINT));
     assert_eq!(code, 0, "{err}");
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    let stolen_ms = (steal_jiffies() - steal0) * 1000 / hz.max(1);
     let text = std::fs::read_to_string(&dump).unwrap();
     let mut packets = 0;
     for l in text.lines() {
         let r: Value = serde_json::from_str(l).unwrap();
-        if r["type"] == "wait" {
+        if r["type"] == "wait" && r["wait_ns"].as_u64().unwrap() >= 50_000_000 {
             assert!(
-                r["wait_ns"].as_u64().unwrap() < 50_000_000,
-                "no stall was planted, yet: {r}"
+                stolen_ms >= 50,
+                "no stall was planted and no CPU stolen ({stolen_ms} ms), yet: {r}"
+            );
+            eprintln!(
+                "note: a wait of 50 ms or more while the hypervisor stole {stolen_ms} ms: {r}"
             );
         }
         if r["type"] == "packet" {
@@ -648,4 +677,74 @@ fn lost_events_are_counted_and_shown() {
         recorded,
         "footer counts what the dump holds"
     );
+}
+
+/// A daemon whose worker thread holds the CPU: blamed as the process (its pid and
+/// name), with the thread named apart; the test finds both ids itself in /proc.
+#[test]
+fn a_multithreaded_culprit_is_named_by_process_and_thread() {
+    if !require_root("a_multithreaded_culprit_is_named_by_process_and_thread") {
+        return;
+    }
+    let dir = stalltrace_testkit::scratch::Scratch::new("mt").unwrap();
+    let dump = dir.join("mt.jsonl");
+    let child = Command::new(stalltrace_bin())
+        .args(["lab", "--scenario", "rt-hog", "--duration", "2s"])
+        .args(["--name", "mt-daemon", "--thread", "mt-worker-3", "-o"])
+        .arg(&dump)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+    let t0 = std::time::Instant::now();
+    let (pid, tid) = loop {
+        let found = integration_tests::find_thread("mt-daemon").and_then(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+            tasks.flatten().find_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let tid: u32 = t.file_name().to_str()?.parse().ok()?;
+                (comm.trim() == "mt-worker-3").then_some((pid, tid))
+            })
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        assert!(
+            lab.running() && t0.elapsed() < std::time::Duration::from_secs(60),
+            "no worker"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_ne!(pid, tid, "the worker is a second thread");
+    let out = lab.into_inner().unwrap().wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let rep = Command::new(stalltrace_bin())
+        .args(["analyze", "--format", "json"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    let rep: Value = serde_json::from_slice(&rep.stdout).unwrap();
+    let c = &rep["culprits"][0];
+    assert_eq!(c["tgid"].as_u64(), Some(u64::from(pid)), "{c}");
+    assert_eq!(c["comm"], "mt-daemon", "ranked by process: {c}");
+    assert!(
+        c["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_u64() == Some(u64::from(tid))),
+        "the worker's tid among the culprit's threads: {c}"
+    );
+    let phrase = format!("culprit mt-daemon (pid {pid}), thread mt-worker-3 (tid {tid}) held");
+    let episodes: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("episode "))
+        .collect();
+    assert!(
+        !episodes.is_empty() && episodes.iter().all(|e| e.contains(&phrase)),
+        "{phrase}\n{stdout}"
+    );
+    integration_tests::assert_machine_clean("after the multi-threaded lab");
 }

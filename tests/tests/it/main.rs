@@ -3,7 +3,9 @@
 //! (`stalltrace_testkit::ci`). Run one at a time (`--test-threads=1`): they share CPUs,
 //! namespaces and the kernel's programs.
 mod attribution_lab;
+mod deploy;
 mod doctor;
+mod hardening;
 mod lab;
 mod probe_match;
 mod probe_netns;

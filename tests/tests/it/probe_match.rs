@@ -22,6 +22,25 @@ fn analyze(dump: &std::path::Path, log: Option<&std::path::Path>) -> Value {
     serde_json::from_slice(&out.stdout).expect("the JSON report")
 }
 
+/// The dump's echo replies as (ident, seq) read off the wire (big-endian).
+fn replies_in(dump: &std::path::Path) -> std::collections::HashSet<(u64, u64)> {
+    std::fs::read_to_string(dump)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["type"] == "packet" && r["kind"] == "echo_reply")
+        .filter_map(|r| Some((r["ident"].as_u64()?, r["seq"].as_u64()?)))
+        .collect()
+}
+
+/// `icmp_seq=N` of every answer line in a prober's log.
+fn answered_seqs(log: &str) -> Vec<u16> {
+    log.lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
 fn assert_all_matched(report: &Value, at_least: u64, who: &str) {
     let t = &report["totals"];
     let answered = t["probes_answered"].as_u64().unwrap();
@@ -60,6 +79,23 @@ fn record_probe_matches_every_answered_probe() {
     let r = analyze(&dump, None);
     assert_eq!(r["input"]["probe_source"], "dump");
     assert_all_matched(&r, 200, "record --probe");
+    // The same join done here, independently: every answered probe's wire id and
+    // sequence is an echo reply the kernel saw.
+    let replies = replies_in(&dump);
+    let probes: Vec<Value> = std::fs::read_to_string(&dump)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["type"] == "probe" && r["status"] == "ok")
+        .collect();
+    assert!(probes.len() >= 200, "{} answered probes", probes.len());
+    for p in &probes {
+        let key = (
+            p["wire_ident"].as_u64().unwrap(),
+            p["wire_seq"].as_u64().unwrap(),
+        );
+        assert!(replies.contains(&key), "probe {p} has no reply packet");
+    }
 }
 
 #[test]
@@ -94,5 +130,19 @@ fn external_hping3_and_ping_logs_match_every_answered_probe() {
         let r = analyze(&dump, Some(&log));
         assert_eq!(r["input"]["probe_source"], "log", "{name}");
         assert_all_matched(&r, 190, name);
+        // Independently: each answer in the log is a reply packet in the dump. ping
+        // prints the wire sequence; hping3 its counter, which it writes in host order
+        // (little-endian here), so the wire holds it byte-swapped.
+        let seqs: std::collections::HashSet<u64> =
+            replies_in(&dump).into_iter().map(|(_, s)| s).collect();
+        let answered = answered_seqs(&String::from_utf8_lossy(&out.stdout));
+        assert!(answered.len() >= 190, "{name}: {} answers", answered.len());
+        for s in answered {
+            let wire = if name == "hping3" { s.swap_bytes() } else { s };
+            assert!(
+                seqs.contains(&u64::from(wire)),
+                "{name}: icmp_seq={s} (wire {wire}) not in the dump"
+            );
+        }
     }
 }

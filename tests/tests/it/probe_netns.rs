@@ -583,7 +583,7 @@ fn probes_lost_while_the_link_is_down_are_reported() {
         "probe",
         &ns.ns_addr,
         "--count",
-        "60",
+        "300",
         "--interval",
         "10ms",
         "--timeout",
@@ -592,12 +592,32 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     .stdout(fs::File::create(&out_path).expect("out"))
     .stderr(Stdio::null());
     let mut g = ChildGuard::spawn(&mut cmd);
-    std::thread::sleep(Duration::from_millis(150));
+    // Conditions, not sleeps: answers first, then the link down until five probes
+    // are reported lost, then up again.
+    let count_lines = |pred: &dyn Fn(&str) -> bool| {
+        fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| pred(l))
+            .count()
+    };
+    let is_lost =
+        |l: &str| l.starts_with("no answer for icmp_seq=") || l.starts_with("not sent icmp_seq=");
+    let wait_until = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(3), "{what} within 3 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_until("5 answers", &|| {
+        count_lines(&|l| l.starts_with("len=")) >= 5
+    });
     let down = Command::new("ip")
         .args(["-n", &ns.name, "link", "set", &ns.ns_if, "down"])
         .status()
         .expect("ip");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("5 probes lost", &|| count_lines(&is_lost) >= 5);
     let up = Command::new("ip")
         .args(["-n", &ns.name, "link", "set", &ns.ns_if, "up"])
         .status()
@@ -607,20 +627,32 @@ fn probes_lost_while_the_link_is_down_are_reported() {
     assert_eq!(st.code(), Some(0));
     let out = fs::read_to_string(&out_path).expect("output");
     let answered = reply_lines(&out).len() as u64;
+    // Lost in flight, or refused by the kernel while the carrier was down.
     let lost_lines = out
         .lines()
-        .filter(|l| l.starts_with("no answer for icmp_seq="))
+        .filter(|l| l.starts_with("no answer for icmp_seq=") || l.starts_with("not sent icmp_seq="))
         .count() as u64;
     assert!(
         lost_lines >= 5,
-        "the link was down for 200 ms at 10 ms intervals:\n{out}"
+        "the link was down until 5 were lost:\n{out}"
     );
-    assert_eq!(number_before(&out, "packets transmitted"), 60);
+    assert_eq!(number_before(&out, "packets transmitted"), 300);
+    // Answered again once the link was back.
+    let last_lost = out
+        .lines()
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| is_lost(l))
+        .expect("lost lines");
+    assert!(
+        out.lines().skip(last_lost).any(|l| l.starts_with("len=")),
+        "answers after the link came back:\n{out}"
+    );
     assert_eq!(number_before(&out, "lost,"), lost_lines, "{out}");
     assert_eq!(number_before(&out, "packets received"), answered, "{out}");
     // Every probe settled: answered or lost (late answers are extra lines).
     let late = out.lines().filter(|l| l.starts_with("LATE! ")).count() as u64;
-    assert_eq!(answered + lost_lines, 60, "late {late}:\n{out}");
+    assert_eq!(answered + lost_lines, 300, "late {late}:\n{out}");
 }
 
 /// A flood of someone else's echoes in the same namespace: the raw socket's filter keeps
@@ -637,16 +669,143 @@ fn no_probe_lost_to_a_flood_of_foreign_echo_replies() {
         .stderr(Stdio::null())
         .spawn()
         .expect("flood");
+    let rx_packets = || -> u64 {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "cat"])
+            .arg(format!("/sys/class/net/{}/statistics/rx_packets", ns.ns_if))
+            .output()
+            .expect("rx_packets");
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let rx0 = rx_packets();
     let out = Command::new(stalltrace_bin())
         .args(["probe", &ns.ns_addr, "--count", "300", "--interval", "10ms"])
         .output()
         .expect("probe");
+    let flooded = rx_packets() - rx0;
+    let still_running = matches!(flood.try_wait(), Ok(None));
     let _ = flood.kill();
     let _ = flood.wait();
+    // The flood really ran alongside: far more echoes than our 300 reached the
+    // namespace, and hping3 was still flooding at the end.
+    assert!(still_running, "the flood ran to the end");
+    assert!(
+        flooded > 30_000,
+        "{flooded} packets reached the namespace in 3 s"
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("300 packets transmitted, 300 packets received, 0 lost"),
         "{text}"
     );
+}
+
+/// A firewall starts dropping the prober's packets mid-run (`iptables -A OUTPUT -j DROP`
+/// in the namespace the recorder probes from): the kernel refuses each send with EPERM;
+/// the recorder says so live within a second, keeps probing, and the dump counts the
+/// probes that never left, with the reason.
+#[test]
+fn a_firewall_refusing_probes_is_said_live_and_in_the_dump() {
+    if !require_root("a_firewall_refusing_probes_is_said_live_and_in_the_dump") {
+        return;
+    }
+    if !integration_tests::require(
+        "a_firewall_refusing_probes_is_said_live_and_in_the_dump",
+        which("iptables"),
+        "needs iptables (scripts/setup.sh installs it)",
+    ) {
+        return;
+    }
+    let ns = Netns::create_unique("fw").expect("netns");
+    let dir = Scratch::new("firewall");
+    let dump = dir.file("fw.jsonl");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .arg(stalltrace_bin())
+        .args([
+            "record",
+            "--quiet",
+            "--probe",
+            &ns.host_addr,
+            "--interval",
+            "10ms",
+        ])
+        .args(["--duration", "6s", "-o"])
+        .arg(&dump)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut rec = stalltrace_testkit::child::ChildGuard::new(cmd.spawn().expect("record"));
+    let stdout = rec.take_stdout().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    // Recording and answered probes first.
+    std::thread::sleep(Duration::from_secs(2));
+    let drop_rule = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "iptables", "-A", "OUTPUT", "-j", "DROP",
+        ])
+        .status()
+        .expect("iptables");
+    let ruled_at = Instant::now();
+    assert!(
+        drop_rule.success(),
+        "iptables -A OUTPUT -j DROP in {}",
+        ns.name
+    );
+    let said = loop {
+        match rx.recv_timeout(Duration::from_secs(3)) {
+            Ok((at, l)) if l.contains("not sent") => break Some((at, l)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    let (at, line) = said.expect("a live line about refused probes");
+    assert!(
+        at.duration_since(ruled_at) < Duration::from_secs(1),
+        "said {:?} after the rule: {line}",
+        at.duration_since(ruled_at)
+    );
+    assert!(line.contains("Operation not permitted"), "{line}");
+    let st = rec.wait_for(Duration::from_secs(20)).expect("record ends");
+    assert!(st.success(), "{st}");
+    let rep = Command::new(stalltrace_bin())
+        .args(["analyze", "--format", "json"])
+        .arg(&dump)
+        .output()
+        .expect("analyze");
+    assert!(rep.status.success());
+    let rep: Value = serde_json::from_slice(&rep.stdout).expect("json");
+    let t = &rep["totals"];
+    // ~4 s of refusals at 10 ms: hundreds, all lost, none answered after the rule.
+    let not_sent = t["probes_not_sent"].as_u64().unwrap_or(0);
+    assert!(not_sent >= 200, "{t}");
+    assert!(t["probes_lost"].as_u64().unwrap_or(0) >= not_sent, "{t}");
+    assert!(
+        t["probes_answered"].as_u64().unwrap_or(0) >= 100,
+        "answered before the rule: {t}"
+    );
+    let why = t["first_send_error"].as_str().unwrap_or_default();
+    assert!(why.contains("Operation not permitted"), "{t}");
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

@@ -286,6 +286,22 @@ fn every_filter_combination_passes_the_verifier() {
             "--no-syscalls",
         ],
         &["--attach", "kprobe"],
+        &["--attach", "kprobe", "--peer", "10.1.2.3", "--icmp-id", "7"],
+        &[
+            "--attach",
+            "kprobe",
+            "--peer",
+            "fd00::1",
+            "--tcp-port",
+            "443",
+        ],
+        &[
+            "--syscalls",
+            "--peer",
+            "10.1.2.3",
+            "--syscall-threshold",
+            "5ms",
+        ],
         &["--stacks"],
         &[
             "--stacks",
@@ -303,6 +319,27 @@ fn every_filter_combination_passes_the_verifier() {
         assert_eq!(code, Some(0), "{extra:?}: {err}");
         assert!(
             text.contains("every program passed the verifier"),
+            "{extra:?}: {text}"
+        );
+        // The kprobe is verified with the filter's constants whatever --attach says
+        // (its verdict is known even where kprobes cannot attach); the syscall
+        // programs only when asked.
+        let verified: Vec<&str> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("verified: "))
+            .unwrap_or_default()
+            .split(' ')
+            .collect();
+        let mut want = vec!["sched_switch", "netif_receive_skb", "icmp_echo"];
+        if extra.contains(&"--syscalls") {
+            want.extend(["sys_enter", "sys_exit"]);
+        }
+        for w in want {
+            assert!(verified.contains(&w), "{extra:?}: {w} not verified: {text}");
+        }
+        assert_eq!(
+            verified.contains(&"sys_enter"),
+            extra.contains(&"--syscalls"),
             "{extra:?}: {text}"
         );
     }
@@ -426,10 +463,14 @@ fn a_closed_stdout_neither_panics_nor_loses_the_dump() {
     let packets = recs.iter().filter(|r| r["type"] == "packet").count();
     assert_eq!(packets, 40, "recording went on after stdout closed");
     let (code, _, err) = {
-        let o = Command::new("sh")
+        let o = Command::new("bash")
             .args([
                 "-c",
-                &format!("{} record --dry-run | true", stalltrace_bin().display()),
+                // pipefail: the status is stalltrace's, not `true`'s.
+                &format!(
+                    "set -o pipefail; {} record --dry-run | true",
+                    stalltrace_bin().display()
+                ),
             ])
             .output()
             .unwrap();
