@@ -527,7 +527,10 @@ fn boot(k: &Kernel, plan: &[(String, String)], a: &VmtestArgs) -> anyhow::Result
         )
     };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+    // 4 GiB: the slow-syscall lab reads a 256 MiB tmpfs file into a 256 MiB buffer
+    // while the overlay's upper layer is in RAM too; with 2 GiB its reader did not
+    // hold the CPU in any guest.
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "2"])
         .args([
             "-display",
             "none",
