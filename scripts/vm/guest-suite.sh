@@ -13,6 +13,8 @@ tab=$(printf '\t')
   echo "kernel: $(uname -r)"
   if [ -e /sys/bus/event_source/devices/kprobe ]; then echo "kprobes: yes"; else echo "kprobes: no"; fi
   if [ -e /sys/kernel/btf/vmlinux ]; then echo "btf: yes"; else echo "btf: no"; fi
+  if [ "$(cat /sys/kernel/realtime 2>/dev/null)" = 1 ]; then echo "preempt_rt: yes"; else echo "preempt_rt: no"; fi
+  if [ -e /sys/class/net/lo/threaded ]; then echo "threaded_napi: yes"; else echo "threaded_napi: no"; fi
   echo "rt_runtime_us: $(cat /proc/sys/kernel/sched_rt_runtime_us 2>/dev/null)"
   # fentry/fexit need the "tracing" program type; the project's host refuses it.
   bpftool feature probe kernel 2>/dev/null | grep -E "program_type (tracing|kprobe|tracepoint|lsm) " \

@@ -89,6 +89,7 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
     });
 
     // The verifier's word on every program, if we may ask it.
+    let mut degraded = vec![];
     if privs.is_ok() {
         if let Ok((o, _)) = &offs {
             let opts = LoadOptions {
@@ -103,10 +104,11 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
                 what: "programs through the verifier",
                 ok: res.is_ok(),
                 detail: match &res {
-                    Ok(_) => format!(
-                        "all load: {}",
+                    Ok(t) => format!(
+                        "load: {}",
                         crate::kernel::loader::PROGRAMS
                             .iter()
+                            .filter(|p| t.loaded.contains(&p.name))
                             .map(|p| format!("{} ({})", p.name, p.hook_name()))
                             .collect::<Vec<_>>()
                             .join(", ")
@@ -115,6 +117,15 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
                 },
                 required: true,
             });
+            if let Ok(t) = &res {
+                rows.push(Row {
+                    what: "sampler (what culprits were doing)",
+                    ok: t.sampler.is_some(),
+                    detail: t.sampler_variant().to_string(),
+                    required: false,
+                });
+                degraded = t.degraded.clone();
+            }
         }
     }
     for r in &rows {
@@ -126,6 +137,11 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
             "no  "
         };
         crate::outln!("  [{mark}] {:<42} {}", r.what, r.detail);
+    }
+    // Where this kernel makes record do without something: the same lines the dump
+    // header carries in `degraded`.
+    for d in &degraded {
+        crate::outln!("  degraded: {d}");
     }
     let ready = rows.iter().all(|r| r.ok || !r.required);
     crate::outln!(

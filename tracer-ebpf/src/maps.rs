@@ -92,6 +92,10 @@ pub struct CpuState {
     /// A NET_RX wait above the threshold, reported at softirq exit with its run time
     /// (0 = none): when it was raised.
     pub netrx_wait_raised: u64,
+    /// `cur_since` at NET_RX entry: the softirq's task's run start as it was then. On
+    /// PREEMPT_RT the softirq can be preempted before its exit, and the switches in
+    /// between (no wait pending any more) reset `cur_since`.
+    pub netrx_entry_since: u64,
     /// The running thread's syscall in flight, if any.
     pub sys: SysState,
     /// Next slot of `segs` to write, and how many were ever written.

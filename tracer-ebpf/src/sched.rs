@@ -83,6 +83,40 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// An RX thread preempted while it still had work (`preempt` set: it stays runnable)
+/// waits for the CPU from now until it switches back in, just like one woken to run.
+/// Common on PREEMPT_RT, where bottom-half sections are preemptible and a napi thread
+/// is preempted in the middle of a poll; elsewhere ksoftirqd's and napi threads'
+/// `cond_resched` between rounds does the same. No wakeup follows, so without this the
+/// wait would go unseen. The wait's "waker" is the task that preempted it.
+#[inline(always)]
+fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
+    if !is_kthread(prev) {
+        return;
+    }
+    let o = OFFSETS.load();
+    let Some(comm) = kread::<[u8; COMM_LEN]>(prev, o.task_comm) else {
+        return;
+    };
+    if !is_rx_thread_name(&comm) {
+        return;
+    }
+    let Some(pid) = kread::<i32>(prev, o.task_pid) else {
+        return;
+    };
+    let w = RxWake {
+        ts: now(),
+        waker_pid: kread::<i32>(next, o.task_pid).unwrap_or(0) as u32,
+        target_cpu: cpu,
+        waker_comm: kread(next, o.task_comm).unwrap_or([0; COMM_LEN]),
+    };
+    if RX_WAKE.insert(pid as u32, w, 0).is_err() {
+        count_insert_failure(LOST_RX_WAKE);
+        return;
+    }
+    mark_rx_pending(cpu, w.ts);
+}
+
 /// Records prev's run in this CPU's history (it is `current` here).
 #[inline(always)]
 fn record_run(st: &mut CpuState, prev: *const u8, ts: u64) {
@@ -145,13 +179,18 @@ const STALE_PENDING_NS: u64 = 5_000_000_000;
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
 /// While no RX wait is pending on this CPU (nearly always), a switch costs two loads
-/// and a store. While one is pending: the run that ends goes into the history, and an
+/// and a store (a preemption a few more: is prev an RX thread?). While one is pending: the run that ends goes into the history, and an
 /// RX thread switching in closes its wait.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(st) = cpu_state() else { return 0 };
     // SAFETY: helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
+    // Only preemptions read prev: most switches are tasks going to sleep.
+    let preempt: u64 = ctx.arg(0);
+    if preempt & 0xff != 0 {
+        mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
+    }
     let rx_marked = rx_pending(cpu);
     let pending = st.netrx_raise_ns != 0 || rx_marked != 0;
     let syscalls = CONFIG.load().track_syscalls != 0;

@@ -75,6 +75,7 @@ pub fn softirq_entry(ctx: RawTracePointContext) -> i32 {
     let Some(st) = cpu_state() else { return 0 };
     let ts = now();
     st.netrx_entry_ns = ts;
+    st.netrx_entry_since = st.cur_since;
     let raised = st.netrx_raise_ns;
     st.netrx_raise_ns = 0;
     if raised == 0 || ts <= raised {
@@ -83,8 +84,9 @@ pub fn softirq_entry(ctx: RawTracePointContext) -> i32 {
     let wait = ts - raised;
     hist_add(HIST_NET_RX, wait);
     if wait >= CONFIG.load().wait_threshold_ns {
-        // Reported at exit, with the run time; no context switch happens in between,
-        // so the run history is the same then.
+        // Reported at exit, with the run time. Elsewhere no context switch happens in
+        // between; on PREEMPT_RT one can, and emit_wait only takes runs that ended by
+        // entry, with the current task's start saved here.
         st.netrx_wait_raised = raised;
     }
     0
@@ -102,6 +104,10 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
     st.netrx_wait_raised = 0;
     if raised != 0 && entry > raised {
         let pt = bpf_get_current_pid_tgid();
+        // The holders are as of entry (the wait's end): the current task's run start
+        // as it was then, whatever switches a preemptible softirq (PREEMPT_RT) saw since.
+        let since_now = st.cur_since;
+        st.cur_since = st.netrx_entry_since;
         emit_wait(
             st,
             EventKind::SoftirqWait,
@@ -116,6 +122,7 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
             [0; COMM_LEN],
             true,
         );
+        st.cur_since = since_now;
     }
     0
 }

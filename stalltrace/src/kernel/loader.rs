@@ -200,6 +200,8 @@ pub struct Tracer {
     pub sampler: Option<&'static str>,
     /// What this kernel did not allow, and what the recording does without it.
     pub degraded: Vec<String>,
+    /// Programs the verifier accepted, in table order.
+    pub loaded: Vec<&'static str>,
 }
 
 impl Tracer {
@@ -217,9 +219,10 @@ impl Tracer {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
-            .map_err(|e| LoadError::Object(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Object(format!("{e:#}{}", too_old_hint())))?;
         let mut sampler = None;
         let mut degraded = vec![];
+        let mut loaded = vec![];
         for p in PROGRAMS {
             let wanted = match p.role {
                 Role::Syscalls => with_syscalls,
@@ -243,6 +246,9 @@ impl Tracer {
                     .map_err(|e| LoadError::Object(format!("{}: {e}", p.name)))?
                     .load(),
             };
+            if verdict.is_ok() {
+                loaded.push(p.name);
+            }
             match (verdict, p.role) {
                 (Ok(()), Role::Sampler) => sampler = Some(p.name),
                 (Ok(()), _) => {}
@@ -274,7 +280,18 @@ impl Tracer {
             packet_hook: "tracepoint",
             sampler,
             degraded,
+            loaded,
         })
+    }
+
+    /// The sampler variant that loaded, for `features` and the docs: how it finds a
+    /// task's saved user registers.
+    pub fn sampler_variant(&self) -> &'static str {
+        match self.sampler {
+            Some("sample_task_regs") => "sample_task_regs (bpf_task_pt_regs, Linux 5.15+)",
+            Some(_) => "sample_stack_regs (saved registers read off the task's kernel stack: no bpf_task_pt_regs before 5.15)",
+            None => "none",
+        }
     }
 
     /// What `record --dry-run` prints: the hooks it would attach, and the packet path.
@@ -542,6 +559,23 @@ fn run_stats(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
         )
     };
     (rc == 0).then_some((info.run_time_ns, info.run_cnt))
+}
+
+/// The oldest kernel the object can load on: the BPF ring buffer and
+/// `bpf_ktime_get_boot_ns` came in 5.8 (`--btf` makes up for missing BTF, not for
+/// these). Known from the helpers' history, not tested: the matrix's oldest is 5.10.
+pub const MIN_KERNEL: (u32, u32) = (5, 8);
+
+/// What to say when the object does not load on a kernel older than [`MIN_KERNEL`].
+fn too_old_hint() -> String {
+    let release = crate::sys::kernel_release();
+    if crate::lab::ksoftirqd::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
+        return String::new();
+    }
+    format!(
+        " (this kernel, {release}, is older than {}.{}, which stalltrace needs: the BPF ring buffer and bpf_ktime_get_boot_ns)",
+        MIN_KERNEL.0, MIN_KERNEL.1
+    )
 }
 
 /// The verifier's log can be long; keep its last lines, which say why.

@@ -74,6 +74,21 @@ fn own_memcg() -> anyhow::Result<PathBuf> {
     ))
 }
 
+/// On cgroup v2 a new cgroup's children get the memory controller (and memory.stat)
+/// only once it is in the cgroup's `cgroup.subtree_control`; v1 has no such file.
+fn enable_memory_below(dir: &Path) -> anyhow::Result<()> {
+    let ctl = dir.join("cgroup.subtree_control");
+    if !ctl.exists() {
+        return Ok(());
+    }
+    fs::write(&ctl, "+memory").with_context(|| {
+        format!(
+            "enabling the memory controller below {} (cgroup v2)",
+            dir.display()
+        )
+    })
+}
+
 /// `stalltrace charge-cgroups` (hidden): the helper that charges the lab's cgroups.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChargeArgs {
@@ -170,6 +185,7 @@ impl Scenario for MemcgStat {
     fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
         let own = own_memcg()?;
         let parent = lab.journal.private_dir(&own, "lab")?;
+        enable_memory_below(&parent)?;
         // tmpfs: its pages are page cache charged to the writer's cgroup, and freed the
         // moment the file is deleted (no journal, no buffer heads).
         let files = lab
