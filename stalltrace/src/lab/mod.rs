@@ -303,7 +303,10 @@ fn record(
     journal: &mut Journal,
 ) -> anyhow::Result<ChildGuard> {
     let exe = std::env::current_exe().context("finding the stalltrace binary")?;
-    let record_for = a.duration + Duration::from_secs(3);
+    // The lab stops the recorder with SIGINT once the culprit is done; --duration is
+    // only a guard. Setting up the culprit (a 256 MiB file under emulation) can take
+    // longer than the stall itself, so the guard is generous.
+    let record_for = a.duration + Duration::from_secs(120);
     let mut cmd = Command::new(exe);
     cmd.args(["record", "--quiet", "--force", "--wait-threshold", "20ms"])
         .args(["--probe", &ns.ns_addr, "--interval", "10ms", "-o"])
