@@ -24,8 +24,6 @@ pub struct FloodArgs {
 }
 
 pub fn run(a: FloodArgs) -> anyhow::Result<ExitCode> {
-    // SAFETY: prctl with integer arguments: SIGKILL us if the lab dies.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let bind: SocketAddr = if a.to.is_ipv4() {
         "0.0.0.0:0"
     } else {

@@ -163,8 +163,6 @@ fn bursts(a: &HogArgs, mut work: Work) {
 }
 
 pub fn run(a: HogArgs) -> anyhow::Result<ExitCode> {
-    // SAFETY: prctl with integer arguments; PDEATHSIG ends us if the lab dies.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     set_name(&a.name)?;
     let work = if let Some(p) = &a.read_file {
         let file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -299,6 +297,7 @@ impl Hog {
         if a.rename_each_burst {
             c.arg("--rename-each-burst");
         }
+        super::tied::tie_to_lab(&mut c, libc::SIGKILL, None);
         let child = c.spawn().context("starting the hog")?;
         let pid = child.id();
         Ok(Self {

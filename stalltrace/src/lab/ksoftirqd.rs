@@ -16,8 +16,8 @@
 //!
 //! The flood (`stalltrace flood`, a plain UDP socket) goes to the discard port of the
 //! namespace's own address (never anything outside the lab), pinned to CPU 0 like the
-//! prober, as long as the culprit runs, and bounded three times: its own duration,
-//! `timeout`, and death with its parent. UDP rather than the seed's `hping3 --icmp`: the
+//! prober, as long as the culprit runs, and bounded twice: its own duration and death
+//! with the lab. UDP rather than the seed's `hping3 --icmp`: the
 //! NET_RX load is the same, and it adds no ICMP echoes to the recording (the kprobe path
 //! sees every echo request).
 use std::{
@@ -127,32 +127,22 @@ impl Scenario for Ksoftirqd {
                 "lab: note: could not lower the NET_RX budget sysctls; relying on the flood alone"
             );
         }
-        // `timeout` bounds the flood even if this process dies without running drops;
-        // the flooder also dies with its parent. (timeout takes s/m/h/d suffixes only:
-        // "2000ms" is refused and nothing would run.)
+        // The flood ends by itself after `length` (its --duration), earlier when
+        // stopped, and with the lab (SIGKILL on the lab's death, set before exec).
         let exe = std::env::current_exe().context("finding the stalltrace binary")?;
-        let child = Command::new("timeout")
-            .args([
-                "-s",
-                "INT",
-                "-k",
-                "1",
-                &format!("{:.3}s", length.as_secs_f64() + 2.0),
-            ])
-            .args(["taskset", "-c", "0"])
-            .arg(exe)
-            .args([
-                "flood",
-                "--to",
-                &format!("{}:9", lab.ns.ns_addr),
-                "--duration",
-            ])
-            .arg(format!("{}ms", length.as_millis().max(1)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the flood")?;
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "flood",
+            "--to",
+            &format!("{}:9", lab.ns.ns_addr),
+            "--duration",
+        ])
+        .arg(format!("{}ms", length.as_millis().max(1)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        super::tied::tie_to_lab(&mut cmd, libc::SIGKILL, Some(0));
+        let child = cmd.spawn().context("starting the flood")?;
         lab.journal.child(child.id(), "the flood")?;
         crate::outln!(
             "lab: flooding {} (UDP port 9) from CPU 0 for {} ms to keep waking ksoftirqd",
@@ -167,14 +157,14 @@ impl Scenario for Ksoftirqd {
     }
 }
 
-/// A running flood (`timeout … stalltrace flood`), stopped and reaped on drop.
+/// A running flood (`stalltrace flood`), stopped and reaped on drop.
 struct Flood {
     child: Option<Child>,
 }
 
 impl Flood {
-    /// SIGTERM to `timeout`, which passes it on to the flooder; SIGKILL if that did not
-    /// end it within 2 s (the flooder dies with its parent then).
+    /// SIGTERM (the flooder stops and reports what it sent); SIGKILL if that did not
+    /// end it within 2 s.
     fn end(&mut self) {
         let Some(mut c) = self.child.take() else {
             return;

@@ -108,8 +108,6 @@ pub struct ChargeArgs {
 /// the files were made by the lab in its own cgroup), so deleting the files later
 /// releases the cgroups.
 pub fn charge_run(a: ChargeArgs) -> anyhow::Result<ExitCode> {
-    // SAFETY: prctl with integer arguments; PDEATHSIG ends us if the lab dies.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let me = std::process::id().to_string();
     let page = vec![0x5au8; CHARGE];
     for (cg, file) in a.cgroups.iter().zip(&a.files) {
@@ -140,7 +138,9 @@ fn charge(cgroups: &[PathBuf], files: &Path, back: &Path) -> anyhow::Result<()> 
             .with_context(|| format!("creating {}", p.display()))?;
     }
     let exe = std::env::current_exe().context("finding the stalltrace binary")?;
-    let st = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    super::tied::tie_to_lab(&mut cmd, libc::SIGKILL, None);
+    let st = cmd
         .arg("charge-cgroups")
         .arg("--cgroups")
         .args(cgroups)

@@ -9,10 +9,10 @@ pub mod journal;
 pub mod ksoftirqd;
 pub mod memcg;
 pub mod scenario;
+pub mod tied;
 pub mod verdict;
 
 use std::{
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -315,17 +315,7 @@ fn record(
         .args(a.stacks.then_some("--stacks"))
         .args(a.syscalls.then_some("--syscalls"))
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls: prctl and
-    // sched_setaffinity on the child itself.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            Ok(())
-        });
-    }
+    tied::tie_to_lab(&mut cmd, libc::SIGTERM, Some(0));
     let child = cmd.spawn().context("starting the recorder")?;
     journal.child(child.id(), "the recorder")?;
     let mut g = ChildGuard::new(child);
