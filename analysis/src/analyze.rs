@@ -159,7 +159,7 @@ impl<F: FnMut(&Episode)> Sink for OnEpisode<F> {
 pub enum AnalyzeError {
     #[error(transparent)]
     Dump(#[from] DumpError),
-    #[error("reading the probe log: {0}")]
+    #[error("reading the probe log")]
     ProbeLog(#[from] ProbeLogError),
     #[error("writing {what}: {source}")]
     Sink { what: String, source: io::Error },

@@ -279,3 +279,118 @@ fn bad_flags_are_usage_errors() {
     let o = analyze(&[seed().to_str().unwrap(), "--format", "xml"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A probe log with no probe in it, for `analyze --probe-log` and `probe --parse-log`:
+/// exit 5, the file and the first line not understood, said once; an unreadable one
+/// names the file and the reason once.
+#[test]
+fn malformed_probe_logs_fail_with_file_and_line() {
+    let log = scratch("bad-probe.log");
+    std::fs::write(
+        &log,
+        "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\nnot a probe line\nnor this\n",
+    )
+    .unwrap();
+    let want = format!(
+        "{}:3: no probe line found (expected hping3 or ping output): line 3 is not one: not a probe line",
+        log.display()
+    );
+    let missing = scratch("missing-probe.log");
+    let _ = std::fs::remove_file(&missing);
+    for (args, needle) in [
+        (
+            vec!["analyze", seed().to_str().unwrap(), "--probe-log"],
+            want.as_str(),
+        ),
+        (vec!["probe", "--parse-log"], want.as_str()),
+    ] {
+        for (file, needle) in [
+            (&log, needle.to_string()),
+            (
+                &missing,
+                format!("{}: cannot read: No such file", missing.display()),
+            ),
+        ] {
+            let o = Command::new(BIN).args(&args).arg(file).output().unwrap();
+            let err = text(&o.stderr);
+            assert_eq!(o.status.code(), Some(5), "{args:?} {file:?}: {err}");
+            assert!(err.contains(&needle), "{args:?}: {needle:?} not in {err}");
+            assert_eq!(
+                err.matches(&needle).count(),
+                1,
+                "{args:?}: said once: {err}"
+            );
+            assert!(o.stdout.is_empty(), "{args:?}: no report");
+        }
+    }
+    // A log with some probes and some garbage is read; the garbage is counted.
+    let ok = scratch("mixed-probe.log");
+    std::fs::write(
+        &ok,
+        "garbage\n64 bytes from 10.0.0.11: icmp_seq=1940 ttl=64 time=0.405 ms\n",
+    )
+    .unwrap();
+    let o = Command::new(BIN)
+        .args(["probe", "--parse-log"])
+        .arg(&ok)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("1 probes (1 ok, 0 dup, 0 lost), 1 unknown lines"));
+}
+
+/// `--stall-threshold`: a probe at or above it is stalled. Counted here from the
+/// fixture's own RTTs at thresholds around and on its values; the recording's
+/// threshold is the default.
+#[test]
+fn stall_threshold_counts_the_probes_at_or_above_it() {
+    let rtts: Vec<u64> = seed_lines()
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["type"] == "probe" && r["status"] == "ok")
+        .filter_map(|r| r["rtt_ns"].as_u64())
+        .collect();
+    assert!(rtts.len() > 50);
+    let report = |p: &Path, extra: &[&str]| -> Value {
+        let mut args = vec![p.to_str().unwrap(), "--format", "json"];
+        args.extend_from_slice(extra);
+        let o = analyze(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // 59416us is one probe's RTT exactly: "at or above" counts it.
+    for (flag, ns) in [
+        ("5ms", 5_000_000u64),
+        ("59416us", 59_416_000),
+        ("59417us", 59_417_000),
+        ("90ms", 90_000_000),
+        ("100ms", 100_000_000),
+    ] {
+        let r = report(&seed(), &["--stall-threshold", flag]);
+        let want = rtts.iter().filter(|&&t| t >= ns).count() as u64;
+        assert_eq!(r["stall_threshold_ns"], ns, "{flag}");
+        assert_eq!(
+            r["totals"]["probes_stalled"], want,
+            "{flag}: {}",
+            r["totals"]
+        );
+        assert_eq!(
+            r["episodes"].as_array().unwrap().len(),
+            usize::from(want > 0),
+            "{flag}"
+        );
+    }
+    // Without the flag, the threshold the recording was made with.
+    let mut lines = seed_lines();
+    lines[0] = lines[0].replace(
+        "\"stall_threshold_ns\":50000000",
+        "\"stall_threshold_ns\":90000000",
+    );
+    assert!(lines[0].contains("90000000"));
+    let p = scratch("threshold-90.jsonl");
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    let r = report(&p, &[]);
+    assert_eq!(r["stall_threshold_ns"], 90_000_000u64);
+    let want = rtts.iter().filter(|&&t| t >= 90_000_000).count() as u64;
+    assert_eq!(r["totals"]["probes_stalled"], want);
+}

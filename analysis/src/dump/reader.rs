@@ -12,7 +12,7 @@ use super::schema::{Footer, Header, Record, DUMP_FORMAT, DUMP_VERSION};
 
 #[derive(Debug, Error)]
 pub enum DumpError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: empty file, not a stalltrace dump")]
     Empty { path: PathBuf },

@@ -34,13 +34,21 @@ use crate::dump::{ProbeProto, ProbeRec, ProbeStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeLogError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: no probe line found (expected hping3 or ping output)")]
-    NoProbes { path: PathBuf },
+    /// Nothing in the file is a probe: `line` is the first line not understood (or the
+    /// last line, when every line was a header or statistics).
+    #[error("{path}:{line}: no probe line found (expected hping3 or ping output): {why}")]
+    NoProbes {
+        path: PathBuf,
+        line: u64,
+        why: String,
+    },
+    #[error("{path}: empty, no probe line (expected hping3 or ping output)")]
+    Empty { path: PathBuf },
 }
 
 /// A closing statistics block (`--- X hping statistic ---` / `--- X ping statistics ---`).
@@ -67,6 +75,10 @@ pub struct ProbeLog {
     pub unknown_lines: u64,
     /// The statistics blocks found, in log order.
     pub stats: Vec<LogStats>,
+    /// Lines read (blank ones included), and the first line not understood: its
+    /// number and its text (escaped, at most 80 characters).
+    pub lines: u64,
+    pub first_unknown: Option<(u64, String)>,
 }
 
 impl ProbeLog {
@@ -99,8 +111,19 @@ pub fn parse_file(path: &Path) -> Result<ProbeLog, ProbeLogError> {
     let f = std::fs::File::open(path).map_err(io)?;
     let log = parse_reader(std::io::BufReader::new(f)).map_err(io)?;
     if log.probes.is_empty() {
-        return Err(ProbeLogError::NoProbes {
-            path: path.to_path_buf(),
+        let path = path.to_path_buf();
+        return Err(match &log.first_unknown {
+            _ if log.lines == 0 => ProbeLogError::Empty { path },
+            Some((line, text)) => ProbeLogError::NoProbes {
+                path,
+                line: *line,
+                why: format!("line {line} is not one: {text}"),
+            },
+            None => ProbeLogError::NoProbes {
+                path,
+                line: log.lines,
+                why: "headers and statistics only".into(),
+            },
         });
     }
     Ok(log)
@@ -217,6 +240,8 @@ fn ms_to_ns(s: &str) -> Option<u64> {
 struct Parser {
     probes: Vec<Option<ProbeRec>>,
     unknown_lines: u64,
+    lines: u64,
+    first_unknown: Option<(u64, String)>,
     stats: Vec<LogStats>,
     /// Target from the last `HPING`/`PING` header line.
     head_target: Option<String>,
@@ -235,6 +260,7 @@ impl Parser {
 
     fn line(&mut self, raw: &str) {
         let re = re();
+        self.lines += 1;
         let line = raw.trim_end_matches(['\r', '\n']);
         if line.trim().is_empty() {
             return;
@@ -250,6 +276,11 @@ impl Parser {
         known |= self.headers_and_stats(body);
         if !known {
             self.unknown_lines += 1;
+            if self.first_unknown.is_none() {
+                let text: String = line.chars().take(80).collect();
+                let text = crate::report::escape::line(&text).into_owned();
+                self.first_unknown = Some((self.lines, text));
+            }
         }
     }
 
@@ -497,6 +528,8 @@ impl Parser {
             probes: self.probes.into_iter().flatten().collect(),
             unknown_lines: self.unknown_lines,
             stats: self.stats,
+            lines: self.lines,
+            first_unknown: self.first_unknown,
         }
     }
 }

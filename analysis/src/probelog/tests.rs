@@ -332,8 +332,37 @@ fn file_without_probes_is_an_error_naming_it() {
     let f = dir.join("empty.log");
     std::fs::write(&f, "hello\nworld\n").unwrap();
     let e = parse_file(&f).unwrap_err();
-    assert!(matches!(e, ProbeLogError::NoProbes { .. }));
-    assert!(e.to_string().contains("empty.log"), "{e}");
+    assert!(matches!(e, ProbeLogError::NoProbes { line: 1, .. }));
+    assert!(
+        e.to_string()
+            .ends_with("empty.log:1: no probe line found (expected hping3 or ping output): line 1 is not one: hello"),
+        "{e}"
+    );
+    // The first line not understood, after blank and header lines; escaped.
+    std::fs::write(
+        &f,
+        "\nPING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\x1b[31mred\nx\n",
+    )
+    .unwrap();
+    let e = parse_file(&f).unwrap_err().to_string();
+    assert!(
+        e.contains("empty.log:3: ") && e.ends_with("line 3 is not one: \\x1b[31mred"),
+        "{e}"
+    );
+    // Headers and statistics only: the last line.
+    std::fs::write(
+        &f,
+        "PING 10.0.0.2 (10.0.0.2) 56(84) bytes of data.\n\n--- 10.0.0.2 ping statistics ---\n",
+    )
+    .unwrap();
+    let e = parse_file(&f).unwrap_err().to_string();
+    assert!(
+        e.contains("empty.log:3: ") && e.ends_with("headers and statistics only"),
+        "{e}"
+    );
+    std::fs::write(&f, "").unwrap();
+    let e = parse_file(&f).unwrap_err();
+    assert!(matches!(e, ProbeLogError::Empty { .. }), "{e}");
     let e = parse_file(&dir.join("missing.log")).unwrap_err();
     assert!(matches!(e, ProbeLogError::Io { .. }));
     std::fs::write(&f, HPING_ICMP).unwrap();

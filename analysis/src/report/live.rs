@@ -335,4 +335,55 @@ mod tests {
         }
         assert!(wait_sentence(&w).ends_with("; user stack in 27 of 40 samples: __libc_read"));
     }
+
+    /// `backlog_napi/N` (threaded backlog processing: PREEMPT_RT kernels, or the
+    /// `thread_backlog_napi` boot parameter; this project's kernels have none, so the
+    /// root tests cannot plant one): classified from its name as an RX thread of its
+    /// own kind, in a wait and for the packets it processes, and worded as one.
+    #[test]
+    fn backlog_napi_is_an_rx_thread_context() {
+        for (comm, pid, softirq, want) in [
+            ("backlog_napi/1", 31, false, RxContext::BacklogNapi),
+            ("backlog_napi/11", 99, true, RxContext::BacklogNapi),
+            ("napi/eth0-8", 7, true, RxContext::Napi),
+            ("ksoftirqd/3", 30, true, RxContext::Ksoftirqd),
+            ("backlog", 5, true, RxContext::ProcessSoftirq),
+            ("swapper/1", 0, true, RxContext::Idle),
+            ("backlog_napi", 5, false, RxContext::Process),
+        ] {
+            assert_eq!(RxContext::classify(comm, pid, softirq), want, "{comm}");
+        }
+        assert_eq!(context_name(RxContext::BacklogNapi), "backlog-napi");
+        let w = WaitRec {
+            kind: WaitKind::RxThread,
+            cpu: 1,
+            start_ns: 1_000_000_000,
+            ts_ns: 1_050_000_000,
+            wait_ns: 50_000_000,
+            rx: TaskRef {
+                pid: 31,
+                tgid: 31,
+                comm: "backlog_napi/1".into(),
+            },
+            rx_context: RxContext::classify("backlog_napi/1", 31, false),
+            waker: TaskRef {
+                pid: 881,
+                tgid: 881,
+                comm: "ping".into(),
+            },
+            holders: vec![],
+            nr_switches: 1,
+            nr_other_runs: 0,
+            run_ns: 0,
+            truncated: false,
+        };
+        assert!(
+            wait_sentence(&w)
+                .starts_with("CPU 1: RX thread backlog_napi/1 waited 50 ms from wakeup"),
+            "{}",
+            wait_sentence(&w)
+        );
+        let json = serde_json::to_value(&w).unwrap();
+        assert_eq!(json["rx_context"], "backlog_napi");
+    }
 }

@@ -46,7 +46,7 @@ pub enum LoadError {
     Attach { hook: String, why: String },
     #[error("map {0} missing or of the wrong type: {1}")]
     Map(&'static str, String),
-    #[error("--stacks needs perf events (a software cpu-clock sampler per CPU), and {why}")]
+    #[error("the sampler needs perf events (a software cpu-clock event per CPU), and {why}")]
     PerfUnavailable { why: String },
 }
 
@@ -411,6 +411,7 @@ impl Tracer {
         if matches!(p.hook, Hook::Kprobe { .. }) {
             self.packet_hook = "kprobe";
         }
+        log::info!("attached {} to {hook}", p.name);
         self.hooks.push(hook);
         Ok(())
     }
@@ -442,6 +443,7 @@ impl Tracer {
                 why: format!("opening the cpu-clock event on CPU {cpu} failed: {e:#}"),
             })?;
         }
+        log::info!("attached {name} to perf_event:cpu-clock@{hz}Hz on CPUs {cpus:?}");
         self.hooks.push(format!("perf_event:cpu-clock@{hz}Hz"));
         Ok(cpus)
     }

@@ -264,6 +264,7 @@ fn run_scenario(
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;
     lab.journal.child(hog.pid, "the culprit")?;
+    injected_panic("planted");
     let hog_pid = hog.pid;
     if let Some(cg) = &a.cgroup {
         std::fs::write(cg.join("cgroup.procs"), hog_pid.to_string())
@@ -364,6 +365,20 @@ fn verdict(
         Ok(ExitCode::LabMismatch)
     }
 }
+
+/// TEST HOOK, debug builds only: `STALLTRACE_LAB_PANIC=planted` panics once the
+/// namespace, the recorder and the culprit run, so the integration test
+/// (`promises::a_panicking_lab_cleans_up_after_itself`) can show that an unwinding panic
+/// undoes the lab like an error does. Release builds compile it to nothing.
+#[cfg(debug_assertions)]
+fn injected_panic(phase: &str) {
+    if std::env::var_os("STALLTRACE_LAB_PANIC").is_some_and(|p| p == phase) {
+        panic!("STALLTRACE_LAB_PANIC={phase}: a panic injected for a test");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_panic(_phase: &str) {}
 
 fn wait_for_header(dump: &Path, stop: &AtomicBool) -> anyhow::Result<()> {
     let t0 = Instant::now();

@@ -9,6 +9,7 @@ mod hardening;
 mod lab;
 mod probe_match;
 mod probe_netns;
+mod promises;
 mod record_netns;
 mod vm_guest;
 mod watch;
