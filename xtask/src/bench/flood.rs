@@ -1,5 +1,6 @@
 //! flood
 use std::{
+    collections::BTreeMap,
     fs,
     path::PathBuf,
     time::{Duration, Instant},
@@ -20,6 +21,10 @@ pub(crate) enum Mode {
     Bpftrace,
     /// Default-mode filter plus `--stacks` (measured once, after the rounds).
     Stacks,
+    /// Default-mode filter plus `--syscalls` (exact syscall tracing, opt-in).
+    Syscalls,
+    /// bpftrace `bench/runqslower.bt`: the scheduler peer.
+    Runqslower,
 }
 
 impl Mode {
@@ -30,6 +35,8 @@ impl Mode {
             Mode::Every => "stalltrace_every_echo",
             Mode::Bpftrace => "bpftrace",
             Mode::Stacks => "stalltrace_stacks",
+            Mode::Syscalls => "stalltrace_syscalls",
+            Mode::Runqslower => "bpftrace_runqslower",
         }
     }
     pub(crate) fn label(self) -> &'static str {
@@ -39,6 +46,8 @@ impl Mode {
             Mode::Every => "stalltrace record, every ICMP echo (no filter; the same job as bpftrace)",
             Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the seed's job)",
             Mode::Stacks => "stalltrace record --stacks, default-mode filter",
+            Mode::Syscalls => "stalltrace record --syscalls, default-mode filter",
+            Mode::Runqslower => "bpftrace bench/runqslower.bt (wakeup/switch hooks, hash map)",
         }
     }
     pub(crate) fn short(self) -> &'static str {
@@ -48,9 +57,14 @@ impl Mode {
             Mode::Every => "stalltrace every echo",
             Mode::Bpftrace => "bpftrace",
             Mode::Stacks => "stalltrace --stacks",
+            Mode::Syscalls => "stalltrace --syscalls",
+            Mode::Runqslower => "bpftrace runqslower",
         }
     }
 }
+
+/// The planted culprit's name in stalls the bench makes.
+pub(crate) const HOG_NAME: &str = "bench-hog";
 
 pub(crate) struct Ctx {
     pub(crate) root: PathBuf,
@@ -63,12 +77,129 @@ pub(crate) struct Ctx {
     pub(crate) stats: StatsGuard,
     pub(crate) seq: u32,
     pub(crate) ksoftirqd0: u32,
+    /// A namespace whose RX runs on a threaded-NAPI kthread pinned to CPU 1 (for
+    /// stalls: a SCHED_FIFO hog on CPU 1 starves it); made when first needed.
+    pub(crate) stall_ns: Option<stalltrace_testkit::netns::Netns>,
+    pub(crate) stall_subnet: u8,
 }
 
 impl Ctx {
     pub(crate) fn name(&mut self, tag: &str) -> String {
         self.seq += 1;
         format!("{:03}-{tag}", self.seq)
+    }
+
+    /// A fresh dump path in the bench's directory.
+    pub(crate) fn dump_path(&mut self, tag: &str) -> PathBuf {
+        let n = self.name(tag);
+        self.dir.join(format!("{n}.jsonl"))
+    }
+
+    /// The threaded-NAPI namespace (made on first use): (namespace, its address).
+    pub(crate) fn stall_ns(&mut self) -> anyhow::Result<String> {
+        if self.stall_ns.is_none() {
+            let me = std::process::id() % 100_000;
+            let ns = stalltrace_testkit::netns::Netns::create(
+                &format!("stb{me}s"),
+                &format!("stb{me}sh"),
+                &format!("stb{me}sn"),
+                self.stall_subnet,
+            )
+            .context("creating the stall namespace")?;
+            let napi = ns
+                .threaded_napi(1)
+                .context("threaded NAPI in the stall namespace")?;
+            println!(
+                "bench: stall namespace {} ({}), RX by napi thread pid {napi} pinned to CPU 1",
+                ns.name, ns.ns_addr
+            );
+            self.stall_ns = Some(ns);
+        }
+        Ok(self
+            .stall_ns
+            .as_ref()
+            .map(|n| n.ns_addr.clone())
+            .unwrap_or_default())
+    }
+
+    /// Starts `stalltrace <args>` and waits for `marker` in its output; returns it with
+    /// the ids of the BPF programs it holds.
+    pub(crate) fn start_stalltrace(
+        &mut self,
+        tag: &str,
+        args: &[String],
+        marker: &str,
+    ) -> anyhow::Result<(Proc, Vec<u64>)> {
+        let before = bpftool_progs()?.iter().map(|p| p.id).max().unwrap_or(0);
+        let tag = self.name(tag);
+        let mut argv = vec![self.bin.display().to_string()];
+        argv.extend(args.iter().cloned());
+        let mut p = Proc::spawn(&tag, &argv, &self.dir)?;
+        p.wait_for(marker, Duration::from_secs(90))?;
+        pause(Duration::from_millis(300))?;
+        let ids = tracer_progs(p.pid(), before)?;
+        if ids.is_empty() {
+            bail!("{tag}: no BPF programs found for pid {}", p.pid());
+        }
+        Ok((p, ids))
+    }
+
+    /// `stalltrace hog` on CPU 1 at SCHED_FIFO 50 for `secs`, in 100 ms bursts with 30
+    /// ms gaps (the lab's rt-hog culprit); it exits by itself.
+    pub(crate) fn start_hog(&mut self, secs: u64) -> anyhow::Result<Proc> {
+        let tag = self.name("hog");
+        let argv: Vec<String> = vec![
+            "timeout".into(),
+            "-s".into(),
+            "KILL".into(),
+            (secs + 5).to_string(),
+            self.bin.display().to_string(),
+            "hog".into(),
+            "--cpu".into(),
+            "1".into(),
+            "--fifo".into(),
+            "50".into(),
+            "--name".into(),
+            HOG_NAME.into(),
+            "--duration".into(),
+            format!("{secs}s"),
+            "--burst".into(),
+            "100ms".into(),
+            "--gap".into(),
+            "30ms".into(),
+        ];
+        Proc::spawn(&tag, &argv, &self.dir)
+    }
+
+    /// An hping3 flood (or rate `-i r`) pinned to CPU 0 to `addr`, bounded by `secs`.
+    pub(crate) fn start_flood_to(
+        &mut self,
+        addr: &str,
+        rate: Option<&str>,
+        secs: u64,
+    ) -> anyhow::Result<Proc> {
+        let tag = self.name("flood");
+        let mut argv: Vec<String> = ["timeout", "-s", "INT"].map(String::from).into();
+        argv.push(secs.to_string());
+        argv.extend(
+            [
+                "taskset",
+                "-c",
+                "0",
+                "hping3",
+                "--icmp",
+                "-q",
+                "-c",
+                "500000000",
+            ]
+            .map(String::from),
+        );
+        match rate {
+            None => argv.push("--flood".into()),
+            Some(r) => argv.extend(["-i".into(), r.into()]),
+        }
+        argv.push(addr.into());
+        Proc::spawn(&tag, &argv, &self.dir)
     }
 
     /// Starts a tracer and waits until its programs are attached.
@@ -82,7 +213,7 @@ impl Ctx {
         let dump = self.dir.join(format!("{tag}.jsonl"));
         let (argv, marker): (Vec<String>, &str) = match mode {
             Mode::None => return Ok(None),
-            Mode::Default | Mode::Every | Mode::Stacks => {
+            Mode::Default | Mode::Every | Mode::Stacks | Mode::Syscalls => {
                 let mut a: Vec<String> = vec![
                     self.bin.display().to_string(),
                     "record".into(),
@@ -95,17 +226,24 @@ impl Ctx {
                     "-o".into(),
                     dump.display().to_string(),
                 ]);
-                if mode == Mode::Default || mode == Mode::Stacks {
+                if mode != Mode::Every {
                     a.extend(["--peer".into(), self.probe.addr.clone()]);
                 }
                 if mode == Mode::Stacks {
                     a.push("--stacks".into());
                 }
+                if mode == Mode::Syscalls {
+                    a.push("--syscalls".into());
+                }
                 a.extend(extra.iter().map(|s| s.to_string()));
                 (a, "recording to")
             }
-            Mode::Bpftrace => {
-                let script = self.root.join("bench/seed-equivalent.bt");
+            Mode::Bpftrace | Mode::Runqslower => {
+                let script = self.root.join(if mode == Mode::Bpftrace {
+                    "bench/seed-equivalent.bt"
+                } else {
+                    "bench/runqslower.bt"
+                });
                 (
                     vec![
                         "timeout".into(),
@@ -123,7 +261,7 @@ impl Ctx {
         p.wait_for(marker, Duration::from_secs(90))?;
         // bpftrace runs under `timeout`: its programs are held by the child.
         let mut holder = p.pid();
-        if mode == Mode::Bpftrace {
+        if matches!(mode, Mode::Bpftrace | Mode::Runqslower) {
             if let Some(c) = fs::read_to_string(format!("/proc/{holder}/task/{holder}/children"))
                 .ok()
                 .and_then(|c| c.split_whitespace().next().and_then(|x| x.parse().ok()))
@@ -140,21 +278,8 @@ impl Ctx {
     }
 
     pub(crate) fn start_flood(&mut self, rate: Option<&str>, secs: u64) -> anyhow::Result<Proc> {
-        let tag = self.name("flood");
-        let mut argv: Vec<String> = ["timeout", "-s", "INT"].map(String::from).into();
-        argv.push((secs + 5).to_string());
-        argv.extend(
-            [
-                "taskset", "-c", "0", "hping3", "--icmp", "-q", "-c", "50000000",
-            ]
-            .map(String::from),
-        );
-        match rate {
-            None => argv.push("--flood".into()),
-            Some(r) => argv.extend(["-i".into(), r.into()]),
-        }
-        argv.push(self.flood.addr.clone());
-        Proc::spawn(&tag, &argv, &self.dir)
+        let addr = self.flood.addr.clone();
+        self.start_flood_to(&addr, rate, secs + 5)
     }
 
     pub(crate) fn start_prober(&mut self, secs: u64) -> anyhow::Result<Proc> {
@@ -581,4 +706,91 @@ pub(crate) fn headroom(cx: &mut Ctx) -> anyhow::Result<Value> {
     Ok(
         json!({"steps": out, "max_rate_without_loss_per_s": best, "any_loss_with_default_ring": any_loss}),
     )
+}
+
+/// Parts 1 and 2: the alternating flood rounds (none / default / every echo /
+/// bpftrace), then one `--stacks` run; bpf_stats per program and the packet rates.
+pub(crate) fn rounds(
+    cx: &mut Ctx,
+    rounds: usize,
+    tp: f64,
+    tc: f64,
+) -> anyhow::Result<serde_json::Map<String, Value>> {
+    let mut out = serde_json::Map::new();
+    // 1 + 2: alternating flood runs.
+    println!(
+        "bench: {rounds} rounds of floods, alternating {}",
+        [Mode::None, Mode::Default, Mode::Every, Mode::Bpftrace]
+            .map(Mode::short)
+            .join(" / ")
+    );
+    let modes = [Mode::None, Mode::Default, Mode::Every, Mode::Bpftrace];
+    let tb = Instant::now();
+    let steal0 = steal_secs();
+    let mut runs = vec![];
+    // CPU of processes that are not ours, by comm, over the runs (pids seen at both
+    // ends of a run: our tracers, floods and probers live inside one run).
+    let mut others: BTreeMap<String, f64> = BTreeMap::new();
+    for r in 0..rounds {
+        for m in modes {
+            let before = proc_cpu_table();
+            runs.push(flood_run(cx, m, r, tp, tc)?);
+            for (pid, (comm, c)) in proc_cpu_table() {
+                if let Some((_, b)) = before.get(&pid) {
+                    if pid != std::process::id()
+                        && !comm.starts_with("ksoftirqd/")
+                        && comm != "sleep"
+                    {
+                        *others.entry(comm).or_default() += c - b;
+                    }
+                }
+            }
+        }
+    }
+    let wall = tb.elapsed().as_secs_f64();
+    out.insert(
+        "steal_pct".into(),
+        json!(100.0 * (steal_secs() - steal0) / wall),
+    );
+    let mut busy: Vec<(f64, String)> = others
+        .into_iter()
+        .map(|(c, s)| (100.0 * s / wall, c))
+        .filter(|(pct, _)| *pct >= 3.0)
+        .collect();
+    busy.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out.insert(
+        "other_busy_processes".into(),
+        json!(busy
+            .iter()
+            .map(|(p, n)| json!({"process": n, "cpu_pct": p}))
+            .collect::<Vec<_>>()),
+    );
+    out.insert("kernel".into(), summarize_floods(&runs));
+
+    // --stacks: one run with the default-mode filter; the sampler records only while an
+    // RX wait is pending, which a flood keeps true much of the time (a worst case).
+    let st = flood_run(cx, Mode::Stacks, 0, tp, tc)?;
+    let none_pps: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::None)
+        .map(|r| r.pps)
+        .collect();
+    let none_cpu: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::None)
+        .map(|r| r.per_cpu_s)
+        .collect();
+    out.insert(
+        "stacks".into(),
+        json!({
+            "pps": st.pps,
+            "pps_ratio_vs_none": st.pps / median(&none_pps),
+            "per_cpu_s_ratio_vs_none": st.per_cpu_s / median(&none_cpu),
+            "tracer_cpu_pct": st.tracer_cpu_pct,
+            "programs": costs_json(&st.costs, st.cost_secs),
+            "probes": st.probes,
+        }),
+    );
+
+    Ok(out)
 }

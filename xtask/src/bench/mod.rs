@@ -1,64 +1,130 @@
-//! `cargo xtask bench`: what stalltrace costs on this machine, next to bpftrace doing
-//! the seed's job. Prints numbers and writes `bench/results.{md,json}` (a `--quick`
-//! smoke run writes `target/bench/results-quick.*` instead); asserts nothing.
+//! `cargo xtask bench`: what stalltrace costs on this machine, side by side with
+//! bpftrace peers, in one run. Prints numbers and writes `bench/results.{md,json}`
+//! (`--quick` and `--only` write `target/bench/results-{quick,only}.*` instead);
+//! never fails on a number. The headline keys of results.json carry issue 12's
+//! targets (`results.rs`).
 //!
-//! Parts (issue 7):
-//! 1. Kernel cost per event: `run_time_ns / run_cnt` of every program (found by the
-//!    tracer's open program fds, named via `bpftool prog show -j`, whatever their type)
-//!    with `kernel.bpf_stats_enabled=1`, under an ICMP echo flood over veth into a
-//!    namespace made here: `record` in its default mode (a `--peer` filter that does
-//!    not match the flood), `record` of every echo, and the bpftrace script
-//!    `bench/seed-equivalent.bt`; one more run with `--stacks` (default-mode filter).
-//! 2. Effect on the node: echo requests received per second in the flood namespace,
-//!    runs alternating none / default / every-echo / bpftrace, medians and ratios;
-//!    measured with bpf_stats off, then a second window with it on for part 1. A
-//!    10 ms prober into a second namespace runs through every flood.
-//! 3. Ring-buffer headroom: every-echo recordings at rising echo rates.
-//! 4. `analyze` throughput and peak RSS on generated dumps (`stalltrace_testkit::benchdump`).
-//! 5. `record`'s own CPU while idle and during the flood.
+//! Parts, one module each, in the order they run:
+//! - `sampler`: record on an idle node (its CPU, every program's bpf_stats, the
+//!   sampler's cost per idle tick), then the sampler's cost per recorded sample during
+//!   a stall (a SCHED_FIFO hog starving a threaded-NAPI RX thread on CPU 1).
+//! - `syscall`: the syscall tax, a getpid() loop untraced / default mode / `--syscalls`.
+//! - `sched`: `perf bench sched pipe` pinned to CPU 1 untraced / default mode / a
+//!   bpftrace runqslower-style script (`bench/runqslower.bt`), alternating rounds.
+//! - `flood`: per-program kernel cost under an ICMP echo flood into a namespace made
+//!   here, and the received packet rate untraced / default mode (`--peer`: the flood
+//!   filtered out in the kernel) / every echo / bpftrace `bench/seed-equivalent.bt`, in
+//!   alternating rounds with a 10 ms prober through each flood; one `--stacks` run; a
+//!   `perf` profile; ring-buffer headroom at rising rates.
+//! - `watch`: `stalltrace watch` next to `record`, CPU and RSS idle and under a flood.
+//! - `analyze`: throughput and peak RSS on generated 1 M / 10 M record dumps.
+//! - `soak` (`--soak 30m`, off by default): record --probe under alternating floods and
+//!   stalls, RSS and fds every 10 s; writes bench/soak.{md,json}.
 //!
 //! Safety: floods go only to the namespaces made here (10.213.230-249.x), bounded by
-//! `timeout` and `-c`; namespaces, veths, floods, probers, tracers and the bpf_stats
-//! sysctl are cleaned up on every exit path (errors, panics, Ctrl-C, SIGTERM).
-use std::{
-    collections::BTreeMap,
-    fs,
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+//! `timeout` and `-c`; hogs are bounded by `--duration` and `timeout -s KILL`;
+//! namespaces, veths, floods, probers, hogs, tracers, the bpf_stats sysctl and a
+//! tracefs mounted here are cleaned up on every exit path (errors, Ctrl-C, SIGTERM).
+use std::{fs, path::Path, process::Command, time::Instant};
 
 use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 mod analyze;
 mod flood;
 mod report;
+mod results;
+mod sampler;
+mod sched;
+mod soak;
+mod syscall;
 mod util;
+mod watch;
 
-use analyze::*;
-use flood::*;
-use report::*;
+use flood::{Ctx, Mode};
 use util::*;
+
+/// The parts `--only` can pick.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// record idle + the sampler's costs.
+    Sampler,
+    /// getpid() loop: the syscall tax.
+    Syscalls,
+    /// perf bench sched pipe vs bpftrace runqslower.
+    Sched,
+    /// The alternating flood rounds (+ one --stacks run).
+    Floods,
+    /// perf profile of the flood under stalltrace.
+    Perf,
+    /// watch vs record, CPU and RSS.
+    Watch,
+    /// Ring-buffer headroom at rising echo rates.
+    Headroom,
+    /// analyze on generated dumps.
+    Analyze,
+}
+
+const KERNEL_PARTS: [Part; 7] = [
+    Part::Sampler,
+    Part::Syscalls,
+    Part::Sched,
+    Part::Floods,
+    Part::Perf,
+    Part::Watch,
+    Part::Headroom,
+];
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Smoke run: one round, short windows, 100 k / 1 M event dumps; writes
-    /// target/bench/results-quick.{md,json} instead of bench/results.*.
+    /// Smoke run (a few minutes): one round, short windows, 100 k / 1 M record dumps;
+    /// writes target/bench/results-quick.{md,json} instead of bench/results.*.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds of the alternating flood runs [default: 5, 1 with --quick].
+    /// Rounds of the alternating flood runs [default: 5, 1 with --quick]; the syscall
+    /// and scheduler parts run max(3, this) rounds (1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Skip the kernel parts (1, 2, 3, 5).
+    /// Run only these parts (comma-separated); writes target/bench/results-only.*.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Also soak for this long (e.g. 30m; off by default): record --probe under
+    /// alternating floods and stalls, RSS and fds every 10 s; writes bench/soak.*.
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
+    pub soak: Option<u64>,
+    /// Skip every kernel part (sampler, syscalls, sched, floods, perf, watch, headroom).
     #[arg(long)]
     pub skip_kernel: bool,
-    /// Skip the analyze part (4).
+    /// Skip the analyze part.
     #[arg(long)]
     pub skip_analyze: bool,
-    /// Skip the `perf` profile of a default-mode flood.
+    /// Skip the `perf` profile of the flood.
     #[arg(long)]
     pub no_perf: bool,
+}
+
+impl BenchArgs {
+    fn wants(&self, p: Part) -> bool {
+        if !self.only.is_empty() {
+            return self.only.contains(&p);
+        }
+        match p {
+            Part::Analyze => !self.skip_analyze,
+            Part::Perf => !self.skip_kernel && !self.no_perf,
+            _ => !self.skip_kernel,
+        }
+    }
+}
+
+fn git(root: &Path, args: &[&str]) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
@@ -68,11 +134,11 @@ pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
         bail!("cargo xtask bench needs root (namespaces, BPF, sysctl): run it as root");
     }
     let dir = root.join("target/bench");
-    fs::create_dir_all(&dir)?;
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let rounds = a.rounds.unwrap_or(if a.quick { 1 } else { 5 });
+    let small_rounds = if a.quick { 1 } else { rounds.max(3) };
     let (tp, tc) = if a.quick { (2.0, 1.5) } else { (4.0, 3.0) };
     let started = Instant::now();
-    let mut res = serde_json::Map::new();
     let uname = run_cmd(&["uname", "-r"])
         .unwrap_or_default()
         .trim()
@@ -81,45 +147,100 @@ pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_default()
         .trim()
         .to_string();
+    let perf_ver = run_cmd(&["perf", "--version"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let load0 = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
         .trim()
         .to_string();
-    res.insert(
-        "machine".into(),
-        json!({"kernel": uname, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-               "bpftrace": bt_ver, "loadavg_at_start": load0, "quick": a.quick, "rounds": rounds,
-               "window_stats_off_s": tp, "window_stats_on_s": tc}),
-    );
-    println!("bench: kernel {uname}, {bt_ver}, load average at start {load0}");
+    let mut commit = git(root, &["rev-parse", "--short=12", "HEAD"]);
+    if !git(root, &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    let date = run_cmd(&["date", "-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let host_cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mem_gib = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|k| k / 1024.0 / 1024.0);
+    let machine = json!({
+        "kernel": uname, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": host_cpu, "mem_gib": mem_gib,
+        "bpftrace": bt_ver, "perf": perf_ver, "loadavg_at_start": load0, "quick": a.quick, "rounds": rounds,
+        "rounds_sched_syscalls": small_rounds,
+        "window_stats_off_s": tp, "window_stats_on_s": tc,
+    });
+    println!("bench: commit {commit}, kernel {uname}, {bt_ver}, load average at start {load0}");
 
-    if !a.skip_kernel {
-        kernel_parts(root, bin, &dir, &a, rounds, tp, tc, &mut res)?;
+    let mut res = Map::new();
+    let kernel = KERNEL_PARTS.iter().any(|p| a.wants(*p));
+    if kernel || a.soak.is_some() {
+        kernel_parts(root, bin, &dir, &a, rounds, small_rounds, tp, tc, &mut res)?;
     }
-    if !a.skip_analyze {
-        analyze_part(bin, &dir, a.quick, &mut res)?;
+    if a.wants(Part::Analyze) {
+        analyze::analyze_part(bin, &dir, a.quick, &mut res)?;
     }
-    res.insert("elapsed_s".into(), json!(started.elapsed().as_secs_f64()));
     res.insert(
         "loadavg_at_end".into(),
         json!(fs::read_to_string("/proc/loadavg")
             .unwrap_or_default()
             .trim()),
     );
+    let soak = res.remove("soak");
+    let results = results::Results::new(
+        machine.clone(),
+        commit.clone(),
+        date.clone(),
+        a.quick,
+        started.elapsed().as_secs_f64(),
+        res,
+    );
+    let v = serde_json::to_value(&results).context("serializing the results")?;
     let (md_path, json_path) = if a.quick {
         (dir.join("results-quick.md"), dir.join("results-quick.json"))
+    } else if !a.only.is_empty() {
+        (dir.join("results-only.md"), dir.join("results-only.json"))
     } else {
         (
             root.join("bench/results.md"),
             root.join("bench/results.json"),
         )
     };
-    let v = Value::Object(res);
-    fs::write(&json_path, serde_json::to_string_pretty(&v)? + "\n")?;
-    let md = render_md(&v, a.quick);
-    fs::write(&md_path, &md)?;
-    println!("\n{md}");
-    println!("wrote {} and {}", md_path.display(), json_path.display());
+    if kernel || a.wants(Part::Analyze) {
+        fs::write(&json_path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        let md = report::render_md(&v, a.quick, !a.only.is_empty());
+        fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+        println!("\n{md}");
+        println!("wrote {} and {}", md_path.display(), json_path.display());
+    }
+    if let Some(s) = soak {
+        let (md_path, json_path) = if a.quick {
+            (dir.join("soak-quick.md"), dir.join("soak-quick.json"))
+        } else {
+            (root.join("bench/soak.md"), root.join("bench/soak.json"))
+        };
+        let v = json!({"machine": machine, "commit": commit, "date": date, "soak": s});
+        fs::write(&json_path, serde_json::to_string_pretty(&v)? + "\n")
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        let md = report::soak_md(&v);
+        fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+        println!("\n{md}");
+        println!("wrote {} and {}", md_path.display(), json_path.display());
+    }
+    println!("bench: {:.0} s in all", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -127,19 +248,28 @@ pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
     clippy::too_many_arguments,
     reason = "one call site; a struct would only rename them"
 )]
-pub(crate) fn kernel_parts(
+fn kernel_parts(
     root: &Path,
     bin: &Path,
     dir: &Path,
     a: &BenchArgs,
     rounds: usize,
+    small_rounds: usize,
     tp: f64,
     tc: f64,
-    res: &mut serde_json::Map<String, Value>,
+    res: &mut Map<String, Value>,
 ) -> anyhow::Result<()> {
-    let (sf, sp) = pick_subnets()?;
+    let (sf, sp, ss) = pick_subnets()?;
     let me = std::process::id() % 100_000;
     let stats = StatsGuard::new()?;
+    // bpftrace needs tracefs (stalltrace does not); dropped last: unmounted at the end.
+    let _tracefs = if a.wants(Part::Floods) || a.wants(Part::Sched) {
+        let g = TracefsGuard::ensure()?;
+        res.insert("tracefs_mounted_by_bench".into(), json!(g.mounted_here));
+        Some(g)
+    } else {
+        None
+    };
     let flood = Ns::create(
         &format!("stb{me}f"),
         &format!("stb{me}fh"),
@@ -178,124 +308,39 @@ pub(crate) fn kernel_parts(
         stats,
         seq: 0,
         ksoftirqd0: find_comm("ksoftirqd/0"),
+        stall_ns: None,
+        stall_subnet: ss,
     };
-
-    // 5a. record idle.
-    println!("bench: record's CPU while idle");
-    let idle_secs = if cx.quick { 2.0 } else { 5.0 };
-    let idle = {
-        let (mut p, ids, dump) = cx.start_tracer(Mode::Default, &[])?.context("no tracer")?;
-        pause(Duration::from_millis(500))?;
-        cx.stats.set(true)?;
-        let s0 = snapshot(&ids)?;
-        let c0 = cpu_secs(p.pid());
-        let t0 = Instant::now();
-        pause(Duration::from_secs_f64(idle_secs))?;
-        let c1 = cpu_secs(p.pid());
-        let dt = t0.elapsed().as_secs_f64();
-        let s1 = snapshot(&ids)?;
-        cx.stats.set(false)?;
-        p.stop(Duration::from_secs(20));
-        let _ = fs::remove_file(dump);
-        let costs = delta(&s0, &s1);
-        let kernel_ns: u64 = costs.values().map(|c| c.0).sum();
-        json!({"cpu_pct": 100.0 * (c1 - c0) / dt, "secs": dt, "kernel_bpf_cpu_pct": 100.0 * kernel_ns as f64 / 1e9 / dt,
-               "programs": costs_json(&costs, dt)})
-    };
-    println!(
-        "  idle: record {:.2}% of a CPU; its programs {:.2}% (bpf_stats)",
-        idle["cpu_pct"].as_f64().unwrap_or(0.0),
-        idle["kernel_bpf_cpu_pct"].as_f64().unwrap_or(0.0)
-    );
-    res.insert("record_idle".into(), idle);
-
-    // 1 + 2: alternating flood runs.
-    println!(
-        "bench: {rounds} rounds of floods, alternating {}",
-        [Mode::None, Mode::Default, Mode::Every, Mode::Bpftrace]
-            .map(Mode::short)
-            .join(" / ")
-    );
-    let modes = [Mode::None, Mode::Default, Mode::Every, Mode::Bpftrace];
-    let tb = Instant::now();
-    let steal0 = steal_secs();
-    let mut runs = vec![];
-    // CPU of processes that are not ours, by comm, over the runs (pids seen at both
-    // ends of a run: our tracers, floods and probers live inside one run).
-    let mut others: BTreeMap<String, f64> = BTreeMap::new();
-    for r in 0..rounds {
-        for m in modes {
-            let before = proc_cpu_table();
-            runs.push(flood_run(&mut cx, m, r, tp, tc)?);
-            for (pid, (comm, c)) in proc_cpu_table() {
-                if let Some((_, b)) = before.get(&pid) {
-                    if pid != std::process::id()
-                        && !comm.starts_with("ksoftirqd/")
-                        && comm != "sleep"
-                    {
-                        *others.entry(comm).or_default() += c - b;
-                    }
-                }
-            }
-        }
+    if a.wants(Part::Sampler) {
+        res.insert("sampler".into(), sampler::run(&mut cx)?);
     }
-    let wall = tb.elapsed().as_secs_f64();
-    res.insert(
-        "steal_pct".into(),
-        json!(100.0 * (steal_secs() - steal0) / wall),
-    );
-    let mut busy: Vec<(f64, String)> = others
-        .into_iter()
-        .map(|(c, s)| (100.0 * s / wall, c))
-        .filter(|(pct, _)| *pct >= 3.0)
-        .collect();
-    busy.sort_by(|a, b| b.0.total_cmp(&a.0));
-    res.insert(
-        "other_busy_processes".into(),
-        json!(busy
-            .iter()
-            .map(|(p, n)| json!({"process": n, "cpu_pct": p}))
-            .collect::<Vec<_>>()),
-    );
-    res.insert("kernel".into(), summarize_floods(&runs));
-
-    // --stacks: one run with the default-mode filter; the sampler records only while an
-    // RX wait is pending, which a flood keeps true much of the time (a worst case).
-    let st = flood_run(&mut cx, Mode::Stacks, 0, tp, tc)?;
-    let none_pps: Vec<f64> = runs
-        .iter()
-        .filter(|r| r.mode == Mode::None)
-        .map(|r| r.pps)
-        .collect();
-    let none_cpu: Vec<f64> = runs
-        .iter()
-        .filter(|r| r.mode == Mode::None)
-        .map(|r| r.per_cpu_s)
-        .collect();
-    res.insert(
-        "stacks".into(),
-        json!({
-            "pps": st.pps,
-            "pps_ratio_vs_none": st.pps / median(&none_pps),
-            "per_cpu_s_ratio_vs_none": st.per_cpu_s / median(&none_cpu),
-            "tracer_cpu_pct": st.tracer_cpu_pct,
-            "programs": costs_json(&st.costs, st.cost_secs),
-            "probes": st.probes,
-        }),
-    );
-
-    // perf profile of a default-mode flood.
-    if !a.no_perf && Command::new("perf").arg("--version").output().is_ok() {
+    if a.wants(Part::Syscalls) {
+        res.insert("syscalls".into(), syscall::run(&mut cx, small_rounds)?);
+    }
+    if a.wants(Part::Sched) {
+        res.insert("sched".into(), sched::run(&mut cx, small_rounds)?);
+    }
+    if a.wants(Part::Floods) {
+        res.extend(flood::rounds(&mut cx, rounds, tp, tc)?);
+    }
+    if a.wants(Part::Perf) && Command::new("perf").arg("--version").output().is_ok() {
         let mut profiles = vec![];
         for m in [Mode::Default, Mode::Every] {
             profiles.push(
-                perf_profile(&mut cx, m).unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
+                flood::perf_profile(&mut cx, m)
+                    .unwrap_or_else(|e| json!({"error": format!("{e:#}")})),
             );
         }
         res.insert("perf".into(), json!(profiles));
     }
-
-    // 3. ring-buffer headroom.
-    res.insert("ring_buffer".into(), headroom(&mut cx)?);
+    if a.wants(Part::Watch) {
+        res.insert("watch_vs_record".into(), watch::run(&mut cx)?);
+    }
+    if a.wants(Part::Headroom) {
+        res.insert("ring_buffer".into(), flood::headroom(&mut cx)?);
+    }
+    if let Some(secs) = a.soak {
+        res.insert("soak".into(), soak::run(&mut cx, secs)?);
+    }
     Ok(())
 }

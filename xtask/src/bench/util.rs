@@ -305,7 +305,7 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
     (t(14) + t(15)) / hz
 }
 
-pub(crate) const PROG_NAMES: [&str; 9] = [
+pub(crate) const PROG_NAMES: [&str; 11] = [
     "netif_receive_skb",
     "icmp_echo",
     "softirq_raise",
@@ -315,7 +315,12 @@ pub(crate) const PROG_NAMES: [&str; 9] = [
     "sched_wakeup",
     "sys_enter",
     "sys_exit",
+    "sample_task_regs",
+    "sample_stack_regs",
 ];
+
+/// Names of the syscall programs (attached only with `--syscalls`).
+pub(crate) const SYSCALL_PROGS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 /// The kernel keeps 15 characters of a program's name.
 pub(crate) fn canonical(name: &str) -> String {
@@ -521,15 +526,15 @@ pub(crate) fn bpftrace_lost(text: &str) -> u64 {
         .sum()
 }
 
-pub(crate) fn pick_subnets() -> anyhow::Result<(u8, u8)> {
+pub(crate) fn pick_subnets() -> anyhow::Result<(u8, u8, u8)> {
     let used = run_cmd(&["ip", "-o", "-4", "addr", "show"])?;
     let free: Vec<u8> = (230u8..=249)
         .filter(|s| !used.contains(&format!("10.213.{s}.")))
         .collect();
-    if free.len() < 2 {
+    if free.len() < 3 {
         bail!("no free 10.213.230-249 subnets (leftovers of a killed bench? `ip -o -4 addr show | grep 10.213.2`)");
     }
-    Ok((free[0], free[1]))
+    Ok((free[0], free[1], free[2]))
 }
 
 pub(crate) fn other_tracing_programs(ours: &[u64]) -> Vec<String> {
@@ -565,16 +570,27 @@ pub(crate) fn proc_cpu_table() -> BTreeMap<u32, (String, f64)> {
     if let Ok(rd) = fs::read_dir("/proc") {
         for e in rd.flatten() {
             if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-                let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+                let mut comm = fs::read_to_string(format!("/proc/{pid}/comm"))
                     .unwrap_or_default()
                     .trim()
                     .to_string();
+                if sched_policy(pid) == Some(libc::SCHED_IDLE as u32) {
+                    comm.push_str(" (SCHED_IDLE)");
+                }
                 m.insert(pid, (comm, cpu_secs(pid)));
             }
         }
     }
     m
 }
+
+/// The scheduling policy of a process (field 41 of /proc/PID/stat).
+pub(crate) fn sched_policy(pid: u32) -> Option<u32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(41 - 3)?.parse().ok()
+}
+
 pub(crate) fn costs_json(c: &Costs, secs: f64) -> Value {
     let mut m = serde_json::Map::new();
     for (name, (t, n, miss, kind)) in c {
@@ -585,4 +601,110 @@ pub(crate) fn costs_json(c: &Costs, secs: f64) -> Value {
         );
     }
     Value::Object(m)
+}
+
+/// `/proc/PID/status` field in kB (VmRSS, VmHWM), if the process lives.
+pub(crate) fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Open file descriptors of a process.
+pub(crate) fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Mounts tracefs for bpftrace when it is not mounted (a fresh machine), and unmounts
+/// it again on drop if it was mounted here.
+pub(crate) struct TracefsGuard {
+    pub(crate) mounted_here: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl TracefsGuard {
+    pub(crate) fn ensure() -> anyhow::Result<Self> {
+        if Path::new(TRACEFS).join("events").exists() {
+            return Ok(Self {
+                mounted_here: false,
+            });
+        }
+        run_cmd(&["mount", "-t", "tracefs", "nodev", TRACEFS])
+            .context("mounting tracefs for bpftrace")?;
+        println!("bench: tracefs was not mounted (bpftrace needs it): mounted it at {TRACEFS}; it is unmounted at the end");
+        Ok(Self { mounted_here: true })
+    }
+}
+
+impl Drop for TracefsGuard {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            // bpftrace may take a moment to let go of its tracepoints.
+            for _ in 0..20 {
+                if run_cmd(&["umount", TRACEFS]).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            eprintln!("bench: could not unmount {TRACEFS} (still busy); `umount {TRACEFS}` later");
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: a race with another process
+/// only makes the agent refuse to start, which the bench reports).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding a probe port")?;
+    Ok(l.local_addr().context("local address")?.port())
+}
+
+/// GET http://127.0.0.1:PORT/PATH, body as text.
+pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out))
+}
+
+/// The value of a sample line `name value` (no labels) in a Prometheus exposition.
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// Parses `30s`, `10m`, `2h` (a plain number is seconds).
+pub(crate) fn parse_secs(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected e.g. 90s, 30m, 2h"))?;
+    n.checked_mul(mult)
+        .filter(|x| (10..=86_400).contains(x))
+        .ok_or_else(|| format!("`{s}`: between 10s and 24h"))
+}
+
+/// Ctrl-C or SIGTERM seen.
+pub(crate) fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
 }
