@@ -63,6 +63,8 @@ pub enum Part {
     Headroom,
     /// analyze on generated dumps.
     Analyze,
+    /// Nothing but the soak (its length from --soak, default 30m).
+    Soak,
 }
 
 const KERNEL_PARTS: [Part; 7] = [
@@ -109,6 +111,7 @@ impl BenchArgs {
             return self.only.contains(&p);
         }
         match p {
+            Part::Soak => false,
             Part::Analyze => !self.skip_analyze,
             Part::Perf => !self.skip_kernel && !self.no_perf,
             _ => !self.skip_kernel,
@@ -184,6 +187,10 @@ pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
     });
     println!("bench: commit {commit}, kernel {uname}, {bt_ver}, load average at start {load0}");
 
+    let mut a = a;
+    if a.only.contains(&Part::Soak) && a.soak.is_none() {
+        a.soak = Some(30 * 60);
+    }
     let mut res = Map::new();
     let kernel = KERNEL_PARTS.iter().any(|p| a.wants(*p));
     if kernel || a.soak.is_some() {
