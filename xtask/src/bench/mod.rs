@@ -103,6 +103,35 @@ pub struct BenchArgs {
     /// Skip the `perf` profile of the flood.
     #[arg(long)]
     pub no_perf: bool,
+    /// Measure nothing: rewrite bench/results.md and bench/soak.md from the JSON files
+    /// (after a change to the tables).
+    #[arg(long)]
+    pub render: bool,
+}
+
+/// `--render`: the Markdown again from the JSON the last runs wrote.
+fn render_only(root: &Path) -> anyhow::Result<()> {
+    for (json_name, md_name, soak) in [
+        ("bench/results.json", "bench/results.md", false),
+        ("bench/soak.json", "bench/soak.md", true),
+    ] {
+        let p = root.join(json_name);
+        let Ok(text) = fs::read_to_string(&p) else {
+            println!("bench: no {json_name}; skipped");
+            continue;
+        };
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        let md = if soak {
+            report::soak_md(&v)
+        } else {
+            report::render_md(&v, v["quick"] == json!(true), false)
+        };
+        let out = root.join(md_name);
+        fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+        println!("bench: wrote {}", out.display());
+    }
+    Ok(())
 }
 
 impl BenchArgs {
@@ -131,6 +160,9 @@ fn git(root: &Path, args: &[&str]) -> String {
 }
 
 pub fn run(root: &Path, bin: &Path, a: BenchArgs) -> anyhow::Result<()> {
+    if a.render {
+        return render_only(root);
+    }
     install_signal_handlers();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
