@@ -11,6 +11,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 # --- Debian packages used by the tests, the lab and the benchmarks -----------------
 pkgs=(iproute2 ethtool hping3 iputils-ping bpftool bpftrace util-linux procps kmod prometheus linux-perf iptables)
+# cargo xtask bench: GNU time for analyze's peak RSS (bpftrace, bpftool, perf and hping3
+# above are its peers and tools).
+pkgs+=(time)
 # The node agent's image and its test (cargo xtask image, tests/tests/it/deploy.rs):
 # buildah builds it from scratch, podman runs it with runc (crun refuses the hybrid
 # cgroup layout of these machines), python3-venv holds kubernetes-validate (PyPI).
