@@ -303,3 +303,35 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free localhost port")
 }
+
+/// A kubelet-shaped pod cgroup (systemd driver, containerd) on the v2 hierarchy, made
+/// for one test and removed on drop, children first up to `kubepods.slice`.
+pub struct PodCgroup(pub PathBuf);
+
+impl PodCgroup {
+    /// `qos` is the pod's QoS class as the kubelet spells it in slices (`besteffort`,
+    /// `burstable`); `uid` the pod's UID, `cid` the container's id.
+    pub fn make(qos: &str, uid: &str, cid: &str) -> Self {
+        let uid_ = uid.replace('-', "_");
+        let path = std::path::Path::new("/sys/fs/cgroup/unified")
+            .join(format!(
+                "kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid_}.slice"
+            ))
+            .join(format!("cri-containerd-{cid}.scope"));
+        std::fs::create_dir_all(&path).expect("making the pod's cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        let mut p = self.0.clone();
+        while p.file_name().is_some_and(|n| n != "unified") {
+            let _ = std::fs::remove_dir(&p);
+            p = match p.parent() {
+                Some(q) => q.to_path_buf(),
+                None => break,
+            };
+        }
+    }
+}

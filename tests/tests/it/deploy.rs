@@ -14,6 +14,7 @@ use std::{
 
 use integration_tests::{
     free_port, http_get, our_bpf_programs, require, require_root, stalltrace_bin, wait_until,
+    PodCgroup,
 };
 use serde::Deserialize as _;
 use serde_yaml::Value;
@@ -356,35 +357,6 @@ impl Drop for Podman {
     }
 }
 
-/// A kubelet-shaped cgroup (systemd driver, containerd) in the unified hierarchy.
-struct PodCgroup(PathBuf);
-
-impl PodCgroup {
-    fn make() -> Self {
-        let uid_ = UID.replace('-', "_");
-        let path = Path::new("/sys/fs/cgroup/unified")
-            .join(format!(
-                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice"
-            ))
-            .join(format!("cri-containerd-{CID}.scope"));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        let mut p = self.0.clone();
-        while p.file_name().is_some_and(|n| n != "unified") {
-            let _ = std::fs::remove_dir(&p);
-            p = match p.parent() {
-                Some(q) => q.to_path_buf(),
-                None => break,
-            };
-        }
-    }
-}
-
 fn podman(args: &[&str]) -> String {
     let (st, out, err) = bounded(Command::new("podman").args(args), Duration::from_secs(60));
     assert!(st.success(), "podman {args:?}: {err}");
@@ -586,7 +558,7 @@ fn deploy_image_serves_metrics_from_a_container() {
     eprintln!("healthy {:?} after podman run", t_run.elapsed());
 
     // A stall by a culprit in a kubelet-shaped cgroup, named from inside the container.
-    let cg = PodCgroup::make();
+    let cg = PodCgroup::make("besteffort", UID, CID);
     let lab = bounded(
         Command::new(stalltrace_bin())
             .args([

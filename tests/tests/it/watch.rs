@@ -7,13 +7,13 @@
 //! with nothing left loaded.
 use std::{
     io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use integration_tests::{
-    free_port, http_get, our_bpf_programs, require_root, stalltrace_bin, wait_until,
+    free_port, http_get, our_bpf_programs, require_root, stalltrace_bin, wait_until, PodCgroup,
 };
 use serde_json::Value;
 use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
@@ -23,37 +23,6 @@ const POD: &str = "ledger-7f9c8d-x2k4p";
 const CONTAINER: &str = "indexer";
 const UID: &str = "4b3e6c1a-9d2f-4e8b-a7c5-1f0e2d3c4b5a";
 const CID: &str = "5f0e7c3a1b2d4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
-
-/// The kubelet-shaped cgroup (systemd driver, containerd), removed on drop.
-struct PodCgroup(PathBuf);
-
-impl PodCgroup {
-    fn make() -> Self {
-        let uid_ = UID.replace('-', "_");
-        let base = Path::new("/sys/fs/cgroup/unified");
-        let path = base
-            .join(format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice"
-            ))
-            .join(format!("cri-containerd-{CID}.scope"));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Children first, up to (and including) kubepods.slice.
-        let mut p = self.0.clone();
-        while p.file_name().is_some_and(|n| n != "unified") {
-            let _ = std::fs::remove_dir(&p);
-            p = match p.parent() {
-                Some(q) => q.to_path_buf(),
-                None => break,
-            };
-        }
-    }
-}
 
 #[test]
 fn watch_names_the_pod_and_prometheus_scrapes_it() {
@@ -76,7 +45,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
         b"",
     )
     .unwrap();
-    let cg = PodCgroup::make();
+    let cg = PodCgroup::make("burstable", UID, CID);
     let dumps = dir.join("dumps");
     let metrics_port = free_port();
     let watch = Command::new(stalltrace_bin())
