@@ -243,6 +243,10 @@ pub fn assert_machine_clean(ctx: &str) {
         !std::path::Path::new("/run/stalltrace/lab.json").exists(),
         "{ctx}: the lab's journal is left (the lab did not finish its clean-up)"
     );
+    assert!(
+        !std::path::Path::new("/run/stalltrace").exists(),
+        "{ctx}: /run/stalltrace is left (the lab removes its lock and directory at its end)"
+    );
     let left = our_bpf_programs();
     assert!(left.is_empty(), "{ctx}: programs left: {left:?}");
     let shm: Vec<_> = std::fs::read_dir("/dev/shm")

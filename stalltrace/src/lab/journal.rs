@@ -10,7 +10,7 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write as _,
     os::unix::{
-        fs::{DirBuilderExt as _, OpenOptionsExt as _},
+        fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _},
         io::AsRawFd as _,
     },
     path::{Path, PathBuf},
@@ -83,18 +83,42 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Takes the lab lock without waiting: `None` when another lab holds it. The lock file
+/// is removed by the lab that ends (a clean machine keeps no `/run/stalltrace`), so a lock
+/// taken on a file already unlinked by that lab is dropped and taken again on the new one.
 fn lock(dir: &Path) -> anyhow::Result<Option<File>> {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(dir.join("lab.lock"))
-        .context("opening the lab's lock file")?;
-    // SAFETY: flock(2) on an fd we own; LOCK_NB never blocks.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    Ok((rc == 0).then_some(f))
+    let path = dir.join("lab.lock");
+    for _ in 0..10 {
+        private_dir(dir)?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .context("opening the lab's lock file")?;
+        // SAFETY: flock(2) on an fd we own; LOCK_NB never blocks.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Ok(None);
+        }
+        let held = f.metadata().context("checking the lab's lock file")?;
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev())
+        {
+            return Ok(Some(f));
+        }
+    }
+    anyhow::bail!("the lab's lock file {} keeps changing", path.display())
+}
+
+/// Removes the lock file and the directory while the lock is still held (the last
+/// step of a lab that ends, or of a clean-up); with the temporary journal a lab killed
+/// while saving leaves.
+fn release(dir: &Path) {
+    let _ = fs::remove_file(dir.join("lab.json.tmp"));
+    let _ = fs::remove_file(dir.join("lab.lock"));
+    let _ = fs::remove_dir(dir);
 }
 
 fn read_state(dir: &Path) -> anyhow::Result<Option<State>> {
@@ -116,7 +140,6 @@ impl Journal {
     }
 
     pub fn begin_in(dir: &Path) -> anyhow::Result<Self> {
-        private_dir(dir)?;
         let Some(lock) = lock(dir)? else {
             let who = read_state(dir).ok().flatten().map(|s| s.pid).unwrap_or(0);
             return Err(CodedError::new(
@@ -231,6 +254,7 @@ impl Journal {
         let done = undo(&self.state);
         self.state = State::default();
         let _ = fs::remove_file(self.dir.join("lab.json"));
+        release(&self.dir);
         done
     }
 }
@@ -240,6 +264,7 @@ impl Drop for Journal {
         if self.armed && self.state != State::default() {
             let _ = undo(&self.state);
             let _ = fs::remove_file(self.dir.join("lab.json"));
+            release(&self.dir);
         }
     }
 }
@@ -262,10 +287,12 @@ pub fn cleanup_in(dir: &Path) -> anyhow::Result<Vec<String>> {
         .into());
     };
     let Some(state) = read_state(dir)? else {
+        release(dir);
         return Ok(vec![]);
     };
     let done = undo(&state);
     fs::remove_file(dir.join("lab.json")).context("removing the lab journal")?;
+    release(dir);
     Ok(done)
 }
 
@@ -349,6 +376,7 @@ mod tests {
         let dir = root.join("run");
         let made = {
             let mut j = Journal::begin_in(&dir).unwrap();
+            assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
             // A second lab is refused while this one holds the lock.
             let e = Journal::begin_in(&dir).err().unwrap();
             assert!(
@@ -358,7 +386,9 @@ mod tests {
             assert!(cleanup_in(&dir).is_err());
             let d = j.private_dir(&root, "t").unwrap();
             fs::write(d.join("f"), b"x").unwrap();
-            // Leave it as a killed lab would: the journal stays, the lock goes.
+            // Leave it as a killed lab would: the journal stays (and, killed while
+            // saving, its temporary copy), the lock goes.
+            fs::write(dir.join("lab.json.tmp"), b"{").unwrap();
             j.armed = false;
             drop(j);
             d
@@ -372,6 +402,31 @@ mod tests {
             Vec::<String>::new(),
             "idempotent"
         );
+        assert!(
+            !dir.exists(),
+            "the clean-up removes the lock and its directory"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_lab_that_ends_leaves_no_directory_and_the_next_one_starts() {
+        let root = std::env::temp_dir().join(format!("st-journal-end-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let dir = root.join("run");
+        let j = Journal::begin_in(&dir).unwrap();
+        assert!(dir.join("lab.lock").exists() && dir.join("lab.json").exists());
+        assert_eq!(j.finish(), Vec::<String>::new());
+        assert!(
+            !dir.exists(),
+            "lock, journal and directory removed at the end"
+        );
+        // An error path (drop without finish) cleans up the same way.
+        let mut j = Journal::begin_in(&dir).unwrap();
+        j.note(|s| s.links.push("st-no-such-link".into())).unwrap();
+        drop(j);
+        assert!(!dir.exists(), "removed by drop too");
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -298,6 +298,7 @@ fn kernel_parts(
     tc: f64,
     res: &mut Map<String, Value>,
 ) -> anyhow::Result<()> {
+    remove_stale_namespaces();
     let (sf, sp, ss) = pick_subnets()?;
     let me = std::process::id() % 100_000;
     let stats = StatsGuard::new()?;

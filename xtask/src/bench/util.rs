@@ -526,6 +526,51 @@ pub(crate) fn bpftrace_lost(text: &str) -> u64 {
         .sum()
 }
 
+/// Removes the namespaces and host links (`stb<pid>…`) of a bench that was killed before
+/// its clean-up ran, unless another bench is running; says what it removed.
+pub(crate) fn remove_stale_namespaces() {
+    let me = std::process::id();
+    let other_bench = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let pid: u32 = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+            pid != me
+                && args.first().is_some_and(|a| a.ends_with(b"xtask"))
+                && args.iter().any(|a| *a == b"bench")
+        });
+    if other_bench {
+        return;
+    }
+    let stale: Vec<String> = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("stb"))
+        .collect();
+    for ns in &stale {
+        let _ = run_cmd(&["ip", "netns", "del", ns]);
+        let host = format!("{ns}h");
+        if Path::new(&format!("/sys/class/net/{host}")).exists() {
+            let _ = run_cmd(&["ip", "link", "del", &host]);
+        }
+    }
+    if !stale.is_empty() {
+        println!(
+            "bench: removed namespaces a killed bench left: {}",
+            stale.join(", ")
+        );
+    }
+}
+
 pub(crate) fn pick_subnets() -> anyhow::Result<(u8, u8, u8)> {
     let used = run_cmd(&["ip", "-o", "-4", "addr", "show"])?;
     let free: Vec<u8> = (230u8..=249)
