@@ -260,7 +260,14 @@ fn log2_histogram(buckets: &[u64]) -> (f64, u64, Vec<(f64, u64)>) {
         let upper_us = (2u64 << i.min(62)) as f64;
         count = count.saturating_add(n);
         sum += n as f64 * upper_us * 0.75e-6;
-        out.push((upper_us * 1e-6, n));
+        // The kernel's last bucket takes every longer wait: its bound is +Inf, which
+        // a histogram must end with (histogram_quantile is NaN without it).
+        let le = if i + 1 == buckets.len() {
+            f64::INFINITY
+        } else {
+            upper_us * 1e-6
+        };
+        out.push((le, n));
     }
     (sum, count, out)
 }
@@ -408,8 +415,13 @@ impl Collector for Metrics {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
+            // Slower than the last bound, or answered without an RTT: the +Inf bucket
+            // a histogram must end with (histogram_quantile is NaN without it).
+            let bounded: u64 = p.buckets.iter().map(|b| b.1).sum();
+            let mut buckets = p.buckets.clone();
+            buckets.push((f64::INFINITY, p.ok.saturating_sub(bounded)));
             m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                p.sum, p.ok, &p.buckets, None,
+                p.sum, p.ok, &buckets, None,
             )?;
         }
         if !n.bpf.is_empty() {
@@ -578,8 +590,8 @@ mod tests {
         let (sum, count, buckets) = log2_histogram(&[4, 0, 2]);
         // 4 + 0 + 2
         assert_eq!(count, 6);
-        // Upper bounds 2, 4, 8 µs.
-        assert_eq!(buckets, vec![(2e-6, 4), (4e-6, 0), (8e-6, 2)]);
+        // Upper bounds 2 and 4 µs, then +Inf: the kernel's last bucket takes the rest.
+        assert_eq!(buckets, vec![(2e-6, 4), (4e-6, 0), (f64::INFINITY, 2)]);
         // (4 × 2 µs + 2 × 8 µs) × 0.75 = 18 µs
         assert!((sum - 18e-6).abs() < 1e-12, "{sum}");
     }
@@ -639,9 +651,9 @@ mod tests {
                 "stalltrace_probes_total{status=\"dup\"} 1.0",
                 // 0.25 + 0.5 + 1.5 + 3 s (a dup's RTT is not the probe's)
                 "stalltrace_probe_rtt_seconds_sum 5.25",
-                // Every answered probe; the 3 s one and the one without an RTT are in no
-                // bucket (only +Inf, which is the count).
                 "stalltrace_probe_rtt_seconds_count 5",
+                // The 3 s one and the one without an RTT are only in +Inf: 3 + 2 = count.
+                "stalltrace_probe_rtt_seconds_bucket{le=\"+Inf\"} 5",
                 // Nothing at or below 0.2 s; 0.25 and 0.5 (a bound is inclusive) by 0.5 s.
                 "stalltrace_probe_rtt_seconds_bucket{le=\"0.2\"} 0",
                 "stalltrace_probe_rtt_seconds_bucket{le=\"0.5\"} 2",
@@ -737,6 +749,9 @@ mod tests {
             "stalltrace_rx_wait_seconds_bucket{le=\"0.000004\",cpu=\"1\",kind=\"net_rx\"} 5",
             "stalltrace_rx_wait_seconds_bucket{le=\"0.131072\",cpu=\"1\",kind=\"net_rx\"} 6",
             "stalltrace_rx_wait_seconds_count{cpu=\"1\",kind=\"net_rx\"} 6",
+            // Bucket 30 ends at 2^31 µs; the kernel's last (2^31 µs and longer) at +Inf.
+            "stalltrace_rx_wait_seconds_bucket{le=\"2147.483648\",cpu=\"1\",kind=\"net_rx\"} 6",
+            "stalltrace_rx_wait_seconds_bucket{le=\"+Inf\",cpu=\"1\",kind=\"net_rx\"} 6",
             "# TYPE stalltrace_stall_episodes counter",
             "stalltrace_lost_events_total{kind=\"packets\"} 2",
             "stalltrace_bpf_runs_total{program=\"sched_switch\"} 10",
