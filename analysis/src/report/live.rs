@@ -42,7 +42,7 @@ pub fn packet_line(p: &PacketRec) -> String {
 pub fn task_words(h: &HolderRec) -> String {
     let sched = match h.policy.as_str() {
         "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
-        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => {
+        "unknown" if h.priority > 0 && h.priority < 100 => {
             format!("RT {}", h.priority)
         }
         p => format!("{p} nice {}", h.priority),
