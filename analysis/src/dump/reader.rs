@@ -505,6 +505,15 @@ mod tests {
         assert_eq!(r.line(), 4);
     }
 
+    /// Only a line after the header can be a torn last line: a torn header alone is a
+    /// malformed first line, not an empty dump.
+    #[test]
+    fn a_torn_header_is_malformed() {
+        let h = header_line();
+        let e = read_all(&h.as_bytes()[..h.len() / 2]).unwrap_err();
+        assert!(matches!(e, DumpError::Malformed { line: 1, .. }), "{e}");
+    }
+
     #[test]
     fn newer_version_is_refused() {
         let h = header_line().replace(&format!("\"version\":{DUMP_VERSION}"), "\"version\":99");
