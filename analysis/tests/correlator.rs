@@ -592,3 +592,95 @@ fn the_threshold_comes_from_the_command_line_then_the_recording() {
     h.options.probe = Some("10.0.0.7".into());
     assert_eq!(Config::from_header(&h, None).mode, Some(Mode::Probes));
 }
+
+/// A packet processed on `cpu` at `ts` in the RX run that started at `rx`.
+fn run_packet(cpu: u32, ts: u64, rx: u64, seq: u16) -> Record {
+    Record::Packet(stalltrace_testkit::records::echo_request(
+        ts,
+        rx,
+        cpu,
+        (76, 76, "ksoftirqd", RxContext::Ksoftirqd),
+        fixture::IDENT,
+        seq,
+    ))
+}
+
+/// A packet-only recording: the seed's header without a prober, then `recs`.
+fn packet_mode(recs: Vec<Record>) -> Report {
+    let mut all = vec![Record::Header(fixture::header(None))];
+    all.extend(recs);
+    run(&all, None, None)
+}
+
+/// Waits are one stall only on one CPU, and only when their windows overlap: a wait
+/// on another CPU, or one that began after the stall ended, is another stall even when
+/// it ends within the merge gap (1 ms).
+#[test]
+fn waits_merge_only_on_one_cpu_and_when_their_windows_overlap() {
+    let t = fixture::T0;
+    let r = packet_mode(vec![
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        // CPU 1 again, from 0.2 ms after the first ended to 0.4 ms after.
+        Record::Wait(synth_wait(1, t + 60_200 * US, t + 60_400 * US, (600, "c"))),
+        // CPU 2, overlapping the first and ending 0.5 ms after it.
+        Record::Wait(synth_wait(2, t + 10 * MS, t + 60_500 * US, (500, "b"))),
+        run_packet(2, t + 60_505 * US, t + 60_500 * US, 2),
+    ]);
+    let eps: Vec<(u32, usize, u64)> = r
+        .episodes
+        .iter()
+        .map(|e| (e.cpu, e.waits.len(), e.wait_ns))
+        .collect();
+    // CPU 1: 60 ms; CPU 2: 60.5 - 10 ms. The 0.2 ms wait is below the threshold.
+    assert_eq!(eps, vec![(1, 1, 60 * MS), (2, 1, 50_500 * US)]);
+}
+
+/// One stall keeps at most 64 of its waits.
+#[test]
+fn a_stall_keeps_at_most_64_waits() {
+    let t = fixture::T0;
+    // 65 overlapping waits ending 10 µs apart (each within the merge gap of the last).
+    let mut recs: Vec<Record> = (0..65)
+        .map(|i| Record::Wait(synth_wait(1, t, t + 60 * MS + i * 10 * US, (400, "a"))))
+        .collect();
+    recs.push(run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1));
+    let r = packet_mode(recs);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.episodes[0].waits.len(), 64);
+}
+
+/// More than 4096 stalls open at once (none due yet): the one that ended first is
+/// closed at once, its episode out before its linger.
+#[test]
+fn past_4096_open_stalls_the_earliest_closes_at_once() {
+    let t = fixture::T0;
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    let mut early = c.push(&Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))));
+    early.extend(c.push(&run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1)));
+    // 4096 stalls of 1 µs on CPU 2, 3 µs apart (no two overlap), all within 13 ms: with
+    // the first, 4097 open, none due (linger 1 s).
+    for j in 0..4096 {
+        let start = t + 61 * MS + j * 3 * US;
+        early.extend(c.push(&Record::Wait(synth_wait(2, start, start + US, (500, "b")))));
+    }
+    let ids: Vec<(u32, u64)> = early.iter().map(|e| (e.cpu, e.wait_ns)).collect();
+    assert_eq!(ids, vec![(1, 60 * MS)]);
+}
+
+/// A packet is kept for exactly the join window (3 s) after it was seen: a wait that
+/// arrives then still finds it in its run.
+#[test]
+fn a_packet_is_kept_for_exactly_the_window() {
+    let t = fixture::T0;
+    let window = Config::new(50 * MS).window_ns;
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    c.push(&run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1));
+    // Seen at 60.005 ms; the clock reaches exactly a window later.
+    assert!(c.tick(t + 60 * MS + 5 * US + window).is_empty());
+    let eps = c.push(&Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))));
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].packets_delayed, 1);
+}
