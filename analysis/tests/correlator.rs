@@ -684,3 +684,65 @@ fn a_packet_is_kept_for_exactly_the_window() {
     assert_eq!(eps.len(), 1, "{eps:#?}");
     assert_eq!(eps[0].packets_delayed, 1);
 }
+
+fn correlate(recs: &[Record]) -> Correlator {
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    for r in recs {
+        c.push(r);
+    }
+    c
+}
+
+#[test]
+fn retained_counts_packets_and_every_index_key() {
+    let t = fixture::T0;
+    let mut probe = fixture::probe(1, 300 * US);
+    probe.wire_seq = Some(1);
+    let c = correlate(&[
+        run_packet(1, t + 5 * US, t, 1),
+        run_packet(1, t + 10 * MS, t + 10 * MS, 2),
+        Record::Probe(probe),
+    ]);
+    // 2 packets; keys: 2 wire sequences + 2 RX runs of packets, 1 probe sequence + 1
+    // inline probe.
+    assert_eq!(c.retained(), (2, 6));
+}
+
+/// A probe joins the newest request not joined yet: two probes of one wire sequence
+/// (a wrap) join two packets, and a packet joined once is not taken again.
+#[test]
+fn each_request_packet_joins_one_probe_newest_first() {
+    let t = fixture::T0;
+    let probe = |seq: u32| {
+        let mut p = fixture::probe(seq, 300 * US);
+        p.wire_seq = Some(1);
+        Record::Probe(p)
+    };
+    // Two requests of wire sequence 1, then the two probes that sent them.
+    let two = correlate(&[
+        run_packet(1, t + 5 * US, t, 1),
+        run_packet(1, t + 10 * MS, t + 10 * MS, 1),
+        probe(1),
+        probe(65_537),
+    ])
+    .finish();
+    assert_eq!(
+        (two.totals.probes_answered, two.totals.probes_matched),
+        (2, 2)
+    );
+    // One request, two probes claiming it: the second finds it taken.
+    let one = correlate(&[run_packet(1, t + 5 * US, t, 1), probe(1), probe(65_537)]).finish();
+    assert_eq!(
+        (one.totals.probes_answered, one.totals.probes_matched),
+        (2, 1)
+    );
+}
+
+#[test]
+fn culprits_so_far_rank_the_closed_episodes() {
+    let mut c = correlate(&fixture::records(Seed::default())[1..]);
+    c.flush();
+    let names: Vec<String> = c.culprits_so_far().into_iter().map(|r| r.comm).collect();
+    assert_eq!(names, vec!["cadvisor".to_string()]);
+}
