@@ -746,3 +746,75 @@ fn culprits_so_far_rank_the_closed_episodes() {
     let names: Vec<String> = c.culprits_so_far().into_iter().map(|r| r.comm).collect();
     assert_eq!(names, vec!["cadvisor".to_string()]);
 }
+
+/// Syscalls and inline probes, like packets, are kept for exactly the join window
+/// after they were seen: a wait arriving then still joins the syscall and claims the
+/// probe.
+#[test]
+fn syscalls_and_probes_are_kept_for_exactly_the_window() {
+    let t = fixture::T0;
+    let window = Config::new(50 * MS).window_ns;
+    let who = (400, 400, "cadvisor");
+    let mut probe = fixture::probe(1, 60 * MS);
+    probe.wire_seq = Some(1);
+    // All three seen at 60.005 ms (the packet's time; the syscall ended before).
+    let mut c = correlate(&[
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        Record::Syscall(stalltrace_testkit::records::read_syscall(
+            1,
+            who,
+            MEMORY_STAT,
+            t,
+            t + 60 * MS,
+        )),
+        Record::Probe(probe),
+    ]);
+    assert!(c.tick(t + 60 * MS + 5 * US + window).is_empty());
+    let mut w = synth_wait(1, t, t + 60 * MS, (400, "cadvisor"));
+    w.holders[0].syscall = Some(stalltrace_testkit::records::inside_read(
+        MEMORY_STAT,
+        t,
+        60 * MS,
+    ));
+    let eps = c.push(&Record::Wait(w));
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    let sys = eps[0].culprit.as_ref().and_then(|c| c.syscall.as_ref());
+    // Joined with the syscall record: 60 ms from its entry to its exit.
+    assert_eq!(sys.and_then(|s| s.dur_ns), Some(60 * MS), "{sys:#?}");
+    let r = c.finish();
+    assert_eq!(
+        (r.totals.probes_explained, r.totals.probes_unexplained),
+        (1, 0)
+    );
+}
+
+/// A stalled probe whose reply alone was seen is placed on the reply's CPU.
+#[test]
+fn an_unexplained_probe_seen_only_in_its_reply_is_on_the_replys_cpu() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(3, t + 5 * US, t, 1) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let mut probe = fixture::probe(1, 60 * MS);
+    probe.wire_seq = Some(1);
+    let r = correlate(&[Record::Packet(reply), Record::Probe(probe)]).finish();
+    let u: Vec<(u32, Option<u32>)> = r.unexplained.iter().map(|u| (u.seq, u.cpu)).collect();
+    assert_eq!(u, vec![(1, Some(3))]);
+}
+
+/// A wait longer than the join window keeps the packets just before it (the context
+/// lines) while it is open.
+#[test]
+fn a_long_wait_keeps_the_packets_before_it() {
+    let t = fixture::T0;
+    let r = packet_mode(vec![
+        run_packet(1, t - 10 * MS, t - 10 * MS, 7),
+        Record::Wait(synth_wait(1, t, t + 5_000 * MS, (400, "a"))),
+        run_packet(1, t + 5_000 * MS + 5 * US, t + 5_000 * MS, 8),
+    ]);
+    assert_eq!(r.episodes.len(), 1);
+    // The packet 10 ms before the wait, then the delayed one.
+    let seqs: Vec<u16> = r.episodes[0].lines.iter().map(|l| l.wire_seq).collect();
+    assert_eq!(seqs, vec![7, 8]);
+}
