@@ -818,3 +818,51 @@ fn a_long_wait_keeps_the_packets_before_it() {
     let seqs: Vec<u16> = r.episodes[0].lines.iter().map(|l| l.wire_seq).collect();
     assert_eq!(seqs, vec![7, 8]);
 }
+
+/// A lost probe whose request was in a stall's delayed run counts for the stall only
+/// when the stall reached the threshold; an answered fast probe in the run still
+/// counts for the worst RTT.
+#[test]
+fn a_lost_probe_counts_only_for_a_stall_over_the_threshold() {
+    let t = fixture::T0;
+    let probe = |seq: u32, status: ProbeStatus, rtt: Option<u64>| {
+        let mut p = fixture::probe(seq, 0);
+        (p.wire_seq, p.status, p.rtt_ns) = (Some(seq as u16), status, rtt);
+        Record::Probe(p)
+    };
+    let stall = |len: u64| {
+        correlate(&[
+            Record::Wait(synth_wait(1, t, t + len, (400, "a"))),
+            run_packet(1, t + len + 5 * US, t + len, 1),
+            run_packet(1, t + len + 6 * US, t + len, 2),
+            probe(1, ProbeStatus::Lost, None),
+            probe(2, ProbeStatus::Ok, Some(MS)),
+        ])
+        .finish()
+    };
+    let r = stall(60 * MS);
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    // The lost one; the 1 ms one is the worst RTT answered.
+    assert_eq!(
+        (e.probes_lost, e.probes_in_run, e.worst_rtt_ns),
+        (1, 2, Some(MS))
+    );
+    // 10 ms < 50 ms: no episode.
+    assert!(stall(10 * MS).episodes.is_empty());
+}
+
+/// The report lists the first 50 unexplained probes and counts them all.
+#[test]
+fn unexplained_probes_are_listed_up_to_50() {
+    let recs: Vec<Record> = (1..=51u32)
+        .map(|seq| {
+            let mut p = fixture::probe(seq, 60 * MS);
+            p.wire_seq = Some(seq as u16);
+            Record::Probe(p)
+        })
+        .collect();
+    let r = correlate(&recs).finish();
+    assert_eq!(r.totals.probes_unexplained, 51);
+    assert_eq!(r.unexplained.len(), 50);
+}
