@@ -866,3 +866,61 @@ fn unexplained_probes_are_listed_up_to_50() {
     assert_eq!(r.totals.probes_unexplained, 51);
     assert_eq!(r.unexplained.len(), 50);
 }
+
+/// Context lines: the packets on the stall's CPU before the run began (its end at the
+/// latest), one per wire sequence, at most 3; in packet mode packets without a probe
+/// key too.
+#[test]
+fn context_lines_are_the_packets_before_the_run_once_per_sequence() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(1, t - 20 * MS, t - 20 * MS, 5) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let Record::Packet(mut udp) = run_packet(1, t - 10 * MS, t - 10 * MS, 6) else {
+        unreachable!()
+    };
+    udp.proto = "udp".into();
+    // Seen at the stall's end exactly, outside the delayed run.
+    let Record::Packet(mut at_end) = run_packet(1, t + 60 * MS, t + MS, 9) else {
+        unreachable!()
+    };
+    at_end.rx_start_ns = None;
+    let r = packet_mode(vec![
+        run_packet(1, t - 30 * MS, t - 30 * MS, 5),
+        Record::Packet(reply),
+        Record::Packet(udp),
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        Record::Packet(at_end),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 8),
+    ]);
+    assert_eq!(r.episodes.len(), 1);
+    // Sequence 5 once (its reply, the newer), the UDP one (no sequence: 0), then the
+    // delayed 8.
+    let seqs: Vec<u16> = r.episodes[0].lines.iter().map(|l| l.wire_seq).collect();
+    assert_eq!(seqs, vec![5, 0, 8]);
+}
+
+/// A probe whose request and reply were delayed by two stalls is explained once.
+#[test]
+fn a_probe_delayed_twice_is_explained_once() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(2, t + 70 * MS, t + 70 * MS, 1) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let mut probe = fixture::probe(1, 100 * MS);
+    probe.wire_seq = Some(1);
+    let r = correlate(&[
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        Record::Wait(synth_wait(2, t + 10 * MS, t + 70 * MS, (500, "b"))),
+        Record::Packet(reply),
+        Record::Probe(probe),
+    ])
+    .finish();
+    // Both 60 ms stalls explain the 100 ms probe (2 × 60 ≥ 100).
+    let delayed: Vec<u32> = r.episodes.iter().map(|e| e.probes_delayed).collect();
+    assert_eq!(delayed, vec![1, 1]);
+    assert_eq!(r.totals.probes_explained, 1);
+}
