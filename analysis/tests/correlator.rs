@@ -920,7 +920,34 @@ fn a_probe_delayed_twice_is_explained_once() {
     ])
     .finish();
     // Both 60 ms stalls explain the 100 ms probe (2 × 60 ≥ 100).
-    let delayed: Vec<u32> = r.episodes.iter().map(|e| e.probes_delayed).collect();
-    assert_eq!(delayed, vec![1, 1]);
+    let delayed: Vec<(u64, u32)> = r
+        .episodes
+        .iter()
+        .map(|e| (e.id, e.probes_delayed))
+        .collect();
+    // Numbered 1, 2 as they closed.
+    assert_eq!(delayed, vec![(1, 1), (2, 1)]);
     assert_eq!(r.totals.probes_explained, 1);
+}
+
+/// Episodes past the listing limit are counted, not listed.
+#[test]
+fn episodes_past_the_listing_limit_are_counted_not_listed() {
+    let t = fixture::T0;
+    let mut cfg = Config::from_header(&fixture::header(None), None);
+    cfg.max_listed_episodes = 1;
+    let r = run(
+        &[
+            Record::Header(fixture::header(None)),
+            Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+            run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+            Record::Wait(synth_wait(2, t, t + 60 * MS, (500, "b"))),
+            run_packet(2, t + 60 * MS + 5 * US, t + 60 * MS, 2),
+        ],
+        Some(cfg),
+        None,
+    );
+    assert_eq!(r.totals.episodes, 2);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.totals.episodes_not_listed, 1);
 }
