@@ -327,10 +327,13 @@ mod tests {
         assert_eq!(a.probes().len(), 1);
     }
 
-    /// One number twice in one wrap (the prober restarted): the first in the log wins.
+    /// One number several times in one wrap (the prober restarted): the first in the
+    /// log wins, even past the 8 candidates looked at each side.
     #[test]
-    fn of_two_probes_at_one_place_the_first_matches() {
+    fn of_probes_at_one_place_the_first_matches() {
         let mut a = LogAligner::new(vec![probe(5, 1), probe(5, 2)]);
+        assert_eq!(a.match_packet(&key(5)), Some(0));
+        let mut a = LogAligner::new((0..10).map(|i| probe(5, i)).collect());
         assert_eq!(a.match_packet(&key(5)), Some(0));
     }
 
