@@ -141,4 +141,23 @@ fn perfetto_trace_is_written_alongside() {
     assert!(evs.iter().any(|e| e["name"]
         .as_str()
         .is_some_and(|n| n.starts_with("episode 1: cadvisor"))));
+    // Packets are named by kind and sequence, on their CPU's track: pid 12 for CPU 11
+    // (pid 0 is no CPU's).
+    assert!(
+        evs.iter()
+            .any(|e| e["name"] == "echo_request 1953" && e["pid"] == 12),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn json_report_is_written_when_the_analysis_ends() {
+    let dir = Scratch::new("analyze").unwrap();
+    let path = dir.join("seed.jsonl");
+    std::fs::write(&path, jsonl(&fixture::records(Seed::default()))).unwrap();
+    let mut sink = report::json::JsonSink(Vec::new());
+    analyze(&args(path), &mut [&mut sink as &mut dyn Sink]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&sink.0).unwrap();
+    assert_eq!(v["format"], "stalltrace-report");
+    assert_eq!(v["episodes"].as_array().map(Vec::len), Some(1));
 }

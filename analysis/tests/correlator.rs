@@ -592,3 +592,362 @@ fn the_threshold_comes_from_the_command_line_then_the_recording() {
     h.options.probe = Some("10.0.0.7".into());
     assert_eq!(Config::from_header(&h, None).mode, Some(Mode::Probes));
 }
+
+/// A packet processed on `cpu` at `ts` in the RX run that started at `rx`.
+fn run_packet(cpu: u32, ts: u64, rx: u64, seq: u16) -> Record {
+    Record::Packet(stalltrace_testkit::records::echo_request(
+        ts,
+        rx,
+        cpu,
+        (76, 76, "ksoftirqd", RxContext::Ksoftirqd),
+        fixture::IDENT,
+        seq,
+    ))
+}
+
+/// A packet-only recording: the seed's header without a prober, then `recs`.
+fn packet_mode(recs: Vec<Record>) -> Report {
+    let mut all = vec![Record::Header(fixture::header(None))];
+    all.extend(recs);
+    run(&all, None, None)
+}
+
+/// Waits are one stall only on one CPU, and only when their windows overlap: a wait
+/// on another CPU, or one that began after the stall ended, is another stall even when
+/// it ends within the merge gap (1 ms).
+#[test]
+fn waits_merge_only_on_one_cpu_and_when_their_windows_overlap() {
+    let t = fixture::T0;
+    let r = packet_mode(vec![
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        // CPU 1 again, from 0.2 ms after the first ended to 0.4 ms after.
+        Record::Wait(synth_wait(1, t + 60_200 * US, t + 60_400 * US, (600, "c"))),
+        // CPU 2, overlapping the first and ending 0.5 ms after it.
+        Record::Wait(synth_wait(2, t + 10 * MS, t + 60_500 * US, (500, "b"))),
+        run_packet(2, t + 60_505 * US, t + 60_500 * US, 2),
+    ]);
+    let eps: Vec<(u32, usize, u64)> = r
+        .episodes
+        .iter()
+        .map(|e| (e.cpu, e.waits.len(), e.wait_ns))
+        .collect();
+    // CPU 1: 60 ms; CPU 2: 60.5 - 10 ms. The 0.2 ms wait is below the threshold.
+    assert_eq!(eps, vec![(1, 1, 60 * MS), (2, 1, 50_500 * US)]);
+}
+
+/// One stall keeps at most 64 of its waits.
+#[test]
+fn a_stall_keeps_at_most_64_waits() {
+    let t = fixture::T0;
+    // 65 overlapping waits ending 10 µs apart (each within the merge gap of the last).
+    let mut recs: Vec<Record> = (0..65)
+        .map(|i| Record::Wait(synth_wait(1, t, t + 60 * MS + i * 10 * US, (400, "a"))))
+        .collect();
+    recs.push(run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1));
+    let r = packet_mode(recs);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.episodes[0].waits.len(), 64);
+}
+
+/// More than 4096 stalls open at once (none due yet): the one that ended first is
+/// closed at once, its episode out before its linger.
+#[test]
+fn past_4096_open_stalls_the_earliest_closes_at_once() {
+    let t = fixture::T0;
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    let mut early = c.push(&Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))));
+    early.extend(c.push(&run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1)));
+    // 4096 stalls of 1 µs on CPU 2, 3 µs apart (no two overlap), all within 13 ms: with
+    // the first, 4097 open, none due (linger 1 s).
+    for j in 0..4096 {
+        let start = t + 61 * MS + j * 3 * US;
+        early.extend(c.push(&Record::Wait(synth_wait(2, start, start + US, (500, "b")))));
+    }
+    let ids: Vec<(u32, u64)> = early.iter().map(|e| (e.cpu, e.wait_ns)).collect();
+    assert_eq!(ids, vec![(1, 60 * MS)]);
+}
+
+/// A packet is kept for exactly the join window (3 s) after it was seen: a wait that
+/// arrives then still finds it in its run.
+#[test]
+fn a_packet_is_kept_for_exactly_the_window() {
+    let t = fixture::T0;
+    let window = Config::new(50 * MS).window_ns;
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    c.push(&run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1));
+    // Seen at 60.005 ms; the clock reaches exactly a window later.
+    assert!(c.tick(t + 60 * MS + 5 * US + window).is_empty());
+    let eps = c.push(&Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))));
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    assert_eq!(eps[0].packets_delayed, 1);
+}
+
+fn correlate(recs: &[Record]) -> Correlator {
+    let mut c = Correlator::new(Config::from_header(&fixture::header(None), None));
+    c.push(&Record::Header(fixture::header(None)));
+    for r in recs {
+        c.push(r);
+    }
+    c
+}
+
+#[test]
+fn retained_counts_packets_and_every_index_key() {
+    let t = fixture::T0;
+    let mut probe = fixture::probe(1, 300 * US);
+    probe.wire_seq = Some(1);
+    let c = correlate(&[
+        run_packet(1, t + 5 * US, t, 1),
+        run_packet(1, t + 10 * MS, t + 10 * MS, 2),
+        Record::Probe(probe),
+    ]);
+    // 2 packets; keys: 2 wire sequences + 2 RX runs of packets, 1 probe sequence + 1
+    // inline probe.
+    assert_eq!(c.retained(), (2, 6));
+}
+
+/// A probe joins the newest request not joined yet: two probes of one wire sequence
+/// (a wrap) join two packets, and a packet joined once is not taken again.
+#[test]
+fn each_request_packet_joins_one_probe_newest_first() {
+    let t = fixture::T0;
+    let probe = |seq: u32| {
+        let mut p = fixture::probe(seq, 300 * US);
+        p.wire_seq = Some(1);
+        Record::Probe(p)
+    };
+    // Two requests of wire sequence 1, then the two probes that sent them.
+    let two = correlate(&[
+        run_packet(1, t + 5 * US, t, 1),
+        run_packet(1, t + 10 * MS, t + 10 * MS, 1),
+        probe(1),
+        probe(65_537),
+    ])
+    .finish();
+    assert_eq!(
+        (two.totals.probes_answered, two.totals.probes_matched),
+        (2, 2)
+    );
+    // One request, two probes claiming it: the second finds it taken.
+    let one = correlate(&[run_packet(1, t + 5 * US, t, 1), probe(1), probe(65_537)]).finish();
+    assert_eq!(
+        (one.totals.probes_answered, one.totals.probes_matched),
+        (2, 1)
+    );
+}
+
+#[test]
+fn culprits_so_far_rank_the_closed_episodes() {
+    let mut c = correlate(&fixture::records(Seed::default())[1..]);
+    c.flush();
+    let names: Vec<String> = c.culprits_so_far().into_iter().map(|r| r.comm).collect();
+    assert_eq!(names, vec!["cadvisor".to_string()]);
+}
+
+/// Syscalls and inline probes, like packets, are kept for exactly the join window
+/// after they were seen: a wait arriving then still joins the syscall and claims the
+/// probe.
+#[test]
+fn syscalls_and_probes_are_kept_for_exactly_the_window() {
+    let t = fixture::T0;
+    let window = Config::new(50 * MS).window_ns;
+    let who = (400, 400, "cadvisor");
+    let mut probe = fixture::probe(1, 60 * MS);
+    probe.wire_seq = Some(1);
+    // All three seen at 60.005 ms (the packet's time; the syscall ended before).
+    let mut c = correlate(&[
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        Record::Syscall(stalltrace_testkit::records::read_syscall(
+            1,
+            who,
+            MEMORY_STAT,
+            t,
+            t + 60 * MS,
+        )),
+        Record::Probe(probe),
+    ]);
+    assert!(c.tick(t + 60 * MS + 5 * US + window).is_empty());
+    let mut w = synth_wait(1, t, t + 60 * MS, (400, "cadvisor"));
+    w.holders[0].syscall = Some(stalltrace_testkit::records::inside_read(
+        MEMORY_STAT,
+        t,
+        60 * MS,
+    ));
+    let eps = c.push(&Record::Wait(w));
+    assert_eq!(eps.len(), 1, "{eps:#?}");
+    let sys = eps[0].culprit.as_ref().and_then(|c| c.syscall.as_ref());
+    // Joined with the syscall record: 60 ms from its entry to its exit.
+    assert_eq!(sys.and_then(|s| s.dur_ns), Some(60 * MS), "{sys:#?}");
+    let r = c.finish();
+    assert_eq!(
+        (r.totals.probes_explained, r.totals.probes_unexplained),
+        (1, 0)
+    );
+}
+
+/// A stalled probe whose reply alone was seen is placed on the reply's CPU.
+#[test]
+fn an_unexplained_probe_seen_only_in_its_reply_is_on_the_replys_cpu() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(3, t + 5 * US, t, 1) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let mut probe = fixture::probe(1, 60 * MS);
+    probe.wire_seq = Some(1);
+    let r = correlate(&[Record::Packet(reply), Record::Probe(probe)]).finish();
+    let u: Vec<(u32, Option<u32>)> = r.unexplained.iter().map(|u| (u.seq, u.cpu)).collect();
+    assert_eq!(u, vec![(1, Some(3))]);
+}
+
+/// A wait longer than the join window keeps the packets just before it (the context
+/// lines) while it is open.
+#[test]
+fn a_long_wait_keeps_the_packets_before_it() {
+    let t = fixture::T0;
+    let r = packet_mode(vec![
+        run_packet(1, t - 10 * MS, t - 10 * MS, 7),
+        Record::Wait(synth_wait(1, t, t + 5_000 * MS, (400, "a"))),
+        run_packet(1, t + 5_000 * MS + 5 * US, t + 5_000 * MS, 8),
+    ]);
+    assert_eq!(r.episodes.len(), 1);
+    // The packet 10 ms before the wait, then the delayed one.
+    let seqs: Vec<u16> = r.episodes[0].lines.iter().map(|l| l.wire_seq).collect();
+    assert_eq!(seqs, vec![7, 8]);
+}
+
+/// A lost probe whose request was in a stall's delayed run counts for the stall only
+/// when the stall reached the threshold; an answered fast probe in the run still
+/// counts for the worst RTT.
+#[test]
+fn a_lost_probe_counts_only_for_a_stall_over_the_threshold() {
+    let t = fixture::T0;
+    let probe = |seq: u32, status: ProbeStatus, rtt: Option<u64>| {
+        let mut p = fixture::probe(seq, 0);
+        (p.wire_seq, p.status, p.rtt_ns) = (Some(seq as u16), status, rtt);
+        Record::Probe(p)
+    };
+    let stall = |len: u64| {
+        correlate(&[
+            Record::Wait(synth_wait(1, t, t + len, (400, "a"))),
+            run_packet(1, t + len + 5 * US, t + len, 1),
+            run_packet(1, t + len + 6 * US, t + len, 2),
+            probe(1, ProbeStatus::Lost, None),
+            probe(2, ProbeStatus::Ok, Some(MS)),
+        ])
+        .finish()
+    };
+    let r = stall(60 * MS);
+    assert_eq!(r.episodes.len(), 1);
+    let e = &r.episodes[0];
+    // The lost one; the 1 ms one is the worst RTT answered.
+    assert_eq!(
+        (e.probes_lost, e.probes_in_run, e.worst_rtt_ns),
+        (1, 2, Some(MS))
+    );
+    // 10 ms < 50 ms: no episode.
+    assert!(stall(10 * MS).episodes.is_empty());
+}
+
+/// The report lists the first 50 unexplained probes and counts them all.
+#[test]
+fn unexplained_probes_are_listed_up_to_50() {
+    let recs: Vec<Record> = (1..=51u32)
+        .map(|seq| {
+            let mut p = fixture::probe(seq, 60 * MS);
+            p.wire_seq = Some(seq as u16);
+            Record::Probe(p)
+        })
+        .collect();
+    let r = correlate(&recs).finish();
+    assert_eq!(r.totals.probes_unexplained, 51);
+    assert_eq!(r.unexplained.len(), 50);
+}
+
+/// Context lines: the packets on the stall's CPU before the run began (its end at the
+/// latest), one per wire sequence, at most 3; in packet mode packets without a probe
+/// key too.
+#[test]
+fn context_lines_are_the_packets_before_the_run_once_per_sequence() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(1, t - 20 * MS, t - 20 * MS, 5) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let Record::Packet(mut udp) = run_packet(1, t - 10 * MS, t - 10 * MS, 6) else {
+        unreachable!()
+    };
+    udp.proto = "udp".into();
+    // Seen at the stall's end exactly, outside the delayed run.
+    let Record::Packet(mut at_end) = run_packet(1, t + 60 * MS, t + MS, 9) else {
+        unreachable!()
+    };
+    at_end.rx_start_ns = None;
+    let r = packet_mode(vec![
+        run_packet(1, t - 30 * MS, t - 30 * MS, 5),
+        Record::Packet(reply),
+        Record::Packet(udp),
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        Record::Packet(at_end),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 8),
+    ]);
+    assert_eq!(r.episodes.len(), 1);
+    // Sequence 5 once (its reply, the newer), the UDP one (no sequence: 0), then the
+    // delayed 8.
+    let seqs: Vec<u16> = r.episodes[0].lines.iter().map(|l| l.wire_seq).collect();
+    assert_eq!(seqs, vec![5, 0, 8]);
+}
+
+/// A probe whose request and reply were delayed by two stalls is explained once.
+#[test]
+fn a_probe_delayed_twice_is_explained_once() {
+    let t = fixture::T0;
+    let Record::Packet(mut reply) = run_packet(2, t + 70 * MS, t + 70 * MS, 1) else {
+        unreachable!()
+    };
+    reply.kind = PacketKind::EchoReply;
+    let mut probe = fixture::probe(1, 100 * MS);
+    probe.wire_seq = Some(1);
+    let r = correlate(&[
+        Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+        run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+        Record::Wait(synth_wait(2, t + 10 * MS, t + 70 * MS, (500, "b"))),
+        Record::Packet(reply),
+        Record::Probe(probe),
+    ])
+    .finish();
+    // Both 60 ms stalls explain the 100 ms probe (2 × 60 ≥ 100).
+    let delayed: Vec<(u64, u32)> = r
+        .episodes
+        .iter()
+        .map(|e| (e.id, e.probes_delayed))
+        .collect();
+    // Numbered 1, 2 as they closed.
+    assert_eq!(delayed, vec![(1, 1), (2, 1)]);
+    assert_eq!(r.totals.probes_explained, 1);
+}
+
+/// Episodes past the listing limit are counted, not listed.
+#[test]
+fn episodes_past_the_listing_limit_are_counted_not_listed() {
+    let t = fixture::T0;
+    let mut cfg = Config::from_header(&fixture::header(None), None);
+    cfg.max_listed_episodes = 1;
+    let r = run(
+        &[
+            Record::Header(fixture::header(None)),
+            Record::Wait(synth_wait(1, t, t + 60 * MS, (400, "a"))),
+            run_packet(1, t + 60 * MS + 5 * US, t + 60 * MS, 1),
+            Record::Wait(synth_wait(2, t, t + 60 * MS, (500, "b"))),
+            run_packet(2, t + 60 * MS + 5 * US, t + 60 * MS, 2),
+        ],
+        Some(cfg),
+        None,
+    );
+    assert_eq!(r.totals.episodes, 2);
+    assert_eq!(r.episodes.len(), 1);
+    assert_eq!(r.totals.episodes_not_listed, 1);
+}

@@ -72,6 +72,7 @@ pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
     let report = score(
         &out.join("earlier-outcomes.json"),
         &out.join("mutants.out/outcomes.json"),
+        &root.join(EXPLAINED),
     )?;
     let doc = root.join("docs/mutants.md");
     std::fs::write(&doc, &report).with_context(|| format!("writing {}", doc.display()))?;
@@ -92,6 +93,43 @@ fn install(path: &std::ffi::OsString) -> anyhow::Result<()> {
         path,
         &["install", "cargo-mutants", "--locked", "--version", VERSION],
     )
+}
+
+/// Survivors judged equivalent (no behaviour can tell them apart), one a line:
+/// the mutant's name as cargo-mutants gives it, ` — `, and why.
+const EXPLAINED: &str = "analysis/mutants-explained.txt";
+
+/// A survivor no test can catch, and why.
+struct Explained {
+    mutant: String,
+    reason: String,
+}
+
+/// The explained mutants (missing file: none); blank lines are skipped.
+fn explained(path: &Path) -> anyhow::Result<Vec<Explained>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let Some((mutant, reason)) = line.split_once(" — ") else {
+            bail!(
+                "{}:{}: expected `<mutant> — <reason>`",
+                path.display(),
+                i + 1
+            );
+        };
+        out.push(Explained {
+            mutant: mutant.to_string(),
+            reason: reason.trim().to_string(),
+        });
+    }
+    Ok(out)
 }
 
 /// Outcome by mutant name, from a cargo-mutants outcomes file (missing: none).
@@ -121,7 +159,10 @@ fn outcomes(path: &Path) -> anyhow::Result<(Vec<(String, String)>, String)> {
 
 /// The score and the survivors, as the Markdown `docs/mutants.md` holds: the earlier
 /// run's outcomes overlaid with the latest (an `--iterate` run retests only some).
-fn score(earlier: &Path, latest: &Path) -> anyhow::Result<String> {
+/// Survivors explained as equivalent are listed apart with their reason, and a second
+/// score leaves them out of the viable count.
+fn score(earlier: &Path, latest: &Path, explained_path: &Path) -> anyhow::Result<String> {
+    let reasons = explained(explained_path)?;
     let (mut all, _) = outcomes(earlier)?;
     let (newer, day) = outcomes(latest)?;
     anyhow::ensure!(
@@ -149,21 +190,42 @@ fn score(earlier: &Path, latest: &Path) -> anyhow::Result<String> {
     } else {
         (caught + timeout) as f64 * 100.0 / viable as f64
     };
+    // Survivors split: explained ones (with the reason) and the rest.
+    let (mut equivalent, mut unexplained) = (vec![], vec![]);
+    for (name, _) in all.iter().filter(|(_, s)| s == "MissedMutant") {
+        match reasons.iter().find(|e| e.mutant == *name) {
+            Some(e) => equivalent.push((name.as_str(), e.reason.as_str())),
+            None => unexplained.push(name.as_str()),
+        }
+    }
+    let viable_real = viable - equivalent.len();
+    let pct_real = if viable_real == 0 {
+        0.0
+    } else {
+        (caught + timeout) as f64 * 100.0 / viable_real as f64
+    };
     let mut s = String::new();
     let _ = writeln!(s, "# Mutation score of the analysis crate\n");
     let _ = writeln!(
         s,
         "`cargo xtask mutants` (cargo-mutants {VERSION}), last run {day}: **{pct:.1} %** of {viable} viable mutants caught ({caught} caught, {timeout} timed out, {missed} missed; {unviable} did not build).\n"
     );
-    let missed: Vec<&str> = all
-        .iter()
-        .filter(|(_, s)| s == "MissedMutant")
-        .map(|(n, _)| n.as_str())
-        .collect();
-    if !missed.is_empty() {
+    let _ = writeln!(
+        s,
+        "Without the {} survivors explained as equivalent (`{EXPLAINED}`): **{pct_real:.1} %** of {viable_real} viable mutants caught.\n",
+        equivalent.len()
+    );
+    if !unexplained.is_empty() {
         let _ = writeln!(s, "Survivors (each a behaviour no test pins down):\n");
-        for m in missed {
+        for m in &unexplained {
             let _ = writeln!(s, "- `{m}`");
+        }
+        let _ = writeln!(s);
+    }
+    if !equivalent.is_empty() {
+        let _ = writeln!(s, "Explained (equivalent):\n");
+        for (m, why) in &equivalent {
+            let _ = writeln!(s, "- `{m}` — {why}");
         }
     }
     Ok(s)

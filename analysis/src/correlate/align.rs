@@ -307,5 +307,51 @@ mod tests {
         assert!(keys_match(&want, &packet_key(&pk).unwrap()));
         pk.seq = 2001;
         assert!(!keys_match(&want, &packet_key(&pk).unwrap()));
+        // ICMPv6 echoes are keyed like ICMP ones, under their own protocol.
+        pk.proto = "icmpv6".into();
+        pk.kind = PacketKind::EchoRequest;
+        let mut pr = probe(7, 1);
+        pr.proto = ProbeProto::Icmpv6;
+        pr.wire_ident = Some(2000);
+        pk.seq = 7;
+        pk.ident = 2000;
+        let v6 = packet_key(&pk);
+        assert!(v6.is_some_and(|k| k.proto == P_ICMPV6 && keys_match(&probe_key(&pr).unwrap(), &k)));
+    }
+
+    /// The first packet is placed in the log's first wrap, however high its number.
+    #[test]
+    fn a_first_packet_with_a_high_sequence_matches() {
+        let mut a = LogAligner::new(vec![probe(20_000, 1)]);
+        assert_eq!(a.match_packet(&key(20_000)), Some(0));
+        assert_eq!(a.probes().len(), 1);
+    }
+
+    /// One number several times in one wrap (the prober restarted): the first in the
+    /// log wins, even past the 8 candidates looked at each side.
+    #[test]
+    fn of_probes_at_one_place_the_first_matches() {
+        let mut a = LogAligner::new(vec![probe(5, 1), probe(5, 2)]);
+        assert_eq!(a.match_packet(&key(5)), Some(0));
+        let mut a = LogAligner::new((0..10).map(|i| probe(5, i)).collect());
+        assert_eq!(a.match_packet(&key(5)), Some(0));
+    }
+
+    /// Twenty wraps of one number: each packet finds its own wrap's probe, not only
+    /// among the first few candidates.
+    #[test]
+    fn many_wraps_each_match_their_own_probe() {
+        // 0, 30000, 60000 per wrap: steps of at most 30000 keep the unwrapping.
+        let seqs: Vec<u32> = (0..20u32)
+            .flat_map(|w| [0, 30_000, 60_000].map(|s| w * 65_536 + s))
+            .collect();
+        let mut a = LogAligner::new(seqs.iter().map(|&s| probe(s, 1)).collect());
+        let got: Vec<Option<u32>> = seqs
+            .iter()
+            .map(|&s| a.match_packet(&key(s as u16)))
+            .collect();
+        // Position i for the i-th packet.
+        let want: Vec<Option<u32>> = (0..60).map(Some).collect();
+        assert_eq!(got, want);
     }
 }

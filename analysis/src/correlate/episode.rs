@@ -409,6 +409,58 @@ mod tests {
         );
     }
 
+    /// Of one task's records in several waits: the activity with most samples, and on
+    /// equal run times the first record.
+    #[test]
+    fn merging_keeps_the_most_sampled_activity_and_the_first_of_equal_runs() {
+        let sampled = |n| {
+            Some(crate::dump::Activity {
+                samples: n,
+                ..Default::default()
+            })
+        };
+        let mut a = holder(1, 50, false);
+        a.activity = sampled(5);
+        let mut b = holder(1, 50, false);
+        b.activity = sampled(2);
+        b.comm = "renamed".into();
+        let m = merge_holders(&[wait(vec![a]), wait(vec![b])]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].activity.as_ref().map(|x| x.samples), Some(5));
+        assert_eq!(m[0].comm, "t1");
+    }
+
+    /// Only a record of the same syscall that overlaps the wait by more than nothing
+    /// gives the holder's syscall its duration.
+    #[test]
+    fn only_an_overlapping_record_of_the_same_syscall_adds_duration() {
+        let h = holder(7, 90, true);
+        let rec = |nr, start_ns, ts_ns| SyscallRec {
+            ts_ns,
+            start_ns,
+            dur_ns: ts_ns - start_ns,
+            cpu_ns: 1,
+            cpu: 0,
+            pid: 7,
+            tgid: 7,
+            comm: "t7".into(),
+            nr,
+            name: "x".into(),
+            arg0: 3,
+            path: None,
+            ret: 0,
+            cgroup_id: 1,
+        };
+        // Starts where the wait (100..300) ends: no overlap.
+        let touching = [rec(0, 300, 400)];
+        let s = culprit_syscall(&h, 100, 300, &mut touching.iter());
+        assert_eq!(s.map(|s| s.dur_ns), Some(None));
+        // Overlaps, but is another syscall (1, write) than the holder's (0, read).
+        let other = [rec(1, 50, 400)];
+        let s = culprit_syscall(&h, 100, 300, &mut other.iter());
+        assert_eq!(s.map(|s| (s.nr, s.dur_ns)), Some((0, None)));
+    }
+
     #[test]
     fn syscall_record_overlapping_the_wait_adds_duration() {
         let h = holder(7, 90, true);

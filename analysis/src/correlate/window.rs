@@ -154,6 +154,32 @@ mod tests {
     }
 
     #[test]
+    fn ids_of_iteration_follow_the_front() {
+        let mut w = Window::default();
+        assert!(w.is_empty());
+        for t in ["a", "b", "c"] {
+            w.push(t);
+        }
+        w.pop_front();
+        assert!(!w.is_empty());
+        // "a" was id 0: "b" and "c" keep 1 and 2.
+        assert_eq!(w.iter_ids().collect::<Vec<_>>(), vec![(1, &"b"), (2, &"c")]);
+    }
+
+    #[test]
+    fn index_len_counts_keys() {
+        let mut ix = Index::default();
+        assert!(ix.is_empty());
+        assert_eq!(ix.len(), 0);
+        ix.add(1u16, 0);
+        ix.add(1, 1);
+        ix.add(2, 2);
+        assert!(!ix.is_empty());
+        // Keys 1 and 2 (three ids).
+        assert_eq!(ix.len(), 2);
+    }
+
+    #[test]
     fn forgetting_in_order_is_constant_time_and_leaves_nothing() {
         let mut ix = Index::default();
         for id in 0..100_000 {

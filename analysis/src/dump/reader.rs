@@ -472,6 +472,48 @@ mod tests {
         assert!(r.footer().is_some());
     }
 
+    /// A torn last line of exactly the cap is read like any torn line, not refused as
+    /// overlong (the cap's extra byte tells them apart only when there is one).
+    #[test]
+    fn a_last_line_of_exactly_the_cap_is_not_overlong() {
+        let gen = Gen {
+            head: format!("{}\n", header_line()).into_bytes(),
+            fill: b' ',
+            n: MAX_LINE_BYTES as u64,
+            tail: vec![],
+            pos: 0,
+        };
+        let mut r = DumpReader::new(Path::new("edge.jsonl"), gen).unwrap();
+        assert!(r.next_record().unwrap().is_none());
+        // The header, then the blank line of the cap.
+        assert_eq!(r.line(), 2);
+    }
+
+    #[test]
+    fn line_counts_every_line_read_blank_ones_included() {
+        let text = format!(
+            "{}\n{}\n\n{}\n",
+            header_line(),
+            probe_line(1),
+            probe_line(2)
+        );
+        let mut r = DumpReader::new(Path::new("d.jsonl"), text.as_bytes()).unwrap();
+        assert_eq!(r.line(), 1);
+        assert!(r.next_record().unwrap().is_some());
+        assert!(r.next_record().unwrap().is_some());
+        // Header, probe, blank, probe.
+        assert_eq!(r.line(), 4);
+    }
+
+    /// Only a line after the header can be a torn last line: a torn header alone is a
+    /// malformed first line, not an empty dump.
+    #[test]
+    fn a_torn_header_is_malformed() {
+        let h = header_line();
+        let e = read_all(&h.as_bytes()[..h.len() / 2]).unwrap_err();
+        assert!(matches!(e, DumpError::Malformed { line: 1, .. }), "{e}");
+    }
+
     #[test]
     fn newer_version_is_refused() {
         let h = header_line().replace(&format!("\"version\":{DUMP_VERSION}"), "\"version\":99");

@@ -429,3 +429,33 @@ fn an_endless_line_is_read_no_further_than_its_start() {
     // The first line's fields are at its start: still a probe; the next line too.
     assert_eq!(got, vec![(1, Some(500_000)), (2, Some(600_000))]);
 }
+
+/// Statistics whose title line was lost open a block of their own, named by the tool
+/// their wording belongs to; the lines after it fill the same block.
+#[test]
+fn statistics_without_their_title_are_one_block_of_their_tool() {
+    let l = parse_str(
+        "\
+64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=1.0 ms
+3 packets transmitted, 3 received, 0% packet loss, time 33ms
+rtt min/avg/max/mdev = 0.048/0.075/0.126/0.036 ms
+",
+    );
+    assert_eq!(l.stats.len(), 1);
+    let s = &l.stats[0];
+    assert_eq!(
+        (s.tool.as_str(), s.transmitted, s.rtt_min_ms),
+        ("ping", 3, Some(0.048))
+    );
+}
+
+/// An RTT too large for a float (here 1e400 ms) is no RTT: the line is not a probe.
+#[test]
+fn an_rtt_beyond_a_float_is_not_a_probe() {
+    let huge = format!("1{}", "0".repeat(400));
+    let l = parse_str(&format!(
+        "len=46 ip=10.0.0.2 ttl=64 id=1 icmp_seq=1 rtt={huge} ms\n"
+    ));
+    assert!(l.probes.is_empty(), "{:?}", l.probes);
+    assert_eq!(l.unknown_lines, 1);
+}

@@ -46,6 +46,8 @@ mod tests {
         assert_eq!(line("\x1b[2J"), "\\x1b[2J");
         assert_eq!(line("a\u{202e}b"), "a\\u{202e}b");
         assert_eq!(line("\u{85}"), "\\u{0085}");
+        // The first C1 control (0x80) is past ASCII: \u, not \x; DEL (0x7f) is ASCII.
+        assert_eq!(line("\u{80}\u{7f}"), "\\u{0080}\\x7f");
         let mut s = String::from("t\tab");
         field(&mut s);
         assert_eq!(s, "t\\x09ab");

@@ -42,7 +42,7 @@ pub fn packet_line(p: &PacketRec) -> String {
 pub fn task_words(h: &HolderRec) -> String {
     let sched = match h.policy.as_str() {
         "SCHED_FIFO" | "SCHED_RR" => format!("{} {}", h.policy, h.priority),
-        "unknown" if h.priority > 0 && h.priority < 100 && h.priority != 0 => {
+        "unknown" if h.priority > 0 && h.priority < 100 => {
             format!("RT {}", h.priority)
         }
         p => format!("{p} nice {}", h.priority),
@@ -334,6 +334,193 @@ mod tests {
             st.top[0].kernel.clear();
         }
         assert!(wait_sentence(&w).ends_with("; user stack in 27 of 40 samples: __libc_read"));
+    }
+
+    fn holder(policy: &str, priority: i32) -> HolderRec {
+        HolderRec {
+            pid: 4242,
+            tgid: 4242,
+            comm: "hog".into(),
+            process: None,
+            identity: None,
+            run_ns: 5_000_000,
+            cgroup_id: 1,
+            cgroup: None,
+            policy: policy.into(),
+            priority,
+            syscall: None,
+            stacks: None,
+            activity: None,
+        }
+    }
+
+    fn wait(kind: WaitKind, rx_context: RxContext, holders: Vec<HolderRec>) -> WaitRec {
+        WaitRec {
+            kind,
+            cpu: 2,
+            start_ns: 1_000_000_000,
+            ts_ns: 1_010_000_000,
+            wait_ns: 10_000_000,
+            rx: TaskRef {
+                pid: 5,
+                tgid: 5,
+                comm: "stress".into(),
+            },
+            rx_context,
+            waker: TaskRef {
+                pid: 6,
+                tgid: 6,
+                comm: "nic".into(),
+            },
+            holders,
+            nr_switches: 1,
+            nr_other_runs: 0,
+            run_ns: 0,
+            truncated: false,
+        }
+    }
+
+    #[test]
+    fn packet_line_fills_the_header_columns() {
+        let p = PacketRec {
+            ts_ns: 1,
+            cpu: 11,
+            pid: 76,
+            tgid: 76,
+            comm: "ksoftirqd/11".into(),
+            context: RxContext::Ksoftirqd,
+            hook: "kprobe".into(),
+            proto: "icmp".into(),
+            kind: crate::dump::PacketKind::EchoRequest,
+            src: "10.0.0.1".into(),
+            dst: "10.0.0.11".into(),
+            ident: 7982,
+            seq: 1953,
+            tcp_seq: None,
+            rx_start_ns: None,
+        };
+        // Widths 6, 6, 16, 3, 16, 14, 6, 5 as in PACKET_HEADER.
+        assert_eq!(
+            packet_line(&p),
+            "    76     76 ksoftirqd/11      11 ksoftirqd        icmp echo_request   7982  1953"
+        );
+    }
+
+    /// Real-time priorities are 1..=99: an `unknown` policy with one is worded RT.
+    #[test]
+    fn unknown_policy_is_rt_only_with_a_real_time_priority() {
+        for (policy, priority, want) in [
+            ("unknown", 0, "unknown nice 0"),
+            ("unknown", 1, "RT 1"),
+            ("unknown", 50, "RT 50"),
+            ("unknown", 99, "RT 99"),
+            ("unknown", 100, "unknown nice 100"),
+            ("unknown", -5, "unknown nice -5"),
+            ("SCHED_RR", 10, "SCHED_RR 10"),
+            ("SCHED_OTHER", -5, "SCHED_OTHER nice -5"),
+        ] {
+            assert_eq!(
+                task_words(&holder(policy, priority)),
+                format!("hog (pid 4242, {want})"),
+                "{policy} {priority}"
+            );
+        }
+    }
+
+    #[test]
+    fn syscall_words_say_calls_or_time_inside_when_known() {
+        let mut h = holder("SCHED_OTHER", 0);
+        let call = |calls, since_ns| SyscallRef {
+            nr: 0,
+            name: "read".into(),
+            arg0: 3,
+            path: Some("/x".into()),
+            since_ns,
+            calls,
+            in_window_ns: 3_000_000,
+        };
+        for (calls, since_ns, want) in [
+            (2, 500, "inside read() of /x (2 calls, 3 ms of the wait)"),
+            // 1000 - 400 ns
+            (1, 400, "inside read() of /x for 600 ns"),
+            // Entered when unknown (0), or not before the end: no time.
+            (1, 0, "inside read() of /x"),
+            (1, 1_000, "inside read() of /x"),
+        ] {
+            h.syscall = Some(call(calls, since_ns));
+            assert_eq!(syscall_words(&h, 1_000), want, "{calls} {since_ns}");
+        }
+    }
+
+    #[test]
+    fn wait_sentence_counts_the_other_runs_and_words_the_rx_context() {
+        let mut w = wait(
+            WaitKind::NetRxSoftirq,
+            RxContext::ProcessSoftirq,
+            vec![holder("SCHED_OTHER", 0), holder("SCHED_OTHER", 0)],
+        );
+        w.nr_other_runs = 2;
+        // 1 more holder + 2 other runs
+        assert_eq!(
+            wait_sentence(&w),
+            "CPU 2: NET_RX waited 10 ms (raised by nic pid 6); RX ran in softirq on stress's \
+             stack (pid 5); CPU held by hog (pid 4242, SCHED_OTHER nice 0) for 5 ms, not \
+             sampled (the wait was shorter than the sampler's period); 3 other runs on the CPU"
+        );
+        w.holders.pop();
+        w.nr_other_runs = 1;
+        w.rx_context = RxContext::Idle;
+        // 0 more holders + 1 other run
+        assert!(
+            wait_sentence(&w).starts_with(
+                "CPU 2: NET_RX waited 10 ms (raised by nic pid 6); RX ran in softirq on the idle CPU;"
+            ),
+            "{}",
+            wait_sentence(&w)
+        );
+        assert!(wait_sentence(&w).ends_with("; 1 other run on the CPU"));
+        w.nr_other_runs = 0;
+        w.rx_context = RxContext::Ksoftirqd;
+        assert!(wait_sentence(&w).contains("; RX ran in stress;"));
+        assert!(!wait_sentence(&w).contains("other run"));
+    }
+
+    #[test]
+    fn syscall_sentence_says_cpu_and_wall_time() {
+        let s = SyscallRec {
+            ts_ns: 300_000_000,
+            start_ns: 100_000_000,
+            dur_ns: 200_000_000,
+            cpu_ns: 150_000_000,
+            cpu: 4,
+            pid: 10,
+            tgid: 9,
+            comm: "cadvisor".into(),
+            nr: 0,
+            name: "read".into(),
+            arg0: 7,
+            path: Some("/sys/fs/cgroup/memory.stat".into()),
+            ret: 10,
+            cgroup_id: 1,
+        };
+        assert_eq!(
+            syscall_sentence(&s),
+            "CPU 4: cadvisor (pid 10, tgid 9) spent 150 ms on CPU inside read() of \
+             /sys/fs/cgroup/memory.stat (200 ms wall)"
+        );
+    }
+
+    /// A wait ending within the merge gap of the last one is a new stall all the same
+    /// when it started after the last one ended.
+    #[test]
+    fn a_wait_after_the_last_one_ended_is_a_new_stall() {
+        let mut d = StallDedup::default();
+        let mut w = wait(WaitKind::RxThread, RxContext::Ksoftirqd, vec![]);
+        (w.start_ns, w.ts_ns) = (1_000, 2_000);
+        assert!(d.is_new(&w));
+        // Starts 500 ns after that one ended, ends 600 ns later (< 1 ms apart).
+        (w.start_ns, w.ts_ns) = (2_500, 2_600);
+        assert!(d.is_new(&w));
     }
 
     /// `backlog_napi/N` (threaded backlog processing: PREEMPT_RT kernels, or the

@@ -260,7 +260,14 @@ fn log2_histogram(buckets: &[u64]) -> (f64, u64, Vec<(f64, u64)>) {
         let upper_us = (2u64 << i.min(62)) as f64;
         count = count.saturating_add(n);
         sum += n as f64 * upper_us * 0.75e-6;
-        out.push((upper_us * 1e-6, n));
+        // The kernel's last bucket takes every longer wait: its bound is +Inf, which
+        // a histogram must end with (histogram_quantile is NaN without it).
+        let le = if i + 1 == buckets.len() {
+            f64::INFINITY
+        } else {
+            upper_us * 1e-6
+        };
+        out.push((le, n));
     }
     (sum, count, out)
 }
@@ -408,8 +415,13 @@ impl Collector for Metrics {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
+            // Slower than the last bound, or answered without an RTT: the +Inf bucket
+            // a histogram must end with (histogram_quantile is NaN without it).
+            let bounded: u64 = p.buckets.iter().map(|b| b.1).sum();
+            let mut buckets = p.buckets.clone();
+            buckets.push((f64::INFINITY, p.ok.saturating_sub(bounded)));
             m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                p.sum, p.ok, &p.buckets, None,
+                p.sum, p.ok, &buckets, None,
             )?;
         }
         if !n.bpf.is_empty() {
@@ -532,6 +544,189 @@ mod tests {
         assert!(t.series() <= 21);
     }
 
+    fn named(t: &CulpritTable) -> Vec<String> {
+        let mut v: Vec<String> = t.named.keys().map(|k| k.pod.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Places are given up only when the table is full and a new culprit comes, and
+    /// only by culprits idle for ten minutes or more.
+    #[test]
+    fn idle_culprits_give_their_place_up_only_to_a_newcomer_when_full() {
+        // Room left: an idle culprit keeps its place.
+        let mut t = CulpritTable::new(2);
+        t.add(key(0), 1, 0);
+        t.add(key(1), 1, IDLE_NS);
+        assert_eq!(named(&t), ["job-0", "job-1"]);
+        // Full, idle for exactly ten minutes (IDLE_NS - 0): the newcomer takes the place.
+        let mut t = CulpritTable::new(1);
+        t.add(key(0), 1, 0);
+        t.add(key(1), 1, IDLE_NS);
+        assert_eq!(named(&t), ["job-1"]);
+        assert_eq!(t.other.episodes, 0);
+        // Full, idle 1 ns short of ten minutes (IDLE_NS - 1): the newcomer goes to other.
+        let mut t = CulpritTable::new(1);
+        t.add(key(0), 1, 1);
+        t.add(key(1), 1, IDLE_NS);
+        assert_eq!(named(&t), ["job-0"]);
+        assert_eq!(t.other.episodes, 1);
+    }
+
+    #[test]
+    fn series_are_the_named_culprits_and_other_once_it_has_episodes() {
+        let mut t = CulpritTable::new(2);
+        t.add(key(0), 1, 0);
+        t.add(key(1), 1, 0);
+        // 2 named + no other.
+        assert_eq!(t.series(), 2);
+        t.add(key(2), 1, 0);
+        // 2 named + other (1 episode).
+        assert_eq!(t.series(), 3);
+    }
+
+    #[test]
+    fn log2_buckets_double_and_the_sum_is_taken_at_three_quarters_of_each_bound() {
+        let (sum, count, buckets) = log2_histogram(&[4, 0, 2]);
+        // 4 + 0 + 2
+        assert_eq!(count, 6);
+        // Upper bounds 2 and 4 µs, then +Inf: the kernel's last bucket takes the rest.
+        assert_eq!(buckets, vec![(2e-6, 4), (4e-6, 0), (f64::INFINITY, 2)]);
+        // (4 × 2 µs + 2 × 8 µs) × 0.75 = 18 µs
+        assert!((sum - 18e-6).abs() < 1e-12, "{sum}");
+    }
+
+    fn probe(status: ProbeStatus, rtt_ns: Option<u64>) -> Record {
+        Record::Probe(crate::dump::ProbeRec {
+            source: "builtin".into(),
+            proto: crate::dump::ProbeProto::Icmp,
+            target: "10.0.0.11".into(),
+            seq: 1,
+            wire_ident: None,
+            wire_seq: None,
+            sent_ns: None,
+            rtt_ns,
+            status,
+            send_error: None,
+        })
+    }
+
+    fn encoded(m: &Metrics) -> String {
+        match m.encode() {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn assert_lines(text: &str, want: &[&str]) {
+        for w in want {
+            assert!(text.lines().any(|l| l == *w), "{w} not in:\n{text}");
+        }
+    }
+
+    /// Probes reach the metrics as records through the sink: counted by outcome, and
+    /// answered ones' RTTs in per-bound buckets (cumulative in the exposition).
+    #[test]
+    fn probes_are_counted_by_outcome_and_answered_rtts_bucketed() -> std::io::Result<()> {
+        let mut m = Metrics::new(3, "0.1.0");
+        assert_eq!(Sink::what(&m), "the metrics");
+        for (status, rtt) in [
+            (ProbeStatus::Ok, Some(250_000_000)),
+            (ProbeStatus::Ok, Some(500_000_000)),
+            (ProbeStatus::Ok, Some(1_500_000_000)),
+            (ProbeStatus::Ok, Some(3_000_000_000)),
+            (ProbeStatus::Ok, None),
+            (ProbeStatus::Lost, None),
+            (ProbeStatus::Lost, None),
+            (ProbeStatus::Dup, Some(100_000_000)),
+        ] {
+            m.record(&probe(status, rtt))?;
+        }
+        let text = encoded(&m);
+        assert_lines(
+            &text,
+            &[
+                "stalltrace_probes_total{status=\"ok\"} 5.0",
+                "stalltrace_probes_total{status=\"lost\"} 2.0",
+                "stalltrace_probes_total{status=\"dup\"} 1.0",
+                // 0.25 + 0.5 + 1.5 + 3 s (a dup's RTT is not the probe's)
+                "stalltrace_probe_rtt_seconds_sum 5.25",
+                "stalltrace_probe_rtt_seconds_count 5",
+                // The 3 s one and the one without an RTT are only in +Inf: 3 + 2 = count.
+                "stalltrace_probe_rtt_seconds_bucket{le=\"+Inf\"} 5",
+                // Nothing at or below 0.2 s; 0.25 and 0.5 (a bound is inclusive) by 0.5 s.
+                "stalltrace_probe_rtt_seconds_bucket{le=\"0.2\"} 0",
+                "stalltrace_probe_rtt_seconds_bucket{le=\"0.5\"} 2",
+                "stalltrace_probe_rtt_seconds_bucket{le=\"1.0\"} 2",
+                "stalltrace_probe_rtt_seconds_bucket{le=\"2.0\"} 3",
+            ],
+        );
+        Ok(())
+    }
+
+    /// The probe families appear once any probe was seen, whatever its outcome.
+    #[test]
+    fn probe_families_appear_with_the_first_probe_of_any_outcome() -> std::io::Result<()> {
+        let none = encoded(&Metrics::new(3, "0.1.0"));
+        assert!(!none.contains("stalltrace_probes"), "{none}");
+        for status in [ProbeStatus::Ok, ProbeStatus::Lost, ProbeStatus::Dup] {
+            let mut m = Metrics::new(3, "0.1.0");
+            m.record(&probe(status, None))?;
+            let text = encoded(&m);
+            assert!(
+                text.contains("# TYPE stalltrace_probes counter"),
+                "{status:?}: {text}"
+            );
+            assert!(
+                text.contains("# TYPE stalltrace_probe_rtt_seconds histogram"),
+                "{status:?}: {text}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn culprit_series_carry_their_labels_and_other_only_once_it_has_episodes() {
+        let m = Metrics::new(1, "0.1.0");
+        m.with(|s| s.culprits.add(key(1), 1_500_000_000, 0));
+        assert_eq!(m.culprit_series(), 1);
+        let text = encoded(&m);
+        assert_lines(
+            &text,
+            &[
+                "stalltrace_stall_episodes_total{namespace=\"batch\",pod=\"job-1\",container=\"worker\",comm=\"cruncher\"} 1.0",
+                // 1_500_000_000 ns
+                "stalltrace_stall_delay_seconds_total{namespace=\"batch\",pod=\"job-1\",container=\"worker\",comm=\"cruncher\"} 1.5",
+            ],
+        );
+        assert!(!text.contains("\"other\""), "{text}");
+        // No room for a second culprit: it counts under other.
+        m.with(|s| s.culprits.add(key(2), 2_000_000_000, 0));
+        assert_eq!(m.culprit_series(), 2);
+        let text = encoded(&m);
+        assert_lines(
+            &text,
+            &[
+                "stalltrace_stall_episodes_total{namespace=\"other\",pod=\"other\",container=\"other\",comm=\"other\"} 1.0",
+                "stalltrace_stall_delay_seconds_total{namespace=\"other\",pod=\"other\",container=\"other\",comm=\"other\"} 2.0",
+            ],
+        );
+    }
+
+    #[test]
+    fn bpf_run_time_is_in_seconds() {
+        let m = Metrics::new(3, "0.1.0");
+        m.set_node(NodeStats {
+            bpf: vec![("sched_switch".into(), 2_500_000_000, 10)],
+            ..Default::default()
+        });
+        // 2_500_000_000 ns
+        assert_lines(
+            &encoded(&m),
+            &["stalltrace_bpf_run_seconds_total{program=\"sched_switch\"} 2.5"],
+        );
+    }
+
     #[test]
     fn exposition_names_follow_the_conventions() {
         let m = Metrics::new(3, "0.1.0");
@@ -554,6 +749,9 @@ mod tests {
             "stalltrace_rx_wait_seconds_bucket{le=\"0.000004\",cpu=\"1\",kind=\"net_rx\"} 5",
             "stalltrace_rx_wait_seconds_bucket{le=\"0.131072\",cpu=\"1\",kind=\"net_rx\"} 6",
             "stalltrace_rx_wait_seconds_count{cpu=\"1\",kind=\"net_rx\"} 6",
+            // Bucket 30 ends at 2^31 µs; the kernel's last (2^31 µs and longer) at +Inf.
+            "stalltrace_rx_wait_seconds_bucket{le=\"2147.483648\",cpu=\"1\",kind=\"net_rx\"} 6",
+            "stalltrace_rx_wait_seconds_bucket{le=\"+Inf\",cpu=\"1\",kind=\"net_rx\"} 6",
             "# TYPE stalltrace_stall_episodes counter",
             "stalltrace_lost_events_total{kind=\"packets\"} 2",
             "stalltrace_bpf_runs_total{program=\"sched_switch\"} 10",
