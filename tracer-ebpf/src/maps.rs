@@ -102,6 +102,9 @@ pub struct CpuState {
     pub head: u32,
     pub _pad1: u32,
     pub written: u64,
+    /// The end of the latest run left out of a full history (it or the run it would
+    /// have displaced was the briefest): a wait covering it is `truncated`.
+    pub last_drop_end: u64,
     pub segs: [Segment; SEGS],
 }
 

@@ -117,13 +117,53 @@ fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
     mark_rx_pending(cpu, w.ts);
 }
 
+/// The slot the next run goes into, and the length of the run there that it must
+/// exceed to be kept (0: any run). The oldest slot, unless the history is full and the
+/// oldest ended inside the pending wait (which began at `pending_since`): then a slot
+/// that ended before the wait, else the shortest run. So a wait with more switches than
+/// slots (threaded IRQs ping-ponging with the culprit on PREEMPT_RT) keeps its long
+/// holders and drops its brief ones.
+#[inline(always)]
+fn slot_for_run(st: &CpuState, pending_since: u64) -> (usize, u64) {
+    let head = (st.head & SEG_MASK) as usize & (SEGS - 1);
+    if st.written < SEGS as u64 || st.segs[head].end <= pending_since {
+        return (head, 0);
+    }
+    let mut pick = head;
+    let mut pick_len = st.segs[head].end.saturating_sub(st.segs[head].start);
+    let mut k = 0;
+    while k < SEGS {
+        let seg = &st.segs[k];
+        if seg.end <= pending_since {
+            return (k, 0);
+        }
+        let len = seg.end.saturating_sub(seg.start);
+        if len < pick_len {
+            pick = k;
+            pick_len = len;
+        }
+        k += 1;
+    }
+    (pick, pick_len)
+}
+
 /// Records prev's run in this CPU's history (it is `current` here).
 #[inline(always)]
-fn record_run(st: &mut CpuState, prev: *const u8, ts: u64) {
+fn record_run(st: &mut CpuState, prev: *const u8, ts: u64, pending_since: u64) {
     let o = OFFSETS.load();
     let pt = bpf_get_current_pid_tgid();
     let prev_pid = pt as u32;
-    let idx = (st.head & SEG_MASK) as usize;
+    let (idx, must_exceed) = slot_for_run(st, pending_since);
+    // A run briefer than every one kept inside the wait is the one dropped.
+    if must_exceed != 0 && ts.saturating_sub(st.cur_since) <= must_exceed {
+        st.written = st.written.wrapping_add(1);
+        st.last_drop_end = ts;
+        return;
+    }
+    let oldest = idx == (st.head & SEG_MASK) as usize;
+    if must_exceed != 0 {
+        st.last_drop_end = st.segs[idx & (SEGS - 1)].end;
+    }
     let seg = &mut st.segs[idx & (SEGS - 1)];
     seg.start = st.cur_since;
     seg.end = ts;
@@ -143,7 +183,9 @@ fn record_run(st: &mut CpuState, prev: *const u8, ts: u64) {
         seg.sys_arg0 = 0;
         seg.sys_start = 0;
     }
-    st.head = st.head.wrapping_add(1) & SEG_MASK;
+    if oldest {
+        st.head = st.head.wrapping_add(1) & SEG_MASK;
+    }
     st.written = st.written.wrapping_add(1);
 }
 
@@ -205,7 +247,14 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         clear_rx_pending(cpu);
     }
     if pending && st.cur_since != 0 {
-        record_run(st, prev, ts);
+        // The pending wait began at the earlier of the NET_RX raise and the RX-thread
+        // mark (either may be 0: none).
+        let since = match (st.netrx_raise_ns, rx_marked) {
+            (0, m) => m,
+            (r, 0) => r,
+            (r, m) => r.min(m),
+        };
+        record_run(st, prev, ts, since);
     }
     let next_kthread = pending && is_kthread(next);
     let next_pid = if syscalls || next_kthread {
@@ -372,8 +421,9 @@ pub fn emit_wait(
         k += 1;
     }
     // The window reaches back past the history when every slot is inside it and none
-    // started before the wait.
-    ev.truncated = (ev.nr_switches as usize >= SEGS && !oldest_in_window) as u32;
+    // started before the wait, or a run inside it was left out of the full history.
+    ev.truncated =
+        ((ev.nr_switches as usize >= SEGS && !oldest_in_window) || st.last_drop_end > start) as u32;
     let pt = bpf_get_current_pid_tgid();
     if include_current && st.cur_since != 0 && pt as u32 != 0 {
         let from = if st.cur_since > start {

@@ -136,7 +136,7 @@ pub fn wait_sentence(w: &WaitRec) -> String {
         }
     };
     let trunc = if w.truncated {
-        " (history shorter than the wait: earlier holders may be missing)"
+        " (more switches than the history holds: its briefest runs are left out)"
     } else {
         ""
     };

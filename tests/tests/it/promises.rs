@@ -1122,6 +1122,41 @@ fn a_wait_with_more_switches_than_the_history_is_truncated() {
     assert_eq!(w[0]["truncated"], false, "2 switches: {}", w[0]);
 }
 
+/// A full history keeps a wait's longest runs: in a relay of one thread holding 25 ms
+/// and two holding 1 ms, eight rounds (24 switches, more than the 16 slots), the long
+/// holder is named with all its 200 ms, as the threads measured them (a history of the
+/// latest 16 runs would have kept at most 6 of its 8 turns), and the wait is truncated.
+#[test]
+fn a_full_history_keeps_the_longest_runs_of_the_wait() {
+    if !require_root("a_full_history_keeps_the_longest_runs_of_the_wait") {
+        return;
+    }
+    let cpu = starved_cpu();
+    let ns = napi_netns("keep", cpu);
+    let dir = Scratch::new("keep").expect("scratch");
+    let dump = dir.join("keep.jsonl");
+    let rec = record_on_cpu0(&["--quiet", "--peer", &ns.ns_addr], &dump);
+    let kick: SocketAddr = format!("{}:9", ns.ns_addr).parse().unwrap();
+    let r = relay(cpu, kick, &[ms(25), ms(1), ms(1)], 8);
+    thread::sleep(ms(200));
+    let (code, _, err) = rec.finish(Some(libc::SIGINT));
+    assert_eq!(code, 0, "{err}");
+    let recs = read_dump(&dump);
+    let w = wait_of(&recs, &ns, cpu, &r);
+    assert_eq!(w.len(), 1, "the planted wait: {:?}", r.turns);
+    let w = w[0];
+    assert_eq!(w["truncated"], true, "24 switches in the window: {w}");
+    let first = &w["holders"][0];
+    assert_eq!(first["pid"].as_u64(), Some(u64::from(r.tids[0])), "{w}");
+    let held = r.held_after_kick(0);
+    let run = first["run_ns"].as_u64().unwrap();
+    // One millisecond of slack per turn (8 turns).
+    assert!(
+        run.abs_diff(held) <= 8 * MS,
+        "the long holder held {held} ns, recorded {run}: {w}"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // 8. --summary-every, -v
 
