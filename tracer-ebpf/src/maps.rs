@@ -115,6 +115,9 @@ pub struct RxWake {
     pub waker_pid: u32,
     pub target_cpu: u32,
     pub waker_comm: [u8; COMM_LEN],
+    /// 1: the thread was preempted while runnable (its run goes on), 0: woken.
+    pub preempted: u32,
+    pub _pad: u32,
 }
 
 /// A syscall in flight. Per-CPU in [`CpuState::sys`] while its thread runs (no map

@@ -73,6 +73,8 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
         waker_pid: bpf_get_current_pid_tgid() as u32,
         target_cpu: kread(p, o.task_cpu).unwrap_or(u32::MAX),
         waker_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+        preempted: 0,
+        _pad: 0,
     };
     if RX_WAKE.insert(pid, w, 0).is_err() {
         count_insert_failure(LOST_RX_WAKE);
@@ -109,6 +111,8 @@ fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
         waker_pid: kread::<i32>(next, o.task_pid).unwrap_or(0) as u32,
         target_cpu: cpu,
         waker_comm: kread(next, o.task_comm).unwrap_or([0; COMM_LEN]),
+        preempted: 1,
+        _pad: 0,
     };
     if RX_WAKE.insert(pid as u32, w, 0).is_err() {
         count_insert_failure(LOST_RX_WAKE);
@@ -276,8 +280,19 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // SAFETY: pointer from a map lookup, valid for this program run.
     let w = unsafe { *w };
     let _ = RX_WAKE.remove(next_pid);
-    st.rx_run_pid = next_pid;
-    st.rx_run_start = ts;
+    let threshold = CONFIG.load().wait_threshold_ns;
+    // A brief preemption does not end the run: the packets the thread goes on with
+    // still belong to the wait that started it (a starved ksoftirqd draining a backlog
+    // with budget 1 is preempted at its cond_resched between rounds). A woken thread,
+    // or one preempted for a reported wait, starts a run.
+    let continues = w.preempted != 0
+        && st.rx_run_pid == next_pid
+        && st.rx_run_start != 0
+        && ts.saturating_sub(w.ts) < threshold;
+    if !continues {
+        st.rx_run_pid = next_pid;
+        st.rx_run_start = ts;
+    }
     // The wait is over here, and where the wakeup aimed (if it migrated since).
     clear_rx_pending(cpu);
     if w.target_cpu != cpu {
@@ -286,7 +301,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     if ts > w.ts {
         let wait = ts - w.ts;
         hist_add(HIST_RX_THREAD, wait);
-        if wait >= CONFIG.load().wait_threshold_ns {
+        if wait >= threshold {
             let next_comm = kread(next, OFFSETS.load().task_comm).unwrap_or([0; COMM_LEN]);
             emit_wait(
                 st,

@@ -1134,27 +1134,36 @@ fn a_full_history_keeps_the_longest_runs_of_the_wait() {
     let cpu = starved_cpu();
     let ns = napi_netns("keep", cpu);
     let dir = Scratch::new("keep").expect("scratch");
-    let dump = dir.join("keep.jsonl");
-    let rec = record_on_cpu0(&["--quiet", "--peer", &ns.ns_addr], &dump);
-    let kick: SocketAddr = format!("{}:9", ns.ns_addr).parse().unwrap();
-    let r = relay(cpu, kick, &[ms(25), ms(1), ms(1)], 8);
-    thread::sleep(ms(200));
-    let (code, _, err) = rec.finish(Some(libc::SIGINT));
-    assert_eq!(code, 0, "{err}");
-    let recs = read_dump(&dump);
-    let w = wait_of(&recs, &ns, cpu, &r);
-    assert_eq!(w.len(), 1, "the planted wait: {:?}", r.turns);
-    let w = w[0];
-    assert_eq!(w["truncated"], true, "24 switches in the window: {w}");
-    let first = &w["holders"][0];
-    assert_eq!(first["pid"].as_u64(), Some(u64::from(r.tids[0])), "{w}");
-    let held = r.held_after_kick(0);
-    let run = first["run_ns"].as_u64().unwrap();
-    // One millisecond of slack per turn (8 turns).
-    assert!(
-        run.abs_diff(held) <= 8 * MS,
-        "the long holder held {held} ns, recorded {run}: {w}"
-    );
+    // The scenario needs the RX thread to wait through the whole relay; when something
+    // lets it run in between (seen once in ten runs), the relay is planted again (at
+    // most three times) rather than judging a wait that did not happen.
+    for attempt in 1..=3 {
+        let dump = dir.join(&format!("keep-{attempt}.jsonl"));
+        let rec = record_on_cpu0(&["--quiet", "--peer", &ns.ns_addr], &dump);
+        let kick: SocketAddr = format!("{}:9", ns.ns_addr).parse().unwrap();
+        let r = relay(cpu, kick, &[ms(25), ms(1), ms(1)], 8);
+        thread::sleep(ms(200));
+        let (code, _, err) = rec.finish(Some(libc::SIGINT));
+        assert_eq!(code, 0, "{err}");
+        let recs = read_dump(&dump);
+        let w = wait_of(&recs, &ns, cpu, &r);
+        assert_eq!(w.len(), 1, "the planted wait: {:?}", r.turns);
+        let w = w[0];
+        if w["wait_ns"].as_u64().unwrap() < r.end() - r.kick.1 && attempt < 3 {
+            continue;
+        }
+        assert_eq!(w["truncated"], true, "24 switches in the window: {w}");
+        let first = &w["holders"][0];
+        assert_eq!(first["pid"].as_u64(), Some(u64::from(r.tids[0])), "{w}");
+        let held = r.held_after_kick(0);
+        let run = first["run_ns"].as_u64().unwrap();
+        // One millisecond of slack per turn (8 turns).
+        assert!(
+            run.abs_diff(held) <= 8 * MS,
+            "the long holder held {held} ns, recorded {run}: {w}"
+        );
+        return;
+    }
 }
 
 // ---------------------------------------------------------------------------------
