@@ -69,15 +69,44 @@ pub fn run(a: MutantsArgs) -> anyhow::Result<()> {
             bail!("cargo mutants failed ({st})");
         }
     }
+    let current = current_mutants(&root, &a.file)?;
     let report = score(
         &out.join("earlier-outcomes.json"),
         &out.join("mutants.out/outcomes.json"),
         &root.join(EXPLAINED),
+        &current,
     )?;
     let doc = root.join("docs/mutants.md");
     std::fs::write(&doc, &report).with_context(|| format!("writing {}", doc.display()))?;
     print!("{report}");
     Ok(())
+}
+
+/// The names of the mutants the code has now (`cargo mutants --list`): outcomes of an
+/// earlier run whose line moved since, or whose code is gone, are not counted.
+fn current_mutants(root: &Path, files: &[String]) -> anyhow::Result<Vec<String>> {
+    let path = crate::setup::run(&[])?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["mutants", "--list", "--json", "-p", "stalltrace-analysis"])
+        .env("PATH", &path)
+        .current_dir(root);
+    for f in files {
+        cmd.args(["--file", f]);
+    }
+    let out = cmd.output().context("listing the mutants (cargo mutants --list)")?;
+    if !out.status.success() {
+        bail!(
+            "cargo mutants --list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo mutants --list --json")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str().map(str::to_string))
+        .collect())
 }
 
 fn install(path: &std::ffi::OsString) -> anyhow::Result<()> {
@@ -161,7 +190,12 @@ fn outcomes(path: &Path) -> anyhow::Result<(Vec<(String, String)>, String)> {
 /// run's outcomes overlaid with the latest (an `--iterate` run retests only some).
 /// Survivors explained as equivalent are listed apart with their reason, and a second
 /// score leaves them out of the viable count.
-fn score(earlier: &Path, latest: &Path, explained_path: &Path) -> anyhow::Result<String> {
+fn score(
+    earlier: &Path,
+    latest: &Path,
+    explained_path: &Path,
+    current: &[String],
+) -> anyhow::Result<String> {
     let reasons = explained(explained_path)?;
     let (mut all, _) = outcomes(earlier)?;
     let (newer, day) = outcomes(latest)?;
@@ -176,6 +210,12 @@ fn score(earlier: &Path, latest: &Path, explained_path: &Path) -> anyhow::Result
             None => all.push((name, summary)),
         }
     }
+    // Only the mutants the code has now.
+    let now: std::collections::HashSet<&str> = current.iter().map(String::as_str).collect();
+    let stale = all.len();
+    all.retain(|(n, _)| now.contains(n.as_str()));
+    let stale = stale - all.len();
+    let untested = current.len().saturating_sub(all.len());
     let count = |k: &str| all.iter().filter(|(_, s)| s == k).count();
     let (caught, missed, timeout, unviable) = (
         count("CaughtMutant"),
@@ -214,6 +254,11 @@ fn score(earlier: &Path, latest: &Path, explained_path: &Path) -> anyhow::Result
         s,
         "Without the {} survivors explained as equivalent (`{EXPLAINED}`): **{pct_real:.1} %** of {viable_real} viable mutants caught.\n",
         equivalent.len()
+    );
+    let _ = writeln!(
+        s,
+        "The code has {} mutants in the files run; {untested} have no outcome yet (the run was stopped before them); {stale} earlier outcomes are of mutants whose line moved or whose code is gone, and are not counted.\n",
+        current.len()
     );
     if !unexplained.is_empty() {
         let _ = writeln!(s, "Survivors (each a behaviour no test pins down):\n");
