@@ -93,7 +93,9 @@ fn current_mutants(root: &Path, files: &[String]) -> anyhow::Result<Vec<String>>
     for f in files {
         cmd.args(["--file", f]);
     }
-    let out = cmd.output().context("listing the mutants (cargo mutants --list)")?;
+    let out = cmd
+        .output()
+        .context("listing the mutants (cargo mutants --list)")?;
     if !out.status.success() {
         bail!(
             "cargo mutants --list failed: {}",
