@@ -60,14 +60,19 @@ rx_irqs() {
   grep -E 'virtio[0-9]+-input' /proc/interrupts | sed 's/^ *\([0-9]*\):.*/\1/'
 }
 
-# The node's receive path on one CPU: interrupt affinity and RPS (the seed's "RSS
-# hashed every probe to one queue, so one CPU"), threaded NAPI off.
+# The node's receive path on one CPU (the blog post's "RSS hashed every probe to one
+# queue, so one CPU"): the NIC's interrupt there, RPS (rps_on) for the backlog;
+# threaded NAPI and RPS off until a case asks.
 steer_rx() {
   mask=$((1 << RXCPU))
   for irq in $(rx_irqs); do echo "$mask" > "/proc/irq/$irq/smp_affinity" 2>/dev/null; done
-  for q in /sys/class/net/eth0/queues/rx-*; do echo "$mask" > "$q/rps_cpus"; done
+  for q in /sys/class/net/eth0/queues/rx-*; do echo 0 > "$q/rps_cpus"; done
   [ -e /sys/class/net/eth0/threaded ] && echo 0 > /sys/class/net/eth0/threaded
   return 0
+}
+
+rps_on() {
+  for q in /sys/class/net/eth0/queues/rx-*; do echo "$((1 << RXCPU))" > "$q/rps_cpus"; done
 }
 
 # Threaded NAPI on the NIC, its kthreads pinned to the RX CPU.
@@ -93,7 +98,9 @@ pids_named() {
 plant_hog() {
   name="$(tr -dc 'a-z' </dev/urandom | head -c 9)d"
   cp /bin/dash "/tmp/$name"
-  chrt -f 50 taskset -c "$RXCPU" timeout "$1" "/tmp/$name" -c 'while :; do :; done' &
+  # timeout outside the class and the CPU: a SCHED_FIFO timeout pinned beside its child
+  # would never run to end it.
+  timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'while :; do :; done' &
   hog_parent=$!
   n=0
   pid=
@@ -107,7 +114,7 @@ plant_hog() {
   log "planted $name (pid $pid) at SCHED_FIFO 50 on CPU $RXCPU for $1 s"
 }
 
-# Facts the host judges by, before and after: the kernel's own counters.
+# Facts the host judges by, before and after (facts WHEN DIR): the kernel's own counters.
 facts() {
   {
     echo "## $1"
@@ -119,7 +126,7 @@ facts() {
     for n in "ksoftirqd/$RXCPU" 'napi/eth0-'; do
       for p in $(pids_named "$n"); do echo "task $p $(cat /proc/$p/comm)"; done
     done
-  } >> "$3/facts-$2.txt"
+  } >> "$2/facts-$1.txt"
 }
 
 # record_start DIR ARGS...: stalltrace with the given flags (default flags otherwise)
@@ -172,12 +179,14 @@ node_case() {
   steer_rx
   case "$kind" in
     seed-ksoftirqd | seed-napi | hping3-syn)
-      if [ "$kind" != seed-ksoftirqd ]; then
+      if [ "$kind" = seed-ksoftirqd ]; then
+        rps_on
+      else
         napi_threads_on || { echo "no threaded NAPI on $(uname -r)" > "$d/skip"; touch "$d/ready" "$d/done"; return; }
       fi
       port=
       [ "$kind" = hping3-syn ] && port="--tcp-port 9876"
-      facts before "$id" "$d"
+      facts before "$d"
       # shellcheck disable=SC2086
       record_start "$d" --peer "$PROBER4" $port || { touch "$d/ready" "$d/done"; return; }
       touch "$d/ready"
@@ -190,7 +199,7 @@ node_case() {
       wait_file "$d/prober-done" 120
       sleep 1
       record_stop "$d"
-      facts after "$id" "$d"
+      facts after "$d"
       ;;
     probe-icmp | probe-tcp-open | probe-tcp-closed | probe-icmp6)
       napi_threads_on
@@ -202,7 +211,7 @@ node_case() {
       esac
       touch "$d/ready"
       wait_file "$d/listening" 60
-      facts before "$id" "$d"
+      facts before "$d"
       # shellcheck disable=SC2086
       record_start "$d" --probe "$target" $extra || { touch "$d/done"; return; }
       sleep 2
@@ -210,10 +219,10 @@ node_case() {
       wait "$hog_parent"
       sleep 3
       record_stop "$d"
-      facts after "$id" "$d"
+      facts after "$d"
       ;;
     peer-icmp6)
-      facts before "$id" "$d"
+      facts before "$d"
       record_start "$d" --peer "$PROBER6" || { touch "$d/ready" "$d/done"; return; }
       touch "$d/ready"
       # Replies come to the node when it pings.
@@ -221,7 +230,7 @@ node_case() {
       wait_file "$d/prober-done" 120
       sleep 1
       record_stop "$d"
-      facts after "$id" "$d"
+      facts after "$d"
       ;;
     watch)
       napi_threads_on

@@ -263,8 +263,8 @@ fn module_order(dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Result<Vec
 pub(crate) fn fetch(package: &str, source: &apt::Source) -> anyhow::Result<Kernel> {
     let dir = cache_dir().join(package);
     // A cache made for another set of modules is made again.
-    let same_modules = fs::read_to_string(dir.join("wanted"))
-        .is_ok_and(|w| w.trim() == WANTED_MODULES.join(" "));
+    let same_modules =
+        fs::read_to_string(dir.join("wanted")).is_ok_and(|w| w.trim() == WANTED_MODULES.join(" "));
     if dir.join("ready").exists() && same_modules {
         let release = fs::read_to_string(dir.join("release"))
             .context("reading the cached release")?

@@ -294,6 +294,7 @@ mod tests {
             seq: 80,
             tcp_seq: None,
             rx_start_ns: None,
+            drain_start_ns: None,
         };
         let mut pr = probe(0, 1);
         pr.proto = ProbeProto::Tcp;

@@ -7,10 +7,13 @@
 //! does not grow with the dump; the ranking is aggregated as episodes close.
 //!
 //! Joins: a packet was processed right after a wait when it ran on the wait's CPU and
-//! its `rx_start_ns` equals the wait's `ts_ns`. A probe matches its packets by wire
+//! its `rx_start_ns` equals the wait's `ts_ns`; it was processed in the wait's backlog
+//! drain when its `drain_start_ns` equals the wait's `drain_of_ns` (the kernel keeps a
+//! drain open from a wait until the CPU's RX work runs out: several RX runs, a budget
+//! at a time, with short waits in between). A probe matches its packets by wire
 //! identity ([`super::align`]). Waits on one CPU whose windows overlap and that end
-//! within `merge_gap` (the NET_RX softirq wait and the ksoftirqd wait of one stall)
-//! are one stall.
+//! within `merge_gap` (the NET_RX softirq wait and the ksoftirqd wait of one stall),
+//! and waits of one backlog drain, are one stall.
 use std::{
     collections::{HashMap, VecDeque},
     rc::Rc,
@@ -136,8 +139,16 @@ struct Pkt {
     context: RxContext,
     kind: PacketKind,
     rx_start_ns: Option<u64>,
+    drain_start_ns: Option<u64>,
     key: Option<WireKey>,
     probe: Option<ProbeJoin>,
+}
+
+/// Processed in a backlog drain after its first RX run: how long after the drain's
+/// first wait ended.
+fn after_drain_start(p: &Pkt) -> Option<u64> {
+    let d = p.drain_start_ns?;
+    (p.rx_start_ns != Some(d)).then(|| p.ts_ns.saturating_sub(d))
 }
 
 /// Keys of the packet and probe indexes.
@@ -148,11 +159,12 @@ fn seq_key(k: &WireKey) -> SeqKey {
     (k.proto, k.varying)
 }
 
-/// Recent packets, by RX run and by wire sequence.
+/// Recent packets, by RX run, by backlog drain and by wire sequence.
 #[derive(Default)]
 struct Packets {
     window: Window<Pkt>,
     by_run: Index<RunKey>,
+    by_drain: Index<RunKey>,
     by_seq: Index<SeqKey>,
     comms: HashMap<Box<str>, Rc<str>>,
 }
@@ -191,6 +203,9 @@ impl Packets {
             }
             if let Some(rx) = p.rx_start_ns {
                 self.by_run.forget((p.cpu, rx), id);
+            }
+            if let Some(d) = p.drain_start_ns {
+                self.by_drain.forget((p.cpu, d), id);
             }
         }
         early
@@ -236,7 +251,32 @@ struct OpenStall {
     cpu: u32,
     start_ns: u64,
     end_ns: u64,
+    /// The longest of its waits: a wait of the same drain may still be running, for
+    /// about as long, when the last one ends.
+    longest_ns: u64,
     waits: Vec<WaitRec>,
+}
+
+impl OpenStall {
+    /// When it can close: `linger` after its end, or twice its longest wait when that
+    /// is longer (a backlog drain's next wait, begun as this one ended, is reported
+    /// only when it ends).
+    fn due(&self, linger: u64) -> u64 {
+        self.end_ns
+            .saturating_add(linger.max(self.longest_ns.saturating_mul(2)))
+    }
+
+    /// The backlog drains of its waits.
+    fn drains(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut seen: Vec<u64> = Vec::new();
+        self.waits.iter().filter_map(move |w| {
+            let d = w.drain_of_ns?;
+            (!seen.contains(&d)).then(|| {
+                seen.push(d);
+                d
+            })
+        })
+    }
 }
 
 /// Waits merged per CPU into stalls until they are due.
@@ -254,7 +294,7 @@ impl Stalls {
         self.next_due = self
             .open
             .iter()
-            .map(|s| s.end_ns.saturating_add(linger))
+            .map(|s| s.due(linger))
             .min()
             .unwrap_or(u64::MAX);
         self.min_start = self
@@ -265,19 +305,26 @@ impl Stalls {
             .unwrap_or(u64::MAX);
     }
 
-    /// Adds a wait to the stall it belongs to, or opens one.
+    /// Adds a wait to the stall it belongs to (overlapping and ending together, or of
+    /// the same backlog drain), or opens one.
     fn add(&mut self, w: &WaitRec, gap: u64, linger: u64) {
         let start = w.start_ns.min(w.ts_ns);
         let merge = self.open.iter_mut().find(|s| {
             s.cpu == w.cpu
-                && start <= s.end_ns
-                && s.start_ns <= w.ts_ns
-                && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap)
+                && ((start <= s.end_ns
+                    && s.start_ns <= w.ts_ns
+                    && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap))
+                    || w.drain_of_ns.is_some_and(|d| {
+                        s.waits
+                            .iter()
+                            .any(|o| o.drain_of_ns == Some(d) || o.ts_ns == d)
+                    }))
         });
         match merge {
             Some(s) => {
                 s.start_ns = s.start_ns.min(start);
                 s.end_ns = s.end_ns.max(w.ts_ns);
+                s.longest_ns = s.longest_ns.max(w.wait_ns);
                 if s.waits.len() < MAX_WAITS_PER_STALL {
                     s.waits.push(w.clone());
                 }
@@ -286,6 +333,7 @@ impl Stalls {
                 cpu: w.cpu,
                 start_ns: start,
                 end_ns: w.ts_ns,
+                longest_ns: w.wait_ns,
                 waits: vec![w.clone()],
             }),
         }
@@ -299,7 +347,7 @@ impl Stalls {
             .open
             .iter()
             .enumerate()
-            .filter(|(_, s)| forced || s.end_ns.saturating_add(linger) <= now)
+            .filter(|(_, s)| forced || s.due(linger) <= now)
             .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
             .map(|(i, _)| i)?;
         let st = self.open.swap_remove(i);
@@ -468,6 +516,9 @@ impl Correlator {
         if let Some(rx) = p.rx_start_ns {
             self.packets.by_run.add((p.cpu, rx), id);
         }
+        if let Some(d) = p.drain_start_ns {
+            self.packets.by_drain.add((p.cpu, d), id);
+        }
         let comm = self.packets.intern(&p.comm);
         self.packets.window.push(Pkt {
             seen_at: self.now,
@@ -479,6 +530,7 @@ impl Correlator {
             context: p.context,
             kind: p.kind,
             rx_start_ns: p.rx_start_ns,
+            drain_start_ns: p.drain_start_ns,
             key,
             probe,
         });
@@ -692,14 +744,28 @@ impl Correlator {
         }
     }
 
-    /// Ids of the packets processed in the RX run(s) that ended the stall's waits,
-    /// ascending.
+    /// Ids of the packets processed in the RX run(s) that ended the stall's waits, and
+    /// later in the backlog drains those waits held up, ascending.
     fn run_of(&self, st: &OpenStall) -> Vec<u64> {
         let mut ids: Vec<u64> = st
             .waits
             .iter()
             .flat_map(|w| self.packets.by_run.get(&(st.cpu, w.ts_ns)))
             .collect();
+        for d in st.drains() {
+            ids.extend(
+                self.packets
+                    .by_drain
+                    .get(&(st.cpu, d))
+                    // A drain's packets before this stall belong to an earlier one.
+                    .filter(|&id| {
+                        self.packets
+                            .window
+                            .get(id)
+                            .is_some_and(|p| p.ts_ns >= st.start_ns)
+                    }),
+            );
+        }
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -820,6 +886,7 @@ impl Correlator {
             status: p.probe.map(|j| j.status),
             delayed,
             over_threshold: p.probe.and_then(|j| j.rtt_ns).is_some_and(|r| r >= thr),
+            after_wait_ns: if delayed { after_drain_start(p) } else { None },
         };
         let mut lines: Vec<ProbeLine> = before.iter().map(|p| line(p, false)).collect();
         let room = self.cfg.max_lines.saturating_sub(lines.len());
@@ -875,6 +942,9 @@ impl Correlator {
         });
         let (lines, lines_omitted) = self.table(&st, &run, &run_ids);
         let packets_delayed = u32::try_from(run.len()).unwrap_or(u32::MAX);
+        let drained: Vec<u64> = run.iter().filter_map(|p| after_drain_start(p)).collect();
+        let packets_in_drain = u32::try_from(drained.len()).unwrap_or(u32::MAX);
+        let drain_ns = drained.iter().copied().max();
         let mut waits: Vec<WaitPart> = st
             .waits
             .iter()
@@ -910,6 +980,8 @@ impl Correlator {
             probes_in_run: claims.probes_in_run,
             probes_lost: claims.lost,
             packets_delayed,
+            packets_in_drain,
+            drain_ns,
             worst_rtt_ns: claims.worst_rtt,
             lines,
             lines_omitted,

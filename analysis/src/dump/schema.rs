@@ -160,6 +160,11 @@ pub struct PacketRec {
     /// switch-in); absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_start_ns: Option<u64>,
+    /// Processed in a backlog drain: the end of the drain's first wait on this CPU (a
+    /// wait record's `drain_of_ns`). Absent when no drain was open, and in dumps of
+    /// recorders that did not track drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_start_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +346,11 @@ pub struct WaitRec {
     pub run_ns: u64,
     /// The per-CPU run history was shorter than the window; holders may miss early runs.
     pub truncated: bool,
+    /// The backlog drain this wait belongs to: the end of the first wait since the CPU's
+    /// RX work last ran out (this wait's own `ts_ns` when it opened the drain). Absent
+    /// in dumps of recorders that did not track drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_of_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

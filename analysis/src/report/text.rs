@@ -46,12 +46,14 @@ pub fn episode_line(e: &Episode) -> String {
         if e.probes_lost > 0 {
             let _ = write!(s, ", {} lost", e.probes_lost);
         }
+        drain_phrase(&mut s, e);
     } else {
         let _ = write!(
             s,
             ", {} delayed",
             plural(u64::from(e.packets_delayed), "packet", "packets")
         );
+        drain_phrase(&mut s, e);
     }
     match &e.culprit {
         Some(c) => {
@@ -67,6 +69,18 @@ pub fn episode_line(e: &Episode) -> String {
         let _ = write!(s, "; {w}");
     }
     s
+}
+
+/// `(31 packets in the same backlog drain, up to 24 ms after the first wait ended)`.
+fn drain_phrase(s: &mut String, e: &Episode) {
+    if e.packets_in_drain > 0 {
+        let _ = write!(
+            s,
+            " ({} in the same backlog drain, up to {} after the first wait ended)",
+            plural(u64::from(e.packets_in_drain), "packet", "packets"),
+            human_ns(e.drain_ns.unwrap_or(0))
+        );
+    }
 }
 
 /// The culprit's sampled stacks in an episode: a heading, then per distinct stack its
@@ -147,6 +161,13 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
         if l.delayed {
             row.push_str("** ");
             row.push_str(&rtt_cell(l));
+            if let Some(a) = l.after_wait_ns {
+                let _ = write!(
+                    row,
+                    "  {} after the wait ended, same backlog drain",
+                    human_ns(a)
+                );
+            }
         }
         out.push(row.trim_end().to_string());
     }

@@ -153,6 +153,9 @@ impl TracePlan {
             // the 100 ms tick drains the rest.
             wakeup_bytes: a.ring_buffer / 4,
             self_tgid: std::process::id(),
+            // Packets processed this long after a stall-length wait can still be its
+            // backlog; the drain closes earlier when RX work runs out.
+            drain_window_ns: ns(a.stall_threshold),
         };
         Ok(Self {
             load: LoadOptions {

@@ -23,7 +23,6 @@ const MIN_SHARE: f64 = 0.95;
 #[derive(Debug)]
 pub struct Verdict {
     pub id: String,
-    pub case: Case,
     /// `None`: not applicable on this kernel (said why in `notes`).
     pub pass: Option<bool>,
     /// What was measured, in words and numbers.
@@ -184,7 +183,13 @@ fn hog(dir: &Path) -> Option<(u64, String)> {
 
 /// The blame: rank 1 is the planted task (by pid from /proc), and the stalled probes
 /// of the prober's own log are explained.
-fn judge_blame(v: &mut Verdict, report: &Value, answers: &[Answer], hog: &(u64, String), what: &str) {
+fn judge_blame(
+    v: &mut Verdict,
+    report: &Value,
+    answers: &[Answer],
+    hog: &(u64, String),
+    what: &str,
+) {
     let stalled = answers.iter().filter(|a| a.rtt_ms >= STALL_MS).count();
     let t = &report["totals"];
     let explained = u(t, "probes_explained");
@@ -194,8 +199,17 @@ fn judge_blame(v: &mut Verdict, report: &Value, answers: &[Answer], hog: &(u64, 
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
         .unwrap_or_default();
     let named = u(first, "tgid") == hog.0 || rank1_pids.contains(&hog.0);
+    let seqs: Vec<u32> = answers
+        .iter()
+        .filter(|a| a.rtt_ms >= STALL_MS)
+        .map(|a| a.seq)
+        .collect();
+    let span = match (seqs.iter().min(), seqs.iter().max()) {
+        (Some(a), Some(b)) => format!(" (seq {a}–{b})"),
+        _ => String::new(),
+    };
     v.figures.push(format!(
-        "{what}: {} answered, {stalled} ≥ {STALL_MS} ms (max {:.0} ms); stalltrace: {explained} explained, {} matched, rank 1 {} (pid {})",
+        "{what}: {} answered, {stalled} ≥ {STALL_MS} ms{span}, max {:.0} ms; stalltrace: {explained} explained, {} matched, rank 1 {} (pid {})",
         answers.len(),
         answers.iter().map(|a| a.rtt_ms).fold(0.0, f64::max),
         u(t, "probes_matched"),
@@ -298,7 +312,11 @@ fn judge_probe(v: &mut Verdict, bin: &Path, dir: &Path, tcp: bool, v6: bool) {
     let dump = dir.join("node.jsonl");
     let recs = dump_records(&dump);
     let probes: Vec<&Value> = recs.iter().filter(|r| s(r, "type") == "probe").collect();
-    let answered: Vec<&Value> = probes.iter().copied().filter(|p| s(p, "status") == "ok").collect();
+    let answered: Vec<&Value> = probes
+        .iter()
+        .copied()
+        .filter(|p| s(p, "status") == "ok")
+        .collect();
     let replies: HashSet<(u64, u64)> = recs
         .iter()
         .filter(|r| s(r, "type") == "packet")
@@ -322,7 +340,10 @@ fn judge_probe(v: &mut Verdict, bin: &Path, dir: &Path, tcp: bool, v6: bool) {
     v.check(!answered.is_empty(), "no probe was answered");
     v.check(
         joined as f64 >= MIN_SHARE * answered.len() as f64,
-        format!("only {joined} of {} answered probes have their answer recorded", answered.len()),
+        format!(
+            "only {joined} of {} answered probes have their answer recorded",
+            answered.len()
+        ),
     );
     if !tcp {
         let (group, name) = if v6 {
@@ -331,10 +352,15 @@ fn judge_probe(v: &mut Verdict, bin: &Path, dir: &Path, tcp: bool, v6: bool) {
             ("Icmp", "InEchoReps")
         };
         if let Some(k) = snmp_delta(dir, group, name) {
-            v.figures.push(format!("node kernel: {k} echo replies received ({group} {name})"));
+            v.figures.push(format!(
+                "node kernel: {k} echo replies received ({group} {name})"
+            ));
             v.check(
                 (replies.len() as i64) <= k,
-                format!("{} replies recorded, more than the kernel's {k}", replies.len()),
+                format!(
+                    "{} replies recorded, more than the kernel's {k}",
+                    replies.len()
+                ),
             );
         }
     }
@@ -359,27 +385,38 @@ fn judge_peer6(v: &mut Verdict, dir: &Path) {
     let from_prober = |kind: &str| -> (usize, usize) {
         let seqs: Vec<u64> = recs
             .iter()
-            .filter(|r| s(r, "type") == "packet" && s(r, "proto") == "icmpv6" && s(r, "kind") == kind)
+            .filter(|r| {
+                s(r, "type") == "packet" && s(r, "proto") == "icmpv6" && s(r, "kind") == kind
+            })
             .map(|r| u(r, "seq"))
             .collect();
         let distinct: HashSet<u64> = seqs.iter().copied().collect();
         (seqs.len(), distinct.len())
     };
-    let sent_to_node = answers(&fs::read_to_string(dir.join("ping6.log")).unwrap_or_default()).len();
-    let node_pinged = answers(&fs::read_to_string(dir.join("node-ping6.log")).unwrap_or_default()).len();
+    let sent_to_node =
+        answers(&fs::read_to_string(dir.join("ping6.log")).unwrap_or_default()).len();
+    let node_pinged =
+        answers(&fs::read_to_string(dir.join("node-ping6.log")).unwrap_or_default()).len();
     let (req, req_distinct) = from_prober("echo_request");
     let (rep, rep_distinct) = from_prober("echo_reply");
     v.figures.push(format!(
         "prober's ping -6: {sent_to_node} answered, node recorded {req} requests ({req_distinct} distinct); node's ping -6: {node_pinged} answered, {rep} replies recorded ({rep_distinct} distinct)"
     ));
-    v.check(sent_to_node > 0 && node_pinged > 0, "a ping -6 got no answer");
+    v.check(
+        sent_to_node > 0 && node_pinged > 0,
+        "a ping -6 got no answer",
+    );
     v.check(
         req == req_distinct && req >= sent_to_node,
-        format!("{req} echo requests recorded for {sent_to_node} answered pings (each once expected)"),
+        format!(
+            "{req} echo requests recorded for {sent_to_node} answered pings (each once expected)"
+        ),
     );
     v.check(
         rep == rep_distinct && rep >= node_pinged,
-        format!("{rep} echo replies recorded for {node_pinged} answered pings (each once expected)"),
+        format!(
+            "{rep} echo replies recorded for {node_pinged} answered pings (each once expected)"
+        ),
     );
 }
 
@@ -390,13 +427,20 @@ fn judge_watch(v: &mut Verdict, dir: &Path) {
         .unwrap_or_default();
     let health: Vec<String> = targets["data"]["activeTargets"]
         .as_array()
-        .map(|a| a.iter().map(|t| format!("{} {}", s(t, "scrapeUrl"), s(t, "health"))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|t| format!("{} {}", s(t, "scrapeUrl"), s(t, "health")))
+                .collect()
+        })
         .unwrap_or_default();
     let query: Value = fs::read_to_string(dir.join("query.json"))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let series = query["data"]["result"].as_array().cloned().unwrap_or_default();
+    let series = query["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let hog = hog(dir);
     let found = hog.as_ref().is_some_and(|(_, name)| {
         series.iter().any(|r| {
@@ -409,7 +453,10 @@ fn judge_watch(v: &mut Verdict, dir: &Path) {
         health.join(", "),
         series.len()
     ));
-    v.check(health.iter().any(|h| h.ends_with(" up")), "the node's target is not up");
+    v.check(
+        health.iter().any(|h| h.ends_with(" up")),
+        "the node's target is not up",
+    );
     v.check(
         found,
         format!(
@@ -418,7 +465,10 @@ fn judge_watch(v: &mut Verdict, dir: &Path) {
         ),
     );
     let rc = fs::read_to_string(dir.join("watch.rc")).unwrap_or_default();
-    v.check(rc.trim() == "0", format!("watch exited with {:?} on SIGTERM", rc.trim()));
+    v.check(
+        rc.trim() == "0",
+        format!("watch exited with {:?} on SIGTERM", rc.trim()),
+    );
 }
 
 pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) -> Vec<Verdict> {
@@ -427,7 +477,6 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
             let dir = shared.join(id);
             let mut v = Verdict {
                 id: id.clone(),
-                case: *case,
                 pass: Some(true),
                 figures: vec![],
                 notes: vec![],
@@ -454,12 +503,30 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
                 );
             }
             match case {
-                Case::SeedKsoftirqd => judge_seed(&mut v, bin, &dir, "ksoftirqd/1", &["ping.log", "hping3.log"], true),
-                Case::SeedNapi => judge_seed(&mut v, bin, &dir, "napi/eth0-", &["ping.log", "hping3.log"], true),
-                Case::Hping3Syn => judge_seed(&mut v, bin, &dir, "napi/eth0-", &["hping3.log"], false),
+                Case::SeedKsoftirqd => judge_seed(
+                    &mut v,
+                    bin,
+                    &dir,
+                    "ksoftirqd/1",
+                    &["ping.log", "hping3.log"],
+                    true,
+                ),
+                Case::SeedNapi => judge_seed(
+                    &mut v,
+                    bin,
+                    &dir,
+                    "napi/eth0-",
+                    &["ping.log", "hping3.log"],
+                    true,
+                ),
+                Case::Hping3Syn => {
+                    judge_seed(&mut v, bin, &dir, "napi/eth0-", &["hping3.log"], false)
+                }
                 Case::ProbeIcmp => judge_probe(&mut v, bin, &dir, false, false),
                 Case::ProbeIcmp6 => judge_probe(&mut v, bin, &dir, false, true),
-                Case::ProbeTcpOpen | Case::ProbeTcpClosed => judge_probe(&mut v, bin, &dir, true, false),
+                Case::ProbeTcpOpen | Case::ProbeTcpClosed => {
+                    judge_probe(&mut v, bin, &dir, true, false)
+                }
                 Case::PeerIcmp6 => judge_peer6(&mut v, &dir),
                 Case::Watch => judge_watch(&mut v, &dir),
             }
@@ -469,14 +536,19 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
 }
 
 pub fn table(release: &str, verdicts: &[Verdict]) -> String {
-    let mut out = format!("## field: {release}\n\n| case | verdict | measured |\n| --- | --- | --- |\n");
+    let mut out =
+        format!("## field: {release}\n\n| case | verdict | measured |\n| --- | --- | --- |\n");
     for v in verdicts {
         let verdict = match v.pass {
             Some(true) => "PASS".to_string(),
             Some(false) => format!("FAIL: {}", v.notes.join("; ")),
             None => format!("n/a: {}", v.notes.join("; ")),
         };
-        out.push_str(&format!("| {} | {verdict} | {} |\n", v.id, v.figures.join("; ")));
+        out.push_str(&format!(
+            "| {} | {verdict} | {} |\n",
+            v.id,
+            v.figures.join("; ")
+        ));
     }
     out
 }
@@ -490,7 +562,8 @@ mod tests {
         let ping = "[1733.1] 64 bytes from 10.199.0.2: icmp_seq=7 ttl=64 time=103 ms\n\
                     PING 10.199.0.2 (10.199.0.2) 56(84) bytes of data.\n";
         let h = "len=28 ip=10.199.0.2 ttl=64 id=4 icmp_seq=12 rtt=88.5 ms\n";
-        let syn = "len=40 ip=10.199.0.2 ttl=64 DF id=0 sport=9876 flags=RA seq=3 win=0 rtt=51.2 ms\n";
+        let syn =
+            "len=40 ip=10.199.0.2 ttl=64 DF id=0 sport=9876 flags=RA seq=3 win=0 rtt=51.2 ms\n";
         let a = answers(ping);
         assert_eq!((a.len(), a[0].seq, a[0].rtt_ms), (1, 7, 103.0));
         let a = answers(h);

@@ -148,9 +148,7 @@ pub fn run(a: FieldArgs) -> anyhow::Result<()> {
             .with_context(|| format!("preparing kernel {entry}"))?;
         let work = root().join("target/field").join(&k.release);
         let shared = work.join("shared");
-        let limit = a
-            .timeout
-            .unwrap_or(180 * plan.len() as u64 + 240);
+        let limit = a.timeout.unwrap_or(180 * plan.len() as u64 + 240);
         let boot = boot_pair(&k, &work, &shared, &bin, &plan, Duration::from_secs(limit));
         let verdicts = match boot {
             Ok(()) => judge::all(&bin, &k.release, &shared, &plan),
@@ -199,16 +197,24 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn qemu(
-    k: &vmtest::Kernel,
-    initrd: &Path,
-    shared: &Path,
-    console: &Path,
-    role: &str,
-    netdev: &str,
-    mac: &str,
+/// One machine of the pair.
+struct Guest<'a> {
+    role: &'a str,
+    /// qemu's `-netdev` (a socket that listens or connects).
+    netdev: String,
+    mac: &'a str,
     mem_mb: u32,
-) -> anyhow::Result<Qemu> {
+    console: &'a Path,
+}
+
+fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyhow::Result<Qemu> {
+    let Guest {
+        role,
+        netdev,
+        mac,
+        mem_mb,
+        console,
+    } = g;
     let virtfs = |path: &Path, tag: &str, ro: bool| {
         format!(
             "local,path={},mount_tag={tag},security_model=none,multidevs=remap{}",
@@ -286,7 +292,10 @@ fn boot_pair(
     fs::write(shared.join("plan"), plan_text)?;
     let initrd = vmtest::initramfs(k, work)?;
     let port = free_port()?;
-    let consoles = [work.join("node-console.log"), work.join("prober-console.log")];
+    let consoles = [
+        work.join("node-console.log"),
+        work.join("prober-console.log"),
+    ];
     for c in &consoles {
         let _ = fs::remove_file(c);
     }
@@ -302,11 +311,13 @@ fn boot_pair(
         k,
         &initrd,
         shared,
-        &consoles[0],
-        "node",
-        &format!("socket,id=n0,listen=127.0.0.1:{port}"),
-        NODE_MAC,
-        2048,
+        &Guest {
+            role: "node",
+            netdev: format!("socket,id=n0,listen=127.0.0.1:{port}"),
+            mac: NODE_MAC,
+            mem_mb: 2048,
+            console: &consoles[0],
+        },
     )?;
     // The node's qemu must listen before the prober's connects.
     std::thread::sleep(Duration::from_millis(1500));
@@ -314,11 +325,13 @@ fn boot_pair(
         k,
         &initrd,
         shared,
-        &consoles[1],
-        "prober",
-        &format!("socket,id=n0,connect=127.0.0.1:{port}"),
-        PROBER_MAC,
-        1536,
+        &Guest {
+            role: "prober",
+            netdev: format!("socket,id=n0,connect=127.0.0.1:{port}"),
+            mac: PROBER_MAC,
+            mem_mb: 1536,
+            console: &consoles[1],
+        },
     )?;
     let mut guests = [(node, 0u64, "node"), (prober, 0u64, "prober")];
     let mut problem = None;
