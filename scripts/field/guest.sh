@@ -86,29 +86,30 @@ napi_threads_on() {
 
 # Pids of tasks whose name starts with $1 (kernel threads included), from /proc.
 pids_named() {
-  for d in /proc/[0-9]*; do
-    c=$(cat "$d/comm" 2>/dev/null) || continue
-    case "$c" in "$1"*) echo "${d#/proc/}" ;; esac
+  for pd in /proc/[0-9]*; do
+    read -r c < "$pd/comm" 2>/dev/null || continue
+    case "$c" in "$1"*) echo "${pd#/proc/}" ;; esac
   done
 }
 
 # The planted culprit: a busy loop at SCHED_FIFO 50 on the RX CPU for $1 seconds, as
-# a copy of dash under a random name stalltrace has never seen. Its pid (read from
-# /proc, not from anything stalltrace says) goes to $2.
+# a copy of dash under a random name stalltrace has never seen. It writes its own pid
+# (getpid) first; that pid's /proc/PID/comm must then read its name. Pid and name go to
+# $2.
 plant_hog() {
   name="$(tr -dc 'a-z' </dev/urandom | head -c 9)d"
   cp /bin/dash "/tmp/$name"
+  rm -f /tmp/hog.pid
   # timeout outside the class and the CPU: a SCHED_FIFO timeout pinned beside its child
   # would never run to end it.
-  timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'while :; do :; done' &
+  timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'echo $$ > /tmp/hog.pid; while :; do :; done' &
   hog_parent=$!
-  n=0
-  pid=
-  while [ -z "$pid" ] && [ "$n" -lt 50 ]; do
-    pid=$(pids_named "$name" | head -n1)
-    n=$((n + 1))
-    [ -z "$pid" ] && sleep 0.02
-  done
+  wait_file /tmp/hog.pid 10
+  pid=$(cat /tmp/hog.pid 2>/dev/null)
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ]; then
+    log "the planted task's /proc/$pid/comm is not $name"
+    pid=
+  fi
   hog_name=$name
   printf '%s\t%s\n' "$pid" "$name" > "$2"
   log "planted $name (pid $pid) at SCHED_FIFO 50 on CPU $RXCPU for $1 s"

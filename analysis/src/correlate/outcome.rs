@@ -10,8 +10,9 @@ use crate::dump::{Footer, Header, Lost};
 pub enum Mode {
     /// Probes decide: an episode needs a probe delayed at or above the threshold.
     Probes,
-    /// No probes: a packet processed right after a wait at or above the threshold
-    /// is a delayed packet.
+    /// No probes: a wait at or above the threshold is an episode when packets were
+    /// processed after it (they are delayed packets), or when it held up NET_RX or a
+    /// NAPI thread.
     Packets,
 }
 

@@ -71,12 +71,12 @@ pub fn episode_line(e: &Episode) -> String {
     s
 }
 
-/// `(31 packets in the same backlog drain, up to 24 ms after the first wait ended)`.
+/// `(31 packets in the same backlog drain, up to 24 ms after a wait ended)`.
 fn drain_phrase(s: &mut String, e: &Episode) {
     if e.packets_in_drain > 0 {
         let _ = write!(
             s,
-            " ({} in the same backlog drain, up to {} after the first wait ended)",
+            " ({} in the same backlog drain, up to {} after a wait ended)",
             plural(u64::from(e.packets_in_drain), "packet", "packets"),
             human_ns(e.drain_ns.unwrap_or(0))
         );

@@ -245,8 +245,7 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         .arg(virtfs(&root(), "repo", true))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet st_cmd={} st_repo={} st_role={role}",
-            root().join("scripts/field/guest.sh").display(),
+            "console=ttyS0 panic=-1 quiet st_cmd=/results/guest.sh st_repo={} st_role={role}",
             root().display()
         ))
         .stdin(Stdio::null())
@@ -285,6 +284,12 @@ fn boot_pair(
             bin.display()
         ),
     )?;
+    // The guests run a copy: the script may be edited while they run.
+    fs::copy(
+        root().join("scripts/field/guest.sh"),
+        shared.join("guest.sh"),
+    )
+    .context("copying scripts/field/guest.sh")?;
     let plan_text: String = plan
         .iter()
         .map(|(id, c)| format!("{id}\t{}\n", c.name()))
