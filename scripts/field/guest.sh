@@ -288,10 +288,11 @@ prober_case() {
       p=$!
       touch "$d/probing"
       if [ "$kind" = seed-ksoftirqd ]; then
-        # A burst that overruns NET_RX's budget on the node and wakes ksoftirqd there,
-        # while the planted task holds that CPU.
+        # A burst that overruns NET_RX's budget on the node (10 restarts or 2 ms) and
+        # wakes ksoftirqd there, while the planted task holds that CPU. Short: a longer
+        # flood keeps an emulated node busy for seconds, stalling probes by itself.
         wait_file "$d/hog-started" 30
-        timeout 0.6 hping3 --icmp --flood -q "$NODE4" > "$d/flood.log" 2>&1
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
       fi
       wait "$h"
       wait "$p"
@@ -321,6 +322,13 @@ EOF
       prometheus --config.file=/tmp/prometheus.yml --storage.tsdb.path=/tmp/prom \
         --web.listen-address=127.0.0.1:9090 > "$d/prometheus.log" 2>&1 &
       pr=$!
+      # Scraping once Prometheus has the node's target up.
+      n=0
+      until curl -s --data-urlencode 'query=up' 'http://127.0.0.1:9090/api/v1/query' 2>/dev/null \
+        | grep -q '"value":\[[0-9.]*,"1"\]' || [ "$n" -gt 120 ]; do
+        n=$((n + 1))
+        sleep 0.5
+      done
       touch "$d/scraping"
       wait_file "$d/hog-ended" 120
       # Episodes close a second after their wait; scrapes come every second.
