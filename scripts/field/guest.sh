@@ -104,10 +104,16 @@ plant_hog() {
   # would never run to end it.
   timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'echo $$ > /tmp/hog.pid; while :; do :; done' &
   hog_parent=$!
-  wait_file /tmp/hog.pid 10
-  pid=$(cat /tmp/hog.pid 2>/dev/null)
-  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" != "$name" ]; then
-    log "the planted task's /proc/$pid/comm is not $name"
+  pid=
+  n=0
+  while [ -z "$pid" ] && [ "$n" -lt 100 ]; do
+    read -r pid < /tmp/hog.pid 2>/dev/null
+    n=$((n + 1))
+    [ -z "$pid" ] && sleep 0.1
+  done
+  read -r comm < "/proc/$pid/comm" 2>/dev/null
+  if [ "$comm" != "$name" ]; then
+    log "the planted task's /proc/$pid/comm is '$comm', not $name"
     pid=
   fi
   hog_name=$name
@@ -180,11 +186,20 @@ node_case() {
   steer_rx
   case "$kind" in
     seed-ksoftirqd | seed-napi | hping3-syn)
-      if [ "$kind" = seed-ksoftirqd ]; then
-        rps_on
-      else
-        napi_threads_on || { echo "no threaded NAPI on $(uname -r)" > "$d/skip"; touch "$d/ready" "$d/done"; return; }
+      # How RX reaches the starved CPU: ksoftirqd (RPS, woken by a burst) or a threaded
+      # NAPI kthread. hping3-syn takes threaded NAPI where the kernel has it (5.12+).
+      mode=ksoftirqd
+      if [ "$kind" != seed-ksoftirqd ]; then
+        if napi_threads_on; then
+          mode=napi
+        elif [ "$kind" = seed-napi ]; then
+          echo "no threaded NAPI on $(uname -r)" > "$d/skip"
+          touch "$d/ready" "$d/done"
+          return
+        fi
       fi
+      [ "$mode" = ksoftirqd ] && rps_on
+      echo "$mode" > "$d/mode"
       port=
       [ "$kind" = hping3-syn ] && port="--tcp-port 9876"
       facts before "$d"
@@ -301,6 +316,10 @@ prober_case() {
       hping3 -S -p 9876 -i u10000 -c 500 "$NODE4" > "$d/hping3.log" 2> "$d/hping3.err" &
       h=$!
       touch "$d/probing"
+      if [ "$(cat "$d/mode")" = ksoftirqd ]; then
+        wait_file "$d/hog-started" 30
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      fi
       wait "$h"
       ;;
     peer-icmp6)

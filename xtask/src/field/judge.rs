@@ -520,7 +520,14 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
                     true,
                 ),
                 Case::Hping3Syn => {
-                    judge_seed(&mut v, bin, &dir, "napi/eth0-", &["hping3.log"], false)
+                    // Threaded NAPI where the kernel has it, else ksoftirqd (guest.sh).
+                    let mode = fs::read_to_string(dir.join("mode")).unwrap_or_default();
+                    let rx = if mode.trim() == "napi" {
+                        "napi/eth0-"
+                    } else {
+                        "ksoftirqd/1"
+                    };
+                    judge_seed(&mut v, bin, &dir, rx, &["hping3.log"], false)
                 }
                 Case::ProbeIcmp => judge_probe(&mut v, bin, &dir, false, false),
                 Case::ProbeIcmp6 => judge_probe(&mut v, bin, &dir, false, true),
