@@ -185,11 +185,12 @@ node_case() {
   mkdir -p "$d"
   steer_rx
   case "$kind" in
-    seed-ksoftirqd | seed-napi | hping3-syn)
+    seed-ksoftirqd | seed-napi | hping3-syn | probe-cmd)
       # How RX reaches the starved CPU: ksoftirqd (RPS, woken by a burst) or a threaded
-      # NAPI kthread. hping3-syn takes threaded NAPI where the kernel has it (5.12+).
+      # NAPI kthread.
       mode=ksoftirqd
       if [ "$kind" != seed-ksoftirqd ]; then
+        # hping3-syn and probe-cmd take threaded NAPI where the kernel has it (5.12+).
         if napi_threads_on; then
           mode=napi
         elif [ "$kind" = seed-napi ]; then
@@ -314,6 +315,17 @@ prober_case() {
       ;;
     hping3-syn)
       hping3 -S -p 9876 -i u10000 -c 500 "$NODE4" > "$d/hping3.log" 2> "$d/hping3.err" &
+      h=$!
+      touch "$d/probing"
+      if [ "$(cat "$d/mode")" = ksoftirqd ]; then
+        wait_file "$d/hog-started" 30
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      fi
+      wait "$h"
+      ;;
+    probe-cmd)
+      # stalltrace's own prober, default flags but the count, from the other machine.
+      "$ST" probe "$NODE4" -c 500 > "$d/probe.log" 2> "$d/probe.err" &
       h=$!
       touch "$d/probing"
       if [ "$(cat "$d/mode")" = ksoftirqd ]; then

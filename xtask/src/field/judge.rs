@@ -519,7 +519,7 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
                     &["ping.log", "hping3.log"],
                     true,
                 ),
-                Case::Hping3Syn => {
+                Case::Hping3Syn | Case::ProbeCmd => {
                     // Threaded NAPI where the kernel has it, else ksoftirqd (guest.sh).
                     let mode = fs::read_to_string(dir.join("mode")).unwrap_or_default();
                     let rx = if mode.trim() == "napi" {
@@ -527,7 +527,12 @@ pub fn all(bin: &Path, release: &str, shared: &Path, plan: &[(String, Case)]) ->
                     } else {
                         "ksoftirqd/1"
                     };
-                    judge_seed(&mut v, bin, &dir, rx, &["hping3.log"], false)
+                    let (log, icmp) = if *case == Case::ProbeCmd {
+                        ("probe.log", true)
+                    } else {
+                        ("hping3.log", false)
+                    };
+                    judge_seed(&mut v, bin, &dir, rx, &[log], icmp)
                 }
                 Case::ProbeIcmp => judge_probe(&mut v, bin, &dir, false, false),
                 Case::ProbeIcmp6 => judge_probe(&mut v, bin, &dir, false, true),

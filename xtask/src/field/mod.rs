@@ -46,6 +46,8 @@ pub enum Case {
     Hping3Syn,
     /// The node's own prober: `record --probe PROBER` (echo replies).
     ProbeIcmp,
+    /// `stalltrace probe NODE` on the prober, its log analysed with the node's dump.
+    ProbeCmd,
     /// `record --probe PROBER6` over IPv6.
     ProbeIcmp6,
     /// `record --probe PROBER --tcp 8080` against a listener (SYN-ACK answers).
@@ -65,6 +67,7 @@ impl Case {
             Case::SeedKsoftirqd => "seed-ksoftirqd",
             Case::SeedNapi => "seed-napi",
             Case::Hping3Syn => "hping3-syn",
+            Case::ProbeCmd => "probe-cmd",
             Case::ProbeIcmp => "probe-icmp",
             Case::ProbeIcmp6 => "probe-icmp6",
             Case::ProbeTcpOpen => "probe-tcp-open",
@@ -80,10 +83,11 @@ impl Case {
         matches!(self, Case::SeedKsoftirqd | Case::SeedNapi)
     }
 
-    const ALL: [Case; 9] = [
+    const ALL: [Case; 10] = [
         Case::SeedKsoftirqd,
         Case::SeedNapi,
         Case::Hping3Syn,
+        Case::ProbeCmd,
         Case::ProbeIcmp,
         Case::ProbeIcmp6,
         Case::ProbeTcpOpen,
