@@ -25,6 +25,9 @@ pub struct InputInfo {
     pub cpus: u32,
     pub started_at: String,
     pub packet_hook: String,
+    /// Why that hook (the dump header's `options.packet_hook_reason`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_hook_reason: Option<String>,
     /// Syscalls were traced exactly (`record --syscalls`, and every version 1 dump): a
     /// culprit with no syscall recorded was in user space.
     pub exact_syscalls: bool,
@@ -67,6 +70,8 @@ impl InputInfo {
         self.cpus = h.cpus;
         self.started_at.clone_from(&h.started_at);
         self.packet_hook.clone_from(&h.packet_hook);
+        self.packet_hook_reason
+            .clone_from(&h.options.packet_hook_reason);
         self.exact_syscalls = h.exact_syscalls();
         self.sampler_hz = h.options.sampler_hz;
         self.degraded.clone_from(&h.options.degraded);

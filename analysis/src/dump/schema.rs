@@ -83,6 +83,11 @@ pub struct Options {
     /// Features this kernel did not allow, and what the recording did without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// Why `packet_hook` reports packets: what the run needed that decided it (e.g.
+    /// "--probe receives echo replies, which kprobe:icmp_echo never sees"), or what
+    /// the kernel did not allow. Absent in dumps of recorders that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_hook_reason: Option<String>,
 }
 
 /// Where the packet was processed, from the kernel's point of view.
@@ -594,6 +599,7 @@ impl Record {
                 h.hooks.iter_mut().for_each(esc);
                 h.options.peer.as_mut().map(esc);
                 h.options.probe.as_mut().map(esc);
+                h.options.packet_hook_reason.as_mut().map(esc);
             }
             Record::Packet(p) => {
                 for s in [

@@ -156,6 +156,15 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
     out
 }
 
+/// The full name of the packet hook the dump names short.
+fn hook_name(short: &str) -> &str {
+    match short {
+        "kprobe" => "kprobe:icmp_echo",
+        "tracepoint" => "tracepoint:net:netif_receive_skb",
+        other => other,
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let i = &r.input;
@@ -169,6 +178,9 @@ pub fn render(r: &Report) -> String {
         "  host {}, kernel {}, {} CPUs, started {}, packets via {}",
         i.host, i.kernel, i.cpus, i.started_at, i.packet_hook
     );
+    if let Some(why) = &i.packet_hook_reason {
+        let _ = writeln!(s, "  packets via {}: {why}", hook_name(&i.packet_hook));
+    }
     if i.complete {
         // Live reports have no file lines to count.
         let lines = if i.path.is_some() {
