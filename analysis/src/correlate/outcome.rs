@@ -55,6 +55,9 @@ pub struct InputInfo {
     /// Events the kernel could not hand over (ring buffer full), from the footer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
+    /// What the recorder warned about while recording, from the footer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recorder_warnings: Vec<String>,
     /// `dump`, `log` or `none`.
     pub probe_source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,6 +87,7 @@ impl InputInfo {
         self.duration_ns = Some(f.duration_ns);
         self.end_reason = Some(f.reason.clone());
         self.lost = Some(f.lost.clone());
+        self.recorder_warnings.clone_from(&f.warnings);
     }
 }
 

@@ -523,6 +523,10 @@ pub struct Footer {
     /// What the sampler delivered (holders' activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerStats>,
+    /// What the recorder warned about while recording, each once (e.g. answered
+    /// probes none of whose packets the packet hook saw).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The sampler's counts over a recording.
@@ -630,6 +634,7 @@ impl Record {
             Record::Footer(f) => {
                 esc(&mut f.ended_at);
                 esc(&mut f.reason);
+                f.warnings.iter_mut().for_each(esc);
             }
         }
     }

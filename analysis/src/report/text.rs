@@ -234,9 +234,18 @@ pub fn render(r: &Report) -> String {
     if t.probes_answered > 0 {
         let _ = writeln!(
             s,
-            "  {} of {} answered probes matched to a packet the kernel saw",
-            t.probes_matched, t.probes_answered
+            "  {} of {} answered probes matched to a packet the kernel saw{}",
+            t.probes_matched,
+            t.probes_answered,
+            if t.probes_matched == 0 {
+                ": the packet hook saw none of their packets, so no stall can be tied to them"
+            } else {
+                ""
+            }
         );
+    }
+    for w in &i.recorder_warnings {
+        let _ = writeln!(s, "  the recorder warned: {w}");
     }
     if t.probes_ignored > 0 {
         let _ = writeln!(

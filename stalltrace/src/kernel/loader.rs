@@ -196,6 +196,8 @@ impl Hists {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    /// The in-kernel packet filter it was loaded with.
+    pub filter: Filter,
     /// Hooks attached, in the dump's `category:name` form.
     pub hooks: Vec<String>,
     /// `kprobe` or `tracepoint`.
@@ -280,6 +282,7 @@ impl Tracer {
         }
         Ok(Self {
             ebpf,
+            filter: opts.filter,
             hooks: vec![],
             packet_hook: "tracepoint",
             sampler,

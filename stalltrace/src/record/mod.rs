@@ -243,6 +243,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let counts = src.dec.counts.clone();
     let stack_stats = src.dec.enricher.sampler().and_then(|c| c.stack_stats());
     let sampler_stats = src.dec.enricher.sampler().map(|c| c.stats());
+    let warnings = src.warnings();
     drop(src);
     let footer = Footer {
         ended_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -256,6 +257,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         reason: reason.into(),
         stacks: stack_stats.clone(),
         sampler: sampler_stats,
+        warnings,
     };
     // After a write error the footer may not fit either; what was written stays readable.
     let footer_written = p.push(&Record::Footer(footer));
