@@ -157,7 +157,7 @@ fn auto_attach_picks_the_kprobe_and_records_every_echo_request_once() {
         .filter_map(|h| h.as_str())
         .collect();
     assert!(hooks.contains(&"kprobe:icmp_echo"), "{hooks:?}");
-    matrix_fact("packet_hook", "kprobe:icmp_echo (auto)");
+    matrix_fact("packet_hook", "kprobe:icmp_echo (auto, IPv4 --peer alone)");
     assert!(
         !hooks.contains(&"tracepoint:net:netif_receive_skb"),
         "one packet hook only: {hooks:?}"
