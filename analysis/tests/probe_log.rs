@@ -102,3 +102,44 @@ fn an_hping3_syn_log_matches_through_the_learnt_port_base() {
     assert_eq!(r.totals.probes_answered, 800, "{:?}", r.totals);
     assert_eq!(r.totals.probes_matched, 800, "{:?}", r.totals);
 }
+
+/// What the header and footer say about the packet path reaches the text and JSON
+/// reports: why that hook, what the recorder warned about live, and answered probes
+/// none of which matched a packet.
+#[test]
+fn the_report_says_why_that_hook_and_what_the_recorder_warned() {
+    let mut recs = dump(vec![echo(T0 + MS, 7, 99)]);
+    if let Some(Record::Header(h)) = recs.first_mut() {
+        h.options.packet_hook_reason =
+            Some("--probe receives echo replies, which kprobe:icmp_echo never sees".into());
+    }
+    let warning = "300 answered probes in 3.0 s and the packet hook saw none of their packets";
+    if let Some(Record::Footer(f)) = recs.last_mut() {
+        f.warnings = vec![warning.into()];
+    }
+    let r = run(&recs, &ping_log(5));
+    let text = stalltrace_analysis::report::text::render(&r);
+    assert!(
+        text.contains(
+            "  packets via tracepoint:net:netif_receive_skb: --probe receives echo replies, \
+             which kprobe:icmp_echo never sees\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("  the recorder warned: {warning}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "0 of 5 answered probes matched to a packet the kernel saw: the packet hook saw none"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r.input).unwrap();
+    assert_eq!(
+        json["packet_hook_reason"],
+        "--probe receives echo replies, which kprobe:icmp_echo never sees"
+    );
+    assert_eq!(json["recorder_warnings"][0], warning);
+}
