@@ -504,6 +504,7 @@ mod tests {
             seq,
             tcp_seq: None,
             rx_start_ns: None,
+            drain_start_ns: None,
         })
     }
 
