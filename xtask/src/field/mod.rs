@@ -208,6 +208,9 @@ struct Guest<'a> {
     netdev: String,
     mac: &'a str,
     mem_mb: u32,
+    /// vCPUs: the node needs an RX CPU beside CPU 0; the prober one only, so that two
+    /// emulated machines on two host CPUs delay the prober less.
+    cpus: u32,
     console: &'a Path,
 }
 
@@ -217,6 +220,7 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         netdev,
         mac,
         mem_mb,
+        cpus,
         console,
     } = g;
     let virtfs = |path: &Path, tag: &str, ro: bool| {
@@ -227,7 +231,8 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         )
     };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp"])
+        .arg(cpus.to_string())
         .arg("-m")
         .arg(mem_mb.to_string())
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
@@ -325,6 +330,7 @@ fn boot_pair(
             netdev: format!("socket,id=n0,listen=127.0.0.1:{port}"),
             mac: NODE_MAC,
             mem_mb: 2048,
+            cpus: 2,
             console: &consoles[0],
         },
     )?;
@@ -339,6 +345,7 @@ fn boot_pair(
             netdev: format!("socket,id=n0,connect=127.0.0.1:{port}"),
             mac: PROBER_MAC,
             mem_mb: 1536,
+            cpus: 1,
             console: &consoles[1],
         },
     )?;
