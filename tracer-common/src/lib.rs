@@ -347,7 +347,8 @@ pub struct Offsets {
     pub regs_arg0: u32,
     /// `task_struct.flags` (PF_KTHREAD: RX threads are kernel threads, not names).
     pub task_flags: u32,
-    /// `task_struct.on_cpu`: a wakeup of a running thread starts no wait.
+    /// `task_struct.on_cpu` (read from BTF; no program reads it now: a thread woken
+    /// while still on a CPU may be switching out to sleep, so its wakeup counts).
     pub task_on_cpu: u32,
     /// `task_struct.stack` and the kernel stack's size: where a task's saved user
     /// registers are on kernels without `bpf_task_pt_regs` (before 5.15).
