@@ -188,8 +188,8 @@ pub fn analyze(o: &AnalyzeOptions, sinks: &mut [&mut dyn Sink]) -> Result<Report
         p.correlator_mut().set_probe_log(log.probes);
     }
     p.push(&Record::Header(header))?;
-    while let Some(rec) = reader.next_record()? {
-        p.push(&rec)?;
+    while let Some(rec) = reader.next_ref()? {
+        p.push(rec)?;
     }
     if let Some(f) = reader.footer() {
         p.push(&Record::Footer(f.clone()))?;
