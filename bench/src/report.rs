@@ -300,6 +300,14 @@ fn flood_md(f: &FloodPart) -> String {
             }
         }
     }
+    // Programs that never ran (a kprobe this kernel could not attach) are left out.
+    names.retain(|n| {
+        modes.iter().any(|m| {
+            f.mode(*m)
+                .and_then(|x| x.programs.get(n))
+                .is_some_and(|c| c.run_cnt > 0)
+        })
+    });
     names.sort_by_key(|n| PROG_NAMES.iter().position(|p| p == n).unwrap_or(99));
     for n in &names {
         let _ = write!(s, "| `{n}` |");
@@ -315,7 +323,7 @@ fn flood_md(f: &FloodPart) -> String {
                 Some(format!(
                     " {} at {}/s{miss} |",
                     sp.show(0),
-                    thousands(c.runs_per_s().map(|r| r / f.rounds.max(1) as f64))
+                    thousands(c.runs_per_s())
                 ))
             });
             s += &cell.unwrap_or_else(|| " – |".into());
