@@ -118,8 +118,9 @@ struct BenchArgs {
     /// Skip the `perf` profile of the flood.
     #[arg(long)]
     no_perf: bool,
-    /// Measure nothing: rewrite bench/results.md and bench/soak.md from the JSON files
-    /// (after a change to the tables).
+    /// Measure nothing: draw the headline again from the parts in bench/results.json and
+    /// rewrite it and bench/results.md (and bench/soak.md) from it (after a change to
+    /// the tables or the headline).
     #[arg(long)]
     render: bool,
     /// The stalltrace binary measured [default: next to this one].
@@ -173,10 +174,17 @@ fn render_only(root: &Path) -> anyhow::Result<()> {
     let p = root.join("bench/results.json");
     match fs::read_to_string(&p) {
         Ok(text) => {
-            let r: Results =
+            let mut r: Results =
                 serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+            // The headline again from the parts as measured (after a change to how it
+            // is drawn from them).
+            r.headline = Headline::new(&r.parts);
+            write(
+                &p,
+                &(serde_json::to_string_pretty(&r).context("serializing the results")? + "\n"),
+            )?;
             write(&root.join("bench/results.md"), &report::results_md(&r))?;
-            println!("bench: wrote bench/results.md");
+            println!("bench: wrote bench/results.json and bench/results.md");
         }
         Err(_) => println!("bench: no bench/results.json; skipped"),
     }

@@ -188,8 +188,13 @@ fn sampler_md(r: &Results) -> String {
     );
     let _ = writeln!(
         s,
-        "| stall: ns per recorded sample (run time minus the other ticks at the idle cost, per sample); floor: ns per tick under the same hog | {} ({} runs) | {} |",
-        num(st.sampler_ns_per_sample, 0),
+        "| stall: ns per tick, all ticks (per recorded sample, the other ticks charged at the idle cost) | {} ({}; {} runs) | {} |",
+        num(
+            (st.sampler_runs > 0)
+                .then(|| st.sampler_run_time_ns as f64 / st.sampler_runs as f64),
+            0
+        ),
+        num(st.sampler_ns_per_sample.filter(|v| *v > 0.0), 0),
         st.sampler_runs,
         num(f.stall_ns_per_tick, 0)
     );

@@ -126,7 +126,7 @@ pub(crate) struct Headline {
     pub(crate) ns_sched_wakeup_default: Option<Target>,
     pub(crate) sched_ratio_default: Option<Target>,
     pub(crate) sampler_ns_per_idle_tick: Option<Target>,
-    pub(crate) sampler_ns_per_sample: Option<Target>,
+    pub(crate) sampler_ns_per_tick_stall: Option<Target>,
     pub(crate) record_idle_cpu_pct: Option<Target>,
     pub(crate) analyze_events_per_s: Option<Target>,
     pub(crate) analyze_dir_events_per_s: Option<Target>,
@@ -156,7 +156,7 @@ impl Headline {
             ("ns_sched_wakeup_default", &self.ns_sched_wakeup_default),
             ("sched_ratio_default", &self.sched_ratio_default),
             ("sampler_ns_per_idle_tick", &self.sampler_ns_per_idle_tick),
-            ("sampler_ns_per_sample", &self.sampler_ns_per_sample),
+            ("sampler_ns_per_tick_stall", &self.sampler_ns_per_tick_stall),
             ("record_idle_cpu_pct", &self.record_idle_cpu_pct),
             ("analyze_events_per_s", &self.analyze_events_per_s),
             ("analyze_dir_events_per_s", &self.analyze_dir_events_per_s),
@@ -394,15 +394,24 @@ impl Headline {
                 )
                 .floor(&one(s.floor.idle_ns_per_tick), ratio),
             );
-            h.sampler_ns_per_sample = Some(
+            let st = &s.stall;
+            let per_run = (st.sampler_runs > 0)
+                .then(|| st.sampler_run_time_ns as f64 / st.sampler_runs as f64);
+            h.sampler_ns_per_tick_stall = Some(
                 Target::new(
-                    one(s.stall.sampler_ns_per_sample),
-                    "ns per recorded sample",
+                    one(per_run),
+                    "ns per tick",
                     "none set (reported)",
                     None,
-                    "sampler's run time during a stall minus its idle ticks, per sample the dump counts; floor: an empty tick under the same hog",
+                    "perf_event cpu-clock during a stall (a SCHED_FIFO hog starving an RX thread on CPU 1), all ticks; floor: an empty tick under the same hog",
                 )
-                .floor(&one(s.floor.stall_ns_per_tick), ratio),
+                .floor(&one(s.floor.stall_ns_per_tick), ratio)
+                .note(format!(
+                    "{} of {} ticks recorded a sample; per recorded sample, the other ticks charged at the idle cost: {} ns",
+                    st.samples_recorded,
+                    st.sampler_runs,
+                    crate::stats::num(st.sampler_ns_per_sample.filter(|v| *v > 0.0), 0)
+                )),
             );
             h.record_idle_cpu_pct = Some(Target::new(
                 one(Some(s.idle.cpu_pct)),
@@ -424,7 +433,7 @@ impl Headline {
                     )
                     .note(format!(
                         "{} records, peak RSS {:.1} MiB",
-                        big.records,
+                        crate::stats::thousands(Some(big.records as f64)),
                         big.peak_rss_kib / 1024.0
                     )),
                 );

@@ -22,7 +22,15 @@ pub(crate) struct Spread {
     pub(crate) median: Option<f64>,
     pub(crate) min: Option<f64>,
     pub(crate) max: Option<f64>,
+    /// A round that measured nothing is NaN (`null` in JSON).
+    #[serde(deserialize_with = "runs_or_nan")]
     pub(crate) runs: Vec<f64>,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`; read `null` back as NaN.
+fn runs_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+    let v: Vec<Option<f64>> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -91,5 +99,10 @@ mod tests {
         assert_eq!(thousands(Some(1234567.0)), "1 234 567");
         assert_eq!(thousands(Some(-1234.0)), "-1 234");
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        // Through JSON and back: a NaN round stays a round that measured nothing.
+        let back: Spread = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.runs.len(), 4);
+        assert!(back.runs[2].is_nan());
+        assert_eq!(back.show(1), s.show(1));
     }
 }

@@ -192,9 +192,12 @@ pub(crate) fn run(cx: &mut Ctx) -> anyhow::Result<SamplerPart> {
     let samples = sampler.samples;
     // No sampler program (a kernel where neither loads): reported as missing, not fatal.
     let (tt, tn) = bpf::sampler(&costs).map_or((0, 0), |c| (c.run_time_ns, c.run_cnt));
+    // An estimate: when idle ticks (cold caches) cost more than the stall's average
+    // run, it goes below zero and says nothing.
     let per_sample = match idle_tick_ns {
         Some(idle) if samples > 0 => {
             Some((tt as f64 - tn.saturating_sub(samples) as f64 * idle) / samples as f64)
+                .filter(|v| *v > 0.0)
         }
         _ => None,
     };
