@@ -208,3 +208,27 @@ fn run_one(a: &AnalyzeArgs, dump: &Path) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory stands for its `*.jsonl` files, sorted; files are taken as given; a
+    /// directory without a dump is an input error.
+    #[test]
+    fn a_directory_is_its_dumps() {
+        let dir = stalltrace_testkit::scratch::Scratch::new("analyze-expand").unwrap();
+        let d = dir.join("dumps");
+        std::fs::create_dir_all(d.join("sub.jsonl")).unwrap();
+        for f in ["b.jsonl", "a.jsonl", "notes.txt"] {
+            std::fs::write(d.join(f), "").unwrap();
+        }
+        let lone = dir.join("x.log");
+        let got = expand(&[d.clone(), lone.clone()]).unwrap();
+        assert_eq!(got, vec![d.join("a.jsonl"), d.join("b.jsonl"), lone]);
+        let empty = dir.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let e = expand(&[empty]).unwrap_err();
+        assert_eq!(crate::exit::classify(&e), ExitCode::BadInput, "{e:#}");
+    }
+}
