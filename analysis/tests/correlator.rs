@@ -1009,12 +1009,16 @@ mod drain {
         recs.push(packet(10, w1.1 + 100 * US, w1.1, d));
         log.push(b::probe(10, ID, w1.1 + 100 * US + 2 * MS - (t0 + 100 * MS)));
         recs.push(wait(w2.0, w2.1, d, 9 * MS));
-        // The rest of the staircase, after the short wait: 10 to 32 ms after w1's end.
+        // The rest of the staircase, 10 to 32 ms after w1's end: right after the short
+        // wait, then in a later run (ksoftirqd preempted briefly, below the wait
+        // threshold, so no wait record starts that run).
+        let later_run = w2.1 + 12 * MS;
         for seq in 11..98u16 {
             let arrived = t0 + u64::from(seq) * 10 * MS;
             let at = w2.1 + u64::from(seq - 11) * 250 * US;
-            recs.push(packet(seq, at, w2.1, d));
-            log.push(b::probe(u32::from(seq), ID, at - arrived + MS));
+            let run = if seq < 51 { w2.1 } else { later_run };
+            recs.push(packet(seq, at.max(run), run, d));
+            log.push(b::probe(u32::from(seq), ID, at.max(run) - arrived + MS));
         }
         (recs, log, w1.1)
     }
@@ -1038,23 +1042,26 @@ mod drain {
         // Its time in both waits adds up: they do not overlap.
         assert_eq!(e.culprit.as_ref().map(|c| c.run_ns), Some(888 * MS));
         assert_eq!(e.packets_delayed, 88);
-        assert_eq!(e.packets_in_drain, 87, "all but the first run's packet");
-        let last = e.drain_ns.unwrap();
-        assert!((31 * MS..=32 * MS).contains(&last), "{last}");
-        let l = e.lines.iter().find(|l| l.seq == Some(20)).unwrap();
-        assert_eq!(l.after_wait_ns, Some(10 * MS + 9 * 250 * US));
+        assert_eq!(e.packets_in_drain, 47, "the packets of the later run");
         assert_eq!(
+            e.drain_ns,
+            Some(86 * 250 * US),
+            "seq 97, after the short wait"
+        );
+        let after = |seq: u32| {
             e.lines
                 .iter()
-                .find(|l| l.seq == Some(10))
-                .unwrap()
-                .after_wait_ns,
-            None
-        );
+                .find(|l| l.seq == Some(seq))
+                .map(|l| l.after_wait_ns)
+        };
+        assert_eq!(after(60), Some(Some(49 * 250 * US)));
+        for s in [10, 11, 50] {
+            assert_eq!(after(s), Some(None), "seq {s}: right after a wait");
+        }
         assert_eq!(e.end_ns, w1_end + 10 * MS);
         let line = stalltrace_analysis::report::text::episode_line(e);
         assert!(
-            line.contains("87 packets in the same backlog drain"),
+            line.contains("47 packets in the same backlog drain"),
             "{line}"
         );
         let rows = stalltrace_analysis::report::text::episode_table(e);
@@ -1111,5 +1118,61 @@ mod drain {
         assert_eq!(per.first(), Some(&(1, 88)), "{per:?}");
         assert_eq!(delayed, 88 + per.get(1).map_or(0, |e| e.1), "{per:?}");
         assert!(per.get(1).is_none_or(|e| e.1 == 1), "{per:?}");
+    }
+
+    /// Another sender's echoes in the delayed run (a flood) are counted, not listed.
+    #[test]
+    fn another_senders_echoes_are_counted_not_listed() {
+        let (mut recs, log, w1_end) = stream(true);
+        for i in 0..20u16 {
+            recs.push(packet(
+                1000 + i,
+                w1_end + 200 * US + u64::from(i),
+                w1_end,
+                Some(w1_end),
+            ));
+            if let Some(Record::Packet(p)) = recs.last_mut() {
+                p.ident = ID + 7;
+            }
+        }
+        let r = run(&recs, None, Some(log));
+        let e = &r.episodes[0];
+        assert_eq!(e.packets_delayed, 108);
+        assert!(e.lines.iter().all(|l| l.seq.is_some()), "{:#?}", e.lines);
+    }
+
+    /// Packet-only mode (`watch`, no prober): a long NET_RX or NAPI-thread wait is a
+    /// stall even when no recorded echo was behind it; a ksoftirqd wait alone (it
+    /// also runs other softirqs) is not.
+    #[test]
+    fn packet_mode_counts_long_receive_waits_without_recorded_packets() {
+        let t0 = 10_000 * MS;
+        let napi: b::Rx<'static> = (31, 31, "napi/eth0-8193", RxContext::Napi);
+        let mk = |kind, rx: b::Rx<'static>, start: u64| {
+            Record::Wait(b::wait(
+                kind,
+                CPU1,
+                start,
+                start + 900 * MS,
+                rx,
+                b::task(0, 0, "swapper/1"),
+                vec![b::holder(HOG.0, HOG.1, HOG.2, 900 * MS, None)],
+            ))
+        };
+        let recs = vec![
+            Record::Header(b::header("node", "6.1.0", 2, t0, None)),
+            mk(WaitKind::RxThread, napi, t0),
+            mk(WaitKind::NetRxSoftirq, KSOFTIRQD, t0 + 5_000 * MS),
+            mk(WaitKind::RxThread, KSOFTIRQD, t0 + 10_000 * MS),
+        ];
+        let r = run(&recs, None, None);
+        assert_eq!(r.mode, Mode::Packets);
+        let got: Vec<(u64, u32)> = r
+            .episodes
+            .iter()
+            .map(|e| (e.start_ns, e.packets_delayed))
+            .collect();
+        assert_eq!(got, vec![(t0, 0), (t0 + 5_000 * MS, 0)]);
+        assert_eq!(r.culprits[0].tgid, HOG.1);
     }
 }

@@ -86,29 +86,36 @@ napi_threads_on() {
 
 # Pids of tasks whose name starts with $1 (kernel threads included), from /proc.
 pids_named() {
-  for d in /proc/[0-9]*; do
-    c=$(cat "$d/comm" 2>/dev/null) || continue
-    case "$c" in "$1"*) echo "${d#/proc/}" ;; esac
+  for pd in /proc/[0-9]*; do
+    read -r c < "$pd/comm" 2>/dev/null || continue
+    case "$c" in "$1"*) echo "${pd#/proc/}" ;; esac
   done
 }
 
 # The planted culprit: a busy loop at SCHED_FIFO 50 on the RX CPU for $1 seconds, as
-# a copy of dash under a random name stalltrace has never seen. Its pid (read from
-# /proc, not from anything stalltrace says) goes to $2.
+# a copy of dash under a random name stalltrace has never seen. It writes its own pid
+# (getpid) first; that pid's /proc/PID/comm must then read its name. Pid and name go to
+# $2.
 plant_hog() {
   name="$(tr -dc 'a-z' </dev/urandom | head -c 9)d"
   cp /bin/dash "/tmp/$name"
+  rm -f /tmp/hog.pid
   # timeout outside the class and the CPU: a SCHED_FIFO timeout pinned beside its child
   # would never run to end it.
-  timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'while :; do :; done' &
+  timeout "$1" chrt -f 50 taskset -c "$RXCPU" "/tmp/$name" -c 'echo $$ > /tmp/hog.pid; while :; do :; done' &
   hog_parent=$!
-  n=0
   pid=
-  while [ -z "$pid" ] && [ "$n" -lt 50 ]; do
-    pid=$(pids_named "$name" | head -n1)
+  n=0
+  while [ -z "$pid" ] && [ "$n" -lt 100 ]; do
+    read -r pid < /tmp/hog.pid 2>/dev/null
     n=$((n + 1))
-    [ -z "$pid" ] && sleep 0.02
+    [ -z "$pid" ] && sleep 0.1
   done
+  read -r comm < "/proc/$pid/comm" 2>/dev/null
+  if [ "$comm" != "$name" ]; then
+    log "the planted task's /proc/$pid/comm is '$comm', not $name"
+    pid=
+  fi
   hog_name=$name
   printf '%s\t%s\n' "$pid" "$name" > "$2"
   log "planted $name (pid $pid) at SCHED_FIFO 50 on CPU $RXCPU for $1 s"
@@ -178,12 +185,22 @@ node_case() {
   mkdir -p "$d"
   steer_rx
   case "$kind" in
-    seed-ksoftirqd | seed-napi | hping3-syn)
-      if [ "$kind" = seed-ksoftirqd ]; then
-        rps_on
-      else
-        napi_threads_on || { echo "no threaded NAPI on $(uname -r)" > "$d/skip"; touch "$d/ready" "$d/done"; return; }
+    seed-ksoftirqd | seed-napi | hping3-syn | probe-cmd)
+      # How RX reaches the starved CPU: ksoftirqd (RPS, woken by a burst) or a threaded
+      # NAPI kthread.
+      mode=ksoftirqd
+      if [ "$kind" != seed-ksoftirqd ]; then
+        # hping3-syn and probe-cmd take threaded NAPI where the kernel has it (5.12+).
+        if napi_threads_on; then
+          mode=napi
+        elif [ "$kind" = seed-napi ]; then
+          echo "no threaded NAPI on $(uname -r)" > "$d/skip"
+          touch "$d/ready" "$d/done"
+          return
+        fi
       fi
+      [ "$mode" = ksoftirqd ] && rps_on
+      echo "$mode" > "$d/mode"
       port=
       [ "$kind" = hping3-syn ] && port="--tcp-port 9876"
       facts before "$d"
@@ -287,10 +304,11 @@ prober_case() {
       p=$!
       touch "$d/probing"
       if [ "$kind" = seed-ksoftirqd ]; then
-        # A burst that overruns NET_RX's budget on the node and wakes ksoftirqd there,
-        # while the planted task holds that CPU.
+        # A burst that overruns NET_RX's budget on the node (10 restarts or 2 ms) and
+        # wakes ksoftirqd there, while the planted task holds that CPU. Short: a longer
+        # flood keeps an emulated node busy for seconds, stalling probes by itself.
         wait_file "$d/hog-started" 30
-        timeout 0.6 hping3 --icmp --flood -q "$NODE4" > "$d/flood.log" 2>&1
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
       fi
       wait "$h"
       wait "$p"
@@ -299,6 +317,21 @@ prober_case() {
       hping3 -S -p 9876 -i u10000 -c 500 "$NODE4" > "$d/hping3.log" 2> "$d/hping3.err" &
       h=$!
       touch "$d/probing"
+      if [ "$(cat "$d/mode")" = ksoftirqd ]; then
+        wait_file "$d/hog-started" 30
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      fi
+      wait "$h"
+      ;;
+    probe-cmd)
+      # stalltrace's own prober, default flags but the count, from the other machine.
+      "$ST" probe "$NODE4" -c 500 > "$d/probe.log" 2> "$d/probe.err" &
+      h=$!
+      touch "$d/probing"
+      if [ "$(cat "$d/mode")" = ksoftirqd ]; then
+        wait_file "$d/hog-started" 30
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      fi
       wait "$h"
       ;;
     peer-icmp6)
@@ -320,6 +353,13 @@ EOF
       prometheus --config.file=/tmp/prometheus.yml --storage.tsdb.path=/tmp/prom \
         --web.listen-address=127.0.0.1:9090 > "$d/prometheus.log" 2>&1 &
       pr=$!
+      # Scraping once Prometheus has the node's target up.
+      n=0
+      until curl -s --data-urlencode 'query=up' 'http://127.0.0.1:9090/api/v1/query' 2>/dev/null \
+        | grep -q '"value":\[[0-9.]*,"1"\]' || [ "$n" -gt 120 ]; do
+        n=$((n + 1))
+        sleep 0.5
+      done
       touch "$d/scraping"
       wait_file "$d/hog-ended" 120
       # Episodes close a second after their wait; scrapes come every second.

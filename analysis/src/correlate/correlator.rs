@@ -144,11 +144,28 @@ struct Pkt {
     probe: Option<ProbeJoin>,
 }
 
-/// Processed in a backlog drain after its first RX run: how long after the drain's
-/// first wait ended.
-fn after_drain_start(p: &Pkt) -> Option<u64> {
-    let d = p.drain_start_ns?;
-    (p.rx_start_ns != Some(d)).then(|| p.ts_ns.saturating_sub(d))
+/// Processed in a backlog drain, not in the RX run right after one of the stall's waits
+/// (which end at `ends`, ascending): how long after the latest of them that ended
+/// before it.
+fn in_drain_after(p: &Pkt, ends: &[u64]) -> Option<u64> {
+    p.drain_start_ns?;
+    if p.rx_start_ns
+        .is_some_and(|r| ends.binary_search(&r).is_ok())
+    {
+        return None;
+    }
+    let before = ends.partition_point(|&e| e <= p.ts_ns);
+    let last = ends.get(before.checked_sub(1)?)?;
+    Some(p.ts_ns - last)
+}
+
+impl OpenStall {
+    /// Its waits' ends, ascending.
+    fn ends(&self) -> Vec<u64> {
+        let mut e: Vec<u64> = self.waits.iter().map(|w| w.ts_ns).collect();
+        e.sort_unstable();
+        e
+    }
 }
 
 /// Keys of the packet and probe indexes.
@@ -833,6 +850,7 @@ impl Correlator {
     /// the run, one row per probe (an echo request and its reply may both have been
     /// processed in the run: the first is shown).
     fn table(&self, st: &OpenStall, run: &[&Pkt], run_ids: &[u64]) -> (Vec<ProbeLine>, u32) {
+        let ends = st.ends();
         let thr = self.cfg.stall_threshold_ns;
         let run_start = run.first().map_or(st.end_ns, |p| p.ts_ns.min(st.end_ns));
         let probe_rows_only = self.mode() == Mode::Probes;
@@ -846,7 +864,7 @@ impl Correlator {
                 p.cpu == st.cpu
                     && p.ts_ns < run_start
                     && run_ids.binary_search(id).is_err()
-                    && (!probe_rows_only || p.key.is_some())
+                    && (!probe_rows_only || p.probe.is_some())
             })
             .map(|(_, p)| p)
             .filter(|p| match p.key {
@@ -861,8 +879,11 @@ impl Correlator {
             .collect();
         before.reverse();
         let mut seen_run: Vec<SeqKey> = Vec::new();
+        // With probes, the rows are the probes' packets: another sender's echoes (a
+        // flood, a second prober) are counted, not listed.
         let rows: Vec<&&Pkt> = run
             .iter()
+            .filter(|p| !probe_rows_only || p.probe.is_some())
             .filter(|p| match p.key {
                 Some(k) if seen_run.contains(&seq_key(&k)) => false,
                 Some(k) => {
@@ -886,7 +907,11 @@ impl Correlator {
             status: p.probe.map(|j| j.status),
             delayed,
             over_threshold: p.probe.and_then(|j| j.rtt_ns).is_some_and(|r| r >= thr),
-            after_wait_ns: if delayed { after_drain_start(p) } else { None },
+            after_wait_ns: if delayed {
+                in_drain_after(p, &ends)
+            } else {
+                None
+            },
         };
         let mut lines: Vec<ProbeLine> = before.iter().map(|p| line(p, false)).collect();
         let room = self.cfg.max_lines.saturating_sub(lines.len());
@@ -928,7 +953,17 @@ impl Correlator {
         let claims = self.claims(&run, len);
         let qualifies = match self.mode() {
             Mode::Probes => claims.delayed > 0 || claims.lost > 0,
-            Mode::Packets => len >= thr && !run.is_empty(),
+            // A long wait of receive work delayed packets whether or not any of them was
+            // a recorded echo: NET_RX raised, or a NAPI thread woken, means packets
+            // waited (ksoftirqd alone may have waited for other softirqs).
+            Mode::Packets => {
+                len >= thr
+                    && (!run.is_empty()
+                        || st.waits.iter().any(|w| {
+                            w.kind == WaitKind::NetRxSoftirq
+                                || matches!(w.rx_context, RxContext::Napi | RxContext::BacklogNapi)
+                        }))
+            }
         };
         if !qualifies {
             self.settle_claims(&claims, false);
@@ -942,7 +977,11 @@ impl Correlator {
         });
         let (lines, lines_omitted) = self.table(&st, &run, &run_ids);
         let packets_delayed = u32::try_from(run.len()).unwrap_or(u32::MAX);
-        let drained: Vec<u64> = run.iter().filter_map(|p| after_drain_start(p)).collect();
+        let ends = st.ends();
+        let drained: Vec<u64> = run
+            .iter()
+            .filter_map(|p| in_drain_after(p, &ends))
+            .collect();
         let packets_in_drain = u32::try_from(drained.len()).unwrap_or(u32::MAX);
         let drain_ns = drained.iter().copied().max();
         let mut waits: Vec<WaitPart> = st

@@ -44,7 +44,7 @@ pub struct Episode {
     /// drain (several RX runs, a budget at a time, short waits in between).
     #[serde(skip_serializing_if = "is_zero")]
     pub packets_in_drain: u32,
-    /// How long after the drain's first wait ended the last of them was processed.
+    /// The longest any of them was processed after the wait before it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -179,8 +179,8 @@ pub struct ProbeLine {
     pub status: Option<ProbeStatus>,
     /// Processed in the delayed RX run (the seed's `**`).
     pub delayed: bool,
-    /// Processed this long after the drain's first wait ended, in the same backlog
-    /// drain (not in the first RX run after it).
+    /// Processed this long after the stall's latest wait before it ended, in the same
+    /// backlog drain (not in the RX run right after a wait).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_wait_ns: Option<u64>,
     /// RTT at or above the stall threshold (printed without parentheses).

@@ -83,6 +83,11 @@ pub struct Options {
     /// Features this kernel did not allow, and what the recording did without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// Why `packet_hook` reports packets: what the run needed that decided it (e.g.
+    /// "--probe receives echo replies, which kprobe:icmp_echo never sees"), or what
+    /// the kernel did not allow. Absent in dumps of recorders that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_hook_reason: Option<String>,
 }
 
 /// Where the packet was processed, from the kernel's point of view.
@@ -528,6 +533,10 @@ pub struct Footer {
     /// What the sampler delivered (holders' activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerStats>,
+    /// What the recorder warned about while recording, each once (e.g. answered
+    /// probes none of whose packets the packet hook saw).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The sampler's counts over a recording.
@@ -604,6 +613,7 @@ impl Record {
                 h.hooks.iter_mut().for_each(esc);
                 h.options.peer.as_mut().map(esc);
                 h.options.probe.as_mut().map(esc);
+                h.options.packet_hook_reason.as_mut().map(esc);
             }
             Record::Packet(p) => {
                 for s in [
@@ -634,6 +644,7 @@ impl Record {
             Record::Footer(f) => {
                 esc(&mut f.ended_at);
                 esc(&mut f.reason);
+                f.warnings.iter_mut().for_each(esc);
             }
         }
     }

@@ -71,12 +71,12 @@ pub fn episode_line(e: &Episode) -> String {
     s
 }
 
-/// `(31 packets in the same backlog drain, up to 24 ms after the first wait ended)`.
+/// `(31 packets in the same backlog drain, up to 24 ms after a wait ended)`.
 fn drain_phrase(s: &mut String, e: &Episode) {
     if e.packets_in_drain > 0 {
         let _ = write!(
             s,
-            " ({} in the same backlog drain, up to {} after the first wait ended)",
+            " ({} in the same backlog drain, up to {} after a wait ended)",
             plural(u64::from(e.packets_in_drain), "packet", "packets"),
             human_ns(e.drain_ns.unwrap_or(0))
         );
@@ -177,6 +177,15 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
     out
 }
 
+/// The full name of the packet hook the dump names short.
+fn hook_name(short: &str) -> &str {
+    match short {
+        "kprobe" => "kprobe:icmp_echo",
+        "tracepoint" => "tracepoint:net:netif_receive_skb",
+        other => other,
+    }
+}
+
 pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let i = &r.input;
@@ -190,6 +199,9 @@ pub fn render(r: &Report) -> String {
         "  host {}, kernel {}, {} CPUs, started {}, packets via {}",
         i.host, i.kernel, i.cpus, i.started_at, i.packet_hook
     );
+    if let Some(why) = &i.packet_hook_reason {
+        let _ = writeln!(s, "  packets via {}: {why}", hook_name(&i.packet_hook));
+    }
     if i.complete {
         // Live reports have no file lines to count.
         let lines = if i.path.is_some() {
@@ -243,9 +255,18 @@ pub fn render(r: &Report) -> String {
     if t.probes_answered > 0 {
         let _ = writeln!(
             s,
-            "  {} of {} answered probes matched to a packet the kernel saw",
-            t.probes_matched, t.probes_answered
+            "  {} of {} answered probes matched to a packet the kernel saw{}",
+            t.probes_matched,
+            t.probes_answered,
+            if t.probes_matched == 0 {
+                ": the packet hook saw none of their packets, so no stall can be tied to them"
+            } else {
+                ""
+            }
         );
+    }
+    for w in &i.recorder_warnings {
+        let _ = writeln!(s, "  the recorder warned: {w}");
     }
     if t.probes_ignored > 0 {
         let _ = writeln!(

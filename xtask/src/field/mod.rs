@@ -46,6 +46,8 @@ pub enum Case {
     Hping3Syn,
     /// The node's own prober: `record --probe PROBER` (echo replies).
     ProbeIcmp,
+    /// `stalltrace probe NODE` on the prober, its log analysed with the node's dump.
+    ProbeCmd,
     /// `record --probe PROBER6` over IPv6.
     ProbeIcmp6,
     /// `record --probe PROBER --tcp 8080` against a listener (SYN-ACK answers).
@@ -65,6 +67,7 @@ impl Case {
             Case::SeedKsoftirqd => "seed-ksoftirqd",
             Case::SeedNapi => "seed-napi",
             Case::Hping3Syn => "hping3-syn",
+            Case::ProbeCmd => "probe-cmd",
             Case::ProbeIcmp => "probe-icmp",
             Case::ProbeIcmp6 => "probe-icmp6",
             Case::ProbeTcpOpen => "probe-tcp-open",
@@ -80,10 +83,11 @@ impl Case {
         matches!(self, Case::SeedKsoftirqd | Case::SeedNapi)
     }
 
-    const ALL: [Case; 9] = [
+    const ALL: [Case; 10] = [
         Case::SeedKsoftirqd,
         Case::SeedNapi,
         Case::Hping3Syn,
+        Case::ProbeCmd,
         Case::ProbeIcmp,
         Case::ProbeIcmp6,
         Case::ProbeTcpOpen,
@@ -204,6 +208,9 @@ struct Guest<'a> {
     netdev: String,
     mac: &'a str,
     mem_mb: u32,
+    /// vCPUs: the node needs an RX CPU beside CPU 0; the prober one only, so that two
+    /// emulated machines on two host CPUs delay the prober less.
+    cpus: u32,
     console: &'a Path,
 }
 
@@ -213,6 +220,7 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         netdev,
         mac,
         mem_mb,
+        cpus,
         console,
     } = g;
     let virtfs = |path: &Path, tag: &str, ro: bool| {
@@ -223,7 +231,8 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         )
     };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp"])
+        .arg(cpus.to_string())
         .arg("-m")
         .arg(mem_mb.to_string())
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
@@ -245,8 +254,7 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         .arg(virtfs(&root(), "repo", true))
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet st_cmd={} st_repo={} st_role={role}",
-            root().join("scripts/field/guest.sh").display(),
+            "console=ttyS0 panic=-1 quiet st_cmd=/results/guest.sh st_repo={} st_role={role}",
             root().display()
         ))
         .stdin(Stdio::null())
@@ -285,6 +293,12 @@ fn boot_pair(
             bin.display()
         ),
     )?;
+    // The guests run a copy: the script may be edited while they run.
+    fs::copy(
+        root().join("scripts/field/guest.sh"),
+        shared.join("guest.sh"),
+    )
+    .context("copying scripts/field/guest.sh")?;
     let plan_text: String = plan
         .iter()
         .map(|(id, c)| format!("{id}\t{}\n", c.name()))
@@ -316,6 +330,7 @@ fn boot_pair(
             netdev: format!("socket,id=n0,listen=127.0.0.1:{port}"),
             mac: NODE_MAC,
             mem_mb: 2048,
+            cpus: 2,
             console: &consoles[0],
         },
     )?;
@@ -330,6 +345,7 @@ fn boot_pair(
             netdev: format!("socket,id=n0,connect=127.0.0.1:{port}"),
             mac: PROBER_MAC,
             mem_mb: 1536,
+            cpus: 1,
             console: &consoles[1],
         },
     )?;
