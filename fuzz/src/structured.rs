@@ -443,6 +443,7 @@ impl Scenario {
                     distinct_stacks: s[5].get(1),
                 }),
                 sampler: None,
+                warnings: vec![],
             }));
         }
         let log = self
