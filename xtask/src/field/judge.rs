@@ -196,19 +196,30 @@ fn staircase(answers: &[Answer]) -> HashSet<u32> {
         lo.seq == hi.seq + 1
             && (0.4 * INTERVAL_MS..=1.6 * INTERVAL_MS).contains(&(hi.rtt_ms - lo.rtt_ms))
     };
+    // Runs of stalled probes, each one interval below the one before.
     let mut out = HashSet::new();
+    let mut run: Vec<u32> = vec![];
     for (i, a) in by_seq.iter().enumerate() {
-        if a.rtt_ms < STALL_MS {
-            continue;
+        let continues = i > 0 && a.rtt_ms >= STALL_MS && step(by_seq[i - 1], a);
+        if !continues {
+            if run.len() >= MIN_STAIRS {
+                out.extend(run.drain(..));
+            }
+            run.clear();
         }
-        let after = by_seq.get(i + 1).is_some_and(|n| step(a, n));
-        let before = i > 0 && step(by_seq[i - 1], a);
-        if after || before {
-            out.insert(a.seq);
+        if a.rtt_ms >= STALL_MS {
+            run.push(a.seq);
         }
+    }
+    if run.len() >= MIN_STAIRS {
+        out.extend(run);
     }
     out
 }
+
+/// Stalled probes in a row that make a staircase: the planted stall (about a second)
+/// makes dozens; a host hiccup of 60–70 ms on the prober's side one or two.
+const MIN_STAIRS: usize = 3;
 
 /// The blame: rank 1 is the planted task (by pid from /proc), and the stalled probes
 /// of the prober's own log that stalled on the node are explained.
@@ -623,10 +634,12 @@ mod tests {
     #[test]
     fn staircases_are_told_from_plateaus() {
         let a = |seq, rtt_ms| Answer { seq, rtt_ms };
-        // A node-side stall: 90, 80, … 40 ms; a prober-side plateau of 61 ms.
+        // A node-side stall: 90, 80, … 40 ms; a prober-side plateau of 61 ms; a
+        // two-step hiccup of 58, 52 ms.
         let mut log: Vec<Answer> = (0..6).map(|i| a(i, 90.0 - 10.0 * f64::from(i))).collect();
         log.extend((10..15).map(|i| a(i, 61.0)));
         log.push(a(20, 70.0));
+        log.extend([a(30, 58.0), a(31, 52.0), a(32, 3.0)]);
         let mut got: Vec<u32> = staircase(&log).into_iter().collect();
         got.sort_unstable();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
