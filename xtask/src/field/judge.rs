@@ -278,6 +278,10 @@ fn judge_blame(
         ),
     );
     v.check(
+        explained <= all_stalled as u64,
+        format!("{what}: {explained} explained, more than the log's {all_stalled} stalled probes"),
+    );
+    v.check(
         stalled == 0 || explained as f64 >= MIN_SHARE * stalled as f64,
         format!("{what}: {explained} of {stalled} stalled probes explained (< 95 %)"),
     );

@@ -113,6 +113,10 @@ pub struct FieldArgs {
     /// 4 minutes).
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Judge the files the last run left (target/field/<release>/shared) again, without
+    /// booting: for work on the judge or on `analyze`.
+    #[arg(long)]
+    pub rejudge: bool,
 }
 
 /// The default kernels: 6.1 (kprobes, NET_RX deferral to a busy ksoftirqd, threaded
@@ -153,7 +157,11 @@ pub fn run(a: FieldArgs) -> anyhow::Result<()> {
         let work = root().join("target/field").join(&k.release);
         let shared = work.join("shared");
         let limit = a.timeout.unwrap_or(180 * plan.len() as u64 + 240);
-        let boot = boot_pair(&k, &work, &shared, &bin, &plan, Duration::from_secs(limit));
+        let boot = if a.rejudge {
+            Ok(())
+        } else {
+            boot_pair(&k, &work, &shared, &bin, &plan, Duration::from_secs(limit))
+        };
         let verdicts = match boot {
             Ok(()) => judge::all(&bin, &k.release, &shared, &plan),
             Err(e) => {
