@@ -11,6 +11,7 @@
 )]
 #![no_main]
 
+mod drain;
 mod maps;
 mod packet;
 mod sampler;

@@ -198,12 +198,11 @@ pub struct CpuState {
     /// The end of the latest run left out of a full history (it or the run it would
     /// have displaced was the briefest): a wait covering it is `truncated`.
     pub last_drop_end: u64,
-    /// The backlog drain open on this CPU: the end of its first wait (0 = none), and
-    /// the end of its latest one. A wait that begins while a drain is open joins it;
-    /// the drain closes when the CPU's RX work runs out, or `drain_window_ns` after its
-    /// latest wait.
+    /// The backlog drain open on this CPU ([`crate::drain`]): the end of its first wait
+    /// (0 = none), the end of its latest one, and when its RX work ran out (0: not yet).
     pub drain_of: u64,
     pub drain_last_end: u64,
+    pub drain_idle_since: u64,
     pub segs: [Segment; SEGS],
 }
 

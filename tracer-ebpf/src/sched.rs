@@ -147,7 +147,7 @@ fn forget_wake(pid: u32) {
 fn rx_thread_sleeps(st: &mut CpuState, cpu: u32) {
     forget_wake(bpf_get_current_pid_tgid() as u32);
     if st.drain_of != 0 && st.netrx_raise_ns == 0 && rx_pending(cpu) == 0 {
-        st.drain_of = 0;
+        crate::drain::ran_out(st, now());
     }
 }
 
@@ -406,28 +406,13 @@ pub struct WaitSpec {
     pub include_current: bool,
 }
 
-/// The backlog drain a wait ending now belongs to: the open one if the wait began
-/// before it closed, else a new one that this wait opens.
-#[inline(always)]
-fn drain_join(st: &mut CpuState, start: u64, end: u64) -> u64 {
-    let window = CONFIG.load().drain_window_ns;
-    if st.drain_of != 0 && start <= st.drain_last_end.saturating_add(window) {
-        if end > st.drain_last_end {
-            st.drain_last_end = end;
-        }
-        return st.drain_of;
-    }
-    st.drain_of = end;
-    st.drain_last_end = end;
-    end
-}
-
 /// Writes a wait record: the RX context in the header, and the tasks that held this
 /// CPU between `start` and `end` from the run history (plus, for softirq waits, the
-/// task still running now). The wait joins this CPU's backlog drain, or opens one.
+/// task still running now). The wait joins this CPU's backlog drain, or opens one
+/// ([`crate::drain`]).
 #[inline(always)]
 pub fn emit_wait(st: &mut CpuState, w: &WaitSpec) {
-    let drain_of = drain_join(st, w.start, w.end);
+    let drain_of = crate::drain::join(st, w.start, w.end);
     let (kind, start, end) = (w.kind, w.start, w.end);
     let Some(mut entry) = EVENTS.reserve::<WaitEvent>(0) else {
         count_lost(kind as u32);
