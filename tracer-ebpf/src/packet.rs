@@ -248,7 +248,11 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             } else {
                 st.netrx_entry_ns
             };
-            (u8::from(soft), start, crate::drain::of_packet(st, ev.header.ts_ns))
+            (
+                u8::from(soft),
+                start,
+                crate::drain::of_packet(st, ev.header.ts_ns),
+            )
         }
         None => (0, 0, 0),
     };
