@@ -68,6 +68,7 @@ pub struct RxPending {
 }
 
 impl RxPending {
+    /// RX threads pending: marks ahead of unmarks.
     #[inline(always)]
     fn pending(&self) -> bool {
         self.marks > self.unmarks
@@ -87,9 +88,10 @@ fn atomic_inc(p: &mut u64) {
     }
 }
 
-/// A CPU marked as having an RX-thread wakeup pending for longer than this is stale (the
-/// thread ran elsewhere, or a count was lost): the mark is dropped.
-pub const STALE_PENDING_NS: u64 = 5_000_000_000;
+/// A CPU marked as having RX threads pending where none has run for this long is stale
+/// (a thread ran elsewhere, its mark left behind): the mark is dropped. Real-time
+/// throttling lets starved threads run every second by default.
+pub const STALE_PENDING_NS: u64 = 10_000_000_000;
 
 #[inline(always)]
 fn rx_slot(cpu: u32) -> Option<&'static mut RxPending> {
@@ -110,14 +112,18 @@ pub fn mark_rx_pending(cpu: u32, ts: u64) {
     }
 }
 
-/// One RX thread counted on `cpu` ran.
+/// One RX thread counted on `cpu` ran (at `now`). The count never goes below zero (a
+/// mark dropped as stale has nothing to take back); while others still wait, `since`
+/// moves up to now, so that only a CPU where no RX thread ran for
+/// [`STALE_PENDING_NS`] is taken as stale.
 #[inline(always)]
-pub fn unmark_rx_pending(cpu: u32) {
+pub fn unmark_rx_pending(cpu: u32, now: u64) {
     if let Some(p) = rx_slot(cpu) {
-        atomic_inc(&mut p.unmarks);
         if !p.pending() {
-            p.since = 0;
+            return;
         }
+        atomic_inc(&mut p.unmarks);
+        p.since = if p.pending() { now } else { 0 };
     }
 }
 

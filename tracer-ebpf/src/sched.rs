@@ -133,9 +133,7 @@ fn forget_wake(pid: u32) {
     if let Some(old) = RX_WAKE.get_ptr(pid) {
         // SAFETY: pointer from a map lookup, valid for this program run.
         let target = unsafe { (*old).target_cpu };
-        if rx_pending(target) != 0 {
-            unmark_rx_pending(target);
-        }
+        unmark_rx_pending(target, now());
         let _ = RX_WAKE.remove(pid);
     }
 }
@@ -324,7 +322,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     }
     // This thread's wait is over: its mark goes from the CPU it was counted on (where
     // the wakeup aimed, if it migrated since).
-    unmark_rx_pending(w.target_cpu);
+    unmark_rx_pending(w.target_cpu, ts);
     if ts > w.ts {
         let wait = ts - w.ts;
         hist_add(HIST_RX_THREAD, wait);

@@ -80,7 +80,10 @@ impl Case {
     /// Cases whose stall depends on how the two guests' timing overlaps: run
     /// `--runs` times.
     fn repeated(self) -> bool {
-        matches!(self, Case::SeedKsoftirqd | Case::SeedNapi)
+        matches!(
+            self,
+            Case::SeedKsoftirqd | Case::SeedNapi | Case::Hping3Syn | Case::ProbeCmd
+        )
     }
 
     const ALL: [Case; 10] = [
@@ -106,7 +109,8 @@ pub struct FieldArgs {
     /// Cases to run (repeatable). Default: all.
     #[arg(long = "case", value_enum)]
     pub cases: Vec<Case>,
-    /// Runs of each stall case (seed-ksoftirqd, seed-napi).
+    /// Runs of each case a stall from another machine (seed-ksoftirqd, seed-napi,
+    /// hping3-syn, probe-cmd).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: u32,
     /// Time limit for one pair of guests, in seconds (default: 3 minutes per case plus
