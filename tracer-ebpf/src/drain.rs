@@ -2,9 +2,11 @@
 //! budget at a time, with short waits in between): its packets were delayed by the
 //! wait even when they are not processed right after it. A drain opens when a wait of
 //! at least `drain_window_ns` (the stall threshold) ends; later waits that begin while
-//! it is open join it; it closes `drain_window_ns` after its latest wait, or
-//! `drain_grace_ns` after the CPU's RX work ran out (packets the device had not
-//! signalled yet — an interrupt moderated or emulated late — still belong to it).
+//! it is open and its backlog is not cleared join it; it closes `drain_window_ns` after
+//! its latest wait, or `drain_grace_ns` after the CPU's RX work first ran out (packets
+//! the device had not signalled yet — an interrupt moderated or emulated late — still
+//! belong to it, but fresh traffic after that does not keep it open, and a wait after
+//! the backlog cleared is a stall of its own).
 use crate::maps::{CpuState, CONFIG};
 
 /// The drain a wait from `start` to `end` belongs to (0: none), opening one for a long
@@ -12,11 +14,10 @@ use crate::maps::{CpuState, CONFIG};
 #[inline(always)]
 pub fn join(st: &mut CpuState, start: u64, end: u64) -> u64 {
     let c = CONFIG.load();
-    if is_open(st, start) {
+    if st.drain_idle_since == 0 && is_open(st, start) {
         if end > st.drain_last_end {
             st.drain_last_end = end;
         }
-        st.drain_idle_since = 0;
         return st.drain_of;
     }
     if end.saturating_sub(start) < c.drain_window_ns {
@@ -46,14 +47,12 @@ pub fn ran_out(st: &mut CpuState, now: u64) {
     }
 }
 
-/// The drain a packet processed at `now` belongs to (0: none); RX work going on within
-/// the grace means the drain is not over.
+/// The drain a packet processed at `now` belongs to (0: none).
 #[inline(always)]
 pub fn of_packet(st: &mut CpuState, now: u64) -> u64 {
     if !is_open(st, now) {
         st.drain_of = 0;
         return 0;
     }
-    st.drain_idle_since = 0;
     st.drain_of
 }

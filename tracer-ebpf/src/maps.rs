@@ -2,7 +2,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use tracer_common::{
@@ -35,10 +35,14 @@ pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
-/// Pending wakeups of RX threads (ksoftirqd, napi/…, backlog_napi), by thread id.
-/// LRU: a wakeup whose switch-in was never seen (the thread exited) cannot pin a slot.
+/// Pending wakeups of RX threads (ksoftirqd, napi/…, backlog_napi), by thread id. A
+/// plain preallocated hash, not an LRU one: the scheduler hooks use it with the run
+/// queue locked, and an LRU map's node stealing across CPUs (which deletes from the
+/// hash under its own locks) is more than these hooks should risk. Entries go when the
+/// thread runs or sleeps; one left by a thread that died is counted as a table-full
+/// loss once the table fills.
 #[map]
-pub static RX_WAKE: LruHashMap<u32, RxWake> = LruHashMap::with_max_entries(4096, 0);
+pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
 
 /// Syscalls in flight of threads that left their CPU inside one, by thread id; moved
 /// back into the CPU's slot at switch-in. LRU bounds what a task that dies inside a

@@ -139,12 +139,13 @@ fn forget_wake(pid: u32) {
 }
 
 /// An RX thread going to sleep (a switch that is not a preemption): a wakeup recorded
-/// while it was still running is moot, and if nothing else is pending here, the
-/// CPU's RX work has run out and its backlog drain is over.
+/// while it was still running is moot, and the backlog it drained is cleared, so the
+/// CPU's drain is over after its grace (another RX context still pending here, or a
+/// raise that has not run, is fresh work: a wait for it is a stall of its own).
 #[inline(always)]
-fn rx_thread_sleeps(st: &mut CpuState, cpu: u32) {
+fn rx_thread_sleeps(st: &mut CpuState) {
     forget_wake(bpf_get_current_pid_tgid() as u32);
-    if st.drain_of != 0 && st.netrx_raise_ns == 0 && rx_pending(cpu) == 0 {
+    if st.drain_of != 0 {
         crate::drain::ran_out(st, now());
     }
 }
@@ -262,7 +263,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     if preempt & 0xff != 0 {
         mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
     } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
-        rx_thread_sleeps(st, cpu);
+        rx_thread_sleeps(st);
     }
     let rx_marked = rx_pending(cpu);
     let pending = st.netrx_raise_ns != 0 || rx_marked != 0;
