@@ -95,15 +95,22 @@ fn lock(dir: &Path) -> anyhow::Result<Option<File>> {
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            // A FIFO planted there must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .context("opening the lab's lock file")?;
+        let held = f.metadata().context("checking the lab's lock file")?;
+        anyhow::ensure!(
+            held.is_file(),
+            "{} is a {}, not a regular file; remove it",
+            path.display(),
+            stalltrace_analysis::output::kind(&held.file_type())
+        );
         // SAFETY: flock(2) on an fd we own; LOCK_NB never blocks.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             return Ok(None);
         }
-        let held = f.metadata().context("checking the lab's lock file")?;
         if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev())
         {
             return Ok(Some(f));

@@ -14,6 +14,7 @@
 use std::{
     fs,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
@@ -113,10 +114,25 @@ pub fn charge_run(a: ChargeArgs) -> anyhow::Result<ExitCode> {
     for (cg, file) in a.cgroups.iter().zip(&a.files) {
         fs::write(cg.join("cgroup.procs"), &me)
             .with_context(|| format!("joining {}", cg.display()))?;
+        // Only the regular files the lab made: never through a link, never a device.
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(file)
             .with_context(|| format!("opening {}", file.display()))?;
+        let md = f
+            .metadata()
+            .with_context(|| format!("checking {}", file.display()))?;
+        if !md.is_file() {
+            bail!(CodedError::new(
+                ExitCode::Usage,
+                format!(
+                    "{} is a {}, not a regular file",
+                    file.display(),
+                    stalltrace_analysis::output::kind(&md.file_type())
+                )
+            ));
+        }
         f.write_all(&page)?;
     }
     fs::write(a.back.join("cgroup.procs"), &me)

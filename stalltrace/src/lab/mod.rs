@@ -64,7 +64,8 @@ pub struct LabArgs {
     /// processes), from its journal in /run/stalltrace; then exit.
     #[arg(long, conflicts_with_all = ["list", "output"])]
     pub cleanup: bool,
-    /// Where to keep the dump (default: a new private directory under /tmp).
+    /// Where to keep the dump (default: a new private directory under /tmp); a regular
+    /// file there is replaced.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// CPU to starve (default: the last CPU).
@@ -170,6 +171,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let cpu = starved_cpu(&a)?;
+    if let Some(p) = &a.output {
+        // The lab's recorder replaces a file there (it passes --force), never anything
+        // else: said before anything is built.
+        stalltrace_analysis::output::check(p, true).context("the lab's dump")?;
+    }
     if !Path::new("/proc/self/ns/net").exists() {
         return Err(CodedError::new(
             ExitCode::KernelFeature,
