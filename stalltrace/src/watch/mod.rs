@@ -44,6 +44,13 @@ Examples:
   sudo stalltrace watch --listen 0.0.0.0:9910 --dump-dir /var/lib/stalltrace
   sudo stalltrace watch --probe 10.0.0.7                  # RTTs too
 
+  sudo stalltrace watch --listen 10.0.3.7 --tls-cert tls.crt --tls-key tls.key \
+       --tls-client-ca scraper-ca.crt                     # mutual TLS for /metrics
+
+The endpoint answers GET only (bodies refused unread), heads up to 16 KiB received
+within 10 s, at most 64 connections (the longest idle gives its place up), and runs on
+its own thread: no client holds up the recording.
+
 Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
   stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
   stalltrace_stall_episodes_total{namespace,pod,container,comm}   by culprit (top-K, then other)
@@ -56,9 +63,25 @@ Each episode also prints one line on stderr (kubectl logs).";
 pub struct WatchArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// Serve /metrics and /healthz on this address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9910")]
+    /// Serve /metrics and /healthz on this address: ADDR:PORT, [IPV6]:PORT, or an
+    /// address alone (port 9910; the DaemonSet passes its pod IP so).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9910",
+          value_parser = http::parse_listen)]
     pub listen: SocketAddr,
+    /// Serve over TLS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: /metrics answers only clients presenting a certificate signed by this
+    /// CA (PEM), or the bearer token of --auth-token-file. /healthz stays open.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: /metrics answers only requests with `Authorization: Bearer <the token
+    /// in FILE>` (or a client certificate of --tls-client-ca). Read at start.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub auth_token_file: Option<PathBuf>,
     /// Write one dump per episode (with its context) into this directory.
     #[arg(long, value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
@@ -113,7 +136,17 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
     );
     // The endpoint answers from the start; /healthz says ok once the loop ticks.
     let alive = Arc::new(AtomicU64::new(0));
-    let server = http::serve(a.listen, metrics.clone(), alive.clone())?;
+    let endpoint = http::Endpoint::new(
+        a.listen,
+        &http::Security {
+            tls_cert: a.tls_cert.as_deref(),
+            tls_key: a.tls_key.as_deref(),
+            tls_client_ca: a.tls_client_ca.as_deref(),
+            auth_token_file: a.auth_token_file.as_deref(),
+        },
+    )?;
+    let (scheme, guard) = (endpoint.scheme(), endpoint.guard());
+    let server = http::serve(endpoint, metrics.clone(), alive.clone())?;
     let Attached {
         tracer,
         enricher,
@@ -144,8 +177,8 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
     p.push(&Record::Header(header))?;
     let mut src = Source::start(tracer, enricher, plan.probe.clone())?;
     crate::errln!(
-        "watching: metrics on http://{}/metrics{}; SIGTERM to stop",
-        a.listen,
+        "watching: metrics on {scheme}://{}/metrics{guard}{}; SIGTERM to stop",
+        server.addr,
         a.dump_dir
             .as_ref()
             .map(|d| format!(", episode dumps in {}", d.display()))
