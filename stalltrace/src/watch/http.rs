@@ -10,9 +10,11 @@
 //!   idle keep-alive connection is closed after that long without a complete head);
 //! - a response write (and a TLS handshake) that makes no progress for
 //!   [`WRITE_TIMEOUT`] closes the connection;
-//! - at most [`MAX_CONNECTIONS`] connections: a new one takes the place of the
-//!   connection idle the longest (no request being answered), or is closed at once
-//!   when every connection is answering one. Nothing queues.
+//! - at most [`MAX_CONNECTIONS`] connections, [`MAX_PER_PEER`] of them from one
+//!   address: a new connection takes the place of the longest-idle connection (no
+//!   request being answered) of its own address when that one is at its share, else of
+//!   the address holding the most; it is closed at once when none is idle. Nothing
+//!   queues, and one client (one pod) cannot crowd out the scraper or the kubelet.
 //!
 //! Optionally TLS (rustls, ring), with `/metrics` behind a client certificate signed by
 //! a given CA or a bearer token; `/healthz` says only ok/starting/stuck and stays open
@@ -54,6 +56,8 @@ use crate::exit::{CodedError, ExitCode};
 
 /// Connections open at once, at most.
 pub const MAX_CONNECTIONS: usize = 64;
+/// … and from one client address.
+pub const MAX_PER_PEER: usize = 16;
 /// A request's line and headers, at most.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Headers in a request, at most.
@@ -316,30 +320,49 @@ impl ConnState {
 }
 
 struct Slot {
+    peer: IpAddr,
     state: Arc<ConnState>,
     close: Arc<Notify>,
 }
 
-/// The open connections, by id.
+/// The open connections, by id, and how many each client address holds.
 #[derive(Default)]
 struct Table {
     next: u64,
     open: HashMap<u64, Slot>,
+    per_peer: HashMap<IpAddr, usize>,
 }
 
 impl Table {
-    /// Makes room for a new connection: under the cap, or by closing the one idle the
-    /// longest. `None` when every connection is answering a request (the new one is
-    /// then closed).
-    fn admit(&mut self, max: usize) -> Option<(u64, Arc<ConnState>, Arc<Notify>)> {
-        if self.open.len() >= max {
+    /// Makes room for a connection from `peer`: within the caps, or by closing the
+    /// longest-idle connection of `peer` itself when it holds its share, else of the
+    /// address holding the most connections. `None` when no such connection is idle
+    /// (every one is answering a request): the new one is then closed.
+    fn admit(
+        &mut self,
+        peer: IpAddr,
+        max: usize,
+        max_per_peer: usize,
+    ) -> Option<(u64, Arc<ConnState>, Arc<Notify>)> {
+        let mine = self.per_peer.get(&peer).copied().unwrap_or(0);
+        let from = if mine >= max_per_peer {
+            Some(peer)
+        } else if self.open.len() >= max {
+            self.per_peer
+                .iter()
+                .max_by_key(|(ip, n)| (**n, **ip))
+                .map(|(ip, _)| *ip)
+        } else {
+            None
+        };
+        if let Some(from) = from {
             let victim = self
                 .open
                 .iter()
-                .filter(|(_, s)| !s.state.busy.load(Ordering::Relaxed))
+                .filter(|(_, s)| s.peer == from && !s.state.busy.load(Ordering::Relaxed))
                 .min_by_key(|(id, s)| (s.state.idle_since(), **id))
                 .map(|(id, _)| *id)?;
-            if let Some(s) = self.open.remove(&victim) {
+            if let Some(s) = self.remove(victim) {
                 s.close.notify_one();
             }
         }
@@ -352,11 +375,24 @@ impl Table {
         self.open.insert(
             self.next,
             Slot {
+                peer,
                 state: state.clone(),
                 close: close.clone(),
             },
         );
+        *self.per_peer.entry(peer).or_default() += 1;
         Some((self.next, state, close))
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Slot> {
+        let s = self.open.remove(&id)?;
+        if let Some(n) = self.per_peer.get_mut(&s.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&s.peer);
+            }
+        }
+        Some(s)
     }
 }
 
@@ -369,7 +405,7 @@ impl Drop for Leave {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        t.open.remove(&self.1);
+        t.remove(self.1);
     }
 }
 
@@ -640,10 +676,10 @@ async fn accept_loop(
     let table = Arc::new(Mutex::new(Table::default()));
     let mut said_accept_error = false;
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut stop => return,
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors, mostly: said once, and a pause so the
                     // loop does not spin while it lasts.
@@ -661,7 +697,7 @@ async fn accept_loop(
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            t.admit(MAX_CONNECTIONS)
+            t.admit(peer.ip().to_canonical(), MAX_CONNECTIONS, MAX_PER_PEER)
         };
         let Some((id, conn, close)) = admitted else {
             // Every place is answering a request: this one is closed, not queued.
@@ -674,6 +710,10 @@ async fn accept_loop(
             let _leave = leave;
             connection(stream, sh, acceptor, conn, close).await;
         });
+        // Let the connection just told to close (and the new one) run before the next
+        // accept: under a connection flood, closed connections must not pile up
+        // waiting for the accept loop to give the thread up.
+        tokio::task::yield_now().await;
     }
 }
 
@@ -888,23 +928,63 @@ mod tests {
 
     #[test]
     fn the_table_gives_the_longest_idle_place_up_and_refuses_when_all_are_busy() {
+        let ip = IpAddr::from([10, 0, 0, 1]);
         let mut t = Table::default();
         let mut conns = vec![];
         for _ in 0..3 {
-            conns.push(t.admit(3).unwrap());
+            conns.push(t.admit(ip, 3, 3).unwrap());
             std::thread::sleep(Duration::from_millis(2));
         }
         // The second became idle long ago, the first just now: the second goes.
         *conns[0].1.idle_since.lock().unwrap() = Instant::now();
-        let (id4, _, _) = t.admit(3).unwrap();
+        let (id4, _, _) = t.admit(ip, 3, 3).unwrap();
         assert!(!t.open.contains_key(&conns[1].0) && t.open.contains_key(&id4));
         assert_eq!(t.open.len(), 3);
         // All busy: refused, nobody closed.
         let busy: Vec<Busy> = t.open.values().map(|s| Busy::new(&s.state)).collect();
-        assert!(t.admit(3).is_none());
+        assert!(t.admit(ip, 3, 3).is_none());
         assert_eq!(t.open.len(), 3);
         drop(busy);
-        assert!(t.admit(3).is_some());
+        assert!(t.admit(ip, 3, 3).is_some());
+        assert_eq!(t.per_peer.get(&ip), Some(&3));
+    }
+
+    #[test]
+    fn one_address_cannot_crowd_out_another() {
+        let (flood, scraper) = (IpAddr::from([10, 0, 0, 9]), IpAddr::from([10, 0, 0, 1]));
+        let mut t = Table::default();
+        let (mine, _, _) = t.admit(scraper, 8, 4).unwrap();
+        // The flood gets its share and then only replaces its own connections ...
+        for _ in 0..100 {
+            assert!(t.admit(flood, 8, 4).is_some());
+        }
+        assert_eq!(t.per_peer.get(&flood), Some(&4));
+        assert!(
+            t.open.contains_key(&mine),
+            "the scraper keeps its connection"
+        );
+        // ... and when the table is full of several addresses, the one holding the
+        // most gives a place up, not the newcomer's.
+        for i in 2..=4u8 {
+            for _ in 0..2 {
+                t.admit(IpAddr::from([10, 0, 1, i]), 8, 4).unwrap();
+            }
+        }
+        assert_eq!(t.open.len(), 8);
+        let (late, _, _) = t.admit(IpAddr::from([10, 0, 2, 1]), 8, 4).unwrap();
+        assert_eq!(t.open.len(), 8);
+        assert!(
+            t.per_peer.get(&flood).is_some_and(|n| *n < 4),
+            "the biggest holder gave places up: {:?}",
+            t.per_peer
+        );
+        assert!(t.per_peer.values().all(|n| *n <= 4));
+        assert!(t.open.contains_key(&late) && t.open.contains_key(&mine));
+        // Removing what is gone keeps the counts right.
+        for id in t.open.keys().copied().collect::<Vec<_>>() {
+            t.remove(id);
+        }
+        assert!(t.per_peer.is_empty());
     }
 
     #[test]

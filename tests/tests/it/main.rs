@@ -6,6 +6,7 @@ mod attribution_lab;
 mod deploy;
 mod doctor;
 mod hardening;
+mod hostile_http;
 mod lab;
 mod probe_match;
 mod probe_netns;
