@@ -471,6 +471,19 @@ impl Header {
 }
 
 impl Lost {
+    /// What was lost since `earlier` (counters taken from the same recording).
+    pub fn since(&self, earlier: &Lost) -> Lost {
+        Lost {
+            packets: self.packets.saturating_sub(earlier.packets),
+            waits: self.waits.saturating_sub(earlier.waits),
+            syscalls: self.syscalls.saturating_sub(earlier.syscalls),
+            stack_samples: self.stack_samples.saturating_sub(earlier.stack_samples),
+            samples: self.samples.saturating_sub(earlier.samples),
+            table_full: self.table_full.saturating_sub(earlier.table_full),
+            unread_at_exit: self.unread_at_exit.saturating_sub(earlier.unread_at_exit),
+        }
+    }
+
     /// Everything lost (saturating: a forged footer cannot make it wrap to 0).
     pub fn total(&self) -> u64 {
         [
@@ -518,6 +531,11 @@ pub struct Footer {
     /// What the sampler delivered (holders' activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerStats>,
+    /// A flight recorder's episode dump: records of the dump's window that its memory
+    /// caps forgot before the dump was written (`lost` is then what the kernel lost
+    /// while the window's records were taken).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evicted: u64,
 }
 
 /// The sampler's counts over a recording.

@@ -145,6 +145,12 @@ pub fn summary(r: &Report) -> Vec<String> {
             ));
         }
     }
+    if r.input.evicted > 0 {
+        out.push(format!(
+            "The flight recorder's memory caps forgot {} records of this dump's window before it was written: its start is missing.",
+            r.input.evicted
+        ));
+    }
     if t.episodes == 0 {
         out.push(match r.mode {
             Mode::Probes => format!(

@@ -166,12 +166,14 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
-    // The flight recorder's counters are read for the metrics between records.
-    let flight = flight.map(|f| Arc::new(std::sync::Mutex::new(f)));
+    let mut cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
+    // An agent runs for months and never prints a final report: no episode list, and
+    // the culprit ranking kept as small as the metrics' table.
+    watch_bounds(&mut cfg, a.top_k);
+    let flight_stats = flight.as_ref().map(|f| f.stats.clone());
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(metrics.clone()), Box::new(EpisodeLog)];
-    if let Some(f) = &flight {
-        sinks.push(Box::new(Shared(f.clone())));
+    if let Some(f) = flight {
+        sinks.push(Box::new(f));
     }
     let mut p = Pipeline::new(cfg, sinks);
     p.push(&Record::Header(header))?;
@@ -185,17 +187,13 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     let outcome = pipeline::run(&mut src, &mut p, &mut signals, None, |src, p, ticks| {
-        alive.store(crate::sys::boot_ns(), Ordering::Relaxed);
+        let now = crate::sys::boot_ns();
+        alive.store(now, Ordering::Relaxed);
         if ticks % 10 == 1 {
-            let (dumps, held) = flight
-                .as_ref()
-                .map(|f| {
-                    f.lock()
-                        .map(|f| (f.written, f.held_bytes() as u64))
-                        .unwrap_or((0, 0))
-                })
-                .unwrap_or((0, 0));
-            metrics.set_node(node::stats(src, p, dumps, held));
+            if let (Some(f), Ok(lost)) = (&flight_stats, src.lost()) {
+                f.note_lost(now, lost);
+            }
+            metrics.set_node(node::stats(src, p, flight_stats.as_deref()));
         }
         Ok(())
     })
@@ -210,35 +208,11 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
     outcome.map(|_| ExitCode::Ok)
 }
 
-/// A sink shared with the metrics reader.
-struct Shared(Arc<std::sync::Mutex<FlightRecorder>>);
-
-impl Sink for Shared {
-    fn what(&self) -> &str {
-        "the flight recorder"
-    }
-    fn record(&mut self, r: &Record) -> std::io::Result<()> {
-        self.with(|f| f.record(r))
-    }
-    fn episode(&mut self, e: &Episode) -> std::io::Result<()> {
-        self.with(|f| f.episode(e))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.with(|f| f.flush())
-    }
-    fn finish(&mut self, r: &stalltrace_analysis::correlate::Report) -> std::io::Result<()> {
-        self.with(|f| f.finish(r))
-    }
-}
-
-impl Shared {
-    fn with(
-        &self,
-        f: impl FnOnce(&mut FlightRecorder) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        match self.0.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
-    }
+/// The correlator's bounds for an agent: no episode kept for a final report, and
+/// the ranking table as small as the metrics' (idle rows go, the rest fold into
+/// `other`).
+fn watch_bounds(cfg: &mut Config, top_k: u64) {
+    cfg.max_listed_episodes = 0;
+    cfg.max_listed_unexplained = 0;
+    cfg.max_ranked = usize::try_from(top_k).unwrap_or(1000).max(1);
 }
