@@ -373,7 +373,7 @@ impl<C: Clock> Engine<C> {
         match prev {
             State::Pending => {
                 self.stats.received += 1;
-                self.stats.rtts_ns.push(rtt_ns);
+                self.stats.rtts.record(rtt_ns);
                 if highest.is_some_and(|h| c < h) {
                     self.stats.reordered += 1;
                 }
@@ -681,9 +681,12 @@ mod tests {
         assert!(recs
             .iter()
             .all(|r| r.sent_ns == Some(VirtualClock::BOOT0_NS + u64::from(r.seq) * 20 * MS)));
-        let mut rtts = st.rtts_ns.clone();
-        rtts.sort();
-        assert_eq!(rtts, [vec![2 * MS; 13], vec![35 * MS]].concat());
+        assert_eq!(st.rtts.len(), 14);
+        assert_eq!((st.min_ns(), st.max_ns()), (Some(2 * MS), Some(35 * MS)));
+        assert_eq!(
+            st.percentiles(&[50.0, 92.0, 93.0, 100.0]),
+            Some(vec![2 * MS, 2 * MS, 35 * MS, 35 * MS])
+        );
         assert_eq!((st.drift.samples, st.drift.max_ns), (16, 0));
         // The run ends as soon as everything is settled: 15's answer at 302 ms.
         assert_eq!(took, Duration::from_millis(302));
@@ -701,7 +704,10 @@ mod tests {
         );
         let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..12).collect::<Vec<_>>());
-        assert_eq!(st.rtts_ns, vec![3 * MS; 12]);
+        assert_eq!(
+            (st.rtts.len(), st.min_ns(), st.max_ns()),
+            (12, Some(3 * MS), Some(3 * MS))
+        );
 
         // The same wire with 3 probes in flight: each answer arrives after the next two
         // probes went out (25 ms after its own, 10 ms apart), so slot 1 must map to probe
