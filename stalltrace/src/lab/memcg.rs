@@ -93,11 +93,11 @@ fn enable_memory_below(dir: &Path) -> anyhow::Result<()> {
 /// `stalltrace charge-cgroups` (hidden): the helper that charges the lab's cgroups.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChargeArgs {
-    /// The cgroups to charge, in order.
-    #[arg(long, num_args = 1.., required = true)]
+    /// The cgroups to charge, in order (at most 10000).
+    #[arg(long, num_args = 1..=MAX_CHARGED, required = true)]
     pub cgroups: Vec<PathBuf>,
     /// Existing files to write into, one per cgroup.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1..=MAX_CHARGED, required = true)]
     pub files: Vec<PathBuf>,
     /// The cgroup to go back to (where the lab runs).
     #[arg(long)]
@@ -108,7 +108,20 @@ pub struct ChargeArgs {
 /// pages are charged there, and nothing else is (no fork, no new file, no new dentry:
 /// the files were made by the lab in its own cgroup), so deleting the files later
 /// releases the cgroups.
+/// Cgroups one `charge-cgroups` charges at most (the lab makes 400).
+const MAX_CHARGED: usize = 10_000;
+
 pub fn charge_run(a: ChargeArgs) -> anyhow::Result<ExitCode> {
+    if a.cgroups.len() != a.files.len() {
+        bail!(CodedError::new(
+            ExitCode::Usage,
+            format!(
+                "{} cgroups but {} files: one file per cgroup",
+                a.cgroups.len(),
+                a.files.len()
+            )
+        ));
+    }
     let me = std::process::id().to_string();
     let page = vec![0x5au8; CHARGE];
     for (cg, file) in a.cgroups.iter().zip(&a.files) {

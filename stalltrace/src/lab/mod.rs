@@ -60,8 +60,9 @@ pub struct LabArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
-    /// Undo what a lab that was killed left behind (sysctls, namespace, files,
-    /// processes), from its journal in /run/stalltrace; then exit.
+    /// Undo what a lab that was killed left behind, from its journal in
+    /// /run/stalltrace: its processes (SIGTERM, then SIGKILL after 5 s; returns once
+    /// they are gone, saying how each ended), sysctls, namespace, files; then exit.
     #[arg(long, conflicts_with_all = ["list", "output"])]
     pub cleanup: bool,
     /// Where to keep the dump (default: a new private directory under /tmp); a regular
@@ -94,7 +95,7 @@ pub struct LabArgs {
 }
 
 /// A task name: 1 to 15 bytes (the kernel's limit), no NUL, no control character.
-fn culprit_name(s: &str) -> Result<String, String> {
+pub(crate) fn culprit_name(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 || s.chars().any(char::is_control) {
         return Err(format!("{s:?}: 1 to 15 characters, no control characters"));
     }

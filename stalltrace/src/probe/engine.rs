@@ -64,6 +64,11 @@ pub trait Transport: Send {
     /// How many sequences the wire can tell apart (65536 for ICMP).
     fn modulus(&self) -> u64;
     fn proto(&self) -> ProbeProto;
+    /// Answers ignored so far because they could not be ours (a TCP answer that does
+    /// not acknowledge the probe's random sequence number).
+    fn forged(&self) -> u64 {
+        0
+    }
     /// When the next answer becomes readable, for a simulated network that knows it in
     /// advance (the virtual clock jumps there); real sockets cannot tell.
     #[cfg(test)]
@@ -279,7 +284,9 @@ impl<C: Clock> Engine<C> {
             if self.clock.wait(now, until, Some(self.transport.as_ref()))? {
                 // Drain what is queued, then go back to the schedule.
                 for _ in 0..64 {
-                    match self.transport.try_recv() {
+                    let got = self.transport.try_recv();
+                    self.stats.forged = self.transport.forged();
+                    match got {
                         Ok(Some(r)) => {
                             if !self.on_reply(r, &mut on) {
                                 return Ok(());
