@@ -24,6 +24,7 @@ use stalltrace_analysis::{
 };
 
 pub mod btf;
+pub mod http;
 pub mod ring;
 pub mod structured;
 

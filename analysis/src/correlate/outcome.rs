@@ -15,10 +15,6 @@ pub enum Mode {
     Packets,
 }
 
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
 /// Where the recording came from and whether it is whole.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct InputInfo {
@@ -56,9 +52,6 @@ pub struct InputInfo {
     /// Events the kernel could not hand over (ring buffer full), from the footer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
-    /// A flight-recorder dump: records of its window forgotten before it was written.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub evicted: u64,
     /// `dump`, `log` or `none`.
     pub probe_source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,7 +79,6 @@ impl InputInfo {
         self.duration_ns = Some(f.duration_ns);
         self.end_reason = Some(f.reason.clone());
         self.lost = Some(f.lost.clone());
-        self.evicted = f.evicted;
     }
 }
 

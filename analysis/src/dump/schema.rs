@@ -453,6 +453,12 @@ pub struct Lost {
     /// flood ends promptly instead of decoding everything queued).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unread_at_exit: u64,
+    /// A flight recorder's episode dump: records of its window that the recorder's
+    /// memory caps forgot before the dump was written (the other counts are then what
+    /// the kernel lost while the window was recorded). Not the kernel's doing: left out
+    /// of [`Lost::total`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evicted: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -481,6 +487,7 @@ impl Lost {
             samples: self.samples.saturating_sub(earlier.samples),
             table_full: self.table_full.saturating_sub(earlier.table_full),
             unread_at_exit: self.unread_at_exit.saturating_sub(earlier.unread_at_exit),
+            evicted: self.evicted.saturating_sub(earlier.evicted),
         }
     }
 
@@ -531,11 +538,6 @@ pub struct Footer {
     /// What the sampler delivered (holders' activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerStats>,
-    /// A flight recorder's episode dump: records of the dump's window that its memory
-    /// caps forgot before the dump was written (`lost` is then what the kernel lost
-    /// while the window's records were taken).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub evicted: u64,
 }
 
 /// The sampler's counts over a recording.
@@ -670,7 +672,9 @@ mod tests {
             samples: 16,
             table_full: 32,
             unread_at_exit: 64,
+            evicted: 128,
         };
+        // Every field of the kernel's counts; evicted is the flight recorder's.
         assert_eq!(each.total(), 127);
     }
 }

@@ -145,10 +145,9 @@ pub fn summary(r: &Report) -> Vec<String> {
             ));
         }
     }
-    if r.input.evicted > 0 {
+    if let Some(n) = r.input.lost.as_ref().map(|l| l.evicted).filter(|n| *n > 0) {
         out.push(format!(
-            "The flight recorder's memory caps forgot {} records of this dump's window before it was written: its start is missing.",
-            r.input.evicted
+            "The flight recorder's memory caps forgot {n} records of this dump's window before it was written: its start is missing."
         ));
     }
     if t.episodes == 0 {

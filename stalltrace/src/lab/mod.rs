@@ -88,6 +88,12 @@ pub struct LabArgs {
     /// The culprit renames itself before each burst (tests of bounded metrics).
     #[arg(long, hide = true)]
     pub rename_each_burst: bool,
+    /// The culprit's bursts (1ms to 10s; tests of an agent through many episodes).
+    #[arg(long, hide = true, value_parser = duration_in::<{ stalltrace_analysis::units::MS }, { 10 * SEC }>, default_value = "100ms")]
+    pub burst: Duration,
+    /// The culprit's sleep between bursts (0 to 10s).
+    #[arg(long, hide = true, value_parser = duration_in::<0, { 10 * SEC }>, default_value = "30ms")]
+    pub gap: Duration,
     /// Put the culprit into this cgroup directory once it runs (e.g. a kubelet-shaped
     /// path in the unified hierarchy, to see the pod named).
     #[arg(long, value_name = "DIR")]
@@ -259,8 +265,8 @@ fn run_scenario(
         fifo: 50,
         name: culprit.clone(),
         duration: a.duration,
-        burst: Duration::from_millis(100),
-        gap: Duration::from_millis(30),
+        burst: a.burst,
+        gap: a.gap,
         read_file: None,
         read_size: 0,
         poll_file: None,

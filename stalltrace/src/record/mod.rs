@@ -286,7 +286,6 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         reason: reason.into(),
         stacks: stack_stats.clone(),
         sampler: sampler_stats,
-        evicted: 0,
     };
     // After a write error the footer may not fit either; what was written stays readable.
     let footer_written = p.push(&Record::Footer(footer));

@@ -5,8 +5,9 @@
 //!
 //! The writer makes each dump whole or not at all: written under a hidden temporary
 //! name in the directory, synced, renamed into place (never over an existing name),
-//! then the directory synced. Its footer says what the kernel lost while the window
-//! was recorded and how many of the window's records the memory caps forgot. Files
+//! then the directory synced. Its footer's `lost` says what the kernel lost while the
+//! window was recorded and (`evicted`) how many of the window's records the memory caps
+//! forgot. Files
 //! rotate by count and total size, oldest first by the sequence number in their names
 //! (a wall-clock step cannot reorder them), after a failed write too; after a full
 //! disk the oldest dump goes as well, so the newest episodes keep being written. Every
@@ -345,8 +346,10 @@ impl FlightRecorder {
             ended_at: ep.start_wall.clone().unwrap_or_default(),
             duration_ns: to.saturating_sub(from),
             counts,
-            lost: self.stats.lost_since(from),
-            evicted: self.evicted_in(from, to),
+            lost: Lost {
+                evicted: self.evicted_in(from, to),
+                ..self.stats.lost_since(from)
+            },
             reason: format!("flight recorder: episode {}", ep.id),
             ..Footer::default()
         };
@@ -768,7 +771,7 @@ mod tests {
         let footer = r.footer().expect("a footer").clone();
         assert_eq!(footer.lost.packets, 7, "{footer:?}");
         assert_eq!(footer.lost.waits, 2);
-        assert!(footer.evicted >= 1000, "{footer:?}");
+        assert!(footer.lost.evicted >= 1000, "{footer:?}");
         assert_eq!(footer.counts.packets, r.line() - 2, "counted what it holds");
     }
 

@@ -8,6 +8,7 @@ mod doctor;
 mod hardening;
 mod hostile_http;
 mod lab;
+mod limits;
 mod probe_match;
 mod probe_netns;
 mod promises;

@@ -1,0 +1,53 @@
+//! `watch`'s HTTP endpoint as a client on the pod network may drive it.
+
+/// The statuses `watch`'s endpoint answers with: its own, and hyper's for requests it
+/// cannot parse (400, 431 for a head over the limit, 505 for another HTTP version).
+const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 404, 405, 413, 431, 500, 503, 505];
+
+/// Whether the first request head in `bytes` announces a body: a `Content-Length`
+/// other than 0, or a `Transfer-Encoding`, as a header of its own line.
+fn announces_body(bytes: &[u8]) -> bool {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+        .split("\r\n")
+        .skip(1)
+        .any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("transfer-encoding:")
+                || l
+                    .strip_prefix("content-length:")
+                    .is_some_and(|v| v.trim() != "0")
+        })
+}
+
+/// One client's bytes to `watch`'s endpoint, through its limits, hyper's parser and the
+/// handler exactly as a connection takes them: every answer is HTTP/1.1 with a status
+/// the endpoint gives, the first one to a request announcing a body is never 200, and
+/// what comes back stays small (the head limit holds).
+pub fn run(bytes: &[u8]) {
+    let metrics = stalltrace_analysis::report::metrics::Metrics::new(3, "fuzz");
+    let out = stalltrace::watch::http::exchange(bytes, metrics);
+    assert!(out.len() < 1 << 20, "{} bytes answered", out.len());
+    if out.is_empty() {
+        return;
+    }
+    assert!(
+        out.starts_with(b"HTTP/1.1 "),
+        "{:?}",
+        String::from_utf8_lossy(&out[..out.len().min(64)])
+    );
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<u16> = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect();
+    for s in &statuses {
+        assert!(HTTP_STATUSES.contains(s), "status {s}");
+    }
+    if announces_body(bytes) {
+        assert_ne!(statuses.first(), Some(&200), "a body was announced");
+    }
+}
