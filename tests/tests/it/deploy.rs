@@ -763,12 +763,20 @@ fn deploy_image_serves_metrics_from_a_container() {
 
     // Its dumps land in the mounted directory, private, readable by the host's analyze.
     wait_until("an episode dump", Duration::from_secs(10), || {
-        std::fs::read_dir(&dumps).is_ok_and(|mut d| d.next().is_some())
+        std::fs::read_dir(&dumps).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        })
     });
+    // Finished dumps only: one being written has a hidden temporary name.
     let first = std::fs::read_dir(&dumps)
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("stalltrace-episode-"))
+        })
         .min()
         .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
