@@ -48,8 +48,8 @@ Examples:
        --tls-client-ca scraper-ca.crt                     # mutual TLS for /metrics
 
 The endpoint answers GET only (bodies refused unread), heads up to 16 KiB received
-within 10 s, at most 64 connections (the longest idle gives its place up), and runs on
-its own thread: no client holds up the recording.
+within 10 s, at most 64 connections and 16 from one address (the longest idle gives its
+place up), and runs on its own thread: no client holds up the recording.
 
 Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
   stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
