@@ -272,6 +272,7 @@ fn synth_wait(cpu: u32, start: u64, end: u64, holder: (u32, &str)) -> WaitRec {
         nr_other_runs: 0,
         run_ns: 0,
         truncated: false,
+        drain_of_ns: None,
     }
 }
 
@@ -950,4 +951,228 @@ fn episodes_past_the_listing_limit_are_counted_not_listed() {
     assert_eq!(r.totals.episodes, 2);
     assert_eq!(r.episodes.len(), 1);
     assert_eq!(r.totals.episodes_not_listed, 1);
+}
+
+mod drain {
+    //! The backlog drain seen between two machines over a NIC: a starved ksoftirqd's
+    //! 879 ms wait ends, it runs briefly, waits 9 ms more, and processes the staircase's
+    //! probes 10–32 ms after the long wait: they were delayed by it, in the same drain.
+    use super::*;
+    use stalltrace_testkit::records as b;
+
+    const CPU1: u32 = 1;
+    const ID: u16 = 0x4242;
+    const HOG: (u32, u32, &str) = (4040, 4040, "fzqhogd");
+    const KSOFTIRQD: b::Rx<'static> = (21, 21, "ksoftirqd/1", RxContext::Ksoftirqd);
+
+    fn wait(start: u64, end: u64, drain_of: Option<u64>, hog_ns: u64) -> Record {
+        let mut w = b::wait(
+            WaitKind::RxThread,
+            CPU1,
+            start,
+            end,
+            KSOFTIRQD,
+            b::task(0, 0, "swapper/1"),
+            vec![b::holder(HOG.0, HOG.1, HOG.2, hog_ns, None)],
+        );
+        w.drain_of_ns = drain_of;
+        for h in &mut w.holders {
+            h.policy = "SCHED_FIFO".into();
+            h.priority = 50;
+        }
+        Record::Wait(w)
+    }
+
+    fn packet(seq: u16, ts: u64, rx: u64, drain: Option<u64>) -> Record {
+        let mut p = b::echo_request(ts, rx, CPU1, KSOFTIRQD, ID, seq);
+        p.drain_start_ns = drain;
+        Record::Packet(p)
+    }
+
+    /// Probes every 10 ms from t0 + 10 ms; those arriving inside [w_start, drained)
+    /// are processed at `processed_at(seq)`.
+    fn stream(drain_marks: bool) -> (Vec<Record>, Vec<ProbeRec>, u64) {
+        let t0 = 10_000 * MS;
+        let w1 = (t0 + 100 * MS, t0 + 979 * MS); // 879 ms
+        let w2 = (w1.1 + MS, w1.1 + 10 * MS); // 9 ms, in the drain
+        let mut recs = vec![Record::Header(b::header("node", "6.1.0", 2, t0, None))];
+        let mut log = vec![];
+        let d = drain_marks.then_some(w1.1);
+        // Before the stall: processed at once, in their own runs.
+        for seq in 0..10u16 {
+            let a = t0 + u64::from(seq) * 10 * MS;
+            recs.push(packet(seq, a + 50 * US, a, None));
+            log.push(b::probe(u32::from(seq), ID, MS / 2));
+        }
+        recs.push(wait(w1.0, w1.1, d, 879 * MS));
+        // One packet processed in ksoftirqd's first short run right after the wait.
+        recs.push(packet(10, w1.1 + 100 * US, w1.1, d));
+        log.push(b::probe(10, ID, w1.1 + 100 * US + 2 * MS - (t0 + 100 * MS)));
+        recs.push(wait(w2.0, w2.1, d, 9 * MS));
+        // The rest of the staircase, 10 to 32 ms after w1's end: right after the short
+        // wait, then in a later run (ksoftirqd preempted briefly, below the wait
+        // threshold, so no wait record starts that run).
+        let later_run = w2.1 + 12 * MS;
+        for seq in 11..98u16 {
+            let arrived = t0 + u64::from(seq) * 10 * MS;
+            let at = w2.1 + u64::from(seq - 11) * 250 * US;
+            let run = if seq < 51 { w2.1 } else { later_run };
+            recs.push(packet(seq, at.max(run), run, d));
+            log.push(b::probe(u32::from(seq), ID, at.max(run) - arrived + MS));
+        }
+        (recs, log, w1.1)
+    }
+
+    #[test]
+    fn probes_processed_later_in_the_drain_are_explained_by_the_long_wait() {
+        let (recs, log, w1_end) = stream(true);
+        let stalled = log.iter().filter(|p| p.rtt_ns.unwrap() >= 50 * MS).count() as u64;
+        assert!(stalled > 80, "{stalled}");
+        let r = run(&recs, None, Some(log));
+        assert_eq!(r.totals.probes_stalled, stalled);
+        assert_eq!(r.totals.probes_explained, stalled, "{:#?}", r.unexplained);
+        assert_eq!(
+            r.episodes.len(),
+            1,
+            "the two waits of one drain are one stall"
+        );
+        let e = &r.episodes[0];
+        assert_eq!(e.waits.len(), 2);
+        assert_eq!(e.culprit.as_ref().map(|c| c.pid), Some(HOG.0));
+        // Its time in both waits adds up: they do not overlap.
+        assert_eq!(e.culprit.as_ref().map(|c| c.run_ns), Some(888 * MS));
+        assert_eq!(e.packets_delayed, 88);
+        assert_eq!(e.packets_in_drain, 47, "the packets of the later run");
+        assert_eq!(
+            e.drain_ns,
+            Some(86 * 250 * US),
+            "seq 97, after the short wait"
+        );
+        let after = |seq: u32| {
+            e.lines
+                .iter()
+                .find(|l| l.seq == Some(seq))
+                .map(|l| l.after_wait_ns)
+        };
+        assert_eq!(after(60), Some(Some(49 * 250 * US)));
+        for s in [10, 11, 50] {
+            assert_eq!(after(s), Some(None), "seq {s}: right after a wait");
+        }
+        assert_eq!(e.end_ns, w1_end + 10 * MS);
+        let line = stalltrace_analysis::report::text::episode_line(e);
+        assert!(
+            line.contains("47 packets in the same backlog drain"),
+            "{line}"
+        );
+        let rows = stalltrace_analysis::report::text::episode_table(e);
+        assert!(
+            rows.iter()
+                .any(|r| r.contains("after the wait ended, same backlog drain")),
+            "{rows:#?}"
+        );
+    }
+
+    /// Without drain marks (a dump from an older recorder) those probes stay
+    /// unexplained: the join is what the kernel marks, not a guess from clocks.
+    #[test]
+    fn without_drain_marks_only_the_run_after_each_wait_is_joined() {
+        let (recs, log, _) = stream(false);
+        let r = run(&recs, None, Some(log));
+        assert!(
+            r.totals.probes_explained < 5,
+            "{}",
+            r.totals.probes_explained
+        );
+        assert!(r.unexplained_wait_too_short + r.unexplained_no_wait > 80);
+    }
+
+    /// A drain's packets processed before a later stall of the same drain began belong
+    /// to the earlier stall, not to both.
+    #[test]
+    fn a_later_stall_of_one_drain_takes_only_packets_after_its_start() {
+        let (mut recs, log, w1_end) = stream(true);
+        // A third wait of the drain begins after the staircase was processed (within the
+        // kernel's window) and lasts 3 s: a packet on another CPU lets the first stall
+        // close before it is reported.
+        let w2_end = w1_end + 10 * MS;
+        let late = (w2_end + 40 * MS, w2_end + 3_040 * MS);
+        let mut other = b::echo_request(
+            w2_end + 2_500 * MS,
+            w2_end + 2_500 * MS,
+            0,
+            KSOFTIRQD,
+            ID + 1,
+            7,
+        );
+        other.cpu = 0;
+        recs.push(Record::Packet(other));
+        recs.push(wait(late.0, late.1, Some(w1_end), 3_000 * MS));
+        recs.push(packet(200, late.1 + MS, late.1, Some(w1_end)));
+        let r = run(&recs, None, Some(log));
+        let delayed: u32 = r.episodes.iter().map(|e| e.packets_delayed).sum();
+        let per: Vec<(u64, u32)> = r
+            .episodes
+            .iter()
+            .map(|e| (e.id, e.packets_delayed))
+            .collect();
+        assert_eq!(per.first(), Some(&(1, 88)), "{per:?}");
+        assert_eq!(delayed, 88 + per.get(1).map_or(0, |e| e.1), "{per:?}");
+        assert!(per.get(1).is_none_or(|e| e.1 == 1), "{per:?}");
+    }
+
+    /// Another sender's echoes in the delayed run (a flood) are counted, not listed.
+    #[test]
+    fn another_senders_echoes_are_counted_not_listed() {
+        let (mut recs, log, w1_end) = stream(true);
+        for i in 0..20u16 {
+            recs.push(packet(
+                1000 + i,
+                w1_end + 200 * US + u64::from(i),
+                w1_end,
+                Some(w1_end),
+            ));
+            if let Some(Record::Packet(p)) = recs.last_mut() {
+                p.ident = ID + 7;
+            }
+        }
+        let r = run(&recs, None, Some(log));
+        let e = &r.episodes[0];
+        assert_eq!(e.packets_delayed, 108);
+        assert!(e.lines.iter().all(|l| l.seq.is_some()), "{:#?}", e.lines);
+    }
+
+    /// Packet-only mode (`watch`, no prober): a long NET_RX or NAPI-thread wait is a
+    /// stall even when no recorded echo was behind it; a ksoftirqd wait alone (it
+    /// also runs other softirqs) is not.
+    #[test]
+    fn packet_mode_counts_long_receive_waits_without_recorded_packets() {
+        let t0 = 10_000 * MS;
+        let napi: b::Rx<'static> = (31, 31, "napi/eth0-8193", RxContext::Napi);
+        let mk = |kind, rx: b::Rx<'static>, start: u64| {
+            Record::Wait(b::wait(
+                kind,
+                CPU1,
+                start,
+                start + 900 * MS,
+                rx,
+                b::task(0, 0, "swapper/1"),
+                vec![b::holder(HOG.0, HOG.1, HOG.2, 900 * MS, None)],
+            ))
+        };
+        let recs = vec![
+            Record::Header(b::header("node", "6.1.0", 2, t0, None)),
+            mk(WaitKind::RxThread, napi, t0),
+            mk(WaitKind::NetRxSoftirq, KSOFTIRQD, t0 + 5_000 * MS),
+            mk(WaitKind::RxThread, KSOFTIRQD, t0 + 10_000 * MS),
+        ];
+        let r = run(&recs, None, None);
+        assert_eq!(r.mode, Mode::Packets);
+        let got: Vec<(u64, u32)> = r
+            .episodes
+            .iter()
+            .map(|e| (e.start_ns, e.packets_delayed))
+            .collect();
+        assert_eq!(got, vec![(t0, 0), (t0 + 5_000 * MS, 0)]);
+        assert_eq!(r.culprits[0].tgid, HOG.1);
+    }
 }

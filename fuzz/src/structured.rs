@@ -328,6 +328,7 @@ impl Scenario {
                         seq: 1940u16.wrapping_add(*seq),
                         tcp_seq: *tcp_seq,
                         rx_start_ns: rx_back_us.map(|b| ts.saturating_sub(u64::from(b) * US)),
+                        drain_start_ns: None,
                     })
                 }
                 Event::Probe(p) => Record::Probe(probe(p, clock.0)),
@@ -368,6 +369,7 @@ impl Scenario {
                         nr_other_runs: u32::from(*nr_other_runs),
                         run_ns: run.get(US),
                         truncated: *truncated,
+                        drain_of_ns: None,
                     })
                 }
                 Event::Syscall {

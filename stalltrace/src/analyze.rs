@@ -33,7 +33,10 @@ pub struct AnalyzeArgs {
     /// The dump written by `stalltrace record -o`.
     pub dump: PathBuf,
     /// hping3 or ping output from the prober (possibly run on another host); its
-    /// probes are matched to the dump's packets by ICMP id/seq on the wire.
+    /// probes are matched to the dump's packets by ICMP id/seq on the wire (a log
+    /// without ids follows one sender's echoes, ignoring other echo traffic), or for
+    /// hping3 -S by ports, its source-port base learnt from the dump's SYNs (record
+    /// from before hping3 starts).
     #[arg(long, value_name = "FILE")]
     pub probe_log: Option<PathBuf>,
     /// Report format on standard output.

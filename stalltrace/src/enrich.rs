@@ -319,6 +319,7 @@ impl Enricher {
             nr_other_runs: w.nr_other_runs,
             run_ns: w.run_ns,
             truncated: w.truncated != 0,
+            drain_of_ns: (w.drain_of_ns != 0).then_some(w.drain_of_ns),
         }
     }
 
@@ -450,6 +451,7 @@ pub fn packet(p: &PacketEvent) -> PacketRec {
         seq: p.seq,
         tcp_seq: (p.proto == PROTO_TCP).then_some(p.tcp_seq),
         rx_start_ns: (p.rx_start_ns != 0).then_some(p.rx_start_ns),
+        drain_start_ns: (p.drain_start_ns != 0).then_some(p.drain_start_ns),
     }
 }
 

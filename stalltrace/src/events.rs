@@ -120,6 +120,7 @@ pub mod tests {
             seq: 1953,
             tcp_seq: 0,
             rx_start_ns: 123_000_000,
+            drain_start_ns: 24_000_000,
         }
     }
 
@@ -154,6 +155,7 @@ pub mod tests {
             truncated: 0,
             _pad0: 0,
             run_ns: 150_000,
+            drain_of_ns: 24_000_000,
             holders: [
                 holder(10436, 10137, "cadvisor", 98_000_000),
                 holder(0, 0, "", 0),

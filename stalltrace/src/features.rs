@@ -5,11 +5,15 @@ use std::path::Path;
 
 use tracer_common::{Filter, KernelConfig};
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use crate::{
     exit::ExitCode,
     kernel::{
-        loader::{LoadOptions, Tracer},
-        offsets, preflight,
+        loader::{AttachMode, LoadOptions, Tracer},
+        offsets,
+        packet_path::{decide, Needs},
+        preflight,
     },
 };
 
@@ -28,6 +32,25 @@ pub struct FeaturesArgs {
     /// Kernel BTF file to use instead of /sys/kernel/btf/vmlinux (as `record --btf`).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<std::path::PathBuf>,
+}
+
+/// Example runs, as `record` flags, and what each needs of the packets.
+fn packet_cases() -> [(&'static str, Needs); 5] {
+    let v4: IpAddr = Ipv4Addr::new(10, 0, 0, 9).into();
+    let v6: IpAddr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 9).into();
+    let n = |probe, tcp_port, peer| Needs {
+        probe,
+        tcp_port,
+        peer,
+        icmp: true,
+    };
+    [
+        ("record", n(false, None, None)),
+        ("record --peer 10.0.0.9", n(false, None, Some(v4))),
+        ("record --peer fd00::9", n(false, None, Some(v6))),
+        ("record --probe 10.0.0.9", n(true, None, None)),
+        ("record --tcp 8080", n(false, Some(8080), None)),
+    ]
 }
 
 pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
@@ -67,8 +90,8 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
         what: "kprobes",
         ok: kp.is_ok(),
         detail: match &kp {
-            Ok(()) => "yes: packets via kprobe:icmp_echo with --attach auto".into(),
-            Err(why) => format!("no: {why}; packets via tracepoint:net:netif_receive_skb"),
+            Ok(()) => "yes: kprobe:icmp_echo can report IPv4 echo requests".into(),
+            Err(why) => format!("no: {why}"),
         },
         required: false,
     });
@@ -137,6 +160,14 @@ pub fn run(a: FeaturesArgs) -> anyhow::Result<ExitCode> {
             "no  "
         };
         crate::outln!("  [{mark}] {:<42} {}", r.what, r.detail);
+    }
+    // The decision `record` makes, for the runs people start most.
+    crate::outln!("  packets with --attach auto, by what the run must see:");
+    for (run, needs) in packet_cases() {
+        match decide(AttachMode::Auto, &needs, kp.clone()) {
+            Ok(p) => crate::outln!("    {run:<28} {}", p.line()),
+            Err(e) => crate::outln!("    {run:<28} {e}"),
+        }
     }
     // Where this kernel makes record do without something: the same lines the dump
     // header carries in `degraded`.

@@ -97,6 +97,7 @@ pub fn echo_request(
         seq,
         tcp_seq: None,
         rx_start_ns: Some(rx_ns),
+        drain_start_ns: None,
     }
 }
 
@@ -140,6 +141,7 @@ pub fn wait(
         nr_other_runs: 0,
         run_ns: 0,
         truncated: false,
+        drain_of_ns: None,
     }
 }
 

@@ -74,7 +74,7 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-/// A probe packet seen on arrival. 96 bytes.
+/// A probe packet seen on arrival. 104 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PacketEvent {
@@ -104,6 +104,12 @@ pub struct PacketEvent {
     /// Start of the RX run that processed this packet: the NET_RX softirq entry, or
     /// the RX thread's switch-in; 0 when unknown.
     pub rx_start_ns: u64,
+    /// When this CPU's RX work was processed as part of a backlog drain: the end of the
+    /// first wait of that drain ([`WaitEvent::drain_of_ns`]); 0 when no drain was open.
+    /// A backlog held up by a long wait takes several RX runs (a budget at a time, with
+    /// short waits in between) to drain; its packets are delayed by the wait even when
+    /// they are not processed right after it.
+    pub drain_start_ns: u64,
 }
 
 /// Number of CPU holders reported with a wait.
@@ -139,7 +145,7 @@ pub const TIMER_SOFTIRQ: u32 = 1;
 
 /// A wait above the threshold: NET_RX raise→entry ([`EventKind::SoftirqWait`]) or an RX
 /// thread's wakeup→switch-in ([`EventKind::RxThreadWait`]). The header's pid/comm is the
-/// context that then ran the RX work; `ts_ns` is when the wait ended. 312 bytes.
+/// context that then ran the RX work; `ts_ns` is when the wait ended. 320 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WaitEvent {
@@ -161,6 +167,10 @@ pub struct WaitEvent {
     pub _pad0: u32,
     /// How long the RX work then ran (softirq entry→exit); 0 for RX-thread waits.
     pub run_ns: u64,
+    /// The backlog drain this wait belongs to: the end (`ts_ns`) of the first wait since
+    /// this CPU's RX work last ran out, when that drain was still open as this wait
+    /// began; this wait's own end when it opens a drain.
+    pub drain_of_ns: u64,
     pub holders: [Holder; MAX_HOLDERS],
 }
 
@@ -408,6 +418,9 @@ pub struct KernelConfig {
     pub wakeup_bytes: u32,
     /// The recorder's own process: its syscalls are not its subject.
     pub self_tgid: u32,
+    /// A backlog drain stays open this long after its latest wait ended, at most (it
+    /// closes earlier when the CPU's RX work runs out): the stall threshold.
+    pub drain_window_ns: u64,
 }
 
 impl KernelConfig {
@@ -421,6 +434,7 @@ impl KernelConfig {
             wakeup_bytes: 0,
             self_tgid: 0,
             stacks: 0,
+            drain_window_ns: 50_000_000,
         }
     }
 }
@@ -442,14 +456,14 @@ mod user {
 /// Compile-time layout checks: the kernel and user side must agree byte for byte.
 const _: () = {
     assert!(core::mem::size_of::<EventHeader>() == 40);
-    assert!(core::mem::size_of::<PacketEvent>() == 96);
+    assert!(core::mem::size_of::<PacketEvent>() == 104);
     assert!(core::mem::size_of::<Holder>() == 72);
-    assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 72 * MAX_HOLDERS);
+    assert!(core::mem::size_of::<WaitEvent>() == 40 + 8 + 8 + 16 + 16 + 8 + 8 + 72 * MAX_HOLDERS);
     assert!(core::mem::size_of::<SyscallEvent>() == 88);
     assert!(core::mem::size_of::<StackEvent>() == 64);
     assert!(core::mem::size_of::<SampleEvent>() == 80 + SAMPLE_PATH_LEN);
     assert!((EventKind::Sample as u32) < LOST_RX_WAKE);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 88);
-    assert!(core::mem::size_of::<KernelConfig>() == 40);
+    assert!(core::mem::size_of::<KernelConfig>() == 48);
 };

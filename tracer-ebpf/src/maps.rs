@@ -2,12 +2,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     Global,
 };
 use tracer_common::{
     Filter, Hist, KernelConfig, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS,
-    LOST_SLOTS,
+    LOST_SLOTS, MAX_CPUS,
 };
 
 #[unsafe(no_mangle)]
@@ -45,6 +45,83 @@ pub static RX_WAKE: LruHashMap<u32, RxWake> = LruHashMap::with_max_entries(4096,
 /// syscall can leave behind.
 #[map]
 pub static PARKED: LruHashMap<u32, SysState> = LruHashMap::with_max_entries(32768, 0);
+
+/// Per target CPU: RX threads woken (or preempted) to run there that have not switched
+/// in yet, and since when. Written by `sched_wakeup` on the waker's CPU, read by the
+/// sampler and `sched_switch` on the target CPU: a plain array, because the wakeup and
+/// the wait happen on different CPUs. Several RX threads can wait on one CPU at once
+/// (ksoftirqd and a NIC's RX and TX napi threads): the count keeps the CPU marked until
+/// the last of them has run. Unlocked: a race costs or saves one sample, and a count
+/// left behind expires with [`STALE_PENDING_NS`].
+#[map]
+pub static RX_PENDING: Array<RxPending> = Array::with_max_entries(MAX_CPUS, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RxPending {
+    /// The earliest pending wakeup (0 = none).
+    pub since: u64,
+    /// RX threads pending.
+    pub n: u64,
+}
+
+/// A CPU marked as having an RX-thread wakeup pending for longer than this is stale (the
+/// thread ran elsewhere, or a count was lost): the mark is dropped.
+pub const STALE_PENDING_NS: u64 = 5_000_000_000;
+
+/// Marks one more RX thread pending on `cpu`.
+#[inline(always)]
+pub fn mark_rx_pending(cpu: u32, ts: u64) {
+    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
+        // SAFETY: pointer into an array map slot, valid for this program run; racing
+        // writers store whole words.
+        unsafe {
+            if (*p).since == 0 {
+                (*p).since = ts;
+                (*p).n = 1;
+            } else {
+                (*p).n += 1;
+            }
+        }
+    }
+}
+
+/// One RX thread of `cpu` ran: the mark goes with the last one.
+#[inline(always)]
+pub fn unmark_rx_pending(cpu: u32) {
+    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
+        // SAFETY: as in mark_rx_pending.
+        unsafe {
+            if (*p).n > 1 {
+                (*p).n -= 1;
+            } else {
+                (*p).since = 0;
+                (*p).n = 0;
+            }
+        }
+    }
+}
+
+/// Drops the mark of `cpu` whatever its count (stale).
+#[inline(always)]
+pub fn clear_rx_pending(cpu: u32) {
+    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
+        // SAFETY: as in mark_rx_pending.
+        unsafe {
+            (*p).since = 0;
+            (*p).n = 0;
+        }
+    }
+}
+
+/// When the earliest RX thread pending on `cpu` was woken (0 = none).
+#[inline(always)]
+pub fn rx_pending(cpu: u32) -> u64 {
+    match RX_PENDING.get(cpu) {
+        Some(v) => v.since,
+        None => 0,
+    }
+}
 
 /// Run history kept per CPU: enough to name who held the CPU during a wait. 32 runs
 /// verify too, but take the verifier ~3 s (the scan is unrolled at two call sites); 64
@@ -105,6 +182,12 @@ pub struct CpuState {
     /// The end of the latest run left out of a full history (it or the run it would
     /// have displaced was the briefest): a wait covering it is `truncated`.
     pub last_drop_end: u64,
+    /// The backlog drain open on this CPU: the end of its first wait (0 = none), and
+    /// the end of its latest one. A wait that begins while a drain is open joins it;
+    /// the drain closes when the CPU's RX work runs out, or `drain_window_ns` after its
+    /// latest wait.
+    pub drain_of: u64,
+    pub drain_last_end: u64,
     pub segs: [Segment; SEGS],
 }
 

@@ -15,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
-    OFFSETS, SCRATCH,
+    count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, CONFIG, EVENTS,
+    FILTER, OFFSETS, SCRATCH,
 };
 use crate::sched::is_rx_thread_name;
 
@@ -238,7 +238,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     // ksoftirqd drains a backlog over many); otherwise the NET_RX softirq running now, or
     // the current task's run.
     let rx_thread = is_rx_thread_name(&ev.header.comm) && is_kthread(current_task());
-    let (in_softirq, rx_start) = match cpu_state() {
+    let (in_softirq, rx_start, drain) = match cpu_state() {
         Some(st) => {
             let soft = st.netrx_entry_ns != 0;
             let start = if rx_thread && st.rx_run_pid == ev.header.pid && st.rx_run_start != 0 {
@@ -248,12 +248,19 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             } else {
                 st.netrx_entry_ns
             };
-            (u8::from(soft), start)
+            // A drain whose latest wait ended longer ago than the window is over.
+            if st.drain_of != 0
+                && ev.header.ts_ns.saturating_sub(st.drain_last_end) > CONFIG.load().drain_window_ns
+            {
+                st.drain_of = 0;
+            }
+            (u8::from(soft), start, st.drain_of)
         }
-        None => (0, 0),
+        None => (0, 0, 0),
     };
     ev.in_softirq = in_softirq;
     ev.rx_start_ns = rx_start;
+    ev.drain_start_ns = drain;
     if EVENTS.output::<PacketEvent>(&*ev, lazy_wakeup()).is_err() {
         count_lost(EventKind::Packet as u32);
     }

@@ -14,61 +14,25 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{map, perf_event},
-    maps::{Array, StackTrace},
+    maps::StackTrace,
     programs::{tracing::StackIdContext as _, PerfEventContext},
 };
 use tracer_common::{
-    EventKind, SampleEvent, COMM_LEN, MAX_CPUS, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD,
-    MODE_SYSCALL, MODE_USER, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
+    EventKind, SampleEvent, COMM_LEN, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL,
+    MODE_USER, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
 };
 
-use crate::maps::{count_lost, cpu_state, kread, lazy_wakeup, now, CONFIG, EVENTS, OFFSETS};
+use crate::maps::{
+    count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS, PF_KTHREAD,
+};
 
 /// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
-/// Per target CPU: when an RX thread was woken to run there and has not switched in
-/// yet (0 = none). Written by `sched_wakeup` on the waker's CPU, read by the sampler
-/// and `sched_switch` on the target CPU: a plain array, because the wakeup and the wait
-/// happen on different CPUs. A race only costs or saves one sample.
-#[map]
-pub static RX_PENDING: Array<u64> = Array::with_max_entries(MAX_CPUS, 0);
-
-const PF_KTHREAD: u32 = 0x0020_0000;
 /// x86_64 syscall numbers whose first (di) or second (si) argument is a path.
 const PATH_IN_ARG0: [i64; 5] = [2, 4, 6, 21, 89]; // open stat lstat access readlink
 const PATH_IN_ARG1: [i64; 6] = [257, 262, 267, 269, 332, 437]; // openat newfstatat readlinkat faccessat statx openat2
-
-/// Marks an RX-thread wakeup pending on `cpu` (keeps the earliest).
-#[inline(always)]
-pub fn mark_rx_pending(cpu: u32, ts: u64) {
-    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
-        // SAFETY: pointer into an array map slot, valid for this program run; racing
-        // writers store whole u64s.
-        unsafe {
-            if *p == 0 {
-                *p = ts;
-            }
-        }
-    }
-}
-
-#[inline(always)]
-pub fn clear_rx_pending(cpu: u32) {
-    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
-        // SAFETY: as in mark_rx_pending.
-        unsafe { *p = 0 };
-    }
-}
-
-#[inline(always)]
-pub fn rx_pending(cpu: u32) -> u64 {
-    match RX_PENDING.get(cpu) {
-        Some(v) => *v,
-        None => 0,
-    }
-}
 
 /// The saved user registers of a task in the kernel: (mode, nr, arg0, arg1).
 #[inline(always)]

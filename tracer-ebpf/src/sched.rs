@@ -12,13 +12,10 @@ use tracer_common::{
     VEC_THREAD,
 };
 
-use crate::{
-    maps::{
-        count_insert_failure, count_lost, cpu_state, current_policy, current_task, hist_add,
-        is_kthread, kread, now, CpuState, RxWake, CONFIG, EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS,
-        SEG_MASK,
-    },
-    sampler::{clear_rx_pending, mark_rx_pending, rx_pending},
+use crate::maps::{
+    clear_rx_pending, count_insert_failure, count_lost, cpu_state, current_policy, current_task,
+    hist_add, is_kthread, kread, mark_rx_pending, now, rx_pending, unmark_rx_pending, CpuState,
+    RxWake, CONFIG, EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK, STALE_PENDING_NS,
 };
 
 /// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N: the names of the
@@ -83,6 +80,15 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     // The wait happens on the target CPU: tell its scheduler hook and sampler.
     mark_rx_pending(w.target_cpu, w.ts);
     0
+}
+
+/// Whether `task` is an RX thread: a kernel thread with an RX thread's name.
+#[inline(always)]
+fn is_rx_thread(task: *const u8) -> bool {
+    if !is_kthread(task) {
+        return false;
+    }
+    kread::<[u8; COMM_LEN]>(task, OFFSETS.load().task_comm).is_some_and(|c| is_rx_thread_name(&c))
 }
 
 /// An RX thread preempted while it still had work (`preempt` set: it stays runnable)
@@ -219,9 +225,6 @@ fn park_syscalls(st: &mut CpuState, next_pid: u32, ts: u64) {
 /// pending: its start does not matter (a wait that begins during its run starts the
 /// window), so that switch reads no clock.
 const SINCE_BEFORE_WAIT: u64 = 1;
-/// A CPU marked as having an RX-thread wakeup pending for longer than this is stale (the
-/// thread ran elsewhere): the mark is dropped.
-const STALE_PENDING_NS: u64 = 5_000_000_000;
 
 /// TP_PROTO(bool preempt, struct task_struct *prev, struct task_struct *next, ...).
 /// While no RX wait is pending on this CPU (nearly always), a switch costs two loads
@@ -236,6 +239,12 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 0xff != 0 {
         mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
+    } else if st.drain_of != 0 && is_rx_thread(ctx.arg(1)) {
+        // An RX thread going to sleep has run out of work: the backlog is drained,
+        // unless NET_RX or another RX thread is still pending here.
+        if st.netrx_raise_ns == 0 && rx_pending(cpu) == 0 {
+            st.drain_of = 0;
+        }
     }
     let rx_marked = rx_pending(cpu);
     let pending = st.netrx_raise_ns != 0 || rx_marked != 0;
@@ -293,11 +302,9 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         st.rx_run_pid = next_pid;
         st.rx_run_start = ts;
     }
-    // The wait is over here, and where the wakeup aimed (if it migrated since).
-    clear_rx_pending(cpu);
-    if w.target_cpu != cpu {
-        clear_rx_pending(w.target_cpu);
-    }
+    // This thread's wait is over: its mark goes from the CPU it was counted on (where
+    // the wakeup aimed, if it migrated since).
+    unmark_rx_pending(w.target_cpu);
     if ts > w.ts {
         let wait = ts - w.ts;
         hist_add(HIST_RX_THREAD, wait);
@@ -305,17 +312,19 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             let next_comm = kread(next, OFFSETS.load().task_comm).unwrap_or([0; COMM_LEN]);
             emit_wait(
                 st,
-                EventKind::RxThreadWait,
-                VEC_THREAD,
-                w.ts,
-                ts,
-                0,
-                next_pid,
-                next_pid,
-                next_comm,
-                w.waker_pid,
-                w.waker_comm,
-                false,
+                &WaitSpec {
+                    kind: EventKind::RxThreadWait,
+                    vec: VEC_THREAD,
+                    start: w.ts,
+                    end: ts,
+                    run_ns: 0,
+                    pid: next_pid,
+                    tgid: next_pid,
+                    comm: next_comm,
+                    waker_pid: w.waker_pid,
+                    waker_comm: w.waker_comm,
+                    include_current: false,
+                },
             );
         }
     }
@@ -356,25 +365,50 @@ fn add_holder(h: &mut [Holder; MAX_HOLDERS], src: &Holder, run: u64) -> bool {
     false
 }
 
+/// A wait to report: what waited, from when to when, and who made it wait.
+pub struct WaitSpec {
+    pub kind: EventKind,
+    /// Softirq vector, or [`VEC_THREAD`].
+    pub vec: u32,
+    /// Raise or wakeup, and when the RX work started (boot ns).
+    pub start: u64,
+    pub end: u64,
+    /// How long the RX work then ran (softirq waits).
+    pub run_ns: u64,
+    /// The context that ran the RX work.
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// Who raised the softirq or woke the thread.
+    pub waker_pid: u32,
+    pub waker_comm: [u8; COMM_LEN],
+    /// Count the task running now as a holder (softirq waits, reported at exit).
+    pub include_current: bool,
+}
+
+/// The backlog drain a wait ending now belongs to: the open one if the wait began
+/// before it closed, else a new one that this wait opens.
+#[inline(always)]
+fn drain_join(st: &mut CpuState, start: u64, end: u64) -> u64 {
+    let window = CONFIG.load().drain_window_ns;
+    if st.drain_of != 0 && start <= st.drain_last_end.saturating_add(window) {
+        if end > st.drain_last_end {
+            st.drain_last_end = end;
+        }
+        return st.drain_of;
+    }
+    st.drain_of = end;
+    st.drain_last_end = end;
+    end
+}
+
 /// Writes a wait record: the RX context in the header, and the tasks that held this
 /// CPU between `start` and `end` from the run history (plus, for softirq waits, the
-/// task still running now).
-#[allow(clippy::too_many_arguments)]
+/// task still running now). The wait joins this CPU's backlog drain, or opens one.
 #[inline(always)]
-pub fn emit_wait(
-    st: &CpuState,
-    kind: EventKind,
-    vec: u32,
-    start: u64,
-    end: u64,
-    run_ns: u64,
-    pid: u32,
-    tgid: u32,
-    comm: [u8; COMM_LEN],
-    waker_pid: u32,
-    waker_comm: [u8; COMM_LEN],
-    include_current: bool,
-) {
+pub fn emit_wait(st: &mut CpuState, w: &WaitSpec) {
+    let drain_of = drain_join(st, w.start, w.end);
+    let (kind, start, end) = (w.kind, w.start, w.end);
     let Some(mut entry) = EVENTS.reserve::<WaitEvent>(0) else {
         count_lost(kind as u32);
         return;
@@ -386,17 +420,18 @@ pub fn emit_wait(
     // SAFETY: helper with no arguments.
     ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
     ev.header.ts_ns = end;
-    ev.header.pid = pid;
-    ev.header.tgid = tgid;
-    ev.header.comm = comm;
+    ev.header.pid = w.pid;
+    ev.header.tgid = w.tgid;
+    ev.header.comm = w.comm;
     ev.wait_start_ns = start;
-    ev.vec = vec;
-    ev.waker_pid = waker_pid;
-    ev.waker_comm = waker_comm;
+    ev.vec = w.vec;
+    ev.waker_pid = w.waker_pid;
+    ev.waker_comm = w.waker_comm;
     ev.nr_switches = 0;
     ev.nr_other_runs = 0;
     ev._pad0 = 0;
-    ev.run_ns = run_ns;
+    ev.run_ns = w.run_ns;
+    ev.drain_of_ns = drain_of;
     let mut i = 0;
     while i < MAX_HOLDERS {
         ev.holders[i] = EMPTY_HOLDER;
@@ -440,7 +475,7 @@ pub fn emit_wait(
     ev.truncated =
         ((ev.nr_switches as usize >= SEGS && !oldest_in_window) || st.last_drop_end > start) as u32;
     let pt = bpf_get_current_pid_tgid();
-    if include_current && st.cur_since != 0 && pt as u32 != 0 {
+    if w.include_current && st.cur_since != 0 && pt as u32 != 0 {
         let from = if st.cur_since > start {
             st.cur_since
         } else {

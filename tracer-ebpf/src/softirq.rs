@@ -11,8 +11,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{cpu_state, hist_add, now, CONFIG},
-    sched::emit_wait,
+    maps::{cpu_state, hist_add, now, rx_pending, CONFIG},
+    sched::{emit_wait, WaitSpec},
 };
 
 /// The softirq vector: the tracepoints' only argument.
@@ -108,21 +108,30 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
         // as it was then, whatever switches a preemptible softirq (PREEMPT_RT) saw since.
         let since_now = st.cur_since;
         st.cur_since = st.netrx_entry_since;
-        emit_wait(
-            st,
-            EventKind::SoftirqWait,
-            NET_RX_SOFTIRQ,
-            raised,
-            entry,
-            now().saturating_sub(entry),
-            pt as u32,
-            (pt >> 32) as u32,
-            bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-            st.netrx_raiser_pid,
-            [0; COMM_LEN],
-            true,
-        );
+        let spec = WaitSpec {
+            kind: EventKind::SoftirqWait,
+            vec: NET_RX_SOFTIRQ,
+            start: raised,
+            end: entry,
+            run_ns: now().saturating_sub(entry),
+            pid: pt as u32,
+            tgid: (pt >> 32) as u32,
+            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            waker_pid: st.netrx_raiser_pid,
+            waker_comm: [0; COMM_LEN],
+            include_current: true,
+        };
+        emit_wait(st, &spec);
         st.cur_since = since_now;
+    }
+    // NET_RX re-raises itself while work is left: none raised and no RX thread pending
+    // means this CPU's backlog is drained.
+    if st.drain_of != 0 && st.netrx_raise_ns == 0 {
+        // SAFETY: helper with no arguments.
+        let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+        if rx_pending(cpu) == 0 {
+            st.drain_of = 0;
+        }
     }
     0
 }

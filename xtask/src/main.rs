@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod field;
 mod fixtures;
 mod fuzz;
 mod image;
@@ -53,6 +54,9 @@ enum Cmd {
     },
     /// Set up, build, and run the kernel-specific tests in qemu guests with other kernels.
     Vmtest(vmtest::VmtestArgs),
+    /// Two qemu guests joined by virtio-net (a prober and a node with its own kernel and
+    /// clock): the blog post's stall and every default-flag recording, judged from outside.
+    Field(field::FieldArgs),
     /// Write the man pages (from the command line's definitions) into target/man.
     Man(man::ManArgs),
     /// Rewrite the golden fixtures (tests/fixtures) from the record builders.
@@ -137,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Vmtest(a) => vmtest::run(a)?,
+        Cmd::Field(a) => field::run(a)?,
         Cmd::Man(a) => man::run(a)?,
         Cmd::Fixtures => fixtures::run()?,
         Cmd::Mutants(a) => mutants::run(a)?,

@@ -39,7 +39,7 @@ use anyhow::{bail, Context as _};
 
 use crate::root;
 
-mod apt;
+pub(crate) mod apt;
 mod matrix;
 
 #[derive(clap::Args, Debug)]
@@ -90,7 +90,15 @@ impl VmtestArgs {
 
 /// Modules the guest needs (their dependencies come along): virtio PCI and 9p for the
 /// shared root, overlay for its writable layer, veth for the tests' namespaces.
-const WANTED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay", "veth"];
+/// virtio_net too: the field harness (`cargo xtask field`) links two guests with it.
+const WANTED_MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "overlay",
+    "veth",
+    "virtio_net",
+];
 
 /// The integration test binary (one, a module per area).
 const TEST_BINARY: &str = "it";
@@ -116,11 +124,11 @@ fn cache_dir() -> PathBuf {
 
 /// Runs scripts/setup.sh --vm (the build toolchain plus qemu, busybox-static, cpio) and
 /// returns PATH with bpf-linker's directory in front.
-fn setup_vm() -> anyhow::Result<OsString> {
+pub(crate) fn setup_vm() -> anyhow::Result<OsString> {
     crate::setup::run(&["--vm"])
 }
 
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
@@ -192,10 +200,10 @@ fn version_key(s: &str) -> Vec<u64> {
 }
 
 /// A kernel unpacked into the cache: vmlinuz, its release, modules in load order.
-struct Kernel {
-    package: String,
-    dir: PathBuf,
-    release: String,
+pub(crate) struct Kernel {
+    pub package: String,
+    pub dir: PathBuf,
+    pub release: String,
 }
 
 /// Load order for `wanted` from a modules.dep: each module after its dependencies.
@@ -252,9 +260,12 @@ fn module_order(dep: &str, builtin: &str, wanted: &[&str]) -> anyhow::Result<Vec
 }
 
 /// Downloads and unpacks `package` into the cache unless it is there already.
-fn fetch(package: &str, source: &apt::Source) -> anyhow::Result<Kernel> {
+pub(crate) fn fetch(package: &str, source: &apt::Source) -> anyhow::Result<Kernel> {
     let dir = cache_dir().join(package);
-    if dir.join("ready").exists() {
+    // A cache made for another set of modules is made again.
+    let same_modules =
+        fs::read_to_string(dir.join("wanted")).is_ok_and(|w| w.trim() == WANTED_MODULES.join(" "));
+    if dir.join("ready").exists() && same_modules {
         let release = fs::read_to_string(dir.join("release"))
             .context("reading the cached release")?
             .trim()
@@ -315,6 +326,7 @@ fn fetch(package: &str, source: &apt::Source) -> anyhow::Result<Kernel> {
         }
         fs::write(tmp.join("modules/order"), names.join("\n") + "\n")?;
         fs::write(tmp.join("release"), &release)?;
+        fs::write(tmp.join("wanted"), WANTED_MODULES.join(" "))?;
         fs::remove_dir_all(&x)?;
         fs::remove_file(&deb)?;
         fs::write(tmp.join("ready"), "")?;
@@ -350,7 +362,7 @@ fn run_bytes(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Packs busybox, scripts/vm/init and the kernel's modules into `work/initrd.gz`.
-fn initramfs(k: &Kernel, work: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn initramfs(k: &Kernel, work: &Path) -> anyhow::Result<PathBuf> {
     let stage = work.join("initramfs");
     let _ = fs::remove_dir_all(&stage);
     for d in ["bin", "modules", "proc", "sys", "dev"] {
@@ -391,7 +403,7 @@ extern "C" {
 }
 
 /// qemu, killed and reaped on drop (timeout, error, panic).
-struct Qemu(Option<Child>);
+pub(crate) struct Qemu(pub Option<Child>);
 
 impl Drop for Qemu {
     fn drop(&mut self) {

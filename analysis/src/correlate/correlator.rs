@@ -7,10 +7,13 @@
 //! does not grow with the dump; the ranking is aggregated as episodes close.
 //!
 //! Joins: a packet was processed right after a wait when it ran on the wait's CPU and
-//! its `rx_start_ns` equals the wait's `ts_ns`. A probe matches its packets by wire
+//! its `rx_start_ns` equals the wait's `ts_ns`; it was processed in the wait's backlog
+//! drain when its `drain_start_ns` equals the wait's `drain_of_ns` (the kernel keeps a
+//! drain open from a wait until the CPU's RX work runs out: several RX runs, a budget
+//! at a time, with short waits in between). A probe matches its packets by wire
 //! identity ([`super::align`]). Waits on one CPU whose windows overlap and that end
-//! within `merge_gap` (the NET_RX softirq wait and the ksoftirqd wait of one stall)
-//! are one stall.
+//! within `merge_gap` (the NET_RX softirq wait and the ksoftirqd wait of one stall),
+//! and waits of one backlog drain, are one stall.
 use std::{
     collections::{HashMap, VecDeque},
     rc::Rc,
@@ -140,8 +143,33 @@ struct Pkt {
     context: RxContext,
     kind: PacketKind,
     rx_start_ns: Option<u64>,
+    drain_start_ns: Option<u64>,
     key: Option<WireKey>,
     probe: Option<ProbeJoin>,
+}
+
+/// Processed in a backlog drain, not in the RX run right after one of the stall's waits
+/// (which end at `ends`, ascending): how long after the latest of them that ended
+/// before it.
+fn in_drain_after(p: &Pkt, ends: &[u64]) -> Option<u64> {
+    p.drain_start_ns?;
+    if p.rx_start_ns
+        .is_some_and(|r| ends.binary_search(&r).is_ok())
+    {
+        return None;
+    }
+    let before = ends.partition_point(|&e| e <= p.ts_ns);
+    let last = ends.get(before.checked_sub(1)?)?;
+    Some(p.ts_ns - last)
+}
+
+impl OpenStall {
+    /// Its waits' ends, ascending.
+    fn ends(&self) -> Vec<u64> {
+        let mut e: Vec<u64> = self.waits.iter().map(|w| w.ts_ns).collect();
+        e.sort_unstable();
+        e
+    }
 }
 
 /// Keys of the packet and probe indexes.
@@ -152,11 +180,12 @@ fn seq_key(k: &WireKey) -> SeqKey {
     (k.proto, k.varying)
 }
 
-/// Recent packets, by RX run and by wire sequence.
+/// Recent packets, by RX run, by backlog drain and by wire sequence.
 #[derive(Default)]
 struct Packets {
     window: Window<Pkt>,
     by_run: Index<RunKey>,
+    by_drain: Index<RunKey>,
     by_seq: Index<SeqKey>,
     comms: HashMap<Box<str>, Rc<str>>,
 }
@@ -195,6 +224,9 @@ impl Packets {
             }
             if let Some(rx) = p.rx_start_ns {
                 self.by_run.forget((p.cpu, rx), id);
+            }
+            if let Some(d) = p.drain_start_ns {
+                self.by_drain.forget((p.cpu, d), id);
             }
         }
         early
@@ -240,7 +272,32 @@ struct OpenStall {
     cpu: u32,
     start_ns: u64,
     end_ns: u64,
+    /// The longest of its waits: a wait of the same drain may still be running, for
+    /// about as long, when the last one ends.
+    longest_ns: u64,
     waits: Vec<WaitRec>,
+}
+
+impl OpenStall {
+    /// When it can close: `linger` after its end, or twice its longest wait when that
+    /// is longer (a backlog drain's next wait, begun as this one ended, is reported
+    /// only when it ends).
+    fn due(&self, linger: u64) -> u64 {
+        self.end_ns
+            .saturating_add(linger.max(self.longest_ns.saturating_mul(2)))
+    }
+
+    /// The backlog drains of its waits.
+    fn drains(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut seen: Vec<u64> = Vec::new();
+        self.waits.iter().filter_map(move |w| {
+            let d = w.drain_of_ns?;
+            (!seen.contains(&d)).then(|| {
+                seen.push(d);
+                d
+            })
+        })
+    }
 }
 
 /// Waits merged per CPU into stalls until they are due.
@@ -258,7 +315,7 @@ impl Stalls {
         self.next_due = self
             .open
             .iter()
-            .map(|s| s.end_ns.saturating_add(linger))
+            .map(|s| s.due(linger))
             .min()
             .unwrap_or(u64::MAX);
         self.min_start = self
@@ -269,19 +326,26 @@ impl Stalls {
             .unwrap_or(u64::MAX);
     }
 
-    /// Adds a wait to the stall it belongs to, or opens one.
+    /// Adds a wait to the stall it belongs to (overlapping and ending together, or of
+    /// the same backlog drain), or opens one.
     fn add(&mut self, w: &WaitRec, gap: u64, linger: u64) {
         let start = w.start_ns.min(w.ts_ns);
         let merge = self.open.iter_mut().find(|s| {
             s.cpu == w.cpu
-                && start <= s.end_ns
-                && s.start_ns <= w.ts_ns
-                && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap)
+                && ((start <= s.end_ns
+                    && s.start_ns <= w.ts_ns
+                    && s.waits.iter().any(|o| o.ts_ns.abs_diff(w.ts_ns) <= gap))
+                    || w.drain_of_ns.is_some_and(|d| {
+                        s.waits
+                            .iter()
+                            .any(|o| o.drain_of_ns == Some(d) || o.ts_ns == d)
+                    }))
         });
         match merge {
             Some(s) => {
                 s.start_ns = s.start_ns.min(start);
                 s.end_ns = s.end_ns.max(w.ts_ns);
+                s.longest_ns = s.longest_ns.max(w.wait_ns);
                 if s.waits.len() < MAX_WAITS_PER_STALL {
                     s.waits.push(w.clone());
                 }
@@ -290,6 +354,7 @@ impl Stalls {
                 cpu: w.cpu,
                 start_ns: start,
                 end_ns: w.ts_ns,
+                longest_ns: w.wait_ns,
                 waits: vec![w.clone()],
             }),
         }
@@ -303,7 +368,7 @@ impl Stalls {
             .open
             .iter()
             .enumerate()
-            .filter(|(_, s)| forced || s.end_ns.saturating_add(linger) <= now)
+            .filter(|(_, s)| forced || s.due(linger) <= now)
             .min_by_key(|(_, s)| (s.end_ns, s.cpu, s.start_ns))
             .map(|(i, _)| i)?;
         let st = self.open.swap_remove(i);
@@ -473,6 +538,9 @@ impl Correlator {
         if let Some(rx) = p.rx_start_ns {
             self.packets.by_run.add((p.cpu, rx), id);
         }
+        if let Some(d) = p.drain_start_ns {
+            self.packets.by_drain.add((p.cpu, d), id);
+        }
         let comm = self.packets.intern(&p.comm);
         self.packets.window.push(Pkt {
             seen_at: self.now,
@@ -484,6 +552,7 @@ impl Correlator {
             context: p.context,
             kind: p.kind,
             rx_start_ns: p.rx_start_ns,
+            drain_start_ns: p.drain_start_ns,
             key,
             probe,
         });
@@ -697,14 +766,28 @@ impl Correlator {
         }
     }
 
-    /// Ids of the packets processed in the RX run(s) that ended the stall's waits,
-    /// ascending.
+    /// Ids of the packets processed in the RX run(s) that ended the stall's waits, and
+    /// later in the backlog drains those waits held up, ascending.
     fn run_of(&self, st: &OpenStall) -> Vec<u64> {
         let mut ids: Vec<u64> = st
             .waits
             .iter()
             .flat_map(|w| self.packets.by_run.get(&(st.cpu, w.ts_ns)))
             .collect();
+        for d in st.drains() {
+            ids.extend(
+                self.packets
+                    .by_drain
+                    .get(&(st.cpu, d))
+                    // A drain's packets before this stall belong to an earlier one.
+                    .filter(|&id| {
+                        self.packets
+                            .window
+                            .get(id)
+                            .is_some_and(|p| p.ts_ns >= st.start_ns)
+                    }),
+            );
+        }
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -772,6 +855,7 @@ impl Correlator {
     /// the run, one row per probe (an echo request and its reply may both have been
     /// processed in the run: the first is shown).
     fn table(&self, st: &OpenStall, run: &[&Pkt], run_ids: &[u64]) -> (Vec<ProbeLine>, u32) {
+        let ends = st.ends();
         let thr = self.cfg.stall_threshold_ns;
         let run_start = run.first().map_or(st.end_ns, |p| p.ts_ns.min(st.end_ns));
         let probe_rows_only = self.mode() == Mode::Probes;
@@ -785,7 +869,7 @@ impl Correlator {
                 p.cpu == st.cpu
                     && p.ts_ns < run_start
                     && run_ids.binary_search(id).is_err()
-                    && (!probe_rows_only || p.key.is_some())
+                    && (!probe_rows_only || p.probe.is_some())
             })
             .map(|(_, p)| p)
             .filter(|p| match p.key {
@@ -800,8 +884,11 @@ impl Correlator {
             .collect();
         before.reverse();
         let mut seen_run: Vec<SeqKey> = Vec::new();
+        // With probes, the rows are the probes' packets: another sender's echoes (a
+        // flood, a second prober) are counted, not listed.
         let rows: Vec<&&Pkt> = run
             .iter()
+            .filter(|p| !probe_rows_only || p.probe.is_some())
             .filter(|p| match p.key {
                 Some(k) if seen_run.contains(&seq_key(&k)) => false,
                 Some(k) => {
@@ -825,6 +912,11 @@ impl Correlator {
             status: p.probe.map(|j| j.status),
             delayed,
             over_threshold: p.probe.and_then(|j| j.rtt_ns).is_some_and(|r| r >= thr),
+            after_wait_ns: if delayed {
+                in_drain_after(p, &ends)
+            } else {
+                None
+            },
         };
         let mut lines: Vec<ProbeLine> = before.iter().map(|p| line(p, false)).collect();
         let room = self.cfg.max_lines.saturating_sub(lines.len());
@@ -866,7 +958,17 @@ impl Correlator {
         let claims = self.claims(&run, len);
         let qualifies = match self.mode() {
             Mode::Probes => claims.delayed > 0 || claims.lost > 0,
-            Mode::Packets => len >= thr && !run.is_empty(),
+            // A long wait of receive work delayed packets whether or not any of them was
+            // a recorded echo: NET_RX raised, or a NAPI thread woken, means packets
+            // waited (ksoftirqd alone may have waited for other softirqs).
+            Mode::Packets => {
+                len >= thr
+                    && (!run.is_empty()
+                        || st.waits.iter().any(|w| {
+                            w.kind == WaitKind::NetRxSoftirq
+                                || matches!(w.rx_context, RxContext::Napi | RxContext::BacklogNapi)
+                        }))
+            }
         };
         if !qualifies {
             self.settle_claims(&claims, false);
@@ -880,6 +982,13 @@ impl Correlator {
         });
         let (lines, lines_omitted) = self.table(&st, &run, &run_ids);
         let packets_delayed = u32::try_from(run.len()).unwrap_or(u32::MAX);
+        let ends = st.ends();
+        let drained: Vec<u64> = run
+            .iter()
+            .filter_map(|p| in_drain_after(p, &ends))
+            .collect();
+        let packets_in_drain = u32::try_from(drained.len()).unwrap_or(u32::MAX);
+        let drain_ns = drained.iter().copied().max();
         let mut waits: Vec<WaitPart> = st
             .waits
             .iter()
@@ -915,6 +1024,8 @@ impl Correlator {
             probes_in_run: claims.probes_in_run,
             probes_lost: claims.lost,
             packets_delayed,
+            packets_in_drain,
+            drain_ns,
             worst_rtt_ns: claims.worst_rtt,
             lines,
             lines_omitted,

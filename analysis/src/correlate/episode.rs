@@ -40,6 +40,13 @@ pub struct Episode {
     pub probes_lost: u32,
     /// Packets processed in the delayed RX run.
     pub packets_delayed: u32,
+    /// … of which after the first RX run that ended the wait, in the same backlog
+    /// drain (several RX runs, a budget at a time, short waits in between).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub packets_in_drain: u32,
+    /// The longest any of them was processed after the wait before it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_rtt_ns: Option<u64>,
     /// The seed's view: probe packets just before the episode, then those it delayed.
@@ -75,6 +82,10 @@ pub fn why(c: &Culprit, facts: Option<&crate::dump::CgroupFacts>) -> Option<Stri
     Some(format!(
         "reading cgroup statistics ({file}){node}: `stalltrace doctor` says why such reads are slow and what to do"
     ))
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -168,50 +179,83 @@ pub struct ProbeLine {
     pub status: Option<ProbeStatus>,
     /// Processed in the delayed RX run (the seed's `**`).
     pub delayed: bool,
+    /// Processed this long after the stall's latest wait before it ended, in the same
+    /// backlog drain (not in the RX run right after a wait).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_wait_ns: Option<u64>,
     /// RTT at or above the stall threshold (printed without parentheses).
     pub over_threshold: bool,
 }
 
-/// Holders of several merged waits: one entry per task, the longest run kept (the
-/// windows overlap, so adding would count the same time twice); likewise the stacks
-/// and the activity of the window with the most samples.
+/// Holders of several merged waits: one entry per task. Waits whose windows overlap
+/// saw the same time, so a task's longest run among them counts; waits one after the
+/// other (a backlog drain's) saw different time, so its runs add up. The stacks and
+/// the activity of the window with the most samples are kept.
 pub fn merge_holders(waits: &[WaitRec]) -> Vec<HolderRec> {
+    let mut sorted: Vec<&WaitRec> = waits.iter().collect();
+    sorted.sort_by_key(|w| (w.start_ns, w.ts_ns));
     let mut out: Vec<HolderRec> = Vec::new();
-    for w in waits {
-        for h in &w.holders {
-            match out.iter_mut().find(|o| o.pid == h.pid) {
-                Some(o) => {
-                    let samples = |s: &Option<HolderStacks>| s.as_ref().map_or(0, |s| s.samples);
-                    let keep_stacks = if samples(&o.stacks) >= samples(&h.stacks) {
-                        o.stacks.take()
-                    } else {
-                        h.stacks.clone()
-                    };
-                    let sampled = |a: &Option<Activity>| a.as_ref().map_or(0, |a| a.samples);
-                    let keep_activity = if sampled(&o.activity) >= sampled(&h.activity) {
-                        o.activity.take()
-                    } else {
-                        h.activity.clone()
-                    };
-                    if h.run_ns > o.run_ns {
-                        let keep_sys = o.syscall.take();
-                        *o = h.clone();
-                        if o.syscall.is_none() {
-                            o.syscall = keep_sys;
-                        }
-                    } else if o.syscall.is_none() {
-                        o.syscall.clone_from(&h.syscall);
-                    }
-                    o.stacks = keep_stacks;
-                    o.activity = keep_activity;
-                }
-                None => out.push(h.clone()),
+    let mut cluster: Vec<HolderRec> = Vec::new();
+    let mut cluster_end = 0;
+    for (i, w) in sorted.iter().enumerate() {
+        if i > 0 && w.start_ns >= cluster_end {
+            for h in cluster.drain(..) {
+                absorb(&mut out, &h, true);
             }
         }
+        cluster_end = if i > 0 && w.start_ns < cluster_end {
+            cluster_end.max(w.ts_ns)
+        } else {
+            w.ts_ns
+        };
+        for h in &w.holders {
+            absorb(&mut cluster, h, false);
+        }
+    }
+    for h in cluster {
+        absorb(&mut out, &h, true);
     }
     // Longest first; pid breaks ties so the order never depends on input order.
     out.sort_by(|a, b| b.run_ns.cmp(&a.run_ns).then(a.pid.cmp(&b.pid)));
     out
+}
+
+/// Adds holder `h` to `out`: a new task, or its time on the CPU taken as the longer
+/// (`add` false: the same window) or added (`add` true: another window).
+fn absorb(out: &mut Vec<HolderRec>, h: &HolderRec, add: bool) {
+    let Some(o) = out.iter_mut().find(|o| o.pid == h.pid) else {
+        out.push(h.clone());
+        return;
+    };
+    let samples = |s: &Option<HolderStacks>| s.as_ref().map_or(0, |s| s.samples);
+    let keep_stacks = if samples(&o.stacks) >= samples(&h.stacks) {
+        o.stacks.take()
+    } else {
+        h.stacks.clone()
+    };
+    let sampled = |a: &Option<Activity>| a.as_ref().map_or(0, |a| a.samples);
+    let keep_activity = if sampled(&o.activity) >= sampled(&h.activity) {
+        o.activity.take()
+    } else {
+        h.activity.clone()
+    };
+    let run = if add {
+        o.run_ns.saturating_add(h.run_ns)
+    } else {
+        o.run_ns.max(h.run_ns)
+    };
+    if h.run_ns > o.run_ns {
+        let keep_sys = o.syscall.take();
+        *o = h.clone();
+        if o.syscall.is_none() {
+            o.syscall = keep_sys;
+        }
+    } else if o.syscall.is_none() {
+        o.syscall.clone_from(&h.syscall);
+    }
+    o.run_ns = run;
+    o.stacks = keep_stacks;
+    o.activity = keep_activity;
 }
 
 /// The culprit: the longest holder that is not the RX context itself (ksoftirqd cannot
@@ -357,6 +401,7 @@ mod tests {
             nr_other_runs: 0,
             run_ns: 0,
             truncated: false,
+            drain_of_ns: None,
         }
     }
 

@@ -10,8 +10,9 @@ use crate::dump::{Footer, Header, Lost};
 pub enum Mode {
     /// Probes decide: an episode needs a probe delayed at or above the threshold.
     Probes,
-    /// No probes: a packet processed right after a wait at or above the threshold
-    /// is a delayed packet.
+    /// No probes: a wait at or above the threshold is an episode when packets were
+    /// processed after it (they are delayed packets), or when it held up NET_RX or a
+    /// NAPI thread.
     Packets,
 }
 
@@ -25,6 +26,9 @@ pub struct InputInfo {
     pub cpus: u32,
     pub started_at: String,
     pub packet_hook: String,
+    /// Why that hook (the dump header's `options.packet_hook_reason`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_hook_reason: Option<String>,
     /// Syscalls were traced exactly (`record --syscalls`, and every version 1 dump): a
     /// culprit with no syscall recorded was in user space.
     pub exact_syscalls: bool,
@@ -52,6 +56,9 @@ pub struct InputInfo {
     /// Events the kernel could not hand over (ring buffer full), from the footer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<Lost>,
+    /// What the recorder warned about while recording, from the footer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recorder_warnings: Vec<String>,
     /// `dump`, `log` or `none`.
     pub probe_source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +74,8 @@ impl InputInfo {
         self.cpus = h.cpus;
         self.started_at.clone_from(&h.started_at);
         self.packet_hook.clone_from(&h.packet_hook);
+        self.packet_hook_reason
+            .clone_from(&h.options.packet_hook_reason);
         self.exact_syscalls = h.exact_syscalls();
         self.sampler_hz = h.options.sampler_hz;
         self.degraded.clone_from(&h.options.degraded);
@@ -79,6 +88,7 @@ impl InputInfo {
         self.duration_ns = Some(f.duration_ns);
         self.end_reason = Some(f.reason.clone());
         self.lost = Some(f.lost.clone());
+        self.recorder_warnings.clone_from(&f.warnings);
     }
 }
 

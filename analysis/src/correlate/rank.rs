@@ -398,6 +398,8 @@ mod tests {
             probes_in_run: 1,
             probes_lost: 0,
             packets_delayed: 1,
+            packets_in_drain: 0,
+            drain_ns: None,
             worst_rtt_ns: None,
             lines: vec![],
             lines_omitted: 0,

@@ -83,6 +83,11 @@ pub struct Options {
     /// Features this kernel did not allow, and what the recording did without them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
+    /// Why `packet_hook` reports packets: what the run needed that decided it (e.g.
+    /// "--probe receives echo replies, which kprobe:icmp_echo never sees"), or what
+    /// the kernel did not allow. Absent in dumps of recorders that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_hook_reason: Option<String>,
 }
 
 /// Where the packet was processed, from the kernel's point of view.
@@ -160,6 +165,11 @@ pub struct PacketRec {
     /// switch-in); absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_start_ns: Option<u64>,
+    /// Processed in a backlog drain: the end of the drain's first wait on this CPU (a
+    /// wait record's `drain_of_ns`). Absent when no drain was open, and in dumps of
+    /// recorders that did not track drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_start_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +351,11 @@ pub struct WaitRec {
     pub run_ns: u64,
     /// The per-CPU run history was shorter than the window; holders may miss early runs.
     pub truncated: bool,
+    /// The backlog drain this wait belongs to: the end of the first wait since the CPU's
+    /// RX work last ran out (this wait's own `ts_ns` when it opened the drain). Absent
+    /// in dumps of recorders that did not track drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_of_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -538,6 +553,10 @@ pub struct Footer {
     /// What the sampler delivered (holders' activity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerStats>,
+    /// What the recorder warned about while recording, each once (e.g. answered
+    /// probes none of whose packets the packet hook saw).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The sampler's counts over a recording.
@@ -614,6 +633,7 @@ impl Record {
                 h.hooks.iter_mut().for_each(esc);
                 h.options.peer.as_mut().map(esc);
                 h.options.probe.as_mut().map(esc);
+                h.options.packet_hook_reason.as_mut().map(esc);
             }
             Record::Packet(p) => {
                 for s in [
@@ -644,6 +664,7 @@ impl Record {
             Record::Footer(f) => {
                 esc(&mut f.ended_at);
                 esc(&mut f.reason);
+                f.warnings.iter_mut().for_each(esc);
             }
         }
     }

@@ -19,8 +19,8 @@
 //!   random per run and not printed) to PORT; `sport=` in a line is the answer's source
 //!   port = PORT, and `seq=` is the answer's destination port minus base. So the log
 //!   gives the probe's destination port (`wire_seq`) and its offset `seq`, not its
-//!   source port (`wire_ident` empty): a correlator can learn base from one kernel-side
-//!   SYN (its source port minus the probe's seq) and match the rest by ports.
+//!   source port (`wire_ident` empty): [`crate::correlate::align`] learns base from the
+//!   dump's SYNs (how, and its limits, are said there) and matches the rest by ports.
 use std::{
     collections::HashMap,
     io::BufRead,

@@ -237,6 +237,7 @@ mod tests {
             nr_other_runs: 0,
             run_ns: 0,
             truncated: false,
+            drain_of_ns: None,
         };
         let mut d = StallDedup::default();
         // The seed's stall: the RX thread's wait, then NET_RX's, ending 4 µs apart.
@@ -293,6 +294,7 @@ mod tests {
             nr_other_runs: 0,
             run_ns: 0,
             truncated: false,
+            drain_of_ns: None,
         };
         assert_eq!(
             wait_sentence(&w),
@@ -377,6 +379,7 @@ mod tests {
             nr_other_runs: 0,
             run_ns: 0,
             truncated: false,
+            drain_of_ns: None,
         }
     }
 
@@ -398,6 +401,7 @@ mod tests {
             seq: 1953,
             tcp_seq: None,
             rx_start_ns: None,
+            drain_start_ns: None,
         };
         // Widths 6, 6, 16, 3, 16, 14, 6, 5 as in PACKET_HEADER.
         assert_eq!(
@@ -563,6 +567,7 @@ mod tests {
             nr_other_runs: 0,
             run_ns: 0,
             truncated: false,
+            drain_of_ns: None,
         };
         assert!(
             wait_sentence(&w)

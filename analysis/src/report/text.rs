@@ -46,12 +46,14 @@ pub fn episode_line(e: &Episode) -> String {
         if e.probes_lost > 0 {
             let _ = write!(s, ", {} lost", e.probes_lost);
         }
+        drain_phrase(&mut s, e);
     } else {
         let _ = write!(
             s,
             ", {} delayed",
             plural(u64::from(e.packets_delayed), "packet", "packets")
         );
+        drain_phrase(&mut s, e);
     }
     match &e.culprit {
         Some(c) => {
@@ -67,6 +69,18 @@ pub fn episode_line(e: &Episode) -> String {
         let _ = write!(s, "; {w}");
     }
     s
+}
+
+/// `(31 packets in the same backlog drain, up to 24 ms after a wait ended)`.
+fn drain_phrase(s: &mut String, e: &Episode) {
+    if e.packets_in_drain > 0 {
+        let _ = write!(
+            s,
+            " ({} in the same backlog drain, up to {} after a wait ended)",
+            plural(u64::from(e.packets_in_drain), "packet", "packets"),
+            human_ns(e.drain_ns.unwrap_or(0))
+        );
+    }
 }
 
 /// The culprit's sampled stacks in an episode: a heading, then per distinct stack its
@@ -147,6 +161,13 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
         if l.delayed {
             row.push_str("** ");
             row.push_str(&rtt_cell(l));
+            if let Some(a) = l.after_wait_ns {
+                let _ = write!(
+                    row,
+                    "  {} after the wait ended, same backlog drain",
+                    human_ns(a)
+                );
+            }
         }
         out.push(row.trim_end().to_string());
     }
@@ -154,6 +175,15 @@ pub fn episode_table(e: &Episode) -> Vec<String> {
         out.push(format!("… {} more delayed packets", e.lines_omitted));
     }
     out
+}
+
+/// The full name of the packet hook the dump names short.
+fn hook_name(short: &str) -> &str {
+    match short {
+        "kprobe" => "kprobe:icmp_echo",
+        "tracepoint" => "tracepoint:net:netif_receive_skb",
+        other => other,
+    }
 }
 
 pub fn render(r: &Report) -> String {
@@ -169,6 +199,9 @@ pub fn render(r: &Report) -> String {
         "  host {}, kernel {}, {} CPUs, started {}, packets via {}",
         i.host, i.kernel, i.cpus, i.started_at, i.packet_hook
     );
+    if let Some(why) = &i.packet_hook_reason {
+        let _ = writeln!(s, "  packets via {}: {why}", hook_name(&i.packet_hook));
+    }
     if i.complete {
         // Live reports have no file lines to count.
         let lines = if i.path.is_some() {
@@ -222,9 +255,18 @@ pub fn render(r: &Report) -> String {
     if t.probes_answered > 0 {
         let _ = writeln!(
             s,
-            "  {} of {} answered probes matched to a packet the kernel saw",
-            t.probes_matched, t.probes_answered
+            "  {} of {} answered probes matched to a packet the kernel saw{}",
+            t.probes_matched,
+            t.probes_answered,
+            if t.probes_matched == 0 {
+                ": the packet hook saw none of their packets, so no stall can be tied to them"
+            } else {
+                ""
+            }
         );
+    }
+    for w in &i.recorder_warnings {
+        let _ = writeln!(s, "  the recorder warned: {w}");
     }
     if t.probes_ignored > 0 {
         let _ = writeln!(

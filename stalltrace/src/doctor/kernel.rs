@@ -91,7 +91,8 @@ pub struct KernelFacts {
     pub kprobes: bool,
     /// Why kprobes cannot be attached, when they cannot.
     pub kprobes_why: Option<String>,
-    /// The hook `record --attach auto` reports packets with.
+    /// The hook `record --attach auto` reports packets with by default, and for a run
+    /// that needs IPv4 echo requests alone (`--peer` IPv4) when that differs.
     pub packet_path: String,
     /// kernel.sched_rt_runtime_us (-1: real-time tasks are never throttled).
     pub rt_runtime_us: Option<i64>,
@@ -218,15 +219,34 @@ pub fn read(roots: &Roots) -> KernelFacts {
         btf: btf_path.exists(),
         btf_path: btf_path.display().to_string(),
         kprobes: kprobe.is_ok(),
-        packet_path: if kprobe.is_ok() {
-            "kprobe:icmp_echo".into()
-        } else {
-            "tracepoint:net:netif_receive_skb".into()
-        },
+        packet_path: packet_path(&kprobe),
         kprobes_why: kprobe.err(),
         rt_runtime_us: trim("proc/sys/kernel/sched_rt_runtime_us").parse().ok(),
         rt_period_us: trim("proc/sys/kernel/sched_rt_period_us").parse().ok(),
         behaviours: behaviours(version),
+    }
+}
+
+/// What `record --attach auto` decides on this kernel: by default (no `--peer`), and
+/// for an IPv4 `--peer` alone when that differs.
+fn packet_path(kprobes: &Result<(), String>) -> String {
+    use crate::kernel::{
+        loader::AttachMode,
+        packet_path::{decide, Needs},
+    };
+    let hook = |peer| {
+        let needs = Needs {
+            probe: false,
+            tcp_port: None,
+            peer,
+            icmp: true,
+        };
+        decide(AttachMode::Auto, &needs, kprobes.clone()).map(|p| p.hook.name())
+    };
+    let default = hook(None).unwrap_or("?");
+    match hook(Some(std::net::Ipv4Addr::new(192, 0, 2, 1).into())) {
+        Ok(peer) if peer != default => format!("{default} ({peer} for --peer IPv4 alone)"),
+        _ => default.to_string(),
     }
 }
 
@@ -401,7 +421,8 @@ mod tests {
         assert_eq!(c.status, Status::Ok);
         assert_eq!(
             c.summary,
-            "BTF present, kprobes yes, packets via kprobe:icmp_echo"
+            "BTF present, kprobes yes, packets via tracepoint:net:netif_receive_skb \
+             (kprobe:icmp_echo for --peer IPv4 alone)"
         );
     }
 }

@@ -19,14 +19,18 @@ use tracer_common::{
 
 use stalltrace_analysis::dump::{CpuHist, Lost};
 
+use super::packet_path::{PacketHook, PacketPath};
+
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// kprobe:icmp_echo where the kernel has kprobes, else the tracepoint.
+    /// kprobe:icmp_echo when IPv4 echo requests are all the run needs (--peer IPv4, no
+    /// --probe, no --tcp) and the kernel has kprobes; else the tracepoint.
     Auto,
-    /// kprobe:icmp_echo (IPv4 echo requests only; fails where kprobes are missing).
+    /// kprobe:icmp_echo (IPv4 echo requests only: refused with --probe, --tcp or an IPv6
+    /// --peer; fails where kprobes are missing).
     Kprobe,
     /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
     Tracepoint,
@@ -192,6 +196,8 @@ impl Hists {
 
 pub struct Tracer {
     ebpf: Ebpf,
+    /// The in-kernel packet filter it was loaded with.
+    pub filter: Filter,
     /// Hooks attached, in the dump's `category:name` form.
     pub hooks: Vec<String>,
     /// `kprobe` or `tracepoint`.
@@ -276,6 +282,7 @@ impl Tracer {
         }
         Ok(Self {
             ebpf,
+            filter: opts.filter,
             hooks: vec![],
             packet_hook: "tracepoint",
             sampler,
@@ -297,7 +304,7 @@ impl Tracer {
     /// What `record --dry-run` prints: the hooks it would attach, and the packet path.
     pub fn dry_run(
         &self,
-        mode: AttachMode,
+        path: &PacketPath,
         with_syscalls: bool,
         sampler_hz: u64,
         stacks: bool,
@@ -307,13 +314,19 @@ impl Tracer {
             .filter(|p| p.role == Role::Waits || (p.role == Role::Syscalls && with_syscalls))
             .map(Program::hook_name)
             .collect();
-        let packets = match (mode, super::preflight::kprobe_support()) {
-            (AttachMode::Tracepoint, _) | (AttachMode::Auto, Err(_)) => {
-                "tracepoint:net:netif_receive_skb".to_string()
+        let mut packets = format!("{}: {}", path.hook.name(), path.reason());
+        if path.hook == PacketHook::Kprobe {
+            if let Err(why) = super::preflight::kprobe_support() {
+                packets.push_str(&format!(
+                    "; {}",
+                    if path.may_fall_back() {
+                        format!("but {why}: the tracepoint would serve instead")
+                    } else {
+                        format!("attaching it would fail: {why}")
+                    }
+                ));
             }
-            (_, Ok(())) => "kprobe:icmp_echo".to_string(),
-            (AttachMode::Kprobe, Err(why)) => format!("kprobe:icmp_echo, which would fail: {why}"),
-        };
+        }
         // Read back from the kernel's side: the programs that hold a verified fd now.
         let verified: Vec<&str> = PROGRAMS
             .iter()
@@ -342,13 +355,13 @@ impl Tracer {
     }
 
     /// Attaches the state tracepoints, the syscall ones if asked, and the packet hook
-    /// the mode and the kernel allow. Returns notes for the user (fallbacks).
+    /// the plan decided. Returns the packet path as attached: the tracepoint, saying
+    /// why, when the kprobe `auto` chose did not attach.
     pub fn attach(
         &mut self,
-        mode: AttachMode,
+        path: &PacketPath,
         with_syscalls: bool,
-    ) -> Result<Vec<String>, LoadError> {
-        let mut notes = vec![];
+    ) -> Result<PacketPath, LoadError> {
         for p in PROGRAMS {
             if p.role == Role::Waits || (p.role == Role::Syscalls && with_syscalls) {
                 self.attach_one(p)?;
@@ -356,32 +369,29 @@ impl Tracer {
         }
         let tracepoint = program("netif_receive_skb")?;
         let kprobe = program("icmp_echo")?;
-        match (mode, super::preflight::kprobe_support()) {
-            (AttachMode::Tracepoint, _) => self.attach_one(tracepoint)?,
-            (AttachMode::Kprobe, Err(why)) => {
-                return Err(LoadError::KprobeUnavailable {
-                    hook: kprobe.hook_name(),
-                    why,
-                })
-            }
-            (AttachMode::Kprobe, Ok(())) => self.attach_one(kprobe)?,
-            (AttachMode::Auto, Ok(())) => match self.attach_one(kprobe) {
-                Ok(()) => notes.push("packets: kprobe:icmp_echo (kprobes available)".into()),
-                Err(e) => {
-                    notes.push(format!(
-                        "packets: {e}; falling back to tracepoint:net:netif_receive_skb"
-                    ));
-                    self.attach_one(tracepoint)?;
-                }
-            },
-            (AttachMode::Auto, Err(why)) => {
-                notes.push(format!(
-                    "packets: tracepoint:net:netif_receive_skb, because {why}"
-                ));
+        match path.hook {
+            PacketHook::Tracepoint => {
                 self.attach_one(tracepoint)?;
+                Ok(path.clone())
+            }
+            PacketHook::Kprobe => {
+                let attached = match super::preflight::kprobe_support() {
+                    Ok(()) => self.attach_one(kprobe),
+                    Err(why) => Err(LoadError::KprobeUnavailable {
+                        hook: kprobe.hook_name(),
+                        why,
+                    }),
+                };
+                match attached {
+                    Ok(()) => Ok(path.clone()),
+                    Err(e) if path.may_fall_back() => {
+                        self.attach_one(tracepoint)?;
+                        Ok(path.fell_back(e.to_string()))
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
-        Ok(notes)
     }
 
     /// Attaches a raw tracepoint or kprobe program (the sampler has its own call).

@@ -2,4 +2,5 @@
 //! and tracefs, loading and attaching the programs, reading their maps.
 pub mod loader;
 pub mod offsets;
+pub mod packet_path;
 pub mod preflight;

@@ -18,8 +18,8 @@
 //! namespace's own address (never anything outside the lab), pinned to CPU 0 like the
 //! prober, as long as the culprit runs, and bounded twice: its own duration and death
 //! with the lab. UDP rather than the seed's `hping3 --icmp`: the
-//! NET_RX load is the same, and it adds no ICMP echoes to the recording (the kprobe path
-//! sees every echo request).
+//! NET_RX load is the same, and it adds no ICMP echoes to the recording (which keeps
+//! every echo to or from the namespace's address).
 use std::{
     path::Path,
     process::{Child, Command, Stdio},

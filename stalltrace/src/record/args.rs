@@ -67,7 +67,10 @@ pub struct TraceArgs {
     #[arg(long, visible_alias = "tcp-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub tcp: Option<u16>,
-    /// Which hook reports packets.
+    /// Which hook reports packets. auto takes kprobe:icmp_echo only when IPv4 echo
+    /// requests are all the run needs (an IPv4 --peer, no --probe, no --tcp), else
+    /// tracepoint:net:netif_receive_skb; --dry-run, features and the dump header say
+    /// which and why.
     #[arg(long, value_enum, default_value = "auto")]
     pub attach: AttachMode,
     /// Report RX waits longer than this (shorter ones only go to the histograms).

@@ -30,7 +30,10 @@ use self::{
 use crate::{
     enrich::Enricher,
     exit::{CodedError, ExitCode},
-    kernel::loader::{LoadError, Tracer},
+    kernel::{
+        loader::{LoadError, Tracer},
+        packet_path::PacketPath,
+    },
     samples::Sampler,
     stacks, sys,
 };
@@ -55,7 +58,7 @@ pub fn load_err(e: LoadError) -> anyhow::Error {
     };
     let hint = match &e {
         LoadError::KprobeUnavailable { .. } => {
-            "; use --attach tracepoint (or auto, which falls back by itself)"
+            "; use --attach tracepoint (or auto, which takes the tracepoint by itself)"
         }
         _ => "",
     };
@@ -74,12 +77,10 @@ pub struct Attached {
 /// starts the sampler, and builds the dump header.
 pub fn attach(plan: &TracePlan) -> anyhow::Result<Attached> {
     let mut tracer = Tracer::load(&plan.load, plan.syscalls).map_err(load_err)?;
-    for n in tracer
-        .attach(plan.attach, plan.syscalls)
-        .map_err(load_err)?
-    {
-        crate::errln!("{n}");
-    }
+    let packets = tracer
+        .attach(&plan.packets, plan.syscalls)
+        .map_err(load_err)?;
+    crate::errln!("{}", packets.line());
     let mut degraded = tracer.degraded.clone();
     let enricher = enricher(plan, &mut tracer, &mut degraded)?
         .with_pod_dirs(plan.pods_dir.clone(), plan.containers_dir.clone());
@@ -87,7 +88,7 @@ pub fn attach(plan: &TracePlan) -> anyhow::Result<Attached> {
         crate::errln!("note: {d}");
     }
     let sampling = enricher.sampler().is_some();
-    let header = header(plan, &tracer, sampling, degraded);
+    let header = header(plan, &tracer, sampling, degraded, &packets);
     Ok(Attached {
         tracer,
         enricher,
@@ -95,7 +96,13 @@ pub fn attach(plan: &TracePlan) -> anyhow::Result<Attached> {
     })
 }
 
-fn header(plan: &TracePlan, tracer: &Tracer, sampling: bool, degraded: Vec<String>) -> Header {
+fn header(
+    plan: &TracePlan,
+    tracer: &Tracer,
+    sampling: bool,
+    degraded: Vec<String>,
+    packets: &PacketPath,
+) -> Header {
     Header {
         format: DUMP_FORMAT.into(),
         version: DUMP_VERSION,
@@ -106,7 +113,7 @@ fn header(plan: &TracePlan, tracer: &Tracer, sampling: bool, degraded: Vec<Strin
         started_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         hooks: tracer.hooks.clone(),
         packet_hook: tracer.packet_hook.into(),
-        options: plan.options(sampling, degraded),
+        options: plan.options(sampling, degraded, packets),
         // What a culprit reading cgroup files is up against (the doctor's numbers;
         // about a second on a node with tens of thousands of cgroups).
         cgroups: Some(crate::doctor::cgroup_facts(&crate::doctor::Roots::live())),
@@ -187,7 +194,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
     if plan.dry_run {
         let tracer = Tracer::load(&t.load, t.syscalls).map_err(load_err)?;
-        for l in tracer.dry_run(t.attach, t.syscalls, t.sample_hz, t.stacks) {
+        for l in tracer.dry_run(&t.packets, t.syscalls, t.sample_hz, t.stacks) {
             crate::outln!("{l}");
         }
         return Ok(ExitCode::Ok);
@@ -273,6 +280,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let counts = src.dec.counts.clone();
     let stack_stats = src.dec.enricher.sampler().and_then(|c| c.stack_stats());
     let sampler_stats = src.dec.enricher.sampler().map(|c| c.stats());
+    let warnings = src.warnings();
     drop(src);
     let footer = Footer {
         ended_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -286,6 +294,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         reason: reason.into(),
         stacks: stack_stats.clone(),
         sampler: sampler_stats,
+        warnings,
     };
     // After a write error the footer may not fit either; what was written stays readable.
     let footer_written = p.push(&Record::Footer(footer));

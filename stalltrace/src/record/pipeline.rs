@@ -3,6 +3,8 @@
 //! Records are taken in bounded batches, so signals, the deadline, the 100 ms tick
 //! (flushes, closing episodes, warnings) are served however hard the kernel writes.
 use std::{
+    collections::{HashSet, VecDeque},
+    net::IpAddr,
     sync::mpsc::{self, Receiver},
     time::{Duration, Instant},
 };
@@ -11,12 +13,14 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use stalltrace_analysis::{
     analyze::Pipeline,
-    dump::{Counts, ProbeRec, Record},
+    correlate::align::{packet_key, probe_key, WireKey},
+    dump::{Counts, ProbeRec, ProbeStatus, Record},
 };
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, Signal, SignalKind},
 };
+use tracer_common::Filter;
 
 use crate::{
     enrich::Enricher,
@@ -88,12 +92,17 @@ pub struct Decoder {
     pub counts: Counts,
     /// Ring-buffer records that did not decode (a kernel/user mismatch).
     pub undecodable: u64,
+    /// With the built-in prober: whether the packet hook sees its packets.
+    pub sight: Option<ProbeSight>,
 }
 
 impl Decoder {
     fn hand_on(&mut self, mut rec: Record, p: &mut Pipeline<'_>) -> anyhow::Result<()> {
         rec.sanitize();
         self.counts.add(&rec);
+        if let Some(s) = self.sight.as_mut() {
+            s.see(&rec, Instant::now());
+        }
         p.push(&rec)?;
         Ok(())
     }
@@ -143,6 +152,9 @@ impl Source {
         // lives exactly as long as the registration.
         let ring = unsafe { AsyncFd::register(ring) }.context("polling the ring buffer")?;
         let (tx, probes) = mpsc::channel();
+        let sight = probe
+            .as_ref()
+            .map(|_| ProbeSight::new(tracer.packet_hook, &tracer.filter));
         let prober = match probe {
             Some(cfg) => Some(probe::spawn(cfg, tx).context("starting the prober")?),
             None => None,
@@ -154,6 +166,7 @@ impl Source {
                 enricher,
                 counts: Counts::default(),
                 undecodable: 0,
+                sight,
             },
             prober,
             probes,
@@ -189,7 +202,26 @@ impl Source {
             self.unread_at_exit += 1;
         }
         self.drain_probes(p)?;
+        // A run too short for the live warning still says it at the end.
+        if let Some(w) = self
+            .dec
+            .sight
+            .as_mut()
+            .and_then(|s| s.check(Instant::now(), true))
+        {
+            crate::errln!("warning: {w}");
+        }
         Ok(stats)
+    }
+
+    /// What the recorder warned about, for the footer.
+    pub fn warnings(&self) -> Vec<String> {
+        self.dec
+            .sight
+            .as_ref()
+            .and_then(|s| s.warning.clone())
+            .into_iter()
+            .collect()
     }
 
     /// The kernel's loss counters, and the records left unread at the stop.
@@ -238,6 +270,9 @@ pub async fn run(
                 src.drain_probes(p)?;
                 p.tick(boot_ns())?;
                 each_tick(src, p, ticks)?;
+                if let Some(w) = src.dec.sight.as_mut().and_then(|s| s.check(Instant::now(), false)) {
+                    crate::errln!("warning: {w}");
+                }
             }
             g = src.ring.readable_mut() => {
                 let mut g = g.context("polling the ring buffer")?;
@@ -253,6 +288,287 @@ pub async fn run(
                     g.clear_ready();
                 }
             }
+        }
+    }
+}
+
+/// After this long with answered probes and none of their packets seen, say so.
+pub const SIGHT_AFTER: Duration = Duration::from_secs(3);
+/// … or after this many answered probes, whichever comes first.
+pub const SIGHT_PROBES: u64 = 100;
+/// Wire keys remembered on each side of the join (a few seconds of 10 ms probes).
+const SIGHT_KEYS: usize = 4096;
+
+/// The safety net for a packet path that misses the built-in prober's packets (a hook
+/// that does not see them, a filter that excludes them, answers that bypass this
+/// host's receive path): the prober's answered probes joined by wire identity with
+/// the packets recorded, the way the correlator joins them. Answered probes and none
+/// of their packets seen after [`SIGHT_AFTER`] or [`SIGHT_PROBES`] answers is said
+/// once, live, naming the hook and what to try; the footer keeps it.
+pub struct ProbeSight {
+    hook: &'static str,
+    filter: String,
+    answered: u64,
+    matched: u64,
+    since: Option<Instant>,
+    /// The prober's target and wire identity (echo id or TCP source port), from its
+    /// first answered probe.
+    prober: Option<(String, Option<u16>, bool)>,
+    packets: KeySet,
+    pending: KeySet,
+    /// The warning, once said.
+    pub warning: Option<String>,
+}
+
+/// Wire keys, the oldest forgotten first past a bound.
+#[derive(Default)]
+struct KeySet {
+    set: HashSet<WireKey>,
+    order: VecDeque<WireKey>,
+}
+
+impl KeySet {
+    fn insert(&mut self, k: WireKey) {
+        if self.set.insert(k) {
+            self.order.push_back(k);
+            if self.order.len() > SIGHT_KEYS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, k: &WireKey) -> bool {
+        // Its place in `order` stays until it comes round: a bound, not an exact LRU.
+        self.set.remove(k)
+    }
+}
+
+impl ProbeSight {
+    /// `hook` as the tracer names it (`kprobe`, `tracepoint`), `filter` the in-kernel one.
+    pub fn new(hook: &str, filter: &Filter) -> Self {
+        let mut words = vec![];
+        match filter.peer_family {
+            4 => words.push(format!(
+                "--peer {}",
+                IpAddr::from([
+                    filter.peer[0],
+                    filter.peer[1],
+                    filter.peer[2],
+                    filter.peer[3]
+                ])
+            )),
+            6 => words.push(format!("--peer {}", IpAddr::from(filter.peer))),
+            _ => {}
+        }
+        if filter.icmp_id_set != 0 {
+            words.push(format!("--icmp-id {}", filter.icmp_id));
+        }
+        if filter.tcp_port_set != 0 {
+            words.push(format!("--tcp-port {}", filter.tcp_port));
+        }
+        Self {
+            hook: if hook == "kprobe" {
+                crate::kernel::packet_path::KPROBE
+            } else {
+                crate::kernel::packet_path::TRACEPOINT
+            },
+            filter: words.join(" "),
+            answered: 0,
+            matched: 0,
+            since: None,
+            prober: None,
+            packets: KeySet::default(),
+            pending: KeySet::default(),
+            warning: None,
+        }
+    }
+
+    /// Takes in one record handed on to the pipeline.
+    pub fn see(&mut self, rec: &Record, now: Instant) {
+        match rec {
+            Record::Packet(p) => {
+                if let Some(k) = packet_key(p) {
+                    if self.pending.take(&k) {
+                        self.matched += 1;
+                    }
+                    self.packets.insert(k);
+                }
+            }
+            Record::Probe(p) if p.status == ProbeStatus::Ok => {
+                self.answered += 1;
+                self.since.get_or_insert(now);
+                self.prober.get_or_insert_with(|| {
+                    (
+                        p.target.clone(),
+                        p.wire_ident,
+                        p.proto == stalltrace_analysis::dump::ProbeProto::Tcp,
+                    )
+                });
+                if let Some(k) = probe_key(p) {
+                    if self.packets.set.contains(&k) {
+                        self.matched += 1;
+                    } else {
+                        self.pending.insert(k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answered probes and matched ones so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.answered, self.matched)
+    }
+
+    /// The warning, the first time it is due (`at_end`: the recording stopped, and
+    /// any answered probe is enough).
+    pub fn check(&mut self, now: Instant, at_end: bool) -> Option<String> {
+        if self.warning.is_some() || self.matched > 0 || self.answered == 0 {
+            return None;
+        }
+        let waited = self.since.map_or(Duration::ZERO, |t| now.duration_since(t));
+        if !(at_end || self.answered >= SIGHT_PROBES || waited >= SIGHT_AFTER) {
+            return None;
+        }
+        let (target, ident, tcp) = self.prober.clone().unwrap_or_default();
+        let prober = match (ident, tcp) {
+            (Some(port), true) => format!("to {target} from TCP port {port}"),
+            (Some(id), false) => format!("to {target} with echo id {id}"),
+            (None, _) => format!("to {target}"),
+        };
+        let what_to_try = if self.hook == crate::kernel::packet_path::KPROBE {
+            "kprobe:icmp_echo sees IPv4 echo requests only: record with --attach tracepoint"
+                .to_string()
+        } else if !self.filter.is_empty() {
+            format!(
+                "the filter ({}) may exclude them: the prober talks {prober}; record without it \
+                 or with --peer of the prober's target",
+                self.filter
+            )
+        } else {
+            format!(
+                "nothing filters them out, so its answers ({prober}) do not pass this host's \
+                 receive path where the hook sees them (an XDP program, a bypass?)"
+            )
+        };
+        let w = format!(
+            "{} answered probes in {:.1} s and the packet hook ({}) saw none of their packets: \
+             no stall can be tied to them; {what_to_try}",
+            self.answered,
+            waited.as_secs_f64(),
+            self.hook
+        );
+        self.warning = Some(w.clone());
+        Some(w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use stalltrace_analysis::dump::{PacketKind, PacketRec, ProbeProto, RxContext};
+
+    use super::*;
+
+    fn probe(seq: u16) -> Record {
+        Record::Probe(ProbeRec {
+            source: "builtin".into(),
+            proto: ProbeProto::Icmp,
+            target: "10.0.0.2".into(),
+            seq: u32::from(seq),
+            wire_ident: Some(0x4d2),
+            wire_seq: Some(seq),
+            sent_ns: Some(1),
+            rtt_ns: Some(100_000),
+            status: ProbeStatus::Ok,
+            send_error: None,
+        })
+    }
+
+    fn reply(seq: u16, ident: u16) -> Record {
+        Record::Packet(PacketRec {
+            ts_ns: 1,
+            cpu: 0,
+            pid: 0,
+            tgid: 0,
+            comm: "swapper/0".into(),
+            context: RxContext::Idle,
+            hook: "tracepoint".into(),
+            proto: "icmp".into(),
+            kind: PacketKind::EchoReply,
+            src: "10.0.0.2".into(),
+            dst: "10.0.0.1".into(),
+            ident,
+            seq,
+            tcp_seq: None,
+            rx_start_ns: None,
+            drain_start_ns: None,
+        })
+    }
+
+    fn filter_peer(octets: [u8; 4]) -> Filter {
+        let mut f = Filter::all_icmp();
+        f.peer_family = 4;
+        f.peer[..4].copy_from_slice(&octets);
+        f
+    }
+
+    /// Answers whose packets the hook never records: said once after SIGHT_PROBES of
+    /// them, naming the hook and the filter that excludes them.
+    #[test]
+    fn answered_probes_without_packets_are_said_once() {
+        let t0 = Instant::now();
+        let mut s = ProbeSight::new("tracepoint", &filter_peer([10, 9, 9, 9]));
+        for seq in 1..SIGHT_PROBES as u16 {
+            s.see(&probe(seq), t0);
+            // Other traffic the filter let through: another echo id.
+            s.see(&reply(seq, 0x99), t0);
+            assert_eq!(s.check(t0, false), None, "not yet at {seq}");
+        }
+        s.see(&probe(SIGHT_PROBES as u16), t0);
+        let w = s.check(t0, false).expect("due at SIGHT_PROBES answers");
+        assert!(w.starts_with("100 answered probes"), "{w}");
+        assert!(w.contains("tracepoint:net:netif_receive_skb"), "{w}");
+        assert!(w.contains("--peer 10.9.9.9"), "{w}");
+        assert!(w.contains("echo id 1234"), "{w}");
+        assert_eq!(s.check(t0 + SIGHT_AFTER, true), None, "once");
+        assert_eq!(s.warning.as_deref(), Some(w.as_str()));
+    }
+
+    /// A few answers and SIGHT_AFTER gone by; and the kprobe's own advice.
+    #[test]
+    fn a_slow_prober_is_said_after_sight_after() {
+        let t0 = Instant::now();
+        let mut s = ProbeSight::new("kprobe", &Filter::all_icmp());
+        s.see(&probe(1), t0);
+        assert_eq!(s.check(t0 + SIGHT_AFTER / 2, false), None);
+        let w = s.check(t0 + SIGHT_AFTER, false).expect("due");
+        assert!(
+            w.contains("kprobe:icmp_echo sees IPv4 echo requests only"),
+            "{w}"
+        );
+        assert!(w.contains("--attach tracepoint"), "{w}");
+    }
+
+    /// One probe's packet seen, before or after its probe record: no warning, ever.
+    #[test]
+    fn a_seen_answer_silences_it() {
+        let t0 = Instant::now();
+        for reply_first in [true, false] {
+            let mut s = ProbeSight::new("tracepoint", &Filter::all_icmp());
+            if reply_first {
+                s.see(&reply(1, 0x4d2), t0);
+            }
+            for seq in 1..=500 {
+                s.see(&probe(seq), t0);
+            }
+            if !reply_first {
+                s.see(&reply(500, 0x4d2), t0);
+            }
+            assert_eq!(s.counts(), (500, 1));
+            assert_eq!(s.check(t0 + SIGHT_AFTER * 10, true), None);
         }
     }
 }

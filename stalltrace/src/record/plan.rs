@@ -10,8 +10,10 @@ use super::args::{RecordArgs, TraceArgs};
 use crate::{
     exit::{CodedError, ExitCode},
     kernel::{
-        loader::{AttachMode, LoadOptions},
-        offsets, preflight,
+        loader::LoadOptions,
+        offsets,
+        packet_path::{self, Needs, PacketPath},
+        preflight,
     },
     probe::{self, ProberConfig},
 };
@@ -19,7 +21,9 @@ use crate::{
 /// What to trace, checked: what `record` and `watch` share.
 pub struct TracePlan {
     pub load: LoadOptions,
-    pub attach: AttachMode,
+    /// Which hook reports packets, and why: decided here, once, from what the run
+    /// must see and what this kernel offers.
+    pub packets: PacketPath,
     /// Trace syscalls exactly (raw_syscalls hooks).
     pub syscalls: bool,
     /// The sampler's rate.
@@ -115,6 +119,10 @@ impl TracePlan {
     /// Checks the tracing flags against each other and this machine; `what` names the
     /// command in the privileges error.
     pub fn check(a: &TraceArgs, what: &str) -> anyhow::Result<Self> {
+        // A bad command line is said first, whoever runs it.
+        let needs = Needs::of(&filter(a, None), a.probe.is_some());
+        let packets = packet_path::decide(a.attach, &needs, preflight::kprobe_support())
+            .map_err(|e| CodedError::new(ExitCode::Usage, e))?;
         preflight::check_privileges(what)?;
         let probe_target = match &a.probe {
             Some(h) => Some(probe::resolve_host(h, false)?),
@@ -146,6 +154,9 @@ impl TracePlan {
             // the 100 ms tick drains the rest.
             wakeup_bytes: a.ring_buffer / 4,
             self_tgid: std::process::id(),
+            // Packets processed this long after a stall-length wait can still be its
+            // backlog; the drain closes earlier when RX work runs out.
+            drain_window_ns: ns(a.stall_threshold),
         };
         Ok(Self {
             load: LoadOptions {
@@ -155,7 +166,7 @@ impl TracePlan {
                 ring_bytes: a.ring_buffer,
                 stacks: a.stacks,
             },
-            attach: a.attach,
+            packets,
             syscalls: a.syscalls,
             sample_hz: a.sample_hz,
             stacks: a.stacks,
@@ -168,8 +179,9 @@ impl TracePlan {
     }
 
     /// What the dump header says about how the recording was made; `sampler_hz` when
-    /// the sampler runs, `degraded` what this kernel did not allow.
-    pub fn options(&self, sampling: bool, degraded: Vec<String>) -> Options {
+    /// the sampler runs, `degraded` what this kernel did not allow, `packets` the
+    /// packet path as attached.
+    pub fn options(&self, sampling: bool, degraded: Vec<String>, packets: &PacketPath) -> Options {
         let f = &self.load.filter;
         let peer = match f.peer_family {
             4 => Some(IpAddr::from([f.peer[0], f.peer[1], f.peer[2], f.peer[3]]).to_string()),
@@ -193,6 +205,7 @@ impl TracePlan {
             syscalls: self.syscalls,
             recorder_pid: Some(std::process::id()),
             degraded,
+            packet_hook_reason: Some(packets.reason()),
         }
     }
 }

@@ -655,6 +655,8 @@ mod tests {
             probes_in_run: 0,
             probes_lost: 0,
             packets_delayed: 1,
+            packets_in_drain: 0,
+            drain_ns: None,
             worst_rtt_ns: None,
             lines: vec![],
             lines_omitted: 0,

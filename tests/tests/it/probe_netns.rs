@@ -481,7 +481,7 @@ fn builtin_icmpv6_probe() {
 
 /// A listening socket inside the namespace: a thread enters the namespace, binds, and
 /// the socket stays there (a socket keeps the namespace it was made in).
-fn listen_in_netns(ns: &Netns) -> TcpListener {
+pub(crate) fn listen_in_netns(ns: &Netns) -> TcpListener {
     let path = format!("/var/run/netns/{}", ns.name);
     let addr: SocketAddr = format!("{}:0", ns.ns_addr).parse().expect("addr");
     std::thread::spawn(move || {

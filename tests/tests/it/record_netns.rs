@@ -157,9 +157,15 @@ fn run_unprivileged(root_without_caps: bool, args: &[&str]) -> (Option<i32>, Str
     )
 }
 
+/// The packet hook follows from what the run must see (`kernel::packet_path`), checked
+/// against this kernel's kprobe support read from sysfs: `--attach kprobe` loads the
+/// kprobe (attaching it where kprobes exist, exit 4 where not); `auto` takes the kprobe
+/// only for an IPv4 `--peer` alone and where kprobes exist, the tracepoint otherwise,
+/// saying why on stderr and in the dump header; `--attach kprobe` for a run it cannot
+/// serve is a usage error before anything loads or any dump is made.
 #[test]
-fn kprobe_path_loads_but_cannot_attach_here_and_auto_falls_back() {
-    if !require_root("kprobe_path_loads_but_cannot_attach_here_and_auto_falls_back") {
+fn kprobe_path_and_auto_decide_from_what_the_run_needs() {
+    if !require_root("kprobe_path_and_auto_decide_from_what_the_run_needs") {
         return;
     }
     let has_kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
@@ -195,19 +201,81 @@ fn kprobe_path_loads_but_cannot_attach_here_and_auto_falls_back() {
             "says what to do: {err}"
         );
     }
-    let dump2 = dir.join("auto.jsonl");
-    let (code, _, err) = run(&["record", "--duration", "1s", "-o", dump2.to_str().unwrap()]);
-    assert_eq!(code, Some(0), "{err}");
-    let recs = read_dump(&dump2);
-    if has_kprobes {
-        assert_eq!(recs[0]["packet_hook"], "kprobe");
+    // auto: (extra flags, the hook on this kernel, what stderr and the header say).
+    let v4_hook = if has_kprobes { "kprobe" } else { "tracepoint" };
+    let v4_why = if has_kprobes {
+        "only IPv4 echo requests from 10.213.250.250 are needed"
     } else {
+        "this kernel has no kprobe support"
+    };
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&[], "tracepoint", "without --peer every echo is recorded, replies and ICMPv6 included, which kprobe:icmp_echo never sees"),
+        (&["--peer", "10.213.250.250"], v4_hook, v4_why),
+        (&["--peer", "fd00:213:fa::1"], "tracepoint", "--peer fd00:213:fa::1 is IPv6 (ICMPv6 echoes), which kprobe:icmp_echo never sees"),
+        (&["--peer", "10.213.250.250", "--tcp-port", "8080"], "tracepoint", "--tcp 8080 records TCP SYNs, SYN-ACKs and RSTs, which kprobe:icmp_echo never sees"),
+    ];
+    for (i, (extra, hook, why)) in cases.iter().enumerate() {
+        let dump = dir.join(format!("auto{i}.jsonl"));
+        let mut args = vec!["record", "--duration", "1s", "-o", dump.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, Some(0), "{extra:?}: {err}");
+        let long = if *hook == "kprobe" {
+            "kprobe:icmp_echo"
+        } else {
+            "tracepoint:net:netif_receive_skb"
+        };
         assert!(
-            err.contains("packets: tracepoint:net:netif_receive_skb, because this kernel has no kprobe support"),
+            err.contains(&format!("packets via {long}: {why}")),
+            "{extra:?}: {err}"
+        );
+        let header = &read_dump(&dump)[0];
+        assert_eq!(header["packet_hook"], *hook, "{extra:?}");
+        let reason = header["options"]["packet_hook_reason"]
+            .as_str()
+            .unwrap_or("");
+        assert!(reason.starts_with(why), "{extra:?}: {reason}");
+        let hooks: Vec<&str> = header["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|h| h.as_str())
+            .collect();
+        assert!(hooks.contains(&long), "{extra:?}: {hooks:?}");
+    }
+    // Refused before anything loads: exit 2, why, no dump, no program.
+    for (extra, why) in [
+        (
+            &["--probe", "10.213.250.250"][..],
+            "--probe receives echo replies",
+        ),
+        (&["--tcp-port", "443"][..], "--tcp 443 records TCP"),
+        (
+            &["--peer", "fd00:213:fa::1"][..],
+            "--peer fd00:213:fa::1 is IPv6",
+        ),
+    ] {
+        let refused = dir.join("refused.jsonl");
+        let mut args = vec!["record", "--attach", "kprobe", "--duration", "1s", "-o"];
+        args.push(refused.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains("--attach kprobe cannot serve this run: ") && err.contains(why),
+            "{extra:?}: {err}"
+        );
+        assert!(
+            err.contains("use --attach auto or --attach tracepoint"),
             "{err}"
         );
-        assert_eq!(recs[0]["packet_hook"], "tracepoint");
+        assert!(!refused.exists(), "{extra:?}: no dump made");
+        assert!(
+            our_bpf_programs_now().is_empty(),
+            "{extra:?}: nothing loaded"
+        );
     }
+    let _ = std::fs::remove_dir_all(&dir);
     assert_no_programs("after the kprobe checks");
 }
 
@@ -289,7 +357,7 @@ fn every_filter_combination_passes_the_verifier() {
         &["--attach", "kprobe", "--peer", "10.1.2.3", "--icmp-id", "7"],
         &[
             "--attach",
-            "kprobe",
+            "tracepoint",
             "--peer",
             "fd00::1",
             "--tcp-port",

@@ -81,7 +81,9 @@ fn row(r: &KernelRun) -> Vec<String> {
         (None, _) => dash(),
     };
     let packets = match get(facts, "packet_hook") {
-        Some(_) => "kprobe:icmp_echo".to_string(),
+        // The vm_guest kprobe test's run: an IPv4 --peer alone. Everything else takes
+        // the tracepoint on every kernel (the default_flags tests).
+        Some(_) => "kprobe:icmp_echo (IPv4 --peer alone)".to_string(),
         None if get(info, "kprobes") == Some("no") => "tracepoint".to_string(),
         None => dash(),
     };
@@ -229,7 +231,7 @@ mod tests {
                 ("fentry", "bpftrace kfunc:icmp_echo failed: ERROR"),
             ]),
             facts: kv(&[
-                ("packet_hook", "kprobe:icmp_echo (auto)"),
+                ("packet_hook", "kprobe:icmp_echo (auto, IPv4 --peer alone)"),
                 ("sampler", "sample_stack_regs"),
                 ("lab rt-hog", "FAIL (exit Some(6))"),
                 ("lab rt-hog", "PASS (ksoftirqd)"),
@@ -255,7 +257,7 @@ mod tests {
                 "no",
                 "yes",
                 "attaches",
-                "kprobe:icmp_echo",
+                "kprobe:icmp_echo (IPv4 --peer alone)",
                 "loads; bpftrace kfunc fails",
                 "no",
                 "sample_stack_regs"
