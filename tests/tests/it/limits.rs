@@ -29,7 +29,35 @@ use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
 /// Runs the binary with `args` for at most `limit` (then kills it): its output, or
 /// `None` when it had to be killed.
 fn run_bounded(args: &[&str], dir: &Path, limit: Duration) -> Option<Output> {
-    let child = Command::new(stalltrace_bin())
+    run_bounded_in(args, dir, limit, None)
+}
+
+/// As [`run_bounded`], with the child's address space capped at `max_as` bytes when
+/// given: a tool that would read a device whole fails its allocation instead of taking
+/// the machine's memory.
+fn run_bounded_in(
+    args: &[&str],
+    dir: &Path,
+    limit: Duration,
+    max_as: Option<u64>,
+) -> Option<Output> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = Command::new(stalltrace_bin());
+    if let Some(max) = max_as {
+        // SAFETY: between fork and exec only setrlimit(2), async-signal-safe, on the
+        // child itself.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: max,
+                    rlim_max: max,
+                };
+                libc::setrlimit(libc::RLIMIT_AS, &rl);
+                Ok(())
+            });
+        }
+    }
+    let child = cmd
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -337,7 +365,7 @@ fn btf_refuses_devices_fifos_and_huge_files_unread() {
         (big, "64 MiB"),
     ] {
         let t0 = Instant::now();
-        let out = run_bounded(
+        let out = run_bounded_in(
             &[
                 "record",
                 "--btf",
@@ -348,7 +376,8 @@ fn btf_refuses_devices_fifos_and_huge_files_unread() {
                 d.join("x.jsonl").to_str().unwrap(),
             ],
             d.path(),
-            Duration::from_secs(20),
+            Duration::from_secs(5),
+            Some(4 << 30),
         )
         .unwrap_or_else(|| panic!("--btf {} did not end", p.display()));
         let err = String::from_utf8_lossy(&out.stderr);
