@@ -183,7 +183,18 @@ pub fn output_check(output: &std::path::Path, force: bool, probe_log: bool) -> a
         }
         return Ok(());
     }
-    stalltrace_analysis::output::check(output, force).context("the dump")
+    use stalltrace_analysis::output::{check, OutputError};
+    check(output, force).map_err(|e| match e {
+        OutputError::Exists { path } => CodedError::new(
+            ExitCode::Usage,
+            format!(
+                "{} exists; choose another -o or pass --force to replace it",
+                path.display()
+            ),
+        )
+        .into(),
+        e => anyhow::Error::new(e).context("the dump"),
+    })
 }
 
 async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
