@@ -800,10 +800,8 @@ fn tcp_prober_ignores_answers_that_do_not_acknowledge_its_sequence_number() {
     let forger = thread::spawn(move || -> (u32, u32) {
         use std::os::fd::AsRawFd as _;
         // SAFETY: setns(2) on this thread only, with an open namespace fd.
-        assert_eq!(
-            unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) },
-            0
-        );
+        let rc = unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
         let eth_p_ip = (libc::ETH_P_IP as u16).to_be();
         let sniff = Socket::new(
             Domain::PACKET,
