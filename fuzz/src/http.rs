@@ -5,22 +5,23 @@
 const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 404, 405, 413, 431, 500, 503, 505];
 
 /// Whether the first request head in `bytes` announces a body: a `Content-Length`
-/// other than 0, or a `Transfer-Encoding`, as a header of its own line.
+/// other than 0, or a `Transfer-Encoding`, as a header of its own line. The head ends
+/// at its first empty line; lines end with CRLF or a bare LF, as the parser takes them.
 fn announces_body(bytes: &[u8]) -> bool {
-    let end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end])
-        .split("\r\n")
-        .skip(1)
-        .any(|l| {
-            let l = l.to_ascii_lowercase();
-            l.starts_with("transfer-encoding:")
-                || l
-                    .strip_prefix("content-length:")
-                    .is_some_and(|v| v.trim() != "0")
-        })
+    let mut lines = bytes
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // The request line, after any empty lines before it (the parser skips them).
+    if lines.by_ref().find(|l| !l.is_empty()).is_none() {
+        return false;
+    }
+    lines.take_while(|l| !l.is_empty()).any(|l| {
+        let l = String::from_utf8_lossy(l).to_ascii_lowercase();
+        l.starts_with("transfer-encoding:")
+            || l
+                .strip_prefix("content-length:")
+                .is_some_and(|v| v.trim() != "0")
+    })
 }
 
 /// One client's bytes to `watch`'s endpoint, through its limits, hyper's parser and the
