@@ -664,7 +664,7 @@ fn watch_memory_stays_flat_through_thousands_of_culprits_and_an_hour_of_probes()
                     "--scenario",
                     "rt-hog",
                     "--duration",
-                    "60s",
+                    "240s",
                     "--cpu",
                     "1",
                 ])
