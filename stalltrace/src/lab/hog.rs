@@ -59,6 +59,10 @@ pub struct HogArgs {
     /// from one process, for the agent's bounded-series test.
     #[arg(long, hide = true)]
     pub rename_each_burst: bool,
+    /// Do each burst in a new child process (with `--rename-each-burst`, named per
+    /// burst): thousands of short-lived culprits, for the agent's bounded-memory test.
+    #[arg(long, hide = true, conflicts_with = "thread_name")]
+    pub fork_each_burst: bool,
 }
 
 /// `--read-size`: 0 to 1 GiB.
@@ -157,14 +161,43 @@ fn bursts(a: &HogArgs, mut work: Work) {
         if Instant::now() >= end {
             break;
         }
+        let burst_end = (Instant::now() + a.burst).min(end);
+        if a.fork_each_burst {
+            forked_burst(a, &stem, burst, burst_end, &mut work);
+        } else {
+            if a.rename_each_burst {
+                let _ = set_name(&format!("{stem}-{burst}"));
+            }
+            while Instant::now() < burst_end {
+                work.step();
+            }
+        }
+        std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// One burst in a child process of its own, which exits when the burst ends (or when
+/// the hog dies); the hog waits for it.
+fn forked_burst(a: &HogArgs, stem: &str, burst: u32, burst_end: Instant, work: &mut Work) {
+    // SAFETY: fork(2) from the hog, which has one thread when it forks (--thread-name
+    // conflicts with this mode): the child may run any code. It only spins and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: prctl(2) and _exit(2) on the child itself.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         if a.rename_each_burst {
             let _ = set_name(&format!("{stem}-{burst}"));
         }
-        let burst_end = (Instant::now() + a.burst).min(end);
         while Instant::now() < burst_end {
             work.step();
         }
-        std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
+        // SAFETY: as above; no destructor of the parent's state runs in the child.
+        unsafe { libc::_exit(0) };
+    }
+    if pid > 0 {
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
     }
 }
 
@@ -313,6 +346,9 @@ impl Hog {
         }
         if a.rename_each_burst {
             c.arg("--rename-each-burst");
+        }
+        if a.fork_each_burst {
+            c.arg("--fork-each-burst");
         }
         super::tied::tie_to_lab(&mut c, libc::SIGKILL, None);
         let child = c.spawn().context("starting the hog")?;

@@ -88,6 +88,10 @@ pub struct LabArgs {
     /// The culprit renames itself before each burst (tests of bounded metrics).
     #[arg(long, hide = true)]
     pub rename_each_burst: bool,
+    /// Each of the culprit's bursts is a new short-lived process (tests of bounded
+    /// memory through thousands of culprits).
+    #[arg(long, hide = true)]
+    pub fork_each_burst: bool,
     /// The culprit's bursts (1ms to 10s; tests of an agent through many episodes).
     #[arg(long, hide = true, value_parser = duration_in::<{ stalltrace_analysis::units::MS }, { 10 * SEC }>, default_value = "100ms")]
     pub burst: Duration,
@@ -273,6 +277,7 @@ fn run_scenario(
         thread_name: a.thread.clone(),
         walk_stats: None,
         rename_each_burst: a.rename_each_burst,
+        fork_each_burst: a.fork_each_burst,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;

@@ -619,10 +619,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// `watch --probe` at 1 ms for six minutes (360 000 probes: an hour of the default
-/// 10 ms) while, for four minutes of it, a culprit that takes a new name before each of
-/// its ~13 000 bursts of 12 ms stalls the probes' RX thread (thousands of distinct
-/// culprits are blamed, counted in the agent's episode lines): the agent's RSS, sampled
-/// from /proc every 10 s from the first minute on, grows by less than 2 MiB.
+/// 10 ms) while, for four minutes of it, a culprit that runs each of its ~13 000 bursts
+/// of 12 ms in a new, newly named process stalls the probes' RX thread (thousands of
+/// distinct culprit processes are blamed, counted by pid in the agent's episode lines):
+/// the agent's RSS, sampled from /proc every 10 s from the first minute on, grows by
+/// less than 2 MiB.
 /// (Unbounded, the RTTs alone add 8 bytes per probe: 2.3 MiB over the five minutes.)
 #[test]
 fn watch_memory_stays_flat_through_thousands_of_culprits_and_an_hour_of_probes() {
@@ -668,7 +669,12 @@ fn watch_memory_stays_flat_through_thousands_of_culprits_and_an_hour_of_probes()
                     "--cpu",
                     "1",
                 ])
-                .args(["--name", "churn", "--rename-each-burst"])
+                .args([
+                    "--name",
+                    "churn",
+                    "--rename-each-burst",
+                    "--fork-each-burst",
+                ])
                 .args(["--burst", "12ms", "--gap", "6ms", "-o"])
                 .arg(d.join("lab.jsonl"))
                 .stdout(Stdio::null())
@@ -694,12 +700,20 @@ fn watch_memory_stays_flat_through_thousands_of_culprits_and_an_hour_of_probes()
     let st = watch.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()));
     drop(lab);
-    // The culprits' names, from the agent's one line per episode.
+    // The culprits' pids, from the agent's one line per episode.
     let log = fs::read_to_string(d.join("watch.err")).unwrap_or_default();
-    let culprits: std::collections::HashSet<&str> = log
+    let culprits: std::collections::HashSet<u32> = log
         .lines()
-        .filter_map(|l| l.split("; culprit ").nth(1)?.split(' ').next())
-        .filter(|c| c.starts_with("churn-"))
+        .filter_map(|l| l.split("; culprit ").nth(1))
+        .filter(|c| c.starts_with("churn"))
+        .filter_map(|c| {
+            c.split("(pid ")
+                .nth(1)?
+                .split([')', ','])
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     eprintln!(
         "{ok} probes answered, {episodes} episodes, {} distinct culprits; RSS (s, KiB): {samples:?}",
