@@ -5,7 +5,7 @@
 const HTTP_STATUSES: [u16; 10] = [200, 400, 401, 404, 405, 413, 431, 500, 503, 505];
 
 /// Whether the first request head in `bytes` announces a body: a `Content-Length`
-/// other than 0, or a `Transfer-Encoding`, as a header of its own line. The head ends
+/// that is not a number 0 (`000` is 0), or a `Transfer-Encoding`, as a header of its own line. The head ends
 /// at its first empty line; lines end with CRLF or a bare LF, as the parser takes them.
 fn announces_body(bytes: &[u8]) -> bool {
     let mut lines = bytes
@@ -20,7 +20,7 @@ fn announces_body(bytes: &[u8]) -> bool {
         l.starts_with("transfer-encoding:")
             || l
                 .strip_prefix("content-length:")
-                .is_some_and(|v| v.trim() != "0")
+                .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
     })
 }
 
