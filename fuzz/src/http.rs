@@ -18,8 +18,7 @@ fn announces_body(bytes: &[u8]) -> bool {
     lines.take_while(|l| !l.is_empty()).any(|l| {
         let l = String::from_utf8_lossy(l).to_ascii_lowercase();
         l.starts_with("transfer-encoding:")
-            || l
-                .strip_prefix("content-length:")
+            || l.strip_prefix("content-length:")
                 .is_some_and(|v| v.trim().parse::<u64>().map_or(true, |n| n > 0))
     })
 }
@@ -46,7 +45,9 @@ pub fn run(bytes: &[u8]) {
         .match_indices("HTTP/1.")
         .filter_map(|(i, _)| {
             let rest = text.get(i + 7..)?;
-            let code = rest.strip_prefix("1 ").or_else(|| rest.strip_prefix("0 "))?;
+            let code = rest
+                .strip_prefix("1 ")
+                .or_else(|| rest.strip_prefix("0 "))?;
             code.get(..3)?.parse().ok()
         })
         .collect();
