@@ -188,8 +188,8 @@ pub fn analyze(o: &AnalyzeOptions, sinks: &mut [&mut dyn Sink]) -> Result<Report
         p.correlator_mut().set_probe_log(log.probes);
     }
     p.push(&Record::Header(header))?;
-    while let Some(rec) = reader.next_record()? {
-        p.push(&rec)?;
+    while let Some(rec) = reader.next_ref()? {
+        p.push(rec)?;
     }
     if let Some(f) = reader.footer() {
         p.push(&Record::Footer(f.clone()))?;
@@ -201,4 +201,39 @@ pub fn analyze(o: &AnalyzeOptions, sinks: &mut [&mut dyn Sink]) -> Result<Report
         input.probe_log = o.probe_log.as_ref().map(|p| p.display().to_string());
         input.probe_log_unknown_lines = log_unknown;
     })
+}
+
+/// Analyzes several dumps in parallel, `jobs` at a time, each on its own thread with
+/// its own reader and correlator: memory is that of `jobs` analyses, whatever the
+/// number of dumps. `done(index, result)` is called on the caller's thread for each
+/// dump as it finishes (in the order they finish; `index` is its place in `dumps`),
+/// and the report is dropped once it returns.
+pub fn analyze_many(
+    dumps: &[AnalyzeOptions],
+    jobs: usize,
+    mut done: impl FnMut(usize, Result<Report, AnalyzeError>),
+) {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    };
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, dumps.len().max(1)) {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(o) = dumps.get(i) else { break };
+                if tx.send((i, analyze(o, &mut []))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        for (i, r) in rx {
+            done(i, r);
+        }
+    });
 }

@@ -161,3 +161,42 @@ fn json_report_is_written_when_the_analysis_ends() {
     assert_eq!(v["format"], "stalltrace-report");
     assert_eq!(v["episodes"].as_array().map(Vec::len), Some(1));
 }
+
+/// Several dumps analysed in parallel: each report is what that dump analysed alone
+/// gives (the seed's stall found in the stalled ones, none in the others), a bad dump
+/// is an error for its own index only, and every dump is reported exactly once.
+#[test]
+fn dumps_analysed_in_parallel_each_report_what_they_hold() {
+    use stalltrace_analysis::analyze::analyze_many;
+    let dir = Scratch::new("analyze-many").unwrap();
+    let mut dumps = vec![];
+    for i in 0..7 {
+        let path = dir.join(&format!("d{i}.jsonl"));
+        let stall = i % 2 == 0;
+        let text = jsonl(&fixture::records(Seed {
+            stall,
+            ..Default::default()
+        }));
+        std::fs::write(&path, if i == 5 { "not a dump\n".into() } else { text }).unwrap();
+        dumps.push(args(path));
+    }
+    let mut seen = vec![0; dumps.len()];
+    analyze_many(&dumps, 3, |i, r| {
+        seen[i] += 1;
+        if i == 5 {
+            assert!(r.is_err(), "dump 5 is not a dump");
+            return;
+        }
+        let r = r.unwrap();
+        let alone = analyze(&dumps[i], &mut []).unwrap();
+        assert_eq!(r.input.path, alone.input.path);
+        assert_eq!(r.episodes.len(), alone.episodes.len(), "dump {i}");
+        assert_eq!(
+            r.episodes.is_empty(),
+            i % 2 == 1,
+            "dump {i}: stall planted {}",
+            i % 2 == 0
+        );
+    });
+    assert_eq!(seen, vec![1; dumps.len()]);
+}

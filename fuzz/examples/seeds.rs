@@ -71,7 +71,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     benchdump::write(&tmp, 40)?;
     let bench = fs::read(&tmp);
     let _ = fs::remove_file(&tmp);
-    put(&dump, "bench.jsonl", &bench?)?;
+    let bench = bench?;
+    put(&dump, "bench.jsonl", &bench)?;
+    // The packet and probe lines the fast decoder reads, with every optional field.
+    put(&corpus.join("dump_fast"), "bench.jsonl", &bench)?;
+    let text = stalltrace_testkit::records::jsonl(&seed::records(seed::Seed::default()));
+    put(
+        &corpus.join("dump_fast"),
+        "stall.jsonl",
+        head(&text, 45).as_bytes(),
+    )?;
 
     let logs = root.join("analysis/src/probelog/testdata");
     let mut names: Vec<_> = fs::read_dir(&logs)?.collect::<Result<_, _>>()?;

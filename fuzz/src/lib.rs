@@ -13,6 +13,7 @@ use std::{
 use stalltrace::{
     enrich::Enricher,
     events::{self, RawEvent},
+    samples::Sampler,
     stacks::{KernelSymbols, StackCollector, StackSource, UserSymbolizer},
 };
 use stalltrace_analysis::{
@@ -85,6 +86,31 @@ pub fn run_dump(bytes: &[u8], log: Option<Vec<ProbeRec>>) {
     }
 }
 
+/// Lines through the dump reader's hand-written decoder (`dump::fast`), one slot
+/// reused from line to line as the reader does: whatever it accepts must be what
+/// serde_json decodes from the same line, field for field.
+pub fn run_fast_lines(bytes: &[u8]) {
+    use stalltrace_analysis::dump::{fast, PacketRec};
+    let mut slot = None;
+    for line in bytes.split(|&b| b == b'\n') {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let Some(_) = fast::record_into(line, &mut slot) else {
+            continue;
+        };
+        let serde = match &slot {
+            Some(Record::Packet(_)) => serde_json::from_str::<PacketRec>(line).map(Record::Packet),
+            Some(Record::Probe(_)) => serde_json::from_str::<ProbeRec>(line).map(Record::Probe),
+            other => panic!("the fast decoder accepted {line:?} as {other:?}"),
+        };
+        match serde {
+            Ok(r) => assert_eq!(slot.as_ref(), Some(&r), "{line:?}"),
+            Err(e) => panic!("the fast decoder accepted what serde_json refuses ({e}): {line:?}"),
+        }
+    }
+}
+
 /// A prober's log, through both parsers; they must agree on what they found.
 pub fn run_probelog(bytes: &[u8]) {
     let from_reader = match probelog::parse_reader(Cursor::new(bytes)) {
@@ -146,7 +172,13 @@ pub fn run_ring(bytes: &[u8]) {
         }
     }
     evs.extend(ring::frames(bytes).filter_map(|f| events::decode(f).ok()));
-    let mut e = if evs.iter().any(|e| matches!(e, RawEvent::Stack(_))) {
+    let sampled = |stacks: bool| {
+        evs.iter().any(|e| match e {
+            RawEvent::Sample(s) => !stacks || s.kstack_id >= 0 || s.ustack_id >= 0,
+            _ => false,
+        })
+    };
+    let mut e = if sampled(true) {
         let mut syms = std::collections::BTreeMap::new();
         syms.insert(0xffff_ffff_8100_0000, "vfs_read".to_string());
         syms.insert(0xffff_ffff_8100_4000, "ksys_read".to_string());
@@ -155,12 +187,17 @@ pub fn run_ring(bytes: &[u8]) {
             Ok(k) => k,
             Err(e) => panic!("a fixed symbol map was refused: {e}"),
         };
-        Enricher::with_stacks(StackCollector::new(
+        Enricher::with_sampler(Sampler::new(
             99,
-            Box::new(FakeStacks),
-            ksyms,
-            Box::new(FakeUser),
+            Some(StackCollector::new(
+                99,
+                Box::new(FakeStacks),
+                ksyms,
+                Box::new(FakeUser),
+            )),
         ))
+    } else if sampled(false) {
+        Enricher::with_sampler(Sampler::new(99, None))
     } else {
         Enricher::default()
     };
@@ -172,8 +209,8 @@ pub fn run_ring(bytes: &[u8]) {
             }
         }
     }
-    if let Some(c) = e.stacks() {
-        let _ = c.stats();
+    if let Some(s) = e.sampler() {
+        let _ = (s.stats(), s.stack_stats());
     }
 }
 

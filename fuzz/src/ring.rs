@@ -2,9 +2,9 @@
 //! structs with `stalltrace::events::encode`, as the kernel writes them.
 use stalltrace::events::encode;
 use tracer_common::{
-    EventHeader, EventKind, Holder, PacketEvent, StackEvent, SyscallEvent, WaitEvent, COMM_LEN,
-    HOOK_KPROBE, HOOK_TRACEPOINT, NET_RX_SOFTIRQ, PENDING_NET_RX, PENDING_RX_THREAD, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, TCP_ACK, TCP_SYN, VEC_THREAD,
+    EventHeader, EventKind, Holder, PacketEvent, SampleEvent, SyscallEvent, WaitEvent, COMM_LEN,
+    HOOK_KPROBE, HOOK_TRACEPOINT, MODE_SYSCALL, NET_RX_SOFTIRQ, PENDING_NET_RX, PENDING_RX_THREAD,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SAMPLE_PATH_LEN, TCP_ACK, TCP_SYN, VEC_THREAD,
 };
 
 /// Records as the ring buffer hands them over, each behind a little-endian u16 length
@@ -73,6 +73,7 @@ pub fn packet_icmp() -> PacketEvent {
         seq: 1953,
         tcp_seq: 0,
         rx_start_ns: T0 + 99 * MS,
+        drain_start_ns: 0,
     }
 }
 
@@ -141,6 +142,7 @@ pub fn wait(kind: EventKind) -> WaitEvent {
         truncated: 0,
         _pad0: 0,
         run_ns: 150_000,
+        drain_of_ns: 0,
         holders: [
             holder(10436, "cadvisor", 98 * MS, 0, T0 + 20 * MS),
             holder(181, "kworker/11:1", MS, -1, 0),
@@ -161,14 +163,22 @@ pub fn syscall() -> SyscallEvent {
     }
 }
 
-pub fn stack(ts_ns: u64, kstack_id: i32, ustack_id: i32) -> StackEvent {
-    StackEvent {
-        header: header(EventKind::StackSample, 11, ts_ns, 10436, "cadvisor"),
-        kstack_id,
-        ustack_id,
+/// A sample of the culprit inside read() of memory.stat, with stack ids as
+/// `record --stacks` takes them (negative: none).
+pub fn sample(ts_ns: u64, kstack_id: i32, ustack_id: i32) -> SampleEvent {
+    let mut path = [0u8; SAMPLE_PATH_LEN];
+    let p = b"/sys/fs/cgroup/memory/memory.stat";
+    path[..p.len()].copy_from_slice(p);
+    SampleEvent {
+        header: header(EventKind::Sample, 11, ts_ns, 10436, "cadvisor"),
         wait_start_ns: T0 + 24 * MS,
         pending: PENDING_NET_RX | PENDING_RX_THREAD,
-        _pad0: 0,
+        mode: MODE_SYSCALL,
+        nr: 0,
+        arg0: 3,
+        kstack_id,
+        ustack_id,
+        path,
     }
 }
 
@@ -176,9 +186,9 @@ pub fn stack(ts_ns: u64, kstack_id: i32, ustack_id: i32) -> StackEvent {
 /// (samples, the culprit's syscall, both waits, the packets).
 pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let stall = frame(&[
-        encode(&stack(T0 + 30 * MS, 5, 9)),
-        encode(&stack(T0 + 60 * MS, 5, -14)),
-        encode(&stack(T0 + 90 * MS, -17, 9)),
+        encode(&sample(T0 + 30 * MS, 5, 9)),
+        encode(&sample(T0 + 60 * MS, 5, -14)),
+        encode(&sample(T0 + 90 * MS, -17, 9)),
         encode(&syscall()),
         encode(&wait(EventKind::RxThreadWait)),
         encode(&wait(EventKind::SoftirqWait)),
@@ -191,7 +201,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("packet", encode(&packet_icmp())),
         ("wait", encode(&wait(EventKind::SoftirqWait))),
         ("syscall", encode(&syscall())),
-        ("stack", encode(&stack(T0 + 30 * MS, 5, 9))),
+        ("sample", encode(&sample(T0 + 30 * MS, 5, 9))),
         ("stall-framed", stall),
     ]
 }

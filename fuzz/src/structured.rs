@@ -255,6 +255,7 @@ fn probe(p: &ProbeIn, now: u64) -> ProbeRec {
             .map(|b| now.saturating_sub(u64::from(b) * US)),
         rtt_ns: p.rtt.map(|r| r.get(MS)),
         status: [ProbeStatus::Ok, ProbeStatus::Lost, ProbeStatus::Dup][usize::from(p.status % 3)],
+        send_error: None,
     }
 }
 
@@ -426,6 +427,7 @@ impl Scenario {
                     waits: lw.get(1),
                     syscalls: ls.get(1),
                     stack_samples: lst.get(1),
+                    ..Default::default()
                 },
                 hist_net_rx: hist(&f.hists),
                 hist_rx_thread: hist(&f.hists[..f.hists.len() / 2]),
@@ -440,6 +442,8 @@ impl Scenario {
                     user_misses: s[4].get(1),
                     distinct_stacks: s[5].get(1),
                 }),
+                sampler: None,
+                warnings: vec![],
             }));
         }
         let log = self
@@ -471,6 +475,9 @@ fn holder(h: &HolderIn, cpu: u32, start: u64) -> HolderRec {
         pid,
         tgid,
         comm,
+        process: None,
+        identity: None,
+        activity: None,
         run_ns: h.run.get(MS),
         cgroup_id: 4242,
         cgroup: h.cgroup.as_ref().map(|c| c.or("/kubepods/burstable/pod1")),

@@ -250,7 +250,8 @@ node_case() {
       facts after "$d"
       ;;
     watch)
-      napi_threads_on
+      # Threaded NAPI where the kernel has it, else ksoftirqd woken by the prober's burst.
+      if napi_threads_on; then echo napi > "$d/mode"; else rps_on; echo ksoftirqd > "$d/mode"; fi
       "$ST" watch --listen "$NODE4:9910" > "$d/watch.out" 2> "$d/watch.err" &
       w=$!
       n=0
@@ -259,6 +260,7 @@ node_case() {
       wait_file "$d/scraping" 120
       sleep 2
       plant_hog 1.6 "$d/hog"
+      touch "$d/hog-started"
       wait "$hog_parent"
       touch "$d/hog-ended"
       wait_file "$d/prober-done" 180
@@ -361,6 +363,10 @@ EOF
         sleep 0.5
       done
       touch "$d/scraping"
+      if [ "$(cat "$d/mode")" = ksoftirqd ]; then
+        wait_file "$d/hog-started" 30
+        hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      fi
       wait_file "$d/hog-ended" 120
       # Episodes close a second after their wait; scrapes come every second.
       sleep 8

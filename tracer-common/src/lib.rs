@@ -347,7 +347,8 @@ pub struct Offsets {
     pub regs_arg0: u32,
     /// `task_struct.flags` (PF_KTHREAD: RX threads are kernel threads, not names).
     pub task_flags: u32,
-    /// `task_struct.on_cpu`: a wakeup of a running thread starts no wait.
+    /// `task_struct.on_cpu` (read from BTF; no program reads it now: a thread woken
+    /// while still on a CPU may be switching out to sleep, so its wakeup counts).
     pub task_on_cpu: u32,
     /// `task_struct.stack` and the kernel stack's size: where a task's saved user
     /// registers are on kernels without `bpf_task_pt_regs` (before 5.15).
@@ -418,9 +419,11 @@ pub struct KernelConfig {
     pub wakeup_bytes: u32,
     /// The recorder's own process: its syscalls are not its subject.
     pub self_tgid: u32,
-    /// A backlog drain stays open this long after its latest wait ended, at most (it
-    /// closes earlier when the CPU's RX work runs out): the stall threshold.
+    /// A wait this long opens a backlog drain, which stays open this long after its
+    /// latest wait ended at most: the stall threshold.
     pub drain_window_ns: u64,
+    /// … and this long after the CPU's RX work ran out.
+    pub drain_grace_ns: u64,
 }
 
 impl KernelConfig {
@@ -435,6 +438,7 @@ impl KernelConfig {
             self_tgid: 0,
             stacks: 0,
             drain_window_ns: 50_000_000,
+            drain_grace_ns: 20_000_000,
         }
     }
 }
@@ -465,5 +469,5 @@ const _: () = {
     assert!((EventKind::Sample as u32) < LOST_RX_WAKE);
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 88);
-    assert!(core::mem::size_of::<KernelConfig>() == 48);
+    assert!(core::mem::size_of::<KernelConfig>() == 56);
 };

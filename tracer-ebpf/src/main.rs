@@ -3,8 +3,15 @@
 //! happen here so the ring buffer carries answers, not a firehose: packets only for
 //! probe traffic, waits only above a threshold, syscalls only when they held the CPU.
 #![no_std]
+// An atomic add to a map value (core's atomic types have no add on this target).
+#![feature(core_intrinsics)]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics for atomic_xadd, see maps::atomic_inc"
+)]
 #![no_main]
 
+mod drain;
 mod maps;
 mod packet;
 mod sampler;

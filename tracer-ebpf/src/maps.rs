@@ -47,70 +47,92 @@ pub static RX_WAKE: LruHashMap<u32, RxWake> = LruHashMap::with_max_entries(4096,
 pub static PARKED: LruHashMap<u32, SysState> = LruHashMap::with_max_entries(32768, 0);
 
 /// Per target CPU: RX threads woken (or preempted) to run there that have not switched
-/// in yet, and since when. Written by `sched_wakeup` on the waker's CPU, read by the
-/// sampler and `sched_switch` on the target CPU: a plain array, because the wakeup and
-/// the wait happen on different CPUs. Several RX threads can wait on one CPU at once
-/// (ksoftirqd and a NIC's RX and TX napi threads): the count keeps the CPU marked until
-/// the last of them has run. Unlocked: a race costs or saves one sample, and a count
-/// left behind expires with [`STALE_PENDING_NS`].
+/// in yet, and since when. Written by `sched_wakeup` on the waker's CPU and by the
+/// target CPU's `sched_switch`, read by the sampler and `sched_switch` there: a plain
+/// array, because the wakeup and the wait happen on different CPUs. Several RX threads
+/// can wait on one CPU at once (ksoftirqd and a NIC's RX and TX napi threads, woken
+/// from two CPUs at the same moment): two counters that only ever grow, each by an
+/// atomic add, so no wakeup is lost to a race; the CPU has RX threads pending while
+/// `marks` is ahead of `unmarks`. A count left behind expires with
+/// [`STALE_PENDING_NS`].
 #[map]
 pub static RX_PENDING: Array<RxPending> = Array::with_max_entries(MAX_CPUS, 0);
 
 #[repr(C)]
-#[derive(Clone, Copy)]
 pub struct RxPending {
     /// The earliest pending wakeup (0 = none).
     pub since: u64,
-    /// RX threads pending.
-    pub n: u64,
+    /// RX threads marked pending here, and those that ran, since the start.
+    pub marks: u64,
+    pub unmarks: u64,
 }
 
-/// A CPU marked as having an RX-thread wakeup pending for longer than this is stale (the
-/// thread ran elsewhere, or a count was lost): the mark is dropped.
-pub const STALE_PENDING_NS: u64 = 5_000_000_000;
+impl RxPending {
+    /// RX threads pending: marks ahead of unmarks.
+    #[inline(always)]
+    fn pending(&self) -> bool {
+        self.marks > self.unmarks
+    }
+}
+
+/// `*p += 1` as one atomic instruction (BPF_XADD, every kernel; the result unused, so
+/// no fetch, which kernels before 5.12 lack).
+#[inline(always)]
+fn atomic_inc(p: &mut u64) {
+    // SAFETY: `p` is a valid, aligned u64 in a map value; the intrinsic is a plain
+    // atomic add to it.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, 1,
+        );
+    }
+}
+
+/// A CPU marked as having RX threads pending where none has run for this long is stale
+/// (a thread ran elsewhere, its mark left behind): the mark is dropped. Real-time
+/// throttling lets starved threads run every second by default.
+pub const STALE_PENDING_NS: u64 = 10_000_000_000;
+
+#[inline(always)]
+fn rx_slot(cpu: u32) -> Option<&'static mut RxPending> {
+    // SAFETY: pointer into an array map slot, valid for this program run. Its counters
+    // are only changed by atomic adds; `since` is a plain word that racing writers
+    // store whole (a race costs or saves one sample).
+    RX_PENDING.get_ptr_mut(cpu).map(|p| unsafe { &mut *p })
+}
 
 /// Marks one more RX thread pending on `cpu`.
 #[inline(always)]
 pub fn mark_rx_pending(cpu: u32, ts: u64) {
-    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
-        // SAFETY: pointer into an array map slot, valid for this program run; racing
-        // writers store whole words.
-        unsafe {
-            if (*p).since == 0 {
-                (*p).since = ts;
-                (*p).n = 1;
-            } else {
-                (*p).n += 1;
-            }
+    if let Some(p) = rx_slot(cpu) {
+        if !p.pending() || p.since == 0 {
+            p.since = ts;
         }
+        atomic_inc(&mut p.marks);
     }
 }
 
-/// One RX thread of `cpu` ran: the mark goes with the last one.
+/// One RX thread counted on `cpu` ran (at `now`). The count never goes below zero (a
+/// mark dropped as stale has nothing to take back); while others still wait, `since`
+/// moves up to now, so that only a CPU where no RX thread ran for
+/// [`STALE_PENDING_NS`] is taken as stale.
 #[inline(always)]
-pub fn unmark_rx_pending(cpu: u32) {
-    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
-        // SAFETY: as in mark_rx_pending.
-        unsafe {
-            if (*p).n > 1 {
-                (*p).n -= 1;
-            } else {
-                (*p).since = 0;
-                (*p).n = 0;
-            }
+pub fn unmark_rx_pending(cpu: u32, now: u64) {
+    if let Some(p) = rx_slot(cpu) {
+        if !p.pending() {
+            return;
         }
+        atomic_inc(&mut p.unmarks);
+        p.since = if p.pending() { now } else { 0 };
     }
 }
 
 /// Drops the mark of `cpu` whatever its count (stale).
 #[inline(always)]
 pub fn clear_rx_pending(cpu: u32) {
-    if let Some(p) = RX_PENDING.get_ptr_mut(cpu) {
-        // SAFETY: as in mark_rx_pending.
-        unsafe {
-            (*p).since = 0;
-            (*p).n = 0;
-        }
+    if let Some(p) = rx_slot(cpu) {
+        p.unmarks = p.marks;
+        p.since = 0;
     }
 }
 
@@ -118,8 +140,8 @@ pub fn clear_rx_pending(cpu: u32) {
 #[inline(always)]
 pub fn rx_pending(cpu: u32) -> u64 {
     match RX_PENDING.get(cpu) {
-        Some(v) => v.since,
-        None => 0,
+        Some(v) if v.pending() => v.since.max(1),
+        _ => 0,
     }
 }
 
@@ -182,12 +204,11 @@ pub struct CpuState {
     /// The end of the latest run left out of a full history (it or the run it would
     /// have displaced was the briefest): a wait covering it is `truncated`.
     pub last_drop_end: u64,
-    /// The backlog drain open on this CPU: the end of its first wait (0 = none), and
-    /// the end of its latest one. A wait that begins while a drain is open joins it;
-    /// the drain closes when the CPU's RX work runs out, or `drain_window_ns` after its
-    /// latest wait.
+    /// The backlog drain open on this CPU ([`crate::drain`]): the end of its first wait
+    /// (0 = none), the end of its latest one, and when its RX work ran out (0: not yet).
     pub drain_of: u64,
     pub drain_last_end: u64,
+    pub drain_idle_since: u64,
     pub segs: [Segment; SEGS],
 }
 

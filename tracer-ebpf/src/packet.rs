@@ -15,8 +15,8 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, CONFIG, EVENTS,
-    FILTER, OFFSETS, SCRATCH,
+    count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
+    OFFSETS, SCRATCH,
 };
 use crate::sched::is_rx_thread_name;
 
@@ -248,13 +248,11 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
             } else {
                 st.netrx_entry_ns
             };
-            // A drain whose latest wait ended longer ago than the window is over.
-            if st.drain_of != 0
-                && ev.header.ts_ns.saturating_sub(st.drain_last_end) > CONFIG.load().drain_window_ns
-            {
-                st.drain_of = 0;
-            }
-            (u8::from(soft), start, st.drain_of)
+            (
+                u8::from(soft),
+                start,
+                crate::drain::of_packet(st, ev.header.ts_ns),
+            )
         }
         None => (0, 0, 0),
     };

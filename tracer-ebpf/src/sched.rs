@@ -47,11 +47,9 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     if !is_rx_thread_name(&comm) {
         return 0;
     }
-    // A wakeup of a thread still on a CPU starts no wait (and would leave an entry no
-    // switch-in consumes).
-    if kread::<i32>(p, o.task_on_cpu).unwrap_or(0) != 0 {
-        return 0;
-    }
+    // A thread still on a CPU may be in the middle of switching out to sleep: woken now,
+    // it waits runnable from here. If it was running instead and goes on, its entry goes
+    // when it next sleeps (rx_thread_sleeps).
     let Some(pid) = kread::<i32>(p, o.task_pid) else {
         return 0;
     };
@@ -120,11 +118,35 @@ fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
         preempted: 1,
         _pad: 0,
     };
+    // An entry of its own from a wakeup while it ran is replaced, its mark taken back.
+    forget_wake(pid as u32);
     if RX_WAKE.insert(pid as u32, w, 0).is_err() {
         count_insert_failure(LOST_RX_WAKE);
         return;
     }
     mark_rx_pending(cpu, w.ts);
+}
+
+/// Removes an RX thread's pending wakeup, taking back its CPU's mark if still counted.
+#[inline(always)]
+fn forget_wake(pid: u32) {
+    if let Some(old) = RX_WAKE.get_ptr(pid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        let target = unsafe { (*old).target_cpu };
+        unmark_rx_pending(target, now());
+        let _ = RX_WAKE.remove(pid);
+    }
+}
+
+/// An RX thread going to sleep (a switch that is not a preemption): a wakeup recorded
+/// while it was still running is moot, and if nothing else is pending here, the
+/// CPU's RX work has run out and its backlog drain is over.
+#[inline(always)]
+fn rx_thread_sleeps(st: &mut CpuState, cpu: u32) {
+    forget_wake(bpf_get_current_pid_tgid() as u32);
+    if st.drain_of != 0 && st.netrx_raise_ns == 0 && rx_pending(cpu) == 0 {
+        crate::drain::ran_out(st, now());
+    }
 }
 
 /// The slot the next run goes into, and the length of the run there that it must
@@ -239,12 +261,8 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 0xff != 0 {
         mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
-    } else if st.drain_of != 0 && is_rx_thread(ctx.arg(1)) {
-        // An RX thread going to sleep has run out of work: the backlog is drained,
-        // unless NET_RX or another RX thread is still pending here.
-        if st.netrx_raise_ns == 0 && rx_pending(cpu) == 0 {
-            st.drain_of = 0;
-        }
+    } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
+        rx_thread_sleeps(st, cpu);
     }
     let rx_marked = rx_pending(cpu);
     let pending = st.netrx_raise_ns != 0 || rx_marked != 0;
@@ -304,7 +322,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     }
     // This thread's wait is over: its mark goes from the CPU it was counted on (where
     // the wakeup aimed, if it migrated since).
-    unmark_rx_pending(w.target_cpu);
+    unmark_rx_pending(w.target_cpu, ts);
     if ts > w.ts {
         let wait = ts - w.ts;
         hist_add(HIST_RX_THREAD, wait);
@@ -386,28 +404,13 @@ pub struct WaitSpec {
     pub include_current: bool,
 }
 
-/// The backlog drain a wait ending now belongs to: the open one if the wait began
-/// before it closed, else a new one that this wait opens.
-#[inline(always)]
-fn drain_join(st: &mut CpuState, start: u64, end: u64) -> u64 {
-    let window = CONFIG.load().drain_window_ns;
-    if st.drain_of != 0 && start <= st.drain_last_end.saturating_add(window) {
-        if end > st.drain_last_end {
-            st.drain_last_end = end;
-        }
-        return st.drain_of;
-    }
-    st.drain_of = end;
-    st.drain_last_end = end;
-    end
-}
-
 /// Writes a wait record: the RX context in the header, and the tasks that held this
 /// CPU between `start` and `end` from the run history (plus, for softirq waits, the
-/// task still running now). The wait joins this CPU's backlog drain, or opens one.
+/// task still running now). The wait joins this CPU's backlog drain, or opens one
+/// ([`crate::drain`]).
 #[inline(always)]
 pub fn emit_wait(st: &mut CpuState, w: &WaitSpec) {
-    let drain_of = drain_join(st, w.start, w.end);
+    let drain_of = crate::drain::join(st, w.start, w.end);
     let (kind, start, end) = (w.kind, w.start, w.end);
     let Some(mut entry) = EVENTS.reserve::<WaitEvent>(0) else {
         count_lost(kind as u32);

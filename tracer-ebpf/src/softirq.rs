@@ -125,12 +125,12 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
         st.cur_since = since_now;
     }
     // NET_RX re-raises itself while work is left: none raised and no RX thread pending
-    // means this CPU's backlog is drained.
+    // means this CPU's RX work ran out.
     if st.drain_of != 0 && st.netrx_raise_ns == 0 {
         // SAFETY: helper with no arguments.
         let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
         if rx_pending(cpu) == 0 {
-            st.drain_of = 0;
+            crate::drain::ran_out(st, now());
         }
     }
     0

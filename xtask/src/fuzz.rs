@@ -21,7 +21,7 @@ pub struct FuzzArgs {
     /// Seconds of fuzzing per target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
-    /// Only this target (dump, dump_structured, probelog, ring, btf).
+    /// Only this target (dump, dump_structured, dump_fast, probelog, ring, btf).
     #[arg(long)]
     pub target: Option<String>,
     /// Also stop a target after this many executions.
@@ -40,6 +40,7 @@ pub struct FuzzArgs {
 const TARGETS: &[(&str, u32, u32)] = &[
     ("dump", 16 << 10, 2 << 10),
     ("dump_structured", 4 << 10, 1 << 10),
+    ("dump_fast", 4 << 10, 1 << 10),
     ("probelog", 1 << 10, 512),
     ("ring", 1 << 10, 1 << 10),
     ("btf", 16 << 10, 4 << 10),

@@ -12,7 +12,6 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
-mod bench;
 mod field;
 mod fixtures;
 mod fuzz;
@@ -44,9 +43,15 @@ enum Cmd {
     },
     /// cargo fmt --check and clippy with warnings as errors (CI runs it).
     Lint,
-    /// Set up, build (release), and measure: kernel cost per event, effect on the node,
-    /// ring-buffer headroom, analyze throughput, record's CPU (root; writes bench/results.*).
-    Bench(bench::BenchArgs),
+    /// Set up, build stalltrace and the bench (release), and run the bench
+    /// (stalltrace-bench, bench/): kernel cost per event against empty programs on the
+    /// same hooks, effect on the node, ring-buffer headroom, analyze throughput,
+    /// record's CPU (root; writes bench/results.*). Its options: `cargo xtask bench --help`.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, build, and run `stalltrace lab` with the given arguments.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -119,10 +124,24 @@ fn main() -> anyhow::Result<()> {
             cargo(&path, &a)?;
         }
         Cmd::Lint => lint::run()?,
-        Cmd::Bench(a) => {
+        Cmd::Bench { args } => {
             let path = setup::run(&[])?;
-            cargo(&path, &["build", "-p", "stalltrace", "--release"])?;
-            bench::run(&root(), &root().join("target/release/stalltrace"), a)?;
+            cargo(
+                &path,
+                &[
+                    "build",
+                    "-p",
+                    "stalltrace",
+                    "-p",
+                    "stalltrace-bench",
+                    "--release",
+                ],
+            )?;
+            let status = Command::new(root().join("target/release/stalltrace-bench"))
+                .args(&args)
+                .status()
+                .context("running stalltrace-bench")?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Lab { args } => {
             let path = setup::run(&[])?;

@@ -1,4 +1,5 @@
 //! The JSON Lines event dump: schema, streaming writer and streaming reader.
+pub mod fast;
 pub mod node;
 pub mod reader;
 pub mod schema;

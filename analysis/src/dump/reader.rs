@@ -2,7 +2,7 @@
 //! number of every problem.
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, Read},
+    io::{self, Read},
     path::{Path, PathBuf},
 };
 
@@ -49,13 +49,104 @@ pub const MAX_LINE_BYTES: usize = 16 << 20;
 /// Reads the header on open, then yields records; remembers whether a footer came.
 pub struct DumpReader<R: Read> {
     path: PathBuf,
-    lines: BufReader<R>,
-    buf: Vec<u8>,
+    lines: Lines<R>,
     line: u64,
     header: Header,
     footer: Option<Footer>,
     /// The last line had no newline (the writer was killed mid-line).
     partial_last_line: bool,
+    /// The record last read: the next one is decoded into it, reusing its text
+    /// buffers when it is of the same kind (no allocation per record).
+    slot: Option<Record>,
+}
+
+/// Lines straight out of the read buffer: a line is copied only when it straddles
+/// two reads, and the buffer grows only to the longest line (at most the cap).
+struct Lines<R> {
+    src: R,
+    buf: Vec<u8>,
+    /// The unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+/// What one read asks for, and the buffer's starting size.
+const CHUNK: usize = 256 << 10;
+
+/// One line, without its newline.
+enum Line<'a> {
+    /// Ended by a newline.
+    Complete(&'a [u8]),
+    /// The last bytes of the input, with no newline after them.
+    Unterminated(&'a [u8]),
+    /// Over [`MAX_LINE_BYTES`] without a newline.
+    TooLong,
+}
+
+impl<R: Read> Lines<R> {
+    fn new(src: R) -> Self {
+        Self {
+            src,
+            buf: vec![0; CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+        }
+    }
+
+    fn next(&mut self) -> io::Result<Option<Line<'_>>> {
+        // Where the newline search resumes: bytes before it were searched already.
+        let mut searched = 0;
+        loop {
+            let unread = &self.buf[self.start..self.end];
+            if let Some(i) = memchr::memchr(b'\n', &unread[searched..]) {
+                let n = searched + i;
+                let at = self.start;
+                self.start += n + 1;
+                if n > MAX_LINE_BYTES {
+                    return Ok(Some(Line::TooLong));
+                }
+                return Ok(Some(Line::Complete(&self.buf[at..at + n])));
+            }
+            searched = unread.len();
+            if searched > MAX_LINE_BYTES {
+                return Ok(Some(Line::TooLong));
+            }
+            if self.eof {
+                if searched == 0 {
+                    return Ok(None);
+                }
+                let at = self.start;
+                self.start = self.end;
+                return Ok(Some(Line::Unterminated(&self.buf[at..self.end])));
+            }
+            if self.end == self.buf.len() {
+                // Full: move the partial line to the front; still full, grow (never
+                // past the cap plus one byte, which tells an overlong line).
+                if self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                if self.end == self.buf.len() {
+                    let grown = (self.buf.len() * 2).min(MAX_LINE_BYTES + 1);
+                    self.buf.resize(grown, 0);
+                }
+            }
+            let n = loop {
+                match self.src.read(&mut self.buf[self.end..]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            if n == 0 {
+                self.eof = true;
+            }
+            self.end += n;
+        }
+    }
 }
 
 impl DumpReader<File> {
@@ -72,8 +163,7 @@ impl<R: Read> DumpReader<R> {
     pub fn new(path: &Path, r: R) -> Result<Self, DumpError> {
         let mut me = Self {
             path: path.to_path_buf(),
-            lines: BufReader::with_capacity(1 << 16, r),
-            buf: Vec::with_capacity(1024),
+            lines: Lines::new(r),
             line: 0,
             header: Header {
                 format: String::new(),
@@ -90,8 +180,14 @@ impl<R: Read> DumpReader<R> {
             },
             footer: None,
             partial_last_line: false,
+            slot: None,
         };
-        match me.next_line()? {
+        let first = if me.next_line()? {
+            me.slot.take()
+        } else {
+            None
+        };
+        match first {
             None => return Err(DumpError::Empty { path: me.path }),
             Some(Record::Header(h)) => {
                 if h.format != DUMP_FORMAT {
@@ -143,33 +239,47 @@ impl<R: Read> DumpReader<R> {
         &self.path
     }
 
-    fn next_line(&mut self) -> Result<Option<Record>, DumpError> {
+    /// Decodes the next line into `slot`; false at the end.
+    fn next_line(&mut self) -> Result<bool, DumpError> {
         loop {
-            self.buf.clear();
-            // One byte over the cap tells a line of exactly the cap from a longer one.
-            let n = (&mut self.lines)
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| DumpError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if n == 0 {
-                return Ok(None);
-            }
+            let got = self.lines.next().map_err(|source| DumpError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+            let (bytes, complete) = match got {
+                None => return Ok(false),
+                Some(Line::TooLong) => {
+                    self.line += 1;
+                    return Err(DumpError::LineTooLong {
+                        path: self.path.clone(),
+                        line: self.line,
+                    });
+                }
+                Some(Line::Complete(b)) => (b, true),
+                Some(Line::Unterminated(b)) => (b, false),
+            };
             self.line += 1;
-            if n > MAX_LINE_BYTES && self.buf.last() != Some(&b'\n') {
-                return Err(DumpError::LineTooLong {
+            let bytes = trim_ascii(bytes);
+            if bytes.is_empty() {
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return Err(DumpError::Binary {
                     path: self.path.clone(),
                     line: self.line,
                 });
+            };
+            // What the fast decoder accepts holds no NUL byte; when all its text is
+            // printable ASCII there is nothing to escape.
+            if let Some(plain) = super::fast::record_into(text, &mut self.slot) {
+                if !plain {
+                    if let Some(r) = self.slot.as_mut() {
+                        r.sanitize();
+                    }
+                }
+                return Ok(true);
             }
-            let complete = self.buf.last() == Some(&b'\n');
-            let text = trim_ascii(&self.buf);
-            if text.is_empty() {
-                continue;
-            }
-            if text.contains(&0) || std::str::from_utf8(text).is_err() {
+            if memchr::memchr(0, bytes).is_some() {
                 return Err(DumpError::Binary {
                     path: self.path.clone(),
                     line: self.line,
@@ -178,13 +288,14 @@ impl<R: Read> DumpReader<R> {
             match decode_record(text) {
                 Ok(mut r) => {
                     r.sanitize();
-                    return Ok(Some(r));
+                    self.slot = Some(r);
+                    return Ok(true);
                 }
                 Err(e) if !complete && self.line > 1 => {
                     // A torn last line: the recorder died while writing it.
                     let _ = e;
                     self.partial_last_line = true;
-                    return Ok(None);
+                    return Ok(false);
                 }
                 Err(e) => {
                     return Err(DumpError::Malformed {
@@ -197,50 +308,68 @@ impl<R: Read> DumpReader<R> {
         }
     }
 
-    /// The next record after the header (the footer is kept, not yielded).
-    pub fn next_record(&mut self) -> Result<Option<Record>, DumpError> {
-        match self.next_line()? {
-            None => Ok(None),
+    /// The next record after the header (the footer is kept, not yielded), borrowed:
+    /// the fastest way through a dump (no allocation or copy per record).
+    pub fn next_ref(&mut self) -> Result<Option<&Record>, DumpError> {
+        if !self.next_line()? {
+            return Ok(None);
+        }
+        if !matches!(self.slot, Some(Record::Footer(_) | Record::Header(_))) {
+            return Ok(self.slot.as_ref());
+        }
+        match self.slot.take() {
             Some(Record::Footer(f)) => {
                 self.footer = Some(f);
                 // Only blank lines may follow a footer.
-                match self.next_line()? {
-                    None => Ok(None),
-                    Some(_) => Err(DumpError::AfterFooter {
+                if self.next_line()? {
+                    return Err(DumpError::AfterFooter {
                         path: self.path.clone(),
                         line: self.line,
-                    }),
+                    });
                 }
+                Ok(None)
             }
             Some(Record::Header(_)) => Err(DumpError::Malformed {
                 path: self.path.clone(),
                 line: self.line,
                 why: "a second header".into(),
             }),
-            Some(r) => Ok(Some(r)),
+            r => {
+                self.slot = r;
+                Ok(self.slot.as_ref())
+            }
         }
+    }
+
+    /// The next record after the header (the footer is kept, not yielded).
+    pub fn next_record(&mut self) -> Result<Option<Record>, DumpError> {
+        if self.next_ref()?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.slot.take())
     }
 }
 
-/// Decodes one line. The writer puts `"type"` first, so the common kinds are decoded
-/// straight into their struct (the extra `type` key is ignored); serde's generic path
-/// for internally tagged enums buffers every field first and costs a quarter of
-/// `analyze`'s time. Anything else takes that generic path.
-fn decode_record(text: &[u8]) -> serde_json::Result<Record> {
-    const PACKET: &[u8] = br#"{"type":"packet","#;
-    const WAIT: &[u8] = br#"{"type":"wait","#;
-    const SYSCALL: &[u8] = br#"{"type":"syscall","#;
-    const PROBE: &[u8] = br#"{"type":"probe","#;
+/// Decodes a line the fast decoder ([`super::fast`]) declined. The writer puts
+/// `"type"` first, so the common kinds are decoded straight into their struct (the
+/// extra `type` key is ignored): serde's generic path for internally tagged enums
+/// buffers every field first. Anything else takes that generic path. The text was
+/// checked for UTF-8 already: serde_json's `from_str` does not check each string again.
+fn decode_record(text: &str) -> serde_json::Result<Record> {
+    const PACKET: &str = r#"{"type":"packet","#;
+    const WAIT: &str = r#"{"type":"wait","#;
+    const SYSCALL: &str = r#"{"type":"syscall","#;
+    const PROBE: &str = r#"{"type":"probe","#;
     if text.starts_with(PACKET) {
-        serde_json::from_slice(text).map(Record::Packet)
+        serde_json::from_str(text).map(Record::Packet)
     } else if text.starts_with(WAIT) {
-        serde_json::from_slice(text).map(Record::Wait)
+        serde_json::from_str(text).map(Record::Wait)
     } else if text.starts_with(SYSCALL) {
-        serde_json::from_slice(text).map(Record::Syscall)
+        serde_json::from_str(text).map(Record::Syscall)
     } else if text.starts_with(PROBE) {
-        serde_json::from_slice(text).map(Record::Probe)
+        serde_json::from_str(text).map(Record::Probe)
     } else {
-        serde_json::from_slice::<Record>(text)
+        serde_json::from_str::<Record>(text)
     }
 }
 
@@ -390,16 +519,16 @@ mod tests {
             line.starts_with(r#"{"type":"probe","#),
             "writer puts the tag first: {line}"
         );
-        let fast = decode_record(line.as_bytes()).unwrap();
+        let fast = decode_record(&line).unwrap();
         let generic: Record = serde_json::from_str(&line).unwrap();
         assert_eq!(fast, generic);
         // A line whose tag is not first still decodes (another writer's key order).
         let moved =
             line.replacen(r#""type":"probe","#, "", 1)
                 .replacen('}', r#","type":"probe"}"#, 1);
-        assert_eq!(decode_record(moved.as_bytes()).unwrap(), generic);
+        assert_eq!(decode_record(&moved).unwrap(), generic);
         // Malformed fast-path lines are still errors.
-        assert!(decode_record(br#"{"type":"packet","ts_ns":"soon"}"#).is_err());
+        assert!(decode_record(r#"{"type":"packet","ts_ns":"soon"}"#).is_err());
     }
 
     /// `head`, then `fill` repeated `n` times, then `tail`: generated as read, never
@@ -453,9 +582,9 @@ mod tests {
             "big.jsonl:3: line 3 is over 16 MiB: not a stalltrace dump"
         );
         assert!(
-            r.buf.capacity() <= 2 * (MAX_LINE_BYTES + 1),
+            r.lines.buf.capacity() <= 2 * (MAX_LINE_BYTES + 1),
             "buffered {} bytes",
-            r.buf.capacity()
+            r.lines.buf.capacity()
         );
 
         // A line of exactly the cap plus its newline (blank, so skipped) still reads.

@@ -15,6 +15,11 @@
 //!   IP id), so `wire_ident` stays empty.
 //! - iputils ping writes both in network order and prints them as such: the printed
 //!   `icmp_seq` (and `ident=` with `-v`) are the wire values.
+//! - `stalltrace probe` prints hping3-style lines under a `PROBE host (addr): …` header
+//!   that names its echo id (`icmp echo, raw socket, echo id N`) or its TCP source
+//!   ports (`tcp SYN to port P, source ports B-L`: probe i from `B + i % 8192`), and
+//!   writes the sequence in network order: after that header the printed `icmp_seq`
+//!   is the wire sequence and the id is known.
 //! - hping3 TCP (`-S -p PORT`): probe i leaves from source port `base + i` (base is
 //!   random per run and not printed) to PORT; `sport=` in a line is the answer's source
 //!   port = PORT, and `seq=` is the answer's destination port minus base. So the log
@@ -187,6 +192,8 @@ struct Re {
     hping_rtt: Regex,
     kv: Regex,
     hping_head: Regex,
+    probe_icmp_head: Regex,
+    probe_tcp_head: Regex,
     hping_title: Regex,
     hping_counts: Regex,
     hping_rtts: Regex,
@@ -213,8 +220,10 @@ fn re() -> &'static Re {
             hping_rtt: r(r"rtt=(\d+(?:\.\d+)?)\s*ms"),
             kv: r(r"\b(len|ip|ttl|id|icmp_seq|seq|sport|flags|win)=(\S*)"),
             hping_head: r(r"HPING\s+(\S+)\s+\("),
-            hping_title: r(r"---\s*(\S*)\s*hping\s+statistic\s*---"),
-            hping_counts: r(r"(\d+)\s+packets\s+transmitted,\s+(\d+)\s+packets\s+received,\s+(\d+(?:\.\d+)?)%\s+packet\s+loss"),
+            probe_icmp_head: r(r"^PROBE\s+\S+\s+\(([^)]+)\):\s+(icmp|icmpv6)\s+echo,.*\becho\s+id\s+(\d+)"),
+            probe_tcp_head: r(r"^PROBE\s+\S+\s+\(([^)]+)\):\s+tcp\s+SYN\s+to\s+port\s+(\d+),\s+source\s+ports\s+(\d+)-(\d+)"),
+            hping_title: r(r"---\s*(\S*)\s*(?:hping|stalltrace\s+probe)\s+statistic\s*---"),
+            hping_counts: r(r"(\d+)\s+packets\s+transmitted,\s+(\d+)\s+packets\s+received,(?:\s+\d+\s+lost,)?\s+(\d+(?:\.\d+)?)%\s+packet\s+loss"),
             hping_rtts: r(r"round-trip\s+min/avg/max\s+=\s+(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)\s+ms"),
             ping_reply: r(r"(\d+)\s+bytes\s+from\s+(.+?):\s+icmp_seq=(\d+)"),
             ping_ident: r(r"\bident=(\d+)"),
@@ -236,6 +245,15 @@ fn ms_to_ns(s: &str) -> Option<u64> {
     (ms.is_finite() && ms >= 0.0).then(|| (ms * 1e6).round() as u64)
 }
 
+/// What a `stalltrace probe` header says about the wire.
+#[derive(Debug, Clone, Copy)]
+enum OwnProber {
+    /// Echo id; the printed sequence is the wire's.
+    Icmp { proto: ProbeProto, ident: u16 },
+    /// Probe i leaves from `base + i % span` to `port`.
+    Tcp { port: u16, base: u16, span: u16 },
+}
+
 #[derive(Default)]
 struct Parser {
     probes: Vec<Option<ProbeRec>>,
@@ -243,8 +261,10 @@ struct Parser {
     lines: u64,
     first_unknown: Option<(u64, String)>,
     stats: Vec<LogStats>,
-    /// Target from the last `HPING`/`PING` header line.
+    /// Target from the last `HPING`/`PING`/`PROBE` header line.
     head_target: Option<String>,
+    /// After a `stalltrace probe` header: how its lines map to the wire.
+    own: Option<OwnProber>,
     /// hping3 records with no target yet (empty `ip=`, no header): filled from the
     /// next statistics block that names one.
     untargeted: Vec<usize>,
@@ -410,6 +430,20 @@ impl Parser {
         };
         if let Some(s) = kv.get("icmp_seq") {
             let seq: u32 = s.parse().ok()?;
+            if let Some(OwnProber::Icmp { proto, ident }) = self.own {
+                return Some(ProbeRec {
+                    source: "stalltrace".into(),
+                    proto,
+                    target,
+                    seq,
+                    wire_ident: Some(ident),
+                    wire_seq: Some(seq as u16),
+                    sent_ns: None,
+                    rtt_ns: Some(rtt_ns),
+                    status,
+                    send_error: None,
+                });
+            }
             return Some(ProbeRec {
                 source: "hping3".into(),
                 proto: ProbeProto::Icmp,
@@ -432,6 +466,21 @@ impl Parser {
             kv.contains_key("flags") || kv.contains_key("sport"),
         ) {
             let seq: u32 = s.parse().ok()?;
+            if let Some(OwnProber::Tcp { port, base, span }) = self.own {
+                let off = u16::try_from(seq % u32::from(span.max(1))).ok()?;
+                return Some(ProbeRec {
+                    source: "stalltrace".into(),
+                    proto: ProbeProto::Tcp,
+                    target,
+                    seq,
+                    wire_ident: base.checked_add(off),
+                    wire_seq: Some(port),
+                    sent_ns: None,
+                    rtt_ns: Some(rtt_ns),
+                    status,
+                    send_error: None,
+                });
+            }
             return Some(ProbeRec {
                 source: "hping3".into(),
                 proto: ProbeProto::Tcp,
@@ -456,10 +505,38 @@ impl Parser {
         let mut known = false;
         if let Some(c) = re.hping_head.captures(body) {
             self.head_target = Some(c[1].to_string());
+            self.own = None;
+            known = true;
+        }
+        if let Some(c) = re.probe_icmp_head.captures(body) {
+            self.head_target = Some(c[1].to_string());
+            let proto = if &c[2] == "icmpv6" {
+                ProbeProto::Icmpv6
+            } else {
+                ProbeProto::Icmp
+            };
+            self.own = c[3]
+                .parse()
+                .ok()
+                .map(|ident| OwnProber::Icmp { proto, ident });
+            known = true;
+        }
+        if let Some(c) = re.probe_tcp_head.captures(body) {
+            self.head_target = Some(c[1].to_string());
+            let n = |i: usize| c[i].parse::<u16>().ok();
+            self.own = match (n(2), n(3), n(4)) {
+                (Some(port), Some(base), Some(last)) if last >= base => Some(OwnProber::Tcp {
+                    port,
+                    base,
+                    span: last - base + 1,
+                }),
+                _ => None,
+            };
             known = true;
         }
         if let Some(c) = re.ping_head.captures(body) {
             self.head_target = Some(c[2].to_string());
+            self.own = None;
             known = true;
         }
         for (title, counts, rtts, tool) in [

@@ -459,3 +459,64 @@ fn an_rtt_beyond_a_float_is_not_a_probe() {
     assert!(l.probes.is_empty(), "{:?}", l.probes);
     assert_eq!(l.unknown_lines, 1);
 }
+
+/// `stalltrace probe`'s own log (as printed across the field harness's link): the
+/// header names the echo id, the sequence is the wire's (network order), unlike
+/// hping3's lines of the same shape.
+#[test]
+fn stalltrace_probe_logs_carry_their_echo_id_and_wire_sequence() {
+    let l = parse_str(
+        "\
+PROBE 10.199.0.2 (10.199.0.2): icmp echo, raw socket, echo id 30017, interval 10ms, timeout 1s
+len=36 ip=10.199.0.2 ttl=64 id=28035 icmp_seq=0 rtt=3.298 ms
+len=36 ip=10.199.0.2 ttl=64 id=28038 icmp_seq=1 rtt=2.474 ms
+len=36 ip=10.199.0.2 ttl=64 id=28039 icmp_seq=258 rtt=91.5 ms
+
+--- 10.199.0.2 stalltrace probe statistic ---
+3 packets transmitted, 3 packets received, 0 lost, 0% packet loss, 0 duplicates, 0 reordered, 0 late
+round-trip min/avg/max = 2.474/32.424/91.500 ms
+",
+    );
+    let got: Vec<(&str, u32, Option<u16>, Option<u16>)> = l
+        .probes
+        .iter()
+        .map(|p| (p.source.as_str(), p.seq, p.wire_ident, p.wire_seq))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("stalltrace", 0, Some(30017), Some(0)),
+            ("stalltrace", 1, Some(30017), Some(1)),
+            ("stalltrace", 258, Some(30017), Some(258)),
+        ]
+    );
+    assert_eq!(l.probes[0].target, "10.199.0.2");
+    assert_eq!(l.unknown_lines, 0, "{:?}", l.first_unknown);
+    assert_eq!(l.stats.len(), 1);
+    assert_eq!((l.stats[0].transmitted, l.stats[0].received), (3, 3));
+    // IPv6, and TCP: probe i from the first source port + i (mod the span).
+    let l = parse_str(
+        "\
+PROBE fd99::2 (fd99::2): icmpv6 echo, unprivileged ping socket, echo id 7, interval 10ms, timeout 1s
+len=16 ip=fd99::2 icmp_seq=4 rtt=1.0 ms
+PROBE 10.0.0.2 (10.0.0.2): tcp SYN to port 8080, source ports 40000-48191, interval 10ms, timeout 1s
+len=40 ip=10.0.0.2 ttl=64 DF id=0 sport=8080 flags=SA seq=8193 win=64240 rtt=1.2 ms
+HPING 10.0.0.2 (eth0 10.0.0.2): icmp mode set, 28 headers + 0 data bytes
+len=28 ip=10.0.0.2 ttl=64 id=1 icmp_seq=1 rtt=1.0 ms
+",
+    );
+    let p = &l.probes;
+    assert_eq!(
+        (p[0].proto, p[0].wire_ident, p[0].wire_seq),
+        (ProbeProto::Icmpv6, Some(7), Some(4))
+    );
+    assert_eq!(
+        (p[1].proto, p[1].wire_ident, p[1].wire_seq),
+        (ProbeProto::Tcp, Some(40001), Some(8080))
+    );
+    // hping3 again after it: host order, no id.
+    assert_eq!(
+        (p[2].source.as_str(), p[2].wire_ident, p[2].wire_seq),
+        ("hping3", None, Some(256))
+    );
+}

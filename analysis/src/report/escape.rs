@@ -11,7 +11,8 @@ fn unsafe_char(c: char) -> bool {
 
 /// `s` with every control character and bidi override escaped.
 pub fn line(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(unsafe_char) {
+    // Printable ASCII, nearly every name: nothing to decode.
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) || !s.chars().any(unsafe_char) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);

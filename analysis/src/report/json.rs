@@ -28,6 +28,16 @@ pub fn render(r: &Report) -> serde_json::Result<String> {
     Ok(s)
 }
 
+/// The JSON report on one line (several reports as JSON Lines).
+pub fn render_line(r: &Report) -> serde_json::Result<String> {
+    serde_json::to_string(&Doc {
+        format: REPORT_FORMAT,
+        version: REPORT_VERSION,
+        summary: super::summary(r),
+        report: r,
+    })
+}
+
 /// The JSON report, written when the analysis ends.
 pub struct JsonSink<W: std::io::Write>(pub W);
 

@@ -154,9 +154,11 @@ impl TracePlan {
             // the 100 ms tick drains the rest.
             wakeup_bytes: a.ring_buffer / 4,
             self_tgid: std::process::id(),
-            // Packets processed this long after a stall-length wait can still be its
-            // backlog; the drain closes earlier when RX work runs out.
+            // A stall-length wait opens a backlog drain (tracer-ebpf/src/drain.rs):
+            // at most the stall threshold after its latest wait, and 20 ms after RX work
+            // ran out (a device's interrupt moderation, or an emulated one, late).
             drain_window_ns: ns(a.stall_threshold),
+            drain_grace_ns: ns(a.stall_threshold).min(20_000_000),
         };
         Ok(Self {
             load: LoadOptions {

@@ -206,6 +206,11 @@ fn tls_config(
     client_ca: Option<&Path>,
 ) -> anyhow::Result<rustls::ServerConfig> {
     use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+    #[allow(
+        deprecated,
+        reason = "ring builds here with nothing but cc (aws-lc-rs wants cmake); it lacks the \
+                  post-quantum key exchange, which a metrics scrape does not need"
+    )]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = CertificateDer::pem_slice_iter(&read_secret("TLS certificate", cert)?)
         .collect::<Result<Vec<_>, _>>()

@@ -181,8 +181,48 @@ fn hog(dir: &Path) -> Option<(u64, String)> {
     Some((pid.parse().ok()?, name.to_string()))
 }
 
+/// Every prober in the harness sends a probe every 10 ms.
+const INTERVAL_MS: f64 = 10.0;
+
+/// The stalled probes shaped like a stall on the node's receive path: a staircase. A
+/// probe held at the node until the backlog runs is answered later the earlier it
+/// came, so consecutive probes' RTTs fall by about one interval each. A delay on the
+/// prober's own side (its sender or receiver descheduled on a loaded host) shows as
+/// equal RTTs instead, and no tool on the node can explain it.
+fn staircase(answers: &[Answer]) -> HashSet<u32> {
+    let mut by_seq: Vec<&Answer> = answers.iter().collect();
+    by_seq.sort_by_key(|a| a.seq);
+    let step = |hi: &Answer, lo: &Answer| {
+        lo.seq == hi.seq + 1
+            && (0.4 * INTERVAL_MS..=1.6 * INTERVAL_MS).contains(&(hi.rtt_ms - lo.rtt_ms))
+    };
+    // Runs of stalled probes, each one interval below the one before.
+    let mut out = HashSet::new();
+    let mut run: Vec<u32> = vec![];
+    for (i, a) in by_seq.iter().enumerate() {
+        let continues = i > 0 && a.rtt_ms >= STALL_MS && step(by_seq[i - 1], a);
+        if !continues {
+            if run.len() >= MIN_STAIRS {
+                out.extend(run.drain(..));
+            }
+            run.clear();
+        }
+        if a.rtt_ms >= STALL_MS {
+            run.push(a.seq);
+        }
+    }
+    if run.len() >= MIN_STAIRS {
+        out.extend(run);
+    }
+    out
+}
+
+/// Stalled probes in a row that make a staircase: the planted stall (about a second)
+/// makes dozens; a host hiccup of 60–70 ms on the prober's side one or two.
+const MIN_STAIRS: usize = 3;
+
 /// The blame: rank 1 is the planted task (by pid from /proc), and the stalled probes
-/// of the prober's own log are explained.
+/// of the prober's own log that stalled on the node are explained.
 fn judge_blame(
     v: &mut Verdict,
     report: &Value,
@@ -190,7 +230,8 @@ fn judge_blame(
     hog: &(u64, String),
     what: &str,
 ) {
-    let stalled = answers.iter().filter(|a| a.rtt_ms >= STALL_MS).count();
+    let all_stalled = answers.iter().filter(|a| a.rtt_ms >= STALL_MS).count();
+    let stalled = staircase(answers).len();
     let t = &report["totals"];
     let explained = u(t, "probes_explained");
     let first = &report["culprits"][0];
@@ -208,8 +249,14 @@ fn judge_blame(
         (Some(a), Some(b)) => format!(" (seq {a}–{b})"),
         _ => String::new(),
     };
+    let elsewhere = all_stalled - stalled;
+    let elsewhere = if elsewhere > 0 {
+        format!(" (+{elsewhere} not staircase-shaped: delayed off the node)")
+    } else {
+        String::new()
+    };
     v.figures.push(format!(
-        "{what}: {} answered, {stalled} ≥ {STALL_MS} ms{span}, max {:.0} ms; stalltrace: {explained} explained, {} matched, rank 1 {} (pid {})",
+        "{what}: {} answered, {stalled} ≥ {STALL_MS} ms{span}{elsewhere}, max {:.0} ms; stalltrace: {explained} explained, {} matched, rank 1 {} (pid {})",
         answers.len(),
         answers.iter().map(|a| a.rtt_ms).fold(0.0, f64::max),
         u(t, "probes_matched"),
@@ -229,6 +276,10 @@ fn judge_blame(
             hog.1,
             hog.0
         ),
+    );
+    v.check(
+        explained <= all_stalled as u64,
+        format!("{what}: {explained} explained, more than the log's {all_stalled} stalled probes"),
     );
     v.check(
         stalled == 0 || explained as f64 >= MIN_SHARE * stalled as f64,
@@ -582,6 +633,20 @@ mod tests {
         assert_eq!((a[0].seq, a[0].rtt_ms), (12, 88.5));
         let a = answers(syn);
         assert_eq!((a[0].seq, a[0].rtt_ms), (3, 51.2));
+    }
+
+    #[test]
+    fn staircases_are_told_from_plateaus() {
+        let a = |seq, rtt_ms| Answer { seq, rtt_ms };
+        // A node-side stall: 90, 80, … 40 ms; a prober-side plateau of 61 ms; a
+        // two-step hiccup of 58, 52 ms.
+        let mut log: Vec<Answer> = (0..6).map(|i| a(i, 90.0 - 10.0 * f64::from(i))).collect();
+        log.extend((10..15).map(|i| a(i, 61.0)));
+        log.push(a(20, 70.0));
+        log.extend([a(30, 58.0), a(31, 52.0), a(32, 3.0)]);
+        let mut got: Vec<u32> = staircase(&log).into_iter().collect();
+        got.sort_unstable();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
     }
 
     #[test]

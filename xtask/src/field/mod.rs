@@ -80,7 +80,10 @@ impl Case {
     /// Cases whose stall depends on how the two guests' timing overlaps: run
     /// `--runs` times.
     fn repeated(self) -> bool {
-        matches!(self, Case::SeedKsoftirqd | Case::SeedNapi)
+        matches!(
+            self,
+            Case::SeedKsoftirqd | Case::SeedNapi | Case::Hping3Syn | Case::ProbeCmd
+        )
     }
 
     const ALL: [Case; 10] = [
@@ -106,13 +109,18 @@ pub struct FieldArgs {
     /// Cases to run (repeatable). Default: all.
     #[arg(long = "case", value_enum)]
     pub cases: Vec<Case>,
-    /// Runs of each stall case (seed-ksoftirqd, seed-napi).
+    /// Runs of each case a stall from another machine (seed-ksoftirqd, seed-napi,
+    /// hping3-syn, probe-cmd).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: u32,
     /// Time limit for one pair of guests, in seconds (default: 3 minutes per case plus
     /// 4 minutes).
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Judge the files the last run left (target/field/<release>/shared) again, without
+    /// booting: for work on the judge or on `analyze`.
+    #[arg(long)]
+    pub rejudge: bool,
 }
 
 /// The default kernels: 6.1 (kprobes, NET_RX deferral to a busy ksoftirqd, threaded
@@ -153,7 +161,11 @@ pub fn run(a: FieldArgs) -> anyhow::Result<()> {
         let work = root().join("target/field").join(&k.release);
         let shared = work.join("shared");
         let limit = a.timeout.unwrap_or(180 * plan.len() as u64 + 240);
-        let boot = boot_pair(&k, &work, &shared, &bin, &plan, Duration::from_secs(limit));
+        let boot = if a.rejudge {
+            Ok(())
+        } else {
+            boot_with_retries(&k, &work, &shared, &bin, &plan, Duration::from_secs(limit))
+        };
         let verdicts = match boot {
             Ok(()) => judge::all(&bin, &k.release, &shared, &plan),
             Err(e) => {
@@ -208,6 +220,9 @@ struct Guest<'a> {
     netdev: String,
     mac: &'a str,
     mem_mb: u32,
+    /// vCPUs: the node needs an RX CPU beside CPU 0; the prober one only, so that two
+    /// emulated machines on two host CPUs delay the prober less.
+    cpus: u32,
     console: &'a Path,
 }
 
@@ -217,6 +232,7 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         netdev,
         mac,
         mem_mb,
+        cpus,
         console,
     } = g;
     let virtfs = |path: &Path, tag: &str, ro: bool| {
@@ -227,7 +243,8 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
         )
     };
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-smp"])
+        .arg(cpus.to_string())
         .arg("-m")
         .arg(mem_mb.to_string())
         .args(["-display", "none", "-monitor", "none", "-no-reboot"])
@@ -270,7 +287,13 @@ fn qemu(k: &vmtest::Kernel, initrd: &Path, shared: &Path, g: &Guest<'_>) -> anyh
 
 /// Boots the node and the prober, follows their consoles until both power off (or the
 /// limit), and leaves each case's files in `shared/<id>/`.
-fn boot_pair(
+/// A guest that made no progress this long has hung under emulation (the guest kernel's
+/// timers stop: RCU stalls, soft lockups), not failed a test.
+const HANG_S: u64 = 300;
+
+/// Boots the pair; when the emulator hangs, boots it again (at most twice) for the cases
+/// not finished yet. A third hang is a failure.
+fn boot_with_retries(
     k: &vmtest::Kernel,
     work: &Path,
     shared: &Path,
@@ -278,8 +301,58 @@ fn boot_pair(
     plan: &[(String, Case)],
     limit: Duration,
 ) -> anyhow::Result<()> {
-    fs::create_dir_all(work)?;
     let _ = fs::remove_dir_all(shared);
+    fs::create_dir_all(shared)?;
+    let mut left: Vec<(String, Case)> = plan.to_vec();
+    for attempt in 0..3 {
+        match boot_pair(k, work, shared, bin, &left, limit)? {
+            Boot::Done => return Ok(()),
+            Boot::Hung(why) => {
+                left.retain(|(id, _)| {
+                    let d = shared.join(id);
+                    !(d.join("done").exists() && d.join("prober-done").exists())
+                });
+                for (id, _) in &left {
+                    let _ = fs::remove_dir_all(shared.join(id));
+                }
+                println!(
+                    "field: {why}; {} cases left{}",
+                    left.len(),
+                    if attempt < 2 {
+                        ", booting the pair again"
+                    } else {
+                        ""
+                    }
+                );
+                if left.is_empty() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    bail!(
+        "the guests hung under emulation three times (consoles in {})",
+        work.display()
+    )
+}
+
+/// How a pair's boot ended.
+enum Boot {
+    /// Both guests powered off after the plan.
+    Done,
+    /// No progress for [`HANG_S`]: qemu killed.
+    Hung(String),
+}
+
+fn boot_pair(
+    k: &vmtest::Kernel,
+    work: &Path,
+    shared: &Path,
+    bin: &Path,
+    plan: &[(String, Case)],
+    limit: Duration,
+) -> anyhow::Result<Boot> {
+    fs::create_dir_all(work)?;
     fs::create_dir_all(shared)?;
     fs::write(
         shared.join("env"),
@@ -305,8 +378,9 @@ fn boot_pair(
         work.join("node-console.log"),
         work.join("prober-console.log"),
     ];
+    // A hung attempt's consoles are kept beside the next one's.
     for c in &consoles {
-        let _ = fs::remove_file(c);
+        let _ = fs::rename(c, c.with_extension("prev.log"));
     }
     println!(
         "field: booting node and prober ({}, {}) under qemu (TCG), linked by virtio-net over 127.0.0.1:{port}; {} cases, limit {} s",
@@ -325,6 +399,7 @@ fn boot_pair(
             netdev: format!("socket,id=n0,listen=127.0.0.1:{port}"),
             mac: NODE_MAC,
             mem_mb: 2048,
+            cpus: 2,
             console: &consoles[0],
         },
     )?;
@@ -339,15 +414,20 @@ fn boot_pair(
             netdev: format!("socket,id=n0,connect=127.0.0.1:{port}"),
             mac: PROBER_MAC,
             mem_mb: 1536,
+            cpus: 1,
             console: &consoles[1],
         },
     )?;
     let mut guests = [(node, 0u64, "node"), (prober, 0u64, "prober")];
     let mut problem = None;
+    let mut progress = Instant::now();
+    let mut hung = None;
     loop {
         let mut running = 0;
         for (i, (q, seen, role)) in guests.iter_mut().enumerate() {
-            follow(&consoles[i], seen, role);
+            if follow(&consoles[i], seen, role) {
+                progress = Instant::now();
+            }
             if let Some(child) = q.0.as_mut() {
                 match child.try_wait() {
                     Ok(Some(st)) => {
@@ -381,6 +461,29 @@ fn boot_pair(
             ));
             break;
         }
+        if progress.elapsed() > Duration::from_secs(HANG_S) {
+            let lockup: Vec<String> = consoles
+                .iter()
+                .flat_map(|c| {
+                    fs::read_to_string(c)
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.contains("soft lockup") || l.contains("self-detected stall"))
+                        .take(1)
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            hung = Some(format!(
+                "the guests made no progress for {HANG_S} s (guest kernel: {}); qemu killed",
+                if lockup.is_empty() {
+                    "no lockup message".to_string()
+                } else {
+                    lockup.join(" | ")
+                }
+            ));
+            break;
+        }
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(guests);
@@ -397,21 +500,23 @@ fn boot_pair(
             problem.get_or_insert(format!("the {role} failed: {}", l.trim()));
         }
     }
-    match problem {
-        Some(p) => bail!("{p} (consoles in {})", work.display()),
-        None => Ok(()),
+    match (problem, hung) {
+        (Some(p), _) => bail!("{p} (consoles in {})", work.display()),
+        (None, Some(h)) => Ok(Boot::Hung(h)),
+        (None, None) => Ok(Boot::Done),
     }
 }
 
-/// Prints a console's new progress lines.
-fn follow(console: &Path, seen: &mut u64, role: &str) {
+/// Prints a console's new progress lines; true when there were some.
+fn follow(console: &Path, seen: &mut u64, role: &str) -> bool {
     let Ok(mut f) = fs::File::open(console) else {
-        return;
+        return false;
     };
     if f.seek(SeekFrom::Start(*seen)).is_err() {
-        return;
+        return false;
     }
     let mut buf = Vec::new();
+    let mut any = false;
     if let Ok(n) = f.read_to_end(&mut buf) {
         *seen += n as u64;
         for l in String::from_utf8_lossy(&buf).lines() {
@@ -419,7 +524,9 @@ fn follow(console: &Path, seen: &mut u64, role: &str) {
             if l.starts_with("guest") || l.starts_with("STALLTRACE-CASE-END") || l.contains("FATAL")
             {
                 println!("  [{role}] {l}");
+                any = true;
             }
         }
     }
+    any
 }

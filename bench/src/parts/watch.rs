@@ -6,18 +6,39 @@
 //! are read next to /proc.
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::flood::Ctx;
-use super::util::*;
+use crate::ctx::Ctx;
+use crate::sys::*;
 
-struct Phase {
-    cpu_pct: f64,
-    rss_end_kib: Option<u64>,
-    rss_max_kib: u64,
-    metrics_cpu_pct: Option<f64>,
-    metrics_rss_kib: Option<f64>,
-    echo_pps: f64,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Phase {
+    pub(crate) cpu_pct: f64,
+    pub(crate) rss_end_kib: Option<u64>,
+    pub(crate) rss_max_kib: u64,
+    /// watch's own /metrics.
+    pub(crate) metrics_cpu_pct: Option<f64>,
+    pub(crate) metrics_rss_kib: Option<f64>,
+    pub(crate) echo_requests_per_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Row {
+    pub(crate) tool: String,
+    pub(crate) filter: String,
+    pub(crate) label: String,
+    pub(crate) idle: Phase,
+    pub(crate) flood: Phase,
+    pub(crate) rss_after_flood_kib: Option<u64>,
+    pub(crate) record_packets: Option<u64>,
+    pub(crate) packets_forgotten_line: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct WatchPart {
+    pub(crate) idle_s: u64,
+    pub(crate) flood_s: u64,
+    pub(crate) rows: Vec<Row>,
 }
 
 fn phase(
@@ -69,22 +90,11 @@ fn phase(
         rss_max_kib: rss_max,
         metrics_cpu_pct,
         metrics_rss_kib,
-        echo_pps: (e1 - e0) as f64 / dt,
+        echo_requests_per_s: (e1 - e0) as f64 / dt,
     })
 }
 
-fn phase_json(p: &Phase) -> Value {
-    json!({
-        "cpu_pct": p.cpu_pct,
-        "rss_end_kib": p.rss_end_kib,
-        "rss_max_kib": p.rss_max_kib,
-        "metrics_cpu_pct": p.metrics_cpu_pct,
-        "metrics_rss_kib": p.metrics_rss_kib,
-        "echo_requests_per_s": p.echo_pps,
-    })
-}
-
-pub(crate) fn run(cx: &mut Ctx) -> anyhow::Result<Value> {
+pub(crate) fn run(cx: &mut Ctx) -> anyhow::Result<WatchPart> {
     let (idle_s, flood_s) = if cx.quick { (3, 5) } else { (10, 20) };
     println!(
         "bench: watch vs record: CPU and RSS idle ({idle_s} s) and during a flood ({flood_s} s)"
@@ -145,17 +155,21 @@ pub(crate) fn run(cx: &mut Ctx) -> anyhow::Result<Value> {
                 .lines()
                 .find(|l| l.contains("forgotten"))
                 .map(String::from);
-            rows.push(json!({
-                "tool": tool,
-                "filter": if filter { "peer" } else { "none" },
-                "label": label,
-                "idle": phase_json(&idle),
-                "flood": phase_json(&flood),
-                "rss_after_flood_kib": after,
-                "record_footer_counts": footer["counts"],
-                "packets_forgotten_line": forgotten,
-            }));
+            rows.push(Row {
+                tool: tool.into(),
+                filter: if filter { "peer" } else { "none" }.into(),
+                label,
+                idle,
+                flood,
+                rss_after_flood_kib: after,
+                record_packets: footer.map(|f| f.counts.packets),
+                packets_forgotten_line: forgotten,
+            });
         }
     }
-    Ok(json!({"idle_s": idle_s, "flood_s": flood_s, "rows": rows}))
+    Ok(WatchPart {
+        idle_s,
+        flood_s,
+        rows,
+    })
 }

@@ -1,4 +1,8 @@
-//! util
+//! The machine side of the bench: child processes that are killed and reaped on
+//! drop, network namespaces with a veth pair, the bpf_stats sysctl and tracefs
+//! restored on drop, signal handling (Ctrl-C/SIGTERM unwind into clean-up), and the
+//! /proc and /sys readings the parts measure with (echo counters, CPU time, RSS, fds,
+//! backlog drops, steal, busy processes).
 use std::{
     collections::BTreeMap,
     fs,
@@ -10,7 +14,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use serde_json::{json, Value};
 
 pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -305,135 +308,6 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
     (t(14) + t(15)) / hz
 }
 
-pub(crate) const PROG_NAMES: [&str; 11] = [
-    "netif_receive_skb",
-    "icmp_echo",
-    "softirq_raise",
-    "softirq_entry",
-    "softirq_exit",
-    "sched_switch",
-    "sched_wakeup",
-    "sys_enter",
-    "sys_exit",
-    "sample_task_regs",
-    "sample_stack_regs",
-];
-
-/// Names of the syscall programs (attached only with `--syscalls`).
-pub(crate) const SYSCALL_PROGS: [&str; 2] = ["sys_enter", "sys_exit"];
-
-/// The kernel keeps 15 characters of a program's name.
-pub(crate) fn canonical(name: &str) -> String {
-    PROG_NAMES
-        .iter()
-        .find(|n| n.starts_with(name) || name.starts_with(*n))
-        .map(|n| n.to_string())
-        .unwrap_or(name.into())
-}
-
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Prog {
-    pub(crate) id: u64,
-    pub(crate) name: String,
-    pub(crate) kind: String,
-    pub(crate) run_time_ns: u64,
-    pub(crate) run_cnt: u64,
-    pub(crate) misses: u64,
-}
-
-pub(crate) fn bpftool_progs() -> anyhow::Result<Vec<Prog>> {
-    let out = run_cmd(&["bpftool", "prog", "show", "-j"])?;
-    let v: Value = serde_json::from_str(&out).context("parsing bpftool prog show -j")?;
-    let arr = v.as_array().context("bpftool: not a list")?;
-    Ok(arr
-        .iter()
-        .map(|p| Prog {
-            id: p["id"].as_u64().unwrap_or(0),
-            name: canonical(p["name"].as_str().unwrap_or("")),
-            kind: p["type"].as_str().unwrap_or("").into(),
-            run_time_ns: p["run_time_ns"].as_u64().unwrap_or(0),
-            run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
-            misses: p["recursion_misses"].as_u64().unwrap_or(0),
-        })
-        .collect())
-}
-
-/// Ids of the BPF programs process `pid` holds open.
-pub(crate) fn prog_ids_of(pid: u32) -> Vec<u64> {
-    let mut ids = vec![];
-    let Ok(rd) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return ids;
-    };
-    for e in rd.flatten() {
-        if let Ok(s) = fs::read_to_string(e.path()) {
-            if let Some(id) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("prog_id:"))
-                .and_then(|x| x.trim().parse().ok())
-            {
-                ids.push(id);
-            }
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-/// The tracer's programs: the ones it holds open, else (fd-less loaders) programs
-/// with our names loaded after `after_id`.
-pub(crate) fn tracer_progs(pid: u32, after_id: u64) -> anyhow::Result<Vec<u64>> {
-    let ids = prog_ids_of(pid);
-    if !ids.is_empty() {
-        return Ok(ids);
-    }
-    Ok(bpftool_progs()?
-        .into_iter()
-        .filter(|p| p.id > after_id && PROG_NAMES.contains(&p.name.as_str()))
-        .map(|p| p.id)
-        .collect())
-}
-
-pub(crate) fn snapshot(ids: &[u64]) -> anyhow::Result<BTreeMap<u64, Prog>> {
-    Ok(bpftool_progs()?
-        .into_iter()
-        .filter(|p| ids.contains(&p.id))
-        .map(|p| (p.id, p))
-        .collect())
-}
-
-/// Per program name: (run_time_ns, run_cnt, misses) deltas, summed over programs
-/// of the same name.
-pub(crate) type Costs = BTreeMap<String, (u64, u64, u64, String)>;
-
-pub(crate) fn delta(a: &BTreeMap<u64, Prog>, b: &BTreeMap<u64, Prog>) -> Costs {
-    let mut out = Costs::new();
-    for (id, pb) in b {
-        let Some(pa) = a.get(id) else { continue };
-        let e = out
-            .entry(pb.name.clone())
-            .or_insert((0, 0, 0, pb.kind.clone()));
-        e.0 += pb.run_time_ns.saturating_sub(pa.run_time_ns);
-        e.1 += pb.run_cnt.saturating_sub(pa.run_cnt);
-        e.2 += pb.misses.saturating_sub(pa.misses);
-    }
-    out
-}
-
-pub(crate) fn median(v: &[f64]) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 pub(crate) fn softnet_drops() -> u64 {
     fs::read_to_string("/proc/net/softnet_stat")
         .unwrap_or_default()
@@ -465,56 +339,6 @@ pub(crate) fn find_comm(name: &str) -> u32 {
         .unwrap_or(0)
 }
 
-pub(crate) fn footer_of(dump: &Path) -> Value {
-    use std::io::{Seek as _, SeekFrom};
-    let Ok(mut file) = fs::File::open(dump) else {
-        return Value::Null;
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut s = vec![];
-    if file
-        .seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
-        .is_err()
-        || file.read_to_end(&mut s).is_err()
-    {
-        return Value::Null;
-    }
-    let tailtxt = String::from_utf8_lossy(&s);
-    tailtxt
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v["type"] == "footer")
-        })
-        .unwrap_or(Value::Null)
-}
-
-pub(crate) fn prober_stats(text: &str) -> Value {
-    let re_num = |l: &str, key: &str| -> Option<u64> {
-        let i = l.find(key)?;
-        l[..i].split_whitespace().last()?.parse().ok()
-    };
-    let Some(l) = text.lines().find(|l| l.contains("packets transmitted")) else {
-        return Value::Null;
-    };
-    let max_ms = text
-        .lines()
-        .find_map(|l| l.strip_prefix("round-trip min/avg/max = "))
-        .and_then(|r| {
-            r.split('/')
-                .nth(2)
-                .and_then(|x| x.trim_end_matches(" ms").parse::<f64>().ok())
-        });
-    json!({
-        "sent": re_num(l, "packets transmitted"),
-        "received": re_num(l, "packets received"),
-        "lost": re_num(l, " lost"),
-        "max_rtt_ms": max_ms,
-    })
-}
-
 pub(crate) fn bpftrace_lost(text: &str) -> u64 {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("Lost "))
@@ -543,8 +367,9 @@ pub(crate) fn remove_stale_namespaces() {
             let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
             pid != me
-                && args.first().is_some_and(|a| a.ends_with(b"xtask"))
-                && args.iter().any(|a| *a == b"bench")
+                && args
+                    .first()
+                    .is_some_and(|a| a.ends_with(b"stalltrace-bench"))
         });
     if other_bench {
         return;
@@ -580,21 +405,6 @@ pub(crate) fn pick_subnets() -> anyhow::Result<(u8, u8, u8)> {
         bail!("no free 10.213.230-249 subnets (leftovers of a killed bench? `ip -o -4 addr show | grep 10.213.2`)");
     }
     Ok((free[0], free[1], free[2]))
-}
-
-pub(crate) fn other_tracing_programs(ours: &[u64]) -> Vec<String> {
-    bpftool_progs()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| {
-            matches!(
-                p.kind.as_str(),
-                "tracepoint" | "raw_tracepoint" | "kprobe" | "tracing" | "perf_event"
-            )
-        })
-        .filter(|p| !ours.contains(&p.id))
-        .map(|p| format!("{} ({})", p.name, p.kind))
-        .collect()
 }
 
 /// Time stolen by the hypervisor, all CPUs, in seconds.
@@ -634,18 +444,6 @@ pub(crate) fn sched_policy(pid: u32) -> Option<u32> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     rest.split_whitespace().nth(41 - 3)?.parse().ok()
-}
-
-pub(crate) fn costs_json(c: &Costs, secs: f64) -> Value {
-    let mut m = serde_json::Map::new();
-    for (name, (t, n, miss, kind)) in c {
-        m.insert(
-            name.clone(),
-            json!({"type": kind, "run_time_ns": t, "run_cnt": n, "ns_per_run": if *n > 0 { *t as f64 / *n as f64 } else { f64::NAN },
-                   "runs_per_s": *n as f64 / secs, "recursion_misses": miss}),
-        );
-    }
-    Value::Object(m)
 }
 
 /// `/proc/PID/status` field in kB (VmRSS, VmHWM), if the process lives.
@@ -752,4 +550,55 @@ pub(crate) fn parse_secs(s: &str) -> Result<u64, String> {
 /// Ctrl-C or SIGTERM seen.
 pub(crate) fn stopped() -> bool {
     STOP.load(Ordering::SeqCst)
+}
+
+/// The footer of a dump (its last lines), if it has one.
+pub(crate) fn footer_of(dump: &Path) -> Option<stalltrace_analysis::dump::Footer> {
+    use stalltrace_analysis::dump::Record;
+    use std::io::{Seek as _, SeekFrom};
+    let mut file = fs::File::open(dump).ok()?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut s = vec![];
+    file.seek(SeekFrom::Start(len.saturating_sub(64 << 10)))
+        .ok()?;
+    file.read_to_end(&mut s).ok()?;
+    String::from_utf8_lossy(&s).lines().rev().find_map(|l| {
+        match serde_json::from_str::<Record>(l).ok()? {
+            Record::Footer(f) => Some(f),
+            _ => None,
+        }
+    })
+}
+
+/// What a prober's closing statistics say.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ProbeStats {
+    pub(crate) sent: Option<u64>,
+    pub(crate) received: Option<u64>,
+    pub(crate) lost: Option<u64>,
+    pub(crate) max_rtt_ms: Option<f64>,
+}
+
+pub(crate) fn prober_stats(text: &str) -> ProbeStats {
+    let num = |l: &str, key: &str| -> Option<u64> {
+        let i = l.find(key)?;
+        l[..i].split_whitespace().last()?.parse().ok()
+    };
+    let Some(l) = text.lines().find(|l| l.contains("packets transmitted")) else {
+        return ProbeStats::default();
+    };
+    let max_rtt_ms = text
+        .lines()
+        .find_map(|l| l.strip_prefix("round-trip min/avg/max = "))
+        .and_then(|r| {
+            r.split('/')
+                .nth(2)
+                .and_then(|x| x.trim_end_matches(" ms").parse::<f64>().ok())
+        });
+    ProbeStats {
+        sent: num(l, "packets transmitted"),
+        received: num(l, "packets received"),
+        lost: num(l, " lost"),
+        max_rtt_ms,
+    }
 }

@@ -1,17 +1,43 @@
 //! The syscall tax: nanoseconds per `getpid()` (a raw syscall, nothing cached) in a
-//! tight loop on CPU 1, untraced, under `stalltrace record` in its default mode, and
-//! under `record --syscalls` (the opt-in exact tracing) for contrast, in alternating
-//! rounds; the best of several repetitions per run (noise only ever adds time). Also
-//! counts the syscall programs each configuration attaches, and their bpf_stats.
+//! tight loop on CPU 1, untraced, under `stalltrace record` in its default mode, under
+//! `record --syscalls` (the opt-in exact tracing) and under the floor of `--syscalls`
+//! (empty programs on the same hooks, syscall hooks included), in alternating rounds;
+//! the best of several repetitions per run (noise only ever adds time). Also counts the
+//! syscall programs each configuration attaches, and their bpf_stats.
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::flood::{Ctx, Mode};
-use super::util::*;
+use crate::bpf::{delta, snapshot, Programs, SYSCALL_PROGS};
+use crate::ctx::{Ctx, Mode};
+use crate::stats::Spread;
 
-const MODES: [Mode; 3] = [Mode::None, Mode::Default, Mode::Syscalls];
+const MODES: [Mode; 4] = [
+    Mode::None,
+    Mode::Default,
+    Mode::Syscalls,
+    Mode::FloorSyscalls,
+];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct SyscallMode {
+    pub(crate) label: String,
+    pub(crate) ns_per_getpid: Spread,
+    /// Per round: this configuration's ns minus the untraced run's.
+    pub(crate) added_ns: Spread,
+    pub(crate) syscall_programs: Vec<String>,
+    pub(crate) programs_stats_on: Programs,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct SyscallPart {
+    pub(crate) calls_per_run: u64,
+    pub(crate) repetitions: usize,
+    pub(crate) rounds: usize,
+    pub(crate) modes: BTreeMap<String, SyscallMode>,
+}
 
 /// ns per getpid() over `n` calls, best of `reps`, on a thread pinned to CPU 1.
 fn getpid_ns(n: u64, reps: usize) -> anyhow::Result<f64> {
@@ -42,7 +68,7 @@ fn getpid_ns(n: u64, reps: usize) -> anyhow::Result<f64> {
         .map_err(|_| anyhow::anyhow!("the getpid loop panicked"))?
 }
 
-pub(crate) fn run(cx: &mut Ctx, rounds: usize) -> anyhow::Result<Value> {
+pub(crate) fn run(cx: &mut Ctx, rounds: usize) -> anyhow::Result<SyscallPart> {
     let (n, reps) = if cx.quick {
         (500_000, 3)
     } else {
@@ -53,22 +79,25 @@ pub(crate) fn run(cx: &mut Ctx, rounds: usize) -> anyhow::Result<Value> {
         MODES.map(Mode::short).join(" / ")
     );
     let mut runs: Vec<(Mode, usize, f64)> = vec![];
-    let mut attached: Vec<(Mode, Vec<String>)> = vec![];
-    let mut stats: Vec<(Mode, Costs, f64)> = vec![];
+    let mut out = SyscallPart {
+        calls_per_run: n,
+        repetitions: reps,
+        rounds,
+        modes: BTreeMap::new(),
+    };
     for r in 0..rounds {
         for m in MODES {
             let tracer = cx.start_tracer(m, &[])?;
             let ns = getpid_ns(n, reps)?;
             runs.push((m, r, ns));
             if let Some((mut p, ids, dump)) = tracer {
-                let progs = snapshot(&ids)?;
-                let sys: Vec<String> = progs
-                    .values()
-                    .filter(|p| SYSCALL_PROGS.contains(&p.name.as_str()))
-                    .map(|p| format!("{} ({})", p.name, p.kind))
-                    .collect();
                 if r == 0 {
-                    attached.push((m, sys));
+                    let progs = snapshot(&ids)?;
+                    let sys: Vec<String> = progs
+                        .values()
+                        .filter(|p| SYSCALL_PROGS.contains(&p.name.as_str()))
+                        .map(|p| format!("{} ({})", p.name, p.kind))
+                        .collect();
                     cx.stats.set(true)?;
                     let s0 = snapshot(&ids)?;
                     let t0 = Instant::now();
@@ -77,7 +106,9 @@ pub(crate) fn run(cx: &mut Ctx, rounds: usize) -> anyhow::Result<Value> {
                     let s1 = snapshot(&ids)?;
                     cx.stats.set(false)?;
                     on?;
-                    stats.push((m, delta(&s0, &s1), dt));
+                    let e = out.modes.entry(m.key().into()).or_default();
+                    e.syscall_programs = sys;
+                    e.programs_stats_on = delta(&s0, &s1, dt);
                 }
                 p.stop(Duration::from_secs(20));
                 let _ = std::fs::remove_file(dump);
@@ -90,43 +121,16 @@ pub(crate) fn run(cx: &mut Ctx, rounds: usize) -> anyhow::Result<Value> {
             );
         }
     }
-    let of = |m: Mode| -> Vec<f64> { runs.iter().filter(|x| x.0 == m).map(|x| x.2).collect() };
-    let mut out = serde_json::Map::new();
     for m in MODES {
-        let added: Vec<f64> = runs
-            .iter()
-            .filter(|x| x.0 == m)
-            .filter_map(|x| {
-                runs.iter()
-                    .find(|u| u.0 == Mode::None && u.1 == x.1)
-                    .map(|u| x.2 - u.2)
-            })
-            .collect();
-        let progs = attached
-            .iter()
-            .find(|a| a.0 == m)
-            .map(|a| a.1.clone())
-            .unwrap_or_default();
-        let st = stats
-            .iter()
-            .find(|s| s.0 == m)
-            .map(|s| costs_json(&s.1, s.2))
-            .unwrap_or(Value::Null);
-        out.insert(
-            m.key().into(),
-            json!({
-                "label": m.label(),
-                "ns_per_getpid_runs": of(m),
-                "ns_per_getpid_median": median(&of(m)),
-                "added_ns_paired": added,
-                "added_ns_median": median(&added),
-                "syscall_programs_attached": progs.len(),
-                "syscall_programs": progs,
-                "programs_stats_on": st,
-            }),
-        );
+        let added = runs.iter().filter(|x| x.0 == m).filter_map(|x| {
+            runs.iter()
+                .find(|u| u.0 == Mode::None && u.1 == x.1)
+                .map(|u| x.2 - u.2)
+        });
+        let e = out.modes.entry(m.key().into()).or_default();
+        e.label = m.label().into();
+        e.ns_per_getpid = Spread::of(runs.iter().filter(|x| x.0 == m).map(|x| x.2));
+        e.added_ns = Spread::of(added);
     }
-    out.insert("calls_per_run".into(), json!(n));
-    out.insert("repetitions".into(), json!(reps));
-    Ok(Value::Object(out))
+    Ok(out)
 }

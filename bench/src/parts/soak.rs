@@ -8,10 +8,57 @@
 //! the end: first/last/max, the footer's counts and lost events.
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
-use super::flood::Ctx;
-use super::util::*;
+use crate::ctx::Ctx;
+use crate::sys::*;
+
+/// One reading of the recorder.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Sample {
+    pub(crate) t_s: u64,
+    pub(crate) rss_kib: Option<u64>,
+    pub(crate) fds: Option<usize>,
+    pub(crate) cpu_s: f64,
+    pub(crate) dump_bytes: Option<u64>,
+}
+
+/// First, last, min and max of a series.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Range {
+    pub(crate) first: Option<f64>,
+    pub(crate) last: Option<f64>,
+    pub(crate) min: Option<f64>,
+    pub(crate) max: Option<f64>,
+}
+
+impl Range {
+    fn of(v: &[f64]) -> Self {
+        Self {
+            first: v.first().copied(),
+            last: v.last().copied(),
+            min: v.iter().copied().reduce(f64::min),
+            max: v.iter().copied().reduce(f64::max),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Soak {
+    pub(crate) secs: f64,
+    pub(crate) phases: Vec<String>,
+    pub(crate) phase_s: u64,
+    pub(crate) phases_run: [u32; 4],
+    pub(crate) sample_every_s: u64,
+    pub(crate) rss_kib: Range,
+    pub(crate) rss_growth_after_first_minute_kib: Option<f64>,
+    pub(crate) fds: Range,
+    pub(crate) record_cpu_pct: Option<f64>,
+    pub(crate) dump_bytes: Option<u64>,
+    pub(crate) footer: Option<stalltrace_analysis::dump::Footer>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) samples: Vec<Sample>,
+}
 
 const PHASES: [&str; 4] = [
     "flood (unmatched)",
@@ -22,7 +69,7 @@ const PHASES: [&str; 4] = [
 const PHASE_S: u64 = 15;
 const SAMPLE_S: u64 = 10;
 
-pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Value> {
+pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Soak> {
     let addr = cx.stall_ns()?;
     println!(
         "bench: soak for {secs} s: record --probe {addr}; phases of {PHASE_S} s: {}; RSS and fds every {SAMPLE_S} s",
@@ -43,7 +90,7 @@ pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Value> {
     let (mut rec, _) = cx.start_stalltrace("soak-record", &args, "recording to")?;
     let pid = rec.pid();
     let t0 = Instant::now();
-    let mut samples: Vec<Value> = vec![];
+    let mut samples: Vec<Sample> = vec![];
     let mut next_sample = 0u64;
     let mut phase_i = 0usize;
     let mut phases_run = [0u32; 4];
@@ -73,15 +120,15 @@ pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Value> {
                 phase_end = el + left;
             }
             if el >= next_sample {
-                let s = json!({
-                    "t_s": el,
-                    "rss_kib": status_kib(pid, "VmRSS"),
-                    "fds": fd_count(pid),
-                    "cpu_s": cpu_secs(pid),
-                    "dump_bytes": std::fs::metadata(&dump).map(|m| m.len()).ok(),
-                });
+                let s = Sample {
+                    t_s: el,
+                    rss_kib: status_kib(pid, "VmRSS"),
+                    fds: fd_count(pid),
+                    cpu_s: cpu_secs(pid),
+                    dump_bytes: std::fs::metadata(&dump).map(|m| m.len()).ok(),
+                };
                 if el % 300 < SAMPLE_S {
-                    println!("  soak t={el:>5} s: {s}");
+                    println!("  soak t={el:>5} s: {s:?}");
                 }
                 samples.push(s);
                 next_sample += SAMPLE_S;
@@ -113,17 +160,15 @@ pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Value> {
     let dump_bytes = std::fs::metadata(&dump).map(|m| m.len()).ok();
     let _ = std::fs::remove_file(&dump);
     result?;
-    let col = |k: &str| -> Vec<f64> { samples.iter().filter_map(|s| s[k].as_f64()).collect() };
-    let stat = |v: Vec<f64>| {
-        json!({
-            "first": v.first(),
-            "last": v.last(),
-            "max": v.iter().copied().fold(f64::NAN, f64::max),
-            "min": v.iter().copied().fold(f64::NAN, f64::min),
-        })
-    };
     // After the first cycle (everything allocated once): growth from there to the end.
-    let rss = col("rss_kib");
+    let rss: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.rss_kib.map(|k| k as f64))
+        .collect();
+    let fds: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.fds.map(|k| k as f64))
+        .collect();
     let settle = (60 / SAMPLE_S) as usize;
     let rss_growth = match (rss.get(settle), rss.last()) {
         (Some(a), Some(b)) => Some(b - a),
@@ -135,23 +180,23 @@ pub(crate) fn run(cx: &mut Ctx, secs: u64) -> anyhow::Result<Value> {
         .take(10)
         .map(String::from)
         .collect();
-    let cpu = col("cpu_s");
-    Ok(json!({
-        "secs": elapsed,
-        "phases": PHASES,
-        "phase_s": PHASE_S,
-        "phases_run": phases_run,
-        "sample_every_s": SAMPLE_S,
-        "rss_kib": stat(rss.clone()),
-        "rss_growth_after_first_minute_kib": rss_growth,
-        "fds": stat(col("fds")),
-        "record_cpu_pct": cpu.last().zip(cpu.first()).map(|(b, a)| 100.0 * (b - a) / elapsed),
-        "dump_bytes": dump_bytes,
-        "footer_counts": footer["counts"],
-        "lost": footer["lost"],
-        "sampler": footer["sampler"],
-        "end_reason": footer["reason"],
-        "warnings": warnings,
-        "samples": samples,
-    }))
+    let cpu = match (samples.first(), samples.last()) {
+        (Some(a), Some(b)) => Some(100.0 * (b.cpu_s - a.cpu_s) / elapsed),
+        _ => None,
+    };
+    Ok(Soak {
+        secs: elapsed,
+        phases: PHASES.map(String::from).into(),
+        phase_s: PHASE_S,
+        phases_run,
+        sample_every_s: SAMPLE_S,
+        rss_kib: Range::of(&rss),
+        rss_growth_after_first_minute_kib: rss_growth,
+        fds: Range::of(&fds),
+        record_cpu_pct: cpu,
+        dump_bytes,
+        footer,
+        warnings,
+        samples,
+    })
 }
