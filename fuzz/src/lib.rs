@@ -25,6 +25,7 @@ use stalltrace_analysis::{
 };
 
 pub mod btf;
+pub mod http;
 pub mod ring;
 pub mod structured;
 

@@ -1,6 +1,5 @@
 //! `stalltrace analyze`: the command line over [`stalltrace_analysis::analyze`].
 use std::{
-    fs::File,
     io::{BufWriter, Write},
     path::{Path, PathBuf},
     time::Duration,
@@ -27,6 +26,8 @@ Examples:
   stalltrace analyze stalls.jsonl --perfetto stalls.trace.json   # open in ui.perfetto.dev
   stalltrace analyze /var/lib/stalltrace/   # every *.jsonl in it, in parallel
 
+The Perfetto file is created new (mode 0600, never through a symlink): an existing
+one is replaced only with --force, and never when it is a device, FIFO or directory.
 A dump recorded on another machine works as is. A dump without its footer (the
 recorder was killed) is reported up to its last complete line, and said so.
 Malformed input fails with file:line and exit code 5.
@@ -57,9 +58,15 @@ pub struct AnalyzeArgs {
     /// Report format on standard output.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
-    /// Also write a Perfetto / Chrome trace-event JSON file (open in ui.perfetto.dev).
+    /// Also write a Perfetto / Chrome trace-event JSON file (open in ui.perfetto.dev):
+    /// a new file of mode 0600; an existing OUT is refused unless --force.
     #[arg(long, value_name = "OUT")]
     pub perfetto: Option<PathBuf>,
+    /// Replace an existing --perfetto file when it is a regular file or a symbolic link
+    /// (the path is unlinked, never written through); a device, FIFO, socket or
+    /// directory is refused even so.
+    #[arg(long, requires = "perfetto")]
+    pub force: bool,
     /// A probe whose RTT is at or above this is stalled [default: the recording's,
     /// else 50ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -179,8 +186,8 @@ fn run_many(a: &AnalyzeArgs, dumps: &[PathBuf]) -> anyhow::Result<ExitCode> {
 fn run_one(a: &AnalyzeArgs, dump: &Path) -> anyhow::Result<ExitCode> {
     let mut trace = match &a.perfetto {
         Some(p) => {
-            let f = File::create(p)
-                .with_context(|| format!("creating the Perfetto trace {}", p.display()))?;
+            let f = stalltrace_analysis::output::create(p, a.force)
+                .context("creating the Perfetto trace")?;
             Some(
                 PerfettoWriter::new(BufWriter::with_capacity(1 << 16, f))
                     .with_context(|| format!("writing the Perfetto trace {}", p.display()))?,

@@ -1,5 +1,7 @@
 //! Documented exit codes, and the mapping from typed errors to them.
-use stalltrace_analysis::{analyze::AnalyzeError, dump::DumpError, probelog::ProbeLogError};
+use stalltrace_analysis::{
+    analyze::AnalyzeError, dump::DumpError, output::OutputError, probelog::ProbeLogError,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
@@ -46,6 +48,13 @@ pub fn classify(e: &anyhow::Error) -> ExitCode {
         if let Some(a) = cause.downcast_ref::<AnalyzeError>() {
             return if a.is_bad_input() {
                 ExitCode::BadInput
+            } else {
+                ExitCode::Failure
+            };
+        }
+        if let Some(o) = cause.downcast_ref::<OutputError>() {
+            return if o.is_usage() {
+                ExitCode::Usage
             } else {
                 ExitCode::Failure
             };

@@ -34,7 +34,8 @@ pub struct FuzzArgs {
 }
 
 /// The targets, the longest input each is given (a few records, a few log lines, a
-/// framed batch of ring records, the minimized kernel BTF seed), and the longest kept
+/// framed batch of ring records, the minimized kernel BTF seed, a few pipelined HTTP
+/// requests past the 16 KiB head limit), and the longest kept
 /// in the committed corpus.
 const TARGETS: &[(&str, u32, u32)] = &[
     ("dump", 16 << 10, 2 << 10),
@@ -43,6 +44,7 @@ const TARGETS: &[(&str, u32, u32)] = &[
     ("probelog", 1 << 10, 512),
     ("ring", 1 << 10, 1 << 10),
     ("btf", 16 << 10, 4 << 10),
+    ("http", 32 << 10, 2 << 10),
 ];
 /// Caps: resident memory of the process, any single allocation, one input's time.
 const RSS_LIMIT_MB: u64 = 512;

@@ -66,6 +66,9 @@ pub struct Config {
     pub max_lines: usize,
     /// Episodes kept for the report (all are counted and ranked).
     pub max_listed_episodes: usize,
+    /// Rows of the culprit ranking at most (see [`Ranking::with_limit`]); unbounded
+    /// for a recording's report, bounded in an agent that never ends.
+    pub max_ranked: usize,
     pub max_listed_unexplained: usize,
     /// From the dump header; used to print wall-clock times.
     pub boot_to_wall_ns: Option<i64>,
@@ -88,6 +91,7 @@ impl Config {
             context_lines: 3,
             max_lines: 64,
             max_listed_episodes: 1000,
+            max_ranked: usize::MAX,
             max_listed_unexplained: 50,
             boot_to_wall_ns: None,
             recorder_pid: None,
@@ -409,6 +413,7 @@ struct Claims {
 
 impl Correlator {
     pub fn new(cfg: Config) -> Self {
+        let ranking = Ranking::with_limit(cfg.max_ranked);
         Self {
             cfg,
             now: 0,
@@ -422,7 +427,7 @@ impl Correlator {
             syscalls: VecDeque::new(),
             tally: Tally {
                 next_episode: 1,
-                ranking: Ranking::default(),
+                ranking,
                 episodes: Vec::new(),
                 totals: Totals::default(),
                 input: InputInfo {

@@ -1,5 +1,9 @@
 //! Culprits ranked over the whole recording, and per-CPU totals, both aggregated as
-//! episodes close so memory depends on the number of culprits, not of events.
+//! episodes close so memory depends on the number of culprits, not of events. An agent
+//! that runs for months through thousands of short-lived culprits bounds the table
+//! ([`Ranking::with_limit`]) the way its metrics bound their series: when it is full,
+//! a culprit idle for ten minutes gives its row up to a newcomer, and newcomers beyond
+//! that are summed in one `other` row.
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
@@ -90,11 +94,26 @@ pub struct CpuSummary {
     pub culprits: u32,
 }
 
-#[derive(Default)]
+/// A culprit with no episode for this long (kernel clock) gives its row up when the
+/// table is full.
+const IDLE_NS: u64 = 600_000_000_000;
+
+/// The row culprits beyond the limit are summed in (no process has tgid 0).
+const OTHER: (u32, &str) = (0, "other");
+
 pub struct Ranking {
-    by_proc: HashMap<(u32, String), CulpritRank>,
+    /// Each culprit's row, and the kernel time of its last episode.
+    by_proc: HashMap<(u32, String), (CulpritRank, u64)>,
+    /// Rows at most, `other` included.
+    max_rows: usize,
     cpus: BTreeMap<u32, (CpuSummary, Vec<u32>)>,
     pub without_culprit: u64,
+}
+
+impl Default for Ranking {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 /// Adds an episode's stacks of a culprit (each distinct headline counts the episode
@@ -145,6 +164,44 @@ fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 }
 
 impl Ranking {
+    /// A table of at most `max_rows` rows (at least 2: one culprit and `other`).
+    pub fn with_limit(max_rows: usize) -> Self {
+        Self {
+            by_proc: HashMap::new(),
+            max_rows: max_rows.max(2),
+            cpus: BTreeMap::new(),
+            without_culprit: 0,
+        }
+    }
+
+    /// Rows held now.
+    pub fn rows(&self) -> usize {
+        self.by_proc.len()
+    }
+
+    /// The row an episode of `key` goes to: its own, a new one while there is room
+    /// (made by dropping rows idle for [`IDLE_NS`] when full), else `other`.
+    fn row_for(&mut self, key: (u32, String), now_ns: u64) -> (u32, String) {
+        if self.by_proc.contains_key(&key) {
+            return key;
+        }
+        // One place is kept for `other`.
+        let room = |r: &Self| {
+            let other = r.by_proc.contains_key(&(OTHER.0, OTHER.1.to_string()));
+            r.by_proc.len() - usize::from(other) + 1 < r.max_rows
+        };
+        if !room(self) {
+            self.by_proc.retain(|k, (_, last)| {
+                (k.0, k.1.as_str()) == OTHER || now_ns.saturating_sub(*last) < IDLE_NS
+            });
+        }
+        if room(self) {
+            key
+        } else {
+            (OTHER.0, OTHER.1.to_string())
+        }
+    }
+
     pub fn add(&mut self, ep: &Episode) {
         self.add_cpu(ep);
         let Some(c) = &ep.culprit else {
@@ -153,15 +210,15 @@ impl Ranking {
         };
         // One row per process: threads of one process (cadvisor's readers) add up.
         let name = c.process.clone().unwrap_or_else(|| c.comm.clone());
-        let r = self
-            .by_proc
-            .entry((c.tgid, name.clone()))
-            .or_insert_with(|| CulpritRank {
+        let key = self.row_for((c.tgid, name), ep.end_ns);
+        let folded = (key.0, key.1.as_str()) == OTHER;
+        let (r, last) = self.by_proc.entry(key.clone()).or_insert_with(|| {
+            let row = CulpritRank {
                 rank: 0,
-                tgid: c.tgid,
-                comm: name,
+                tgid: key.0,
+                comm: key.1,
                 threads: vec![],
-                identity: c.identity.clone(),
+                identity: if folded { None } else { c.identity.clone() },
                 pids: vec![],
                 episodes: 0,
                 probes_delayed: 0,
@@ -175,7 +232,10 @@ impl Ranking {
                 syscalls: vec![],
                 stacks: vec![],
                 activity: None,
-            });
+            };
+            (row, 0)
+        });
+        *last = (*last).max(ep.end_ns);
         r.episodes += 1;
         r.probes_delayed += u64::from(ep.probes_delayed);
         r.packets_delayed += u64::from(ep.packets_delayed);
@@ -183,6 +243,10 @@ impl Ranking {
         r.worst_wait_ns = r.worst_wait_ns.max(ep.wait_ns);
         r.worst_rtt_ns = max_opt(r.worst_rtt_ns, ep.worst_rtt_ns);
         r.run_ns = r.run_ns.saturating_add(c.run_ns);
+        if folded {
+            // Many processes in one row: only the sums mean something.
+            return;
+        }
         if !r.pids.contains(&c.pid) && r.pids.len() < MAX_PIDS {
             r.pids.push(c.pid);
         }
@@ -266,7 +330,7 @@ impl Ranking {
 
     /// Worst first: total delay caused, then episodes, then worst single wait.
     pub fn ranked(&self) -> Vec<CulpritRank> {
-        let mut v: Vec<CulpritRank> = self.by_proc.values().cloned().collect();
+        let mut v: Vec<CulpritRank> = self.by_proc.values().map(|(r, _)| r.clone()).collect();
         v.sort_by(|a, b| {
             b.total_wait_ns
                 .cmp(&a.total_wait_ns)
@@ -290,5 +354,101 @@ impl Ranking {
 
     pub fn cpus(&self) -> Vec<CpuSummary> {
         self.cpus.values().map(|(s, _)| s.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::episode::{Culprit, RxTask};
+    use crate::dump::RxContext;
+
+    fn ep(tgid: u32, comm: &str, end_ns: u64) -> Episode {
+        Episode {
+            id: 1,
+            cpu: 1,
+            start_ns: end_ns.saturating_sub(100),
+            end_ns,
+            wait_ns: 100,
+            start_wall: None,
+            waits: vec![],
+            rx: RxTask {
+                pid: 9,
+                tgid: 9,
+                comm: "napi/x-1".into(),
+                context: RxContext::Napi,
+            },
+            culprit: Some(Culprit {
+                pid: tgid,
+                tgid,
+                comm: comm.into(),
+                process: None,
+                identity: None,
+                policy: "SCHED_OTHER".into(),
+                priority: 0,
+                cgroup_id: 0,
+                cgroup: None,
+                run_ns: 90,
+                syscall: None,
+                stacks: None,
+                activity: None,
+            }),
+            holders: vec![],
+            probes_delayed: 1,
+            probes_in_run: 1,
+            probes_lost: 0,
+            packets_delayed: 1,
+            packets_in_drain: 0,
+            drain_ns: None,
+            worst_rtt_ns: None,
+            lines: vec![],
+            lines_omitted: 0,
+            truncated: false,
+            why: None,
+        }
+    }
+
+    /// Thousands of short-lived culprits through a table of 20 rows: never more rows,
+    /// every episode counted in some row, the early ones named.
+    #[test]
+    fn a_limited_table_folds_newcomers_into_other_and_loses_no_episode() {
+        let mut r = Ranking::with_limit(20);
+        for i in 0..5000u32 {
+            r.add(&ep(1000 + i, &format!("job-{i}"), u64::from(i) * 1_000_000));
+            assert!(r.rows() <= 20);
+        }
+        let ranked = r.ranked();
+        assert_eq!(ranked.iter().map(|c| c.episodes).sum::<u64>(), 5000);
+        let other = ranked.iter().find(|c| c.comm == "other").expect("other");
+        assert_eq!(other.episodes, 5000 - 19);
+        assert!(other.pids.is_empty() && other.tgid == 0);
+        assert!(ranked.iter().any(|c| c.comm == "job-0"));
+        // Without a limit every culprit keeps its row.
+        let mut all = Ranking::default();
+        for i in 0..500u32 {
+            all.add(&ep(1000 + i, "x", 0));
+        }
+        assert_eq!(all.rows(), 500);
+    }
+
+    /// When full, a culprit idle for ten minutes gives its row up to a newcomer; one
+    /// idle a nanosecond less keeps it.
+    #[test]
+    fn idle_rows_give_their_place_up_only_when_full() {
+        let mut r = Ranking::with_limit(3);
+        r.add(&ep(1, "a", 0));
+        r.add(&ep(2, "b", 1));
+        // Full (two rows and the place kept for other); a is idle 1 ns short of ten
+        // minutes: c goes to other.
+        r.add(&ep(3, "c", IDLE_NS - 1));
+        let names = |r: &Ranking| {
+            let mut v: Vec<String> = r.ranked().into_iter().map(|c| c.comm).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&r), ["a", "b", "other"]);
+        // At IDLE_NS, a (last at 0) is idle ten minutes; b (last at 1) is not.
+        r.add(&ep(4, "d", IDLE_NS));
+        assert_eq!(names(&r), ["b", "d", "other"]);
     }
 }

@@ -468,6 +468,12 @@ pub struct Lost {
     /// flood ends promptly instead of decoding everything queued).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unread_at_exit: u64,
+    /// A flight recorder's episode dump: records of its window that the recorder's
+    /// memory caps forgot before the dump was written (the other counts are then what
+    /// the kernel lost while the window was recorded). Not the kernel's doing: left out
+    /// of [`Lost::total`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub evicted: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -486,6 +492,20 @@ impl Header {
 }
 
 impl Lost {
+    /// What was lost since `earlier` (counters taken from the same recording).
+    pub fn since(&self, earlier: &Lost) -> Lost {
+        Lost {
+            packets: self.packets.saturating_sub(earlier.packets),
+            waits: self.waits.saturating_sub(earlier.waits),
+            syscalls: self.syscalls.saturating_sub(earlier.syscalls),
+            stack_samples: self.stack_samples.saturating_sub(earlier.stack_samples),
+            samples: self.samples.saturating_sub(earlier.samples),
+            table_full: self.table_full.saturating_sub(earlier.table_full),
+            unread_at_exit: self.unread_at_exit.saturating_sub(earlier.unread_at_exit),
+            evicted: self.evicted.saturating_sub(earlier.evicted),
+        }
+    }
+
     /// Everything lost (saturating: a forged footer cannot make it wrap to 0).
     pub fn total(&self) -> u64 {
         [
@@ -673,7 +693,9 @@ mod tests {
             samples: 16,
             table_full: 32,
             unread_at_exit: 64,
+            evicted: 128,
         };
+        // Every field of the kernel's counts; evicted is the flight recorder's.
         assert_eq!(each.total(), 127);
     }
 }

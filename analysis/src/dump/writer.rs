@@ -1,40 +1,40 @@
 //! Appends records to a dump, one JSON object per line. The live recorder flushes
 //! every ~100 ms, so a killed recorder leaves every complete line readable.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{self, BufWriter, Write},
-    os::unix::fs::OpenOptionsExt as _,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use super::schema::Record;
 use crate::analyze::Sink;
 use crate::correlate::Report;
+use crate::output::{self, OutputError};
 
 pub struct DumpWriter {
     path: PathBuf,
     out: BufWriter<File>,
     lines: u64,
+    /// fsync applies (a pipe or terminal on standard output cannot be synced).
+    syncable: bool,
 }
 
 impl DumpWriter {
     /// Creates `path`, readable by its owner only (a dump names other users' tasks and
-    /// files). Never follows or writes through an existing file or symlink: without
-    /// `force` an existing path is an `AlreadyExists` error; with it, the path itself
-    /// is unlinked first and a new file made.
-    pub fn create(path: &Path, force: bool) -> io::Result<Self> {
-        if force {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Self::new(path, file))
+    /// files), by [`output::create`]'s rules: never through a symlink, never over a
+    /// device, FIFO, socket or directory; an existing regular file or link is replaced
+    /// (unlinked, then made anew) only with `force`.
+    pub fn create(path: &Path, force: bool) -> Result<Self, OutputError> {
+        Ok(Self::new(path, output::create(path, force)?))
+    }
+
+    /// A writer to standard output (`-o -`): a duplicate of fd 1, never synced.
+    pub fn stdout() -> io::Result<Self> {
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        let mut w = Self::new(Path::new("-"), File::from(fd));
+        w.syncable = false;
+        Ok(w)
     }
 
     /// A writer over an already open file (the flight recorder's).
@@ -43,6 +43,7 @@ impl DumpWriter {
             path: path.to_path_buf(),
             out: BufWriter::with_capacity(1 << 16, file),
             lines: 0,
+            syncable: true,
         }
     }
 
@@ -69,7 +70,10 @@ impl DumpWriter {
     /// Flushes and syncs to disk.
     pub fn sync(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_all()
+        if self.syncable {
+            self.out.get_ref().sync_all()?;
+        }
+        Ok(())
     }
 }
 

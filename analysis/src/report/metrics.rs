@@ -118,6 +118,8 @@ pub struct NodeStats {
     /// Dumps the flight recorder wrote, and bytes it holds in memory.
     pub dumps_written: u64,
     pub recorder_bytes: u64,
+    /// The flight recorder's failures by reason (empty when it is off).
+    pub flight_failures: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -487,6 +489,18 @@ impl Collector for Metrics {
             None,
             &[(vec![], n.dumps_written as f64)],
         )?;
+        if !n.flight_failures.is_empty() {
+            counter(
+                &mut e,
+                "stalltrace_flight_recorder_failures",
+                "Episode dumps the flight recorder could not write (reason=no_space, queue_full when its writer was behind, io), and failed removals of old dumps (rotate).",
+                None,
+                &n.flight_failures
+                    .iter()
+                    .map(|(r, v)| (vec![("reason", r.clone())], *v as f64))
+                    .collect::<Vec<_>>(),
+            )?;
+        }
         gauge(
             &mut e,
             "stalltrace_flight_recorder_memory",

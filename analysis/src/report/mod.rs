@@ -145,6 +145,11 @@ pub fn summary(r: &Report) -> Vec<String> {
             ));
         }
     }
+    if let Some(n) = r.input.lost.as_ref().map(|l| l.evicted).filter(|n| *n > 0) {
+        out.push(format!(
+            "The flight recorder's memory caps forgot {n} records of this dump's window before it was written: its start is missing."
+        ));
+    }
     if t.episodes == 0 {
         out.push(match r.mode {
             Mode::Probes => format!(

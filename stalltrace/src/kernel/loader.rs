@@ -500,6 +500,7 @@ impl Tracer {
             samples: by_kind[EventKind::Sample as usize],
             table_full: by_kind[LOST_RX_WAKE as usize] + by_kind[LOST_PARKED as usize],
             unread_at_exit: 0,
+            evicted: 0,
         })
     }
 

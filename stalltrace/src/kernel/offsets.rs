@@ -1,6 +1,6 @@
 //! Struct member offsets from the running kernel's BTF. aya cannot emit CO-RE
 //! relocations from Rust, so the programs take these as a global at load time.
-use std::{fs, path::Path};
+use std::path::Path;
 
 use btf_rs::{Btf, Type};
 use thiserror::Error;
@@ -115,13 +115,18 @@ const REGS_ARG0: &[&str] = &["regs"];
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const REGS_ARG0: &[&str] = &[];
 
+/// A kernel's BTF is a few MiB (6 MiB for a distribution kernel with every module
+/// built in); a `--btf` file larger than this is not one.
+pub const MAX_BTF_BYTES: u64 = 64 << 20;
+
 /// Reads every offset the programs need. Members that only refine the output
 /// (policy, CPU time, the CPU a thread was woken on, syscall argument) are left at 0 when
 /// missing, which the programs treat as unknown; the returned notes say which.
 pub fn read(btf_path: &Path) -> Result<(Offsets, Vec<String>), OffsetError> {
-    // From memory: btf-rs's file backend seeks per type and takes seconds.
-    let bytes =
-        fs::read(btf_path).map_err(|e| OffsetError::Btf(format!("{}: {e}", btf_path.display())))?;
+    // From memory: btf-rs's file backend seeks per type and takes seconds. A regular
+    // file of bounded size only: `--btf /dev/zero` must not be read forever.
+    let bytes = crate::sys::read_regular(btf_path, MAX_BTF_BYTES)
+        .map_err(|e| OffsetError::Btf(e.to_string()))?;
     read_bytes(&bytes).map_err(|e| match e {
         OffsetError::Btf(why) => OffsetError::Btf(format!("{}: {why}", btf_path.display())),
         e => e,
@@ -290,7 +295,7 @@ mod tests {
         ) {
             return;
         }
-        let btf = Btf::from_bytes(&fs::read(VMLINUX_BTF).unwrap()).unwrap();
+        let btf = Btf::from_bytes(&std::fs::read(VMLINUX_BTF).unwrap()).unwrap();
         let data = member_offset(&btf, "sk_buff", &["data"]).unwrap();
         let head = member_offset(&btf, "sk_buff", &["head"]).unwrap();
         let nh = member_offset(&btf, "sk_buff", &["network_header"]).unwrap();

@@ -49,6 +49,30 @@ pub fn check_btf(path: Option<&Path>) -> Result<std::path::PathBuf, CodedError> 
     let p = path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| super::offsets::VMLINUX_BTF.into());
+    if let (Some(given), Ok(md)) = (path, fs::metadata(&p)) {
+        // A device, FIFO or directory, or a file far larger than any kernel's BTF:
+        // refused before a byte is read.
+        let why = if !md.is_file() {
+            Some(format!(
+                "is a {}, not a BTF file",
+                stalltrace_analysis::output::kind(&md.file_type())
+            ))
+        } else if md.len() > super::offsets::MAX_BTF_BYTES {
+            Some(format!(
+                "is {} bytes, more than the {} MiB a BTF file may have",
+                md.len(),
+                super::offsets::MAX_BTF_BYTES >> 20
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(CodedError::new(
+                ExitCode::BadInput,
+                format!("--btf {}: {why}", given.display()),
+            ));
+        }
+    }
     if p.exists() {
         return Ok(p);
     }

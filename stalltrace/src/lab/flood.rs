@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use stalltrace_analysis::units::parse_duration;
+use stalltrace_analysis::units::{duration_in, MS, SEC};
 
 use crate::exit::ExitCode;
 
@@ -18,8 +18,8 @@ pub struct FloodArgs {
     /// Destination (the lab namespace's address and the discard port).
     #[arg(long)]
     pub to: SocketAddr,
-    /// How long to send.
-    #[arg(long, value_parser = parse_duration)]
+    /// How long to send (1ms to 10m).
+    #[arg(long, value_parser = duration_in::<MS, { 600 * SEC }>)]
     pub duration: Duration,
 }
 

@@ -13,35 +13,35 @@ use std::{
 
 use anyhow::Context as _;
 
-use stalltrace_analysis::units::parse_duration;
+use stalltrace_analysis::units::{duration_in, parse_size, MS, SEC};
 
 use crate::exit::{CodedError, ExitCode};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct HogArgs {
-    /// CPU to hold.
-    #[arg(long)]
+    /// CPU to hold (0 to 1023, and one this machine has).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..1024))]
     pub cpu: u32,
-    /// SCHED_FIFO priority (0 = stay SCHED_OTHER).
-    #[arg(long, default_value_t = 50)]
+    /// SCHED_FIFO priority, 1 to 99 (0 = stay SCHED_OTHER).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i32).range(0..=99))]
     pub fifo: i32,
-    /// Task name (comm) to take, so the report can name it.
-    #[arg(long, default_value = "stall-hog")]
+    /// Task name (comm) to take, so the report can name it (1 to 15 characters).
+    #[arg(long, default_value = "stall-hog", value_parser = super::culprit_name)]
     pub name: String,
-    /// Total run time; the hog exits by itself after it.
-    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    /// Total run time (1ms to 10m); the hog exits by itself after it.
+    #[arg(long, value_parser = duration_in::<MS, { 600 * SEC }>, default_value = "3s")]
     pub duration: Duration,
-    /// Length of each burst holding the CPU.
-    #[arg(long, value_parser = parse_duration, default_value = "100ms")]
+    /// Length of each burst holding the CPU (1ms to 10s).
+    #[arg(long, value_parser = duration_in::<MS, { 10 * SEC }>, default_value = "100ms")]
     pub burst: Duration,
-    /// Sleep between bursts (lets the starved RX thread drain its backlog).
-    #[arg(long, value_parser = parse_duration, default_value = "30ms")]
+    /// Sleep between bursts (0 to 10s; lets the starved RX thread drain its backlog).
+    #[arg(long, value_parser = duration_in::<0, { 10 * SEC }>, default_value = "30ms")]
     pub gap: Duration,
     /// Hold the CPU inside read()s of this file instead of a busy loop.
     #[arg(long)]
     pub read_file: Option<PathBuf>,
-    /// Bytes per read() (the file should be at least this big).
-    #[arg(long, default_value_t = 64 << 20)]
+    /// Bytes per read() (the file should be at least this big); at most 1GiB.
+    #[arg(long, default_value = "64MiB", value_parser = read_size)]
     pub read_size: usize,
     /// Hold the CPU in many short syscalls instead: open, read and close this file over
     /// and over (as a metrics agent walks thousands of small files).
@@ -53,12 +53,22 @@ pub struct HogArgs {
     pub walk_stats: Option<PathBuf>,
     /// Do the work in a second thread of this name (the process keeps `--name`), as a
     /// multi-threaded daemon's worker would.
-    #[arg(long)]
+    #[arg(long, value_parser = super::culprit_name)]
     pub thread_name: Option<String>,
     /// Take a new name (`<name>-<burst>`) before each burst: many distinct culprits
     /// from one process, for the agent's bounded-series test.
     #[arg(long, hide = true)]
     pub rename_each_burst: bool,
+    /// Do each burst in a new child process (with `--rename-each-burst`, named per
+    /// burst): thousands of short-lived culprits, for the agent's bounded-memory test.
+    #[arg(long, hide = true, conflicts_with = "thread_name")]
+    pub fork_each_burst: bool,
+}
+
+/// `--read-size`: 0 to 1 GiB.
+fn read_size(s: &str) -> Result<usize, String> {
+    let v = parse_size(s, 0, 1 << 30)?;
+    usize::try_from(v).map_err(|e| e.to_string())
 }
 
 /// What the hog does in its bursts.
@@ -151,18 +161,58 @@ fn bursts(a: &HogArgs, mut work: Work) {
         if Instant::now() >= end {
             break;
         }
-        if a.rename_each_burst {
-            let _ = set_name(&format!("{stem}-{burst}"));
-        }
         let burst_end = (Instant::now() + a.burst).min(end);
-        while Instant::now() < burst_end {
-            work.step();
+        if a.fork_each_burst {
+            forked_burst(a, &stem, burst, burst_end, &mut work);
+        } else {
+            if a.rename_each_burst {
+                let _ = set_name(&format!("{stem}-{burst}"));
+            }
+            while Instant::now() < burst_end {
+                work.step();
+            }
         }
         std::thread::sleep(a.gap.min(end.saturating_duration_since(Instant::now())));
     }
 }
 
+/// One burst in a child process of its own, which exits when the burst ends (or when
+/// the hog dies); the hog waits for it.
+fn forked_burst(a: &HogArgs, stem: &str, burst: u32, burst_end: Instant, work: &mut Work) {
+    // SAFETY: fork(2) from the hog, which has one thread when it forks (--thread-name
+    // conflicts with this mode): the child may run any code. It only spins and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: prctl(2) and _exit(2) on the child itself.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        if a.rename_each_burst {
+            let _ = set_name(&format!("{stem}-{burst}"));
+        }
+        while Instant::now() < burst_end {
+            work.step();
+        }
+        // SAFETY: as above; no destructor of the parent's state runs in the child.
+        unsafe { libc::_exit(0) };
+    }
+    if pid > 0 {
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+}
+
 pub fn run(a: HogArgs) -> anyhow::Result<ExitCode> {
+    // SAFETY: sysconf has no preconditions.
+    let cpus = u32::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) })
+        .unwrap_or(1)
+        .max(1);
+    if a.cpu >= cpus {
+        return Err(CodedError::new(
+            ExitCode::Usage,
+            format!("--cpu {}: this machine has CPUs 0 to {}", a.cpu, cpus - 1),
+        )
+        .into());
+    }
     set_name(&a.name)?;
     let work = if let Some(p) = &a.read_file {
         let file = File::open(p).with_context(|| format!("opening {}", p.display()))?;
@@ -296,6 +346,9 @@ impl Hog {
         }
         if a.rename_each_burst {
             c.arg("--rename-each-burst");
+        }
+        if a.fork_each_burst {
+            c.arg("--fork-each-burst");
         }
         super::tied::tie_to_lab(&mut c, libc::SIGKILL, None);
         let child = c.spawn().context("starting the hog")?;

@@ -1,8 +1,9 @@
 //! What the lab changed on this machine, written down before each change, so that a
 //! lab killed by SIGKILL, the OOM killer or a closed SSH session can be undone later:
-//! `stalltrace lab --cleanup` (run by itself at the start of the next lab) restores
-//! the sysctls to the values recorded before they were touched and removes the
-//! namespace, links, files, cgroups and processes that are left.
+//! `stalltrace lab --cleanup` (run by itself at the start of the next lab) ends the
+//! processes that are left (SIGTERM, a bounded wait, then SIGKILL; it returns only once
+//! they are gone, and says how each went), restores the sysctls to the values recorded
+//! before they were touched and removes the namespace, links, files and cgroups.
 //!
 //! The journal is `/run/stalltrace/lab.json` (directory 0700, root's); a lock file next
 //! to it (`flock`) makes a second lab refuse while one runs.
@@ -14,6 +15,7 @@ use std::{
         io::AsRawFd as _,
     },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -95,15 +97,22 @@ fn lock(dir: &Path) -> anyhow::Result<Option<File>> {
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
+            // A FIFO planted there must not block the open.
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .context("opening the lab's lock file")?;
+        let held = f.metadata().context("checking the lab's lock file")?;
+        anyhow::ensure!(
+            held.is_file(),
+            "{} is a {}, not a regular file; remove it",
+            path.display(),
+            stalltrace_analysis::output::kind(&held.file_type())
+        );
         // SAFETY: flock(2) on an fd we own; LOCK_NB never blocks.
         let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             return Ok(None);
         }
-        let held = f.metadata().context("checking the lab's lock file")?;
         if fs::symlink_metadata(&path).is_ok_and(|m| m.ino() == held.ino() && m.dev() == held.dev())
         {
             return Ok(Some(f));
@@ -149,7 +158,18 @@ impl Journal {
             .into());
         };
         if let Some(old) = read_state(dir)? {
-            let done = undo(&old);
+            let (done, survivors) = undo(&old);
+            if !survivors.is_empty() {
+                return Err(CodedError::new(
+                    ExitCode::Failure,
+                    format!(
+                        "a previous lab (pid {}) left processes that do not die: {}",
+                        old.pid,
+                        survivors.join(", ")
+                    ),
+                )
+                .into());
+            }
             crate::errln!(
                 "lab: a previous lab (pid {}) did not clean up; undone now: {}",
                 old.pid,
@@ -251,7 +271,8 @@ impl Journal {
 
     /// Undoes what is left and removes the journal (the normal end of a lab).
     pub fn finish(mut self) -> Vec<String> {
-        let done = undo(&self.state);
+        let (mut done, survivors) = undo(&self.state);
+        done.extend(survivors);
         self.state = State::default();
         let _ = fs::remove_file(self.dir.join("lab.json"));
         release(&self.dir);
@@ -290,7 +311,23 @@ pub fn cleanup_in(dir: &Path) -> anyhow::Result<Vec<String>> {
         release(dir);
         return Ok(vec![]);
     };
-    let done = undo(&state);
+    let (done, survivors) = undo(&state);
+    if !survivors.is_empty() {
+        // The journal stays: a later --cleanup tries again.
+        return Err(CodedError::new(
+            ExitCode::Failure,
+            format!(
+                "{}; and: {}",
+                survivors.join(", "),
+                if done.is_empty() {
+                    "nothing else was left".to_string()
+                } else {
+                    done.join(", ")
+                }
+            ),
+        )
+        .into());
+    }
     fs::remove_file(dir.join("lab.json")).context("removing the lab journal")?;
     release(dir);
     Ok(done)
@@ -307,24 +344,98 @@ fn running(p: &Proc) -> bool {
     !zombie && start_ticks(p.pid) == Some(p.start_ticks)
 }
 
-/// Undoes everything `s` records that is still there; says what it did.
-fn undo(s: &State) -> Vec<String> {
-    let mut done = vec![];
-    let mut killed = vec![];
-    for p in s.procs.iter().rev() {
-        if p.pid != std::process::id() && running(p) {
-            // SAFETY: kill(2); the pid is the lab's child, checked by its start time.
-            unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
-            done.push(format!("killed {} (pid {})", p.what, p.pid));
-            killed.push(p);
+/// How long the journaled processes get to end after SIGTERM (the recorder writes its
+/// footer and detaches), and then after SIGKILL.
+const TERM_WAIT: Duration = Duration::from_secs(5);
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits up to `limit` for every process of `ps` to end; the ones still running.
+fn wait_gone<'a>(ps: &[&'a Proc], limit: Duration) -> Vec<&'a Proc> {
+    let t0 = Instant::now();
+    loop {
+        let left: Vec<&Proc> = ps.iter().copied().filter(|p| running(p)).collect();
+        if left.is_empty() || t0.elapsed() >= limit {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn signal(p: &Proc, sig: i32) {
+    if let Ok(pid) = i32::try_from(p.pid) {
+        // SAFETY: kill(2); the pid is the lab's child, checked by its start time just
+        // before (a pid reused since has another start time and is never signalled).
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Ends the processes a lab journaled: SIGTERM, a bounded wait, then SIGKILL for the
+/// ones left and another bounded wait. Returns what happened to each, and the ones
+/// still running after all that.
+fn stop_procs(procs: &[Proc]) -> (Vec<String>, Vec<String>) {
+    let me = std::process::id();
+    let live: Vec<&Proc> = procs
+        .iter()
+        .rev()
+        .filter(|p| p.pid != me && running(p))
+        .collect();
+    if live.is_empty() {
+        return (vec![], vec![]);
+    }
+    let t0 = Instant::now();
+    for p in &live {
+        signal(p, libc::SIGTERM);
+    }
+    let left = wait_gone(&live, TERM_WAIT);
+    let took = t0.elapsed();
+    let mut done: Vec<String> = live
+        .iter()
+        .filter(|p| !left.iter().any(|l| l.pid == p.pid))
+        .map(|p| {
+            format!(
+                "stopped {} (pid {}): gone {} ms after SIGTERM",
+                p.what,
+                p.pid,
+                took.as_millis()
+            )
+        })
+        .collect();
+    for p in &left {
+        if running(p) {
+            signal(p, libc::SIGKILL);
         }
     }
-    // Gone before their cgroups are removed (a cgroup with a task in it is busy) and
-    // before we say the machine is clean; SIGKILL takes effect in milliseconds.
-    let t0 = std::time::Instant::now();
-    while killed.iter().any(|p| running(p)) && t0.elapsed() < std::time::Duration::from_secs(5) {
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    let survivors = wait_gone(&left, KILL_WAIT);
+    for p in &left {
+        if !survivors.iter().any(|s| s.pid == p.pid) {
+            done.push(format!(
+                "killed {} (pid {}): still running {} s after SIGTERM, gone after SIGKILL",
+                p.what,
+                p.pid,
+                TERM_WAIT.as_secs()
+            ));
+        }
     }
+    let survivors = survivors
+        .iter()
+        .map(|p| {
+            format!(
+                "{} (pid {}) still runs {} s after SIGKILL",
+                p.what,
+                p.pid,
+                KILL_WAIT.as_secs()
+            )
+        })
+        .collect();
+    (done, survivors)
+}
+
+/// Undoes everything `s` records that is still there; says what it did, and what it
+/// could not undo (a process that would not die).
+fn undo(s: &State) -> (Vec<String>, Vec<String>) {
+    // Every process is gone before its cgroup is removed (a cgroup with a task in it
+    // is busy) and before the machine is said to be clean.
+    let (mut done, survivors) = stop_procs(&s.procs);
     for (p, v) in s.sysctls.iter().rev() {
         let now = fs::read_to_string(p).unwrap_or_default();
         if now.trim() != v && fs::write(p, v).is_ok() {
@@ -361,7 +472,7 @@ fn undo(s: &State) -> Vec<String> {
             done.push(format!("cgroup {} removed", c.display()));
         }
     }
-    done
+    (done, survivors)
 }
 
 #[cfg(test)]

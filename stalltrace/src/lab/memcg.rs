@@ -14,6 +14,7 @@
 use std::{
     fs,
     io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
@@ -92,11 +93,11 @@ fn enable_memory_below(dir: &Path) -> anyhow::Result<()> {
 /// `stalltrace charge-cgroups` (hidden): the helper that charges the lab's cgroups.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChargeArgs {
-    /// The cgroups to charge, in order.
-    #[arg(long, num_args = 1.., required = true)]
+    /// The cgroups to charge, in order (at most 10000).
+    #[arg(long, num_args = 1..=MAX_CHARGED, required = true)]
     pub cgroups: Vec<PathBuf>,
     /// Existing files to write into, one per cgroup.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1..=MAX_CHARGED, required = true)]
     pub files: Vec<PathBuf>,
     /// The cgroup to go back to (where the lab runs).
     #[arg(long)]
@@ -107,16 +108,44 @@ pub struct ChargeArgs {
 /// pages are charged there, and nothing else is (no fork, no new file, no new dentry:
 /// the files were made by the lab in its own cgroup), so deleting the files later
 /// releases the cgroups.
+/// Cgroups one `charge-cgroups` charges at most (the lab makes 400).
+const MAX_CHARGED: usize = 10_000;
+
 pub fn charge_run(a: ChargeArgs) -> anyhow::Result<ExitCode> {
+    if a.cgroups.len() != a.files.len() {
+        bail!(CodedError::new(
+            ExitCode::Usage,
+            format!(
+                "{} cgroups but {} files: one file per cgroup",
+                a.cgroups.len(),
+                a.files.len()
+            )
+        ));
+    }
     let me = std::process::id().to_string();
     let page = vec![0x5au8; CHARGE];
     for (cg, file) in a.cgroups.iter().zip(&a.files) {
         fs::write(cg.join("cgroup.procs"), &me)
             .with_context(|| format!("joining {}", cg.display()))?;
+        // Only the regular files the lab made: never through a link, never a device.
         let mut f = fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(file)
             .with_context(|| format!("opening {}", file.display()))?;
+        let md = f
+            .metadata()
+            .with_context(|| format!("checking {}", file.display()))?;
+        if !md.is_file() {
+            bail!(CodedError::new(
+                ExitCode::Usage,
+                format!(
+                    "{} is a {}, not a regular file",
+                    file.display(),
+                    stalltrace_analysis::output::kind(&md.file_type())
+                )
+            ));
+        }
         f.write_all(&page)?;
     }
     fs::write(a.back.join("cgroup.procs"), &me)

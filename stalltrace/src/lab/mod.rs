@@ -60,11 +60,13 @@ pub struct LabArgs {
     /// List the scenarios and exit.
     #[arg(long)]
     pub list: bool,
-    /// Undo what a lab that was killed left behind (sysctls, namespace, files,
-    /// processes), from its journal in /run/stalltrace; then exit.
+    /// Undo what a lab that was killed left behind, from its journal in
+    /// /run/stalltrace: its processes (SIGTERM, then SIGKILL after 5 s; returns once
+    /// they are gone, saying how each ended), sysctls, namespace, files; then exit.
     #[arg(long, conflicts_with_all = ["list", "output"])]
     pub cleanup: bool,
-    /// Where to keep the dump (default: a new private directory under /tmp).
+    /// Where to keep the dump (default: a new private directory under /tmp); a regular
+    /// file there is replaced.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// CPU to starve (default: the last CPU).
@@ -86,6 +88,16 @@ pub struct LabArgs {
     /// The culprit renames itself before each burst (tests of bounded metrics).
     #[arg(long, hide = true)]
     pub rename_each_burst: bool,
+    /// Each of the culprit's bursts is a new short-lived process (tests of bounded
+    /// memory through thousands of culprits).
+    #[arg(long, hide = true)]
+    pub fork_each_burst: bool,
+    /// The culprit's bursts (1ms to 10s; tests of an agent through many episodes).
+    #[arg(long, hide = true, value_parser = duration_in::<{ stalltrace_analysis::units::MS }, { 10 * SEC }>, default_value = "100ms")]
+    pub burst: Duration,
+    /// The culprit's sleep between bursts (0 to 10s).
+    #[arg(long, hide = true, value_parser = duration_in::<0, { 10 * SEC }>, default_value = "30ms")]
+    pub gap: Duration,
     /// Put the culprit into this cgroup directory once it runs (e.g. a kubelet-shaped
     /// path in the unified hierarchy, to see the pod named).
     #[arg(long, value_name = "DIR")]
@@ -93,7 +105,7 @@ pub struct LabArgs {
 }
 
 /// A task name: 1 to 15 bytes (the kernel's limit), no NUL, no control character.
-fn culprit_name(s: &str) -> Result<String, String> {
+pub(crate) fn culprit_name(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 15 || s.chars().any(char::is_control) {
         return Err(format!("{s:?}: 1 to 15 characters, no control characters"));
     }
@@ -170,6 +182,11 @@ pub fn run(a: LabArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Ok);
     }
     let cpu = starved_cpu(&a)?;
+    if let Some(p) = &a.output {
+        // The lab's recorder replaces a file there (it passes --force), never anything
+        // else: said before anything is built.
+        stalltrace_analysis::output::check(p, true).context("the lab's dump")?;
+    }
     if !Path::new("/proc/self/ns/net").exists() {
         return Err(CodedError::new(
             ExitCode::KernelFeature,
@@ -252,14 +269,15 @@ fn run_scenario(
         fifo: 50,
         name: culprit.clone(),
         duration: a.duration,
-        burst: Duration::from_millis(100),
-        gap: Duration::from_millis(30),
+        burst: a.burst,
+        gap: a.gap,
         read_file: None,
         read_size: 0,
         poll_file: None,
         thread_name: a.thread.clone(),
         walk_stats: None,
         rename_each_burst: a.rename_each_burst,
+        fork_each_burst: a.fork_each_burst,
     };
     let hog_args = sc.hog(&mut lab, base)?;
     let hog = Hog::spawn(&hog_args)?;

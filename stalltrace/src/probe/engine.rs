@@ -64,6 +64,11 @@ pub trait Transport: Send {
     /// How many sequences the wire can tell apart (65536 for ICMP).
     fn modulus(&self) -> u64;
     fn proto(&self) -> ProbeProto;
+    /// Answers ignored so far because they could not be ours (a TCP answer that does
+    /// not acknowledge the probe's random sequence number).
+    fn forged(&self) -> u64 {
+        0
+    }
     /// When the next answer becomes readable, for a simulated network that knows it in
     /// advance (the virtual clock jumps there); real sockets cannot tell.
     #[cfg(test)]
@@ -279,7 +284,9 @@ impl<C: Clock> Engine<C> {
             if self.clock.wait(now, until, Some(self.transport.as_ref()))? {
                 // Drain what is queued, then go back to the schedule.
                 for _ in 0..64 {
-                    match self.transport.try_recv() {
+                    let got = self.transport.try_recv();
+                    self.stats.forged = self.transport.forged();
+                    match got {
                         Ok(Some(r)) => {
                             if !self.on_reply(r, &mut on) {
                                 return Ok(());
@@ -373,7 +380,7 @@ impl<C: Clock> Engine<C> {
         match prev {
             State::Pending => {
                 self.stats.received += 1;
-                self.stats.rtts_ns.push(rtt_ns);
+                self.stats.rtts.record(rtt_ns);
                 if highest.is_some_and(|h| c < h) {
                     self.stats.reordered += 1;
                 }
@@ -681,9 +688,12 @@ mod tests {
         assert!(recs
             .iter()
             .all(|r| r.sent_ns == Some(VirtualClock::BOOT0_NS + u64::from(r.seq) * 20 * MS)));
-        let mut rtts = st.rtts_ns.clone();
-        rtts.sort();
-        assert_eq!(rtts, [vec![2 * MS; 13], vec![35 * MS]].concat());
+        assert_eq!(st.rtts.len(), 14);
+        assert_eq!((st.min_ns(), st.max_ns()), (Some(2 * MS), Some(35 * MS)));
+        assert_eq!(
+            st.percentiles(&[50.0, 92.0, 93.0, 100.0]),
+            Some(vec![2 * MS, 2 * MS, 35 * MS, 35 * MS])
+        );
         assert_eq!((st.drift.samples, st.drift.max_ns), (16, 0));
         // The run ends as soon as everything is settled: 15's answer at 302 ms.
         assert_eq!(took, Duration::from_millis(302));
@@ -701,7 +711,10 @@ mod tests {
         );
         let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..12).collect::<Vec<_>>());
-        assert_eq!(st.rtts_ns, vec![3 * MS; 12]);
+        assert_eq!(
+            (st.rtts.len(), st.min_ns(), st.max_ns()),
+            (12, Some(3 * MS), Some(3 * MS))
+        );
 
         // The same wire with 3 probes in flight: each answer arrives after the next two
         // probes went out (25 ms after its own, 10 ms apart), so slot 1 must map to probe

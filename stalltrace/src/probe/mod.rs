@@ -694,7 +694,7 @@ mod tests {
         }
         assert!(recs.windows(2).all(|w| w[1].sent_ns >= w[0].sent_ns));
         assert_eq!((st.transmitted, st.received, st.lost), (20, 20, 0));
-        assert_eq!(st.rtts_ns.len(), 20);
+        assert_eq!(st.rtts.len(), 20);
         assert!(st.error.is_none());
 
         // Unbounded, stopped by the caller after 5 records: however many probes went
@@ -720,7 +720,7 @@ mod tests {
         );
         assert_eq!(st.lost, 0);
         assert!(st.transmitted >= st.received + st.lost, "{st:?}");
-        assert_eq!(st.rtts_ns.len() as u64, st.received);
+        assert_eq!(st.rtts.len(), st.received);
         // Loopback answers in order: the streamed records are probes 0, 1, 2, …
         let seqs: Vec<u32> = recs.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (0..recs.len() as u32).collect::<Vec<_>>());

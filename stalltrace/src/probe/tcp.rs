@@ -2,6 +2,11 @@
 //! sequence, as hping3 does) so probes spread over the target's RX queues the way
 //! real connections do. RTT = SYN → SYN-ACK or RST. We never answer a SYN-ACK: no
 //! socket owns our source port, so our kernel sends the RST that closes it.
+//!
+//! Each SYN carries a random initial sequence number, and an answer counts only if it
+//! acknowledges that number plus one: a tenant who sees neither the SYN nor the random
+//! numbers cannot forge an answer (a RST or SYN-ACK with another acknowledgment is
+//! ignored and counted).
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
@@ -103,8 +108,56 @@ pub struct TcpTransport {
     src: IpAddr,
     dport: u16,
     base: u16,
-    isn: u32,
+    acks: Acks,
     buf: Vec<u8>,
+}
+
+/// The random initial sequence number of the last probe sent from each of our source
+/// ports, and the answers that did not acknowledge theirs.
+#[derive(Debug)]
+pub struct Acks {
+    isns: Vec<u32>,
+    forged: u64,
+}
+
+impl Acks {
+    pub fn new() -> Self {
+        Self {
+            isns: vec![0; usize::from(PORT_SPAN)],
+            forged: 0,
+        }
+    }
+
+    /// Probe slot `slot` (source port - base) left with `isn`.
+    pub fn sent(&mut self, slot: usize, isn: u32) {
+        if let Some(s) = self.isns.get_mut(slot) {
+            *s = isn;
+        }
+    }
+
+    /// Whether an answer to slot `slot` acknowledges its probe's ISN + 1 (a SYN-ACK and
+    /// the RST answering a SYN both do, with the ACK flag); counts the ones that do not.
+    pub fn check(&mut self, slot: usize, ack_flag: bool, ack: u32) -> bool {
+        let ok = ack_flag
+            && self
+                .isns
+                .get(slot)
+                .is_some_and(|i| i.wrapping_add(1) == ack);
+        if !ok {
+            self.forged += 1;
+        }
+        ok
+    }
+
+    pub fn forged(&self) -> u64 {
+        self.forged
+    }
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TcpTransport {
@@ -162,8 +215,7 @@ impl TcpTransport {
             src,
             dport,
             base,
-            // Sequence numbers from the (random) port base, not from the pid.
-            isn: u32::from(base).wrapping_mul(2_654_435_761),
+            acks: Acks::new(),
             buf: vec![0u8; 65536],
         })
     }
@@ -172,17 +224,14 @@ impl TcpTransport {
         self.base
     }
 
+    /// The SYN of probe `counter`, with initial sequence number `isn`.
     pub fn syn(
         &self,
         counter: u64,
+        isn: u32,
     ) -> Result<(TcpHeader, u16), etherparse::err::ValueTooBigError<usize>> {
         let sport = self.base + (counter % u64::from(PORT_SPAN)) as u16;
-        let mut h = TcpHeader::new(
-            sport,
-            self.dport,
-            self.isn.wrapping_add(counter as u32),
-            64240,
-        );
+        let mut h = TcpHeader::new(sport, self.dport, isn, 64240);
         h.syn = true;
         h.checksum = match (self.src, self.target) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -221,9 +270,11 @@ pub fn flags_str(t: &TcpSlice<'_>) -> String {
 
 impl Transport for TcpTransport {
     fn send(&mut self, counter: u64) -> std::io::Result<Sent> {
+        let isn = getrandom::u32().map_err(std::io::Error::other)?;
         let (h, sport) = self
-            .syn(counter)
+            .syn(counter, isn)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        self.acks.sent(usize::from(sport - self.base), isn);
         self.sock.send_to(&h.to_bytes(), &self.dest)?;
         // For TCP the record's ident is the probe's source port, seq its destination port.
         Ok(Sent {
@@ -268,6 +319,13 @@ impl Transport for TcpTransport {
         if !(t.rst() || (t.syn() && t.ack())) {
             return Ok(None);
         }
+        if !self.acks.check(
+            usize::from(dst - self.base),
+            t.ack(),
+            t.acknowledgment_number(),
+        ) {
+            return Ok(None);
+        }
         let info = ReplyInfo::Tcp {
             len: n,
             from: src,
@@ -296,6 +354,10 @@ impl Transport for TcpTransport {
     fn proto(&self) -> ProbeProto {
         ProbeProto::Tcp
     }
+
+    fn forged(&self) -> u64 {
+        self.acks.forged()
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +367,29 @@ mod tests {
     fn ours((lo, hi): (u16, u16), r: u64) -> Option<std::ops::RangeInclusive<u32>> {
         let b = u32::from(port_base((lo, hi), r).ok()?);
         Some(b..=b + u32::from(PORT_SPAN) - 1)
+    }
+
+    /// An answer counts only if it acknowledges the ISN + 1 of the probe last sent from
+    /// its port, with the ACK flag; anything else is counted, not taken.
+    #[test]
+    fn answers_must_acknowledge_the_probes_random_isn() {
+        let mut a = Acks::new();
+        a.sent(3, 0xffff_ffff);
+        a.sent(4, 1000);
+        assert!(a.check(3, true, 0), "ISN + 1 wraps");
+        assert!(a.check(4, true, 1001));
+        assert!(!a.check(4, true, 1000));
+        assert!(!a.check(4, false, 1001), "no ACK flag");
+        assert!(!a.check(3, true, 1001), "another probe's");
+        assert!(
+            !a.check(usize::from(PORT_SPAN), true, 1),
+            "not one of our ports"
+        );
+        assert_eq!(a.forged(), 4);
+        // A new probe from the same port replaces the old ISN.
+        a.sent(4, 77);
+        assert!(!a.check(4, true, 1001));
+        assert!(a.check(4, true, 78));
     }
 
     /// Whatever the random bits, our ports stay above 10000, inside 16 bits and

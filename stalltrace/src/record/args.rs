@@ -14,7 +14,8 @@ Examples:
   sudo stalltrace record --tcp 30927                     # TCP SYN probes to a NodePort
   sudo stalltrace record --probe 10.0.0.7                # probe every 10 ms and record together
   sudo stalltrace record --probe 10.0.0.7 --tcp 30927    # TCP SYN probes instead of ICMP
-  sudo stalltrace record --probe-log hping3.log          # a prober elsewhere writes hping3.log";
+  sudo stalltrace record --probe-log hping3.log          # a prober elsewhere writes hping3.log
+  sudo stalltrace record -o - --duration 10s | gzip > stalls.jsonl.gz   # the dump on stdout";
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = AFTER_HELP)]
@@ -25,10 +26,14 @@ pub struct RecordArgs {
     /// SIGTERM.
     #[arg(long, value_parser = duration_in::<MS, { 3650 * DAY }>, value_name = "D")]
     pub duration: Option<Duration>,
-    /// Dump file (JSON Lines, mode 0600); default stalltrace-<unix time>.jsonl.
+    /// Dump file (JSON Lines, a new file of mode 0600); default
+    /// stalltrace-<unix time>.jsonl. `-` writes the dump to standard output: the live
+    /// lines and the final report then go to standard error.
     #[arg(short, long, value_name = "DUMP")]
     pub output: Option<PathBuf>,
-    /// Replace the dump file if it exists (it is unlinked, never written through).
+    /// Replace the dump file if it exists and is a regular file or a symbolic link (the
+    /// path is unlinked, never written through). A device, FIFO, socket or directory is
+    /// refused even so.
     #[arg(long)]
     pub force: bool,
     /// Print waits and syscalls only, not every packet.

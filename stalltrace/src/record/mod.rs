@@ -163,6 +163,40 @@ fn enricher(
     Ok(Enricher::with_sampler(Sampler::new(plan.sample_hz, stacks)).exclude_self())
 }
 
+/// `-o -`: the dump goes to standard output.
+pub fn is_stdout(p: &std::path::Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+/// The dump's path, checked before anything is loaded: a new path, or with `force` an
+/// existing regular file or link; never a device, FIFO, socket or directory (see
+/// [`stalltrace_analysis::output`]). `-` is standard output, which `--probe-log` cannot
+/// read back.
+pub fn output_check(output: &std::path::Path, force: bool, probe_log: bool) -> anyhow::Result<()> {
+    if is_stdout(output) {
+        if probe_log {
+            return Err(CodedError::new(
+                ExitCode::Usage,
+                "--probe-log reads the dump back after the recording: give -o a file, not -",
+            )
+            .into());
+        }
+        return Ok(());
+    }
+    use stalltrace_analysis::output::{check, OutputError};
+    check(output, force).map_err(|e| match e {
+        OutputError::Exists { path } => CodedError::new(
+            ExitCode::Usage,
+            format!(
+                "{} exists; choose another -o or pass --force to replace it",
+                path.display()
+            ),
+        )
+        .into(),
+        e => anyhow::Error::new(e).context("the dump"),
+    })
+}
+
 async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     let t = &plan.trace;
     for n in &t.notes {
@@ -182,9 +216,24 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
         header,
     } = attach(t)?;
     // The dump exists only once everything is attached: a failed attach leaves nothing.
-    let dump = DumpWriter::create(&plan.output, plan.force)
-        .with_context(|| format!("creating the dump {}", plan.output.display()))?;
-    let mut term = Terminal::stdout();
+    let to_stdout = is_stdout(&plan.output);
+    let dump = if to_stdout {
+        DumpWriter::stdout().context("writing the dump to standard output")?
+    } else {
+        DumpWriter::create(&plan.output, plan.force)
+            .with_context(|| format!("creating the dump {}", plan.output.display()))?
+    };
+    // Standard output carries the dump: the live lines and the report go to stderr.
+    let mut term = if to_stdout {
+        Terminal::stderr()
+    } else {
+        Terminal::stdout()
+    };
+    let shown = if to_stdout {
+        "standard output".to_string()
+    } else {
+        plan.output.display().to_string()
+    };
     let started = Instant::now();
     let cfg = Config::from_header(&header, Some(t.stall_threshold_ns));
     let sinks: Vec<Box<dyn Sink + '_>> = vec![
@@ -195,8 +244,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     p.push(&Record::Header(header))?;
     let mut src = Source::start(tracer, enricher, t.probe.clone())?;
     crate::errln!(
-        "recording to {} ({}); Ctrl-C to stop",
-        plan.output.display(),
+        "recording to {shown} ({}); Ctrl-C to stop",
         plan.duration
             .map(|d| format!("for {}", human_ns(d.as_nanos() as u64)))
             .unwrap_or_else(|| "until stopped".into())
@@ -265,8 +313,7 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     if let Some(e) = failure {
         term.close();
         return Err(e.context(format!(
-            "recording stopped; {} holds what was recorded until then",
-            plan.output.display()
+            "recording stopped; {shown} holds what was recorded until then"
         )));
     }
     footer_written.context("writing the dump footer")?;
@@ -277,7 +324,14 @@ async fn record(plan: RecordPlan) -> anyhow::Result<ExitCode> {
     if let Some(s) = &stack_stats {
         summary::stacks(s, lost.samples);
     }
-    summary::end(&counts, &lost, &hists, &plan.output, reason, term.dropped());
+    summary::end(
+        &counts,
+        &lost,
+        &hists,
+        std::path::Path::new(&shown),
+        reason,
+        term.dropped(),
+    );
     // The final report: the live correlator's, or with an external prober's log, the
     // same engine over the dump and that log.
     let report = match &plan.probe_log {

@@ -99,15 +99,8 @@ impl RecordPlan {
             })?;
         }
         let output = a.output.clone().unwrap_or_else(default_output);
-        if !a.dry_run && !a.force && std::fs::symlink_metadata(&output).is_ok() {
-            return Err(CodedError::new(
-                ExitCode::Usage,
-                format!(
-                    "{} exists; choose another -o or pass --force to replace it",
-                    output.display()
-                ),
-            )
-            .into());
+        if !a.dry_run {
+            super::output_check(&output, a.force, a.probe_log.is_some())?;
         }
         Ok(Self {
             trace,

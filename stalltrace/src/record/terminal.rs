@@ -1,7 +1,8 @@
 //! Live output that never holds the recording up: lines go through a bounded queue to
 //! a writer thread; when the terminal (or a pipe nobody reads) falls behind, lines are
 //! dropped and counted, and the count is said once output moves again. A closed stdout
-//! (`stalltrace record | head`) ends printing, not recording.
+//! (`stalltrace record | head`) ends printing, not recording. The lines go to standard
+//! output, or to standard error when the dump does (`-o -`).
 use std::{
     io::{self, Write},
     sync::{
@@ -26,6 +27,15 @@ pub struct Terminal {
 
 impl Terminal {
     pub fn stdout() -> Self {
+        Self::spawn(Box::new(io::stdout()))
+    }
+
+    /// The same on standard error (when the dump itself goes to standard output).
+    pub fn stderr() -> Self {
+        Self::spawn(Box::new(io::stderr()))
+    }
+
+    fn spawn(out: Box<dyn Write + Send>) -> Self {
         let (tx, rx) = mpsc::sync_channel::<String>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let broken = Arc::new(AtomicBool::new(false));
@@ -33,7 +43,7 @@ impl Terminal {
         let thread = std::thread::Builder::new()
             .name("stalltrace-out".into())
             .spawn(move || {
-                let mut out = io::LineWriter::new(io::stdout());
+                let mut out = io::LineWriter::new(out);
                 let mut said = 0;
                 for line in rx {
                     let n = d.load(Ordering::Relaxed);

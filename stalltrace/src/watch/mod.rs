@@ -44,6 +44,13 @@ Examples:
   sudo stalltrace watch --listen 0.0.0.0:9910 --dump-dir /var/lib/stalltrace
   sudo stalltrace watch --probe 10.0.0.7                  # RTTs too
 
+  sudo stalltrace watch --listen 10.0.3.7 --tls-cert tls.crt --tls-key tls.key \
+       --tls-client-ca scraper-ca.crt                     # mutual TLS for /metrics
+
+The endpoint answers GET only (bodies refused unread), heads up to 16 KiB received
+within 10 s, at most 64 connections and 16 from one address (the longest idle gives its
+place up), and runs on its own thread: no client holds up the recording.
+
 Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
   stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
   stalltrace_stall_episodes_total{namespace,pod,container,comm}   by culprit (top-K, then other)
@@ -56,9 +63,25 @@ Each episode also prints one line on stderr (kubectl logs).";
 pub struct WatchArgs {
     #[command(flatten)]
     pub trace: TraceArgs,
-    /// Serve /metrics and /healthz on this address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9910")]
+    /// Serve /metrics and /healthz on this address: ADDR:PORT, [IPV6]:PORT, or an
+    /// address alone (port 9910; the DaemonSet passes its pod IP so).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9910",
+          value_parser = http::parse_listen)]
     pub listen: SocketAddr,
+    /// Serve over TLS with this certificate chain (PEM); with --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// With TLS: /metrics answers only clients presenting a certificate signed by this
+    /// CA (PEM), or the bearer token of --auth-token-file. /healthz stays open.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With TLS: /metrics answers only requests with `Authorization: Bearer <the token
+    /// in FILE>` (or a client certificate of --tls-client-ca). Read at start.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub auth_token_file: Option<PathBuf>,
     /// Write one dump per episode (with its context) into this directory.
     #[arg(long, value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
@@ -113,7 +136,17 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
     );
     // The endpoint answers from the start; /healthz says ok once the loop ticks.
     let alive = Arc::new(AtomicU64::new(0));
-    let server = http::serve(a.listen, metrics.clone(), alive.clone())?;
+    let endpoint = http::Endpoint::new(
+        a.listen,
+        &http::Security {
+            tls_cert: a.tls_cert.as_deref(),
+            tls_key: a.tls_key.as_deref(),
+            tls_client_ca: a.tls_client_ca.as_deref(),
+            auth_token_file: a.auth_token_file.as_deref(),
+        },
+    )?;
+    let (scheme, guard) = (endpoint.scheme(), endpoint.guard());
+    let server = http::serve(endpoint, metrics.clone(), alive.clone())?;
     let Attached {
         tracer,
         enricher,
@@ -133,36 +166,34 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
-    // The flight recorder's counters are read for the metrics between records.
-    let flight = flight.map(|f| Arc::new(std::sync::Mutex::new(f)));
+    let mut cfg = Config::from_header(&header, Some(plan.stall_threshold_ns));
+    // An agent runs for months and never prints a final report: no episode list, and
+    // the culprit ranking kept as small as the metrics' table.
+    watch_bounds(&mut cfg, a.top_k);
+    let flight_stats = flight.as_ref().map(|f| f.stats.clone());
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(metrics.clone()), Box::new(EpisodeLog)];
-    if let Some(f) = &flight {
-        sinks.push(Box::new(Shared(f.clone())));
+    if let Some(f) = flight {
+        sinks.push(Box::new(f));
     }
     let mut p = Pipeline::new(cfg, sinks);
     p.push(&Record::Header(header))?;
     let mut src = Source::start(tracer, enricher, plan.probe.clone())?;
     crate::errln!(
-        "watching: metrics on http://{}/metrics{}; SIGTERM to stop",
-        a.listen,
+        "watching: metrics on {scheme}://{}/metrics{guard}{}; SIGTERM to stop",
+        server.addr,
         a.dump_dir
             .as_ref()
             .map(|d| format!(", episode dumps in {}", d.display()))
             .unwrap_or_default()
     );
     let outcome = pipeline::run(&mut src, &mut p, &mut signals, None, |src, p, ticks| {
-        alive.store(crate::sys::boot_ns(), Ordering::Relaxed);
+        let now = crate::sys::boot_ns();
+        alive.store(now, Ordering::Relaxed);
         if ticks % 10 == 1 {
-            let (dumps, held) = flight
-                .as_ref()
-                .map(|f| {
-                    f.lock()
-                        .map(|f| (f.written, f.held_bytes() as u64))
-                        .unwrap_or((0, 0))
-                })
-                .unwrap_or((0, 0));
-            metrics.set_node(node::stats(src, p, dumps, held));
+            if let (Some(f), Ok(lost)) = (&flight_stats, src.lost()) {
+                f.note_lost(now, lost);
+            }
+            metrics.set_node(node::stats(src, p, flight_stats.as_deref()));
         }
         Ok(())
     })
@@ -177,35 +208,11 @@ async fn watch(a: &WatchArgs, plan: TracePlan) -> anyhow::Result<ExitCode> {
     outcome.map(|_| ExitCode::Ok)
 }
 
-/// A sink shared with the metrics reader.
-struct Shared(Arc<std::sync::Mutex<FlightRecorder>>);
-
-impl Sink for Shared {
-    fn what(&self) -> &str {
-        "the flight recorder"
-    }
-    fn record(&mut self, r: &Record) -> std::io::Result<()> {
-        self.with(|f| f.record(r))
-    }
-    fn episode(&mut self, e: &Episode) -> std::io::Result<()> {
-        self.with(|f| f.episode(e))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.with(|f| f.flush())
-    }
-    fn finish(&mut self, r: &stalltrace_analysis::correlate::Report) -> std::io::Result<()> {
-        self.with(|f| f.finish(r))
-    }
-}
-
-impl Shared {
-    fn with(
-        &self,
-        f: impl FnOnce(&mut FlightRecorder) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        match self.0.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(p) => f(&mut p.into_inner()),
-        }
-    }
+/// The correlator's bounds for an agent: no episode kept for a final report, and
+/// the ranking table as small as the metrics' (idle rows go, the rest fold into
+/// `other`).
+fn watch_bounds(cfg: &mut Config, top_k: u64) {
+    cfg.max_listed_episodes = 0;
+    cfg.max_listed_unexplained = 0;
+    cfg.max_ranked = usize::try_from(top_k).unwrap_or(1000).max(1);
 }

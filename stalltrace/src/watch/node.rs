@@ -50,7 +50,7 @@ pub fn open_fds() -> u64 {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
 }
 
-pub fn stats(src: &Source, p: &Pipeline<'_>, dumps_written: u64, recorder_bytes: u64) -> NodeStats {
+pub fn stats(src: &Source, p: &Pipeline<'_>, flight: Option<&super::flight::Stats>) -> NodeStats {
     let hists = src.tracer.hists().ok();
     NodeStats {
         net_rx: hists.as_ref().map(|h| h.net_rx.clone()).unwrap_or_default(),
@@ -66,7 +66,10 @@ pub fn stats(src: &Source, p: &Pipeline<'_>, dumps_written: u64, recorder_bytes:
         rss_bytes: rss_bytes(),
         open_fds: open_fds(),
         retained: p.correlator().retained(),
-        dumps_written,
-        recorder_bytes,
+        dumps_written: flight.map_or(0, super::flight::Stats::written),
+        recorder_bytes: flight.map_or(0, super::flight::Stats::held_bytes),
+        flight_failures: flight
+            .map(super::flight::Stats::failures)
+            .unwrap_or_default(),
     }
 }

@@ -46,12 +46,58 @@ fn manifest() -> PathBuf {
     workspace().join("deploy/daemonset.yaml")
 }
 
-/// Every document of the manifest.
-fn documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(manifest()).unwrap();
+fn network_policy() -> PathBuf {
+    workspace().join("deploy/networkpolicy.yaml")
+}
+
+/// Every document of a manifest file.
+fn documents_of(file: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(file).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
         .collect()
+}
+
+/// Every document of the DaemonSet's manifest.
+fn documents() -> Vec<Value> {
+    documents_of(&manifest())
+}
+
+/// The container's environment variables taken from the downward API's
+/// `status.podIP`.
+fn pod_ip_vars(c: &Value) -> Vec<String> {
+    c["env"]
+        .as_sequence()
+        .map(|env| {
+            env.iter()
+                .filter(|e| e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP")
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The arguments as the kubelet passes them: `$(VAR)` replaced from `vars`.
+fn expand(args: &[String], vars: &[(String, String)]) -> Vec<String> {
+    args.iter()
+        .map(|a| {
+            vars.iter()
+                .fold(a.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v))
+        })
+        .collect()
+}
+
+/// The port of a `--listen` value: `ADDR:PORT`, `[V6]:PORT`, or an address alone,
+/// which the binary's help says takes port 9910.
+fn listen_port(listen: &str) -> u64 {
+    if let Ok(a) = listen.parse::<std::net::SocketAddr>() {
+        return u64::from(a.port());
+    }
+    assert!(
+        listen.parse::<std::net::IpAddr>().is_ok(),
+        "--listen {listen}: not an address"
+    );
+    9910
 }
 
 fn daemonset(docs: &[Value]) -> &Value {
@@ -167,19 +213,25 @@ fn deploy_manifest_validates_offline() {
         return;
     }
     let kv = kv.unwrap();
-    for k in KUBERNETES_VERSIONS {
-        let (st, out, err) = bounded(
-            Command::new(&kv)
-                .args(["--strict", "--kubernetes-version", k])
-                .arg(manifest()),
-            Duration::from_secs(120),
-        );
-        assert!(st.success(), "Kubernetes {k}:\n{out}\n{err}");
-        // One pass line per resource: nothing was skipped as unknown.
-        let passed = format!("{out}{err}")
-            .matches(" passed for resource ")
-            .count();
-        assert_eq!(passed, documents().len(), "{out}\n{err}");
+    for file in [manifest(), network_policy()] {
+        for k in KUBERNETES_VERSIONS {
+            let (st, out, err) = bounded(
+                Command::new(&kv)
+                    .args(["--strict", "--kubernetes-version", k])
+                    .arg(&file),
+                Duration::from_secs(120),
+            );
+            assert!(
+                st.success(),
+                "{} on Kubernetes {k}:\n{out}\n{err}",
+                file.display()
+            );
+            // One pass line per resource: nothing was skipped as unknown.
+            let passed = format!("{out}{err}")
+                .matches(" passed for resource ")
+                .count();
+            assert_eq!(passed, documents_of(&file).len(), "{out}\n{err}");
+        }
     }
     // The validator is not a rubber stamp: a misspelt field fails in strict mode.
     let dir = Scratch::new("deploy-validate").unwrap();
@@ -230,16 +282,30 @@ fn deploy_manifest_says_what_the_binary_accepts_and_grants_little() {
         );
     }
     // ... and the whole argument list parses, values included (clap checks every
-    // argument before it acts on the trailing --help).
-    let parsed = Command::new(stalltrace_bin())
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
+    // argument before it acts on the trailing --help), with the pod IP the kubelet
+    // puts in $(POD_IP) for an IPv4 pod and for an IPv6 pod.
+    let ip_vars = pod_ip_vars(c);
+    assert_eq!(
+        ip_vars.len(),
+        1,
+        "one variable from status.podIP: {ip_vars:?}"
+    );
+    for pod_ip in ["10.244.3.17", "fd00:10:244:3::17"] {
+        let vars = [(ip_vars[0].clone(), pod_ip.to_string())];
+        let parsed = Command::new(stalltrace_bin())
+            .args(expand(&args, &vars))
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            parsed.status.success(),
+            "{args:?} with {pod_ip}: {}",
+            String::from_utf8_lossy(&parsed.stderr)
+        );
+    }
     assert!(
-        parsed.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&parsed.stderr)
+        help.contains("an address alone (port 9910"),
+        "the help says what port an address alone takes:\n{help}"
     );
 
     // Privileges: host PID namespace, no host network, no privileged anywhere, only the
@@ -305,9 +371,19 @@ fn deploy_manifest_says_what_the_binary_accepts_and_grants_little() {
 
     // The metrics port: --listen, the container port, the scrape annotation and the
     // probes all name the same one.
+    // The pod IP only, not every interface of the pod.
     let listen = flag(&args, "--listen").expect("--listen");
-    let port: u64 = listen.rsplit(':').next().unwrap().parse().unwrap();
-    assert!(listen.starts_with("0.0.0.0:"), "reachable on the pod IP");
+    assert_eq!(
+        listen,
+        format!("$({})", ip_vars[0]),
+        "listens on the pod IP from the downward API"
+    );
+    let port = listen_port(
+        &expand(
+            &[listen.to_string()],
+            &[(ip_vars[0].clone(), "fd00::1".into())],
+        )[0],
+    );
     let ports = c["ports"].as_sequence().unwrap();
     let port_entry = ports
         .iter()
@@ -336,6 +412,64 @@ fn deploy_manifest_says_what_the_binary_accepts_and_grants_little() {
             assert!(!c["resources"][k][r].is_null(), "resources.{k}.{r}");
         }
     }
+}
+
+/// The NetworkPolicy selects the DaemonSet's pods in its namespace, admits only the
+/// scraper (a namespace AND a pod selector in one peer) to the metrics port, and denies
+/// all egress.
+#[test]
+fn deploy_network_policy_admits_only_the_scraper_to_the_metrics_port() {
+    let docs = documents();
+    let ds = daemonset(&docs);
+    let c = container(ds);
+    let pols = documents_of(&network_policy());
+    assert_eq!(pols.len(), 1);
+    let p = &pols[0];
+    assert_eq!(p["kind"], "NetworkPolicy");
+    assert_eq!(p["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    let labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
+    let sel = p["spec"]["podSelector"]["matchLabels"]
+        .as_mapping()
+        .unwrap();
+    assert!(!sel.is_empty());
+    for (k, v) in sel {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "the policy selects the agent's pods"
+        );
+    }
+    let types = strings(&p["spec"]["policyTypes"]);
+    assert_eq!(types, ["Ingress", "Egress"]);
+    assert_eq!(
+        p["spec"]["egress"].as_sequence().map(Vec::len),
+        Some(0),
+        "no egress"
+    );
+    let rules = p["spec"]["ingress"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 1, "one ingress rule");
+    let from = rules[0]["from"].as_sequence().unwrap();
+    assert_eq!(from.len(), 1, "one peer: namespace AND pod selector");
+    for key in ["namespaceSelector", "podSelector"] {
+        let m = from[0][key]["matchLabels"].as_mapping();
+        assert!(m.is_some_and(|m| !m.is_empty()), "{key} names the scraper");
+    }
+    let ports = rules[0]["ports"].as_sequence().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0]["protocol"], "TCP");
+    let metrics = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a port named metrics");
+    assert!(
+        ports[0]["port"] == metrics["name"] || ports[0]["port"] == metrics["containerPort"],
+        "the metrics port: {:?}",
+        ports[0]
+    );
 }
 
 /// The test's container and image: removed whatever happens.
@@ -444,10 +578,16 @@ fn deploy_image_serves_metrics_from_a_container() {
     let dumps = dir.join("dumps");
     std::fs::create_dir_all(&dumps).unwrap();
     let dump_dir = flag(&args, "--dump-dir").unwrap().to_string();
-    let listen_port = flag(&args, "--listen")
-        .and_then(|l| l.rsplit(':').next())
-        .unwrap()
-        .to_string();
+    let listen_port = listen_port(
+        &expand(
+            &[flag(&args, "--listen").unwrap().to_string()],
+            &pod_ip_vars(c)
+                .into_iter()
+                .map(|v| (v, "10.88.0.2".to_string()))
+                .collect::<Vec<_>>(),
+        )[0],
+    )
+    .to_string();
     let port = free_port();
 
     let mut run: Vec<String> = ["--runtime", "runc", "run", "--detach", "--name", &cname]
@@ -513,9 +653,25 @@ fn deploy_image_serves_metrics_from_a_container() {
         };
         run.push(format!("--volume={host}:{path}{ro}"));
     }
+    // The pod IP: an address of podman's default network, given to the container and
+    // put where the downward API would (the env variable and $(VAR) in args).
+    let pod_ip = format!(
+        "10.88.{}.{}",
+        200 + std::process::id() % 50,
+        2 + std::process::id() % 250
+    );
+    run.push(format!("--ip={pod_ip}"));
+    let vars: Vec<(String, String)> = pod_ip_vars(c)
+        .into_iter()
+        .map(|v| (v, pod_ip.clone()))
+        .collect();
+    assert!(!vars.is_empty(), "the manifest passes the pod IP");
+    for (k, v) in &vars {
+        run.push(format!("--env={k}={v}"));
+    }
     run.push(format!("--publish=127.0.0.1:{port}:{listen_port}"));
     run.push(tag.clone());
-    run.extend(args.iter().cloned());
+    run.extend(expand(&args, &vars));
     let netns_before = std::fs::read_dir("/run/netns")
         .map(|d| d.count())
         .unwrap_or(0);
@@ -607,12 +763,20 @@ fn deploy_image_serves_metrics_from_a_container() {
 
     // Its dumps land in the mounted directory, private, readable by the host's analyze.
     wait_until("an episode dump", Duration::from_secs(10), || {
-        std::fs::read_dir(&dumps).is_ok_and(|mut d| d.next().is_some())
+        std::fs::read_dir(&dumps).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        })
     });
+    // Finished dumps only: one being written has a hidden temporary name.
     let first = std::fs::read_dir(&dumps)
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("stalltrace-episode-"))
+        })
         .min()
         .unwrap();
     use std::os::unix::fs::PermissionsExt as _;

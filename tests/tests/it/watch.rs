@@ -190,12 +190,22 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
 
     // The flight recorder: one readable dump per episode, the pod named in it.
     wait_until("episode dumps", Duration::from_secs(5), || {
-        std::fs::read_dir(&dumps).is_ok_and(|d| d.count() >= 3)
+        std::fs::read_dir(&dumps).is_ok_and(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+                >= 3
+        })
     });
+    // Finished dumps only: one being written has a hidden temporary name.
     let first = std::fs::read_dir(&dumps)
         .unwrap()
         .flatten()
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("stalltrace-episode-"))
+        })
         .min()
         .unwrap();
     let rep = Command::new(stalltrace_bin())
