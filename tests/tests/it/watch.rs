@@ -197,7 +197,8 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
                 >= 3
         })
     });
-    // Finished dumps only: one being written has a hidden temporary name.
+    // Finished dumps only: one being written has a hidden temporary name. The latest:
+    // the lab's first burst can run before its hog is moved into the pod's cgroup.
     let first = std::fs::read_dir(&dumps)
         .unwrap()
         .flatten()
@@ -206,7 +207,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("stalltrace-episode-"))
         })
-        .min()
+        .max()
         .unwrap();
     let rep = Command::new(stalltrace_bin())
         .args(["analyze", "--format", "json"])
