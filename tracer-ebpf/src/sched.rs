@@ -138,6 +138,14 @@ fn forget_wake(pid: u32) {
     }
 }
 
+/// Whether `task`, switching out without being preempted, is still `TASK_RUNNING`:
+/// woken as it went to sleep (its wakeup landed before the switch), so it is not
+/// sleeping but waiting for the CPU from that wakeup. Unknown state: sleeping.
+#[inline(always)]
+fn still_runnable(task: *const u8) -> bool {
+    kread::<u32>(task, OFFSETS.load().task_state).is_some_and(|s| s == 0)
+}
+
 /// An RX thread going to sleep (a switch that is not a preemption): a wakeup recorded
 /// while it was still running is moot, and the backlog it drained is cleared, so the
 /// CPU's drain is over after its grace (another RX context still pending here, or a
@@ -262,7 +270,10 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 0xff != 0 {
         mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
-    } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
+    } else if (st.drain_of != 0 || rx_pending(cpu) != 0)
+        && is_rx_thread(ctx.arg(1))
+        && !still_runnable(ctx.arg(1))
+    {
         rx_thread_sleeps(st);
     }
     let rx_marked = rx_pending(cpu);
