@@ -2,24 +2,33 @@
 //! budget at a time, with short waits in between): its packets were delayed by the
 //! wait even when they are not processed right after it. A drain opens when a wait of
 //! at least `drain_window_ns` (the stall threshold) ends. Waits that begin while it is
-//! open join it until its RX context first runs out of work (the backlog is cleared: a
-//! later wait is a stall of its own). Packets join it until `drain_window_ns` after its
-//! latest wait, or `drain_grace_ns` after RX work last ran out: packets the device
-//! signals late (interrupts moderated, or emulated) were queued behind the stall too.
+//! open join it; once its RX context has run out of work (the backlog cleared), a long
+//! wait is a stall of its own and opens a new drain. Packets join it until
+//! `drain_window_ns` after its latest wait, or `drain_grace_ns` after RX work last ran
+//! out: packets the device signals late (interrupts moderated, or emulated) were queued
+//! behind the stall too.
 use crate::maps::{CpuState, CONFIG};
 
 /// The drain a wait from `start` to `end` belongs to (0: none), opening one for a long
-/// wait.
+/// wait. Until the backlog first clears, any wait joins and keeps the drain open; after
+/// that a short one (the RX thread preempted while it finishes the backlog) still
+/// belongs to it without keeping it open, and a long one opens a drain of its own.
 #[inline(always)]
 pub fn join(st: &mut CpuState, start: u64, end: u64) -> u64 {
     let c = CONFIG.load();
-    if st.drain_cleared == 0 && is_open(st, start) {
-        if end > st.drain_last_end {
-            st.drain_last_end = end;
+    let long = end.saturating_sub(start) >= c.drain_window_ns;
+    if is_open(st, start) {
+        if st.drain_cleared == 0 {
+            if end > st.drain_last_end {
+                st.drain_last_end = end;
+            }
+            return st.drain_of;
         }
-        return st.drain_of;
+        if !long {
+            return st.drain_of;
+        }
     }
-    if end.saturating_sub(start) < c.drain_window_ns {
+    if !long {
         st.drain_of = 0;
         return 0;
     }
