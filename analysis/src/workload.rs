@@ -159,6 +159,7 @@ mod tests {
                 Some(Deployment),
             ),
             ("ledger-7f9c8d5b6-x2k4p", "ledger", Some(Deployment)),
+            ("cart-7d9b5f7c8-x2k4p", "cart", Some(Deployment)),
             // A hash of digits only (all from the alphabet) is still a hash.
             ("web-9842756-zx7k2", "web", Some(Deployment)),
             // StatefulSets.
