@@ -277,7 +277,13 @@ impl Metrics {
         self.with(|s| s.workloads.series())
     }
 
-    /// The exposition text (Prometheus/OpenMetrics).
+    /// The exposition in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (curl, `promtool check metrics`, older scrapers).
+    pub fn encode_text(&self) -> Result<String, std::fmt::Error> {
+        Ok(openmetrics_to_text(&self.encode()?))
+    }
+
+    /// The exposition text (OpenMetrics 1.0).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut reg = Registry::default();
         reg.register_collector(Box::new(self.clone()));
@@ -342,6 +348,55 @@ impl Sink for Metrics {
         Metrics::episode(self, ep);
         Ok(())
     }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4 says it: a counter's family
+/// is named by its samples' name (`_total` included, which OpenMetrics leaves out of
+/// `# HELP`/`# TYPE`), `unknown` is `untyped`, and `# UNIT` and `# EOF` (which 0.0.4 does
+/// not have) go. Samples are the same in both for the types encoded here (counters
+/// without `_created`, gauges, histograms); families of other types lose their
+/// `# TYPE` and read as untyped.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let lines: Vec<&str> = om.lines().collect();
+    // Each family's name in 0.0.4, by its OpenMetrics name.
+    let mut renamed: HashMap<&str, String> = HashMap::new();
+    let mut kept_type: HashMap<&str, &str> = HashMap::new();
+    for l in &lines {
+        if let Some((name, ty)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            let (new, ty) = match ty {
+                "counter" if !name.ends_with("_total") => (format!("{name}_total"), Some(ty)),
+                "counter" | "gauge" | "histogram" | "summary" => (name.to_string(), Some(ty)),
+                "unknown" => (name.to_string(), Some("untyped")),
+                _ => (name.to_string(), None),
+            };
+            renamed.insert(name, new);
+            if let Some(ty) = ty {
+                kept_type.insert(name, ty);
+            }
+        }
+    }
+    for l in lines {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let new = renamed.get(name).map_or(name, String::as_str);
+            out.push_str(&format!("# HELP {new} {help}\n"));
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            if let (Some(new), Some(ty)) = (renamed.get(name), kept_type.get(name)) {
+                out.push_str(&format!("# TYPE {new} {ty}\n"));
+            }
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 /// Kernel log2 µs buckets as a Prometheus histogram: per-bucket counts at upper bounds
@@ -874,6 +929,56 @@ mod tests {
         }
         // 20 named + other
         assert_eq!(t.series(), 21);
+    }
+
+    /// The 0.0.4 text of a full exposition: counters' families named with `_total`,
+    /// no UNIT or EOF lines, every sample line as in OpenMetrics.
+    #[test]
+    fn text_format_names_counter_families_by_their_samples() {
+        let m = Metrics::new(3, "0.1.0");
+        m.with(|s| s.culprits.add(key(1), 1_500_000_000, 0));
+        let om = encoded(&m);
+        let text = match m.encode_text() {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        for want in [
+            "# HELP stalltrace_stall_episodes_total Stall episodes",
+            "# TYPE stalltrace_stall_episodes_total counter",
+            "# TYPE stalltrace_stall_delay_seconds_total counter",
+            "# TYPE stalltrace_rx_wait_seconds histogram",
+            "# TYPE stalltrace_process_resident_memory_bytes gauge",
+            "# TYPE stalltrace_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(want)),
+                "{want} in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            om.contains("# TYPE stalltrace_stall_episodes counter"),
+            "{om}"
+        );
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&om));
+    }
+
+    #[test]
+    fn text_format_maps_unknown_to_untyped_and_drops_types_it_lacks() {
+        let om = "# HELP a_info x\n# TYPE a_info info\na_info{v=\"1\"} 1\n# HELP b y\n# TYPE b unknown\nb 2\n# HELP c_total z\n# TYPE c_total counter\nc_total 3\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP a_info x\na_info{v=\"1\"} 1\n# HELP b y\n# TYPE b untyped\nb 2\n# HELP c_total z\n# TYPE c_total counter\nc_total 3\n"
+        );
     }
 
     #[test]

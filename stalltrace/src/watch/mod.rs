@@ -51,7 +51,8 @@ The endpoint answers GET only (bodies refused unread), heads up to 16 KiB receiv
 within 10 s, at most 64 connections and 16 from one address (the longest idle gives its
 place up), and runs on its own thread: no client holds up the recording.
 
-Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
+Metrics at /metrics (OpenMetrics when the Accept header asks for it, the text format
+0.0.4 otherwise); /healthz answers ok while the agent runs:
   stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
   stalltrace_stall_episodes_total{culprit_namespace,culprit_workload,culprit_workload_kind,
                                   culprit_pod,culprit_container,culprit_comm}
