@@ -16,7 +16,9 @@
 //! of the name. What the name cannot say: a DaemonSet's pod and a plain Job's look
 //! alike (both are reported as DaemonSet), a bare ReplicaSet's looks like a
 //! Deployment's, and a pod whose name matches none of the shapes (a static pod, one
-//! named by hand) is its own workload with no kind.
+//! named by hand, or one whose generated name the API server cut to 63 characters,
+//! which it does to a prefix over 58 before adding the suffix) is its own workload
+//! with no kind.
 
 /// The characters Kubernetes draws generated name parts from.
 const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
@@ -201,6 +203,13 @@ mod tests {
             ("my-app-redis", "my-app-redis", None),
             ("api-v1-abcde", "api-v1-abcde", None),
             ("zone-x2k4p1", "zone-x2k4p1", None),
+            // A long Deployment's pod: the prefix cut to 58 characters inside the hash,
+            // then the suffix (no dash before it).
+            (
+                "payments-reconciliation-worker-eu-west-1-primary-canary-7dx2k4p",
+                "payments-reconciliation-worker-eu-west-1-primary-canary-7dx2k4p",
+                None,
+            ),
             // A leading zero is no ordinal.
             ("shard-01", "shard-01", None),
             // Degenerate names.
