@@ -443,6 +443,29 @@ impl KernelConfig {
     }
 }
 
+/// Slots in each list of [`PathSyscalls`].
+pub const PATH_SYSCALL_SLOTS: usize = 8;
+
+/// The syscalls whose first or second argument is a path, which a sample taken inside
+/// one reads (numbers differ by architecture, so user space passes them in the
+/// `PATH_SYSCALLS` global). Unused slots hold `u32::MAX`. 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathSyscalls {
+    pub in_arg0: [u32; PATH_SYSCALL_SLOTS],
+    pub in_arg1: [u32; PATH_SYSCALL_SLOTS],
+}
+
+impl PathSyscalls {
+    /// No syscall: samples read no path.
+    pub const fn none() -> Self {
+        Self {
+            in_arg0: [u32::MAX; PATH_SYSCALL_SLOTS],
+            in_arg1: [u32::MAX; PATH_SYSCALL_SLOTS],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -453,6 +476,8 @@ mod user {
     unsafe impl aya::Pod for Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PathSyscalls {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Hist {}
 }
@@ -470,4 +495,5 @@ const _: () = {
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 88);
     assert!(core::mem::size_of::<KernelConfig>() == 56);
+    assert!(core::mem::size_of::<PathSyscalls>() == 64);
 };

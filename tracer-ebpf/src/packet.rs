@@ -149,8 +149,8 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
         if ihl < 20 {
             return;
         }
-        // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
         l4 = if l4_known.is_null() {
+            // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
             unsafe { l3.add(ihl) }
         } else {
             l4_known
@@ -164,8 +164,8 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
                 return;
             }
         }
-        // SAFETY: as above.
         l4 = if l4_known.is_null() {
+            // SAFETY: pointer arithmetic only, as above.
             unsafe { l3.add(40) }
         } else {
             l4_known
