@@ -12,6 +12,7 @@
 #![no_main]
 
 mod drain;
+mod header;
 mod maps;
 mod packet;
 mod sampler;

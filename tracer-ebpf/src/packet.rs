@@ -1,22 +1,20 @@
 //! Probe packets on arrival: `tracepoint:net:netif_receive_skb` (every kernel; sees
-//! echo requests and replies, IPv4 and IPv6, TCP) and `kprobe:icmp_echo` (the seed's
+//! echo requests and replies, IPv4 and IPv6, TCP) and `kprobe:icmp_echo` (the 2019 GitHub incident's
 //! hook; IPv4 echo requests only). Unrelated packets cost a few reads and no record.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
 use tracer_common::{
-    EventKind, Filter, PacketEvent, COMM_LEN, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, TCP_RST, TCP_SYN,
+    EventKind, Filter, PacketEvent, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_TCP, TCP_RST, TCP_SYN,
 };
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{
     count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
-    OFFSETS, SCRATCH,
+    OFFSETS, PACKET_SCRATCH,
 };
 use crate::sched::is_rx_thread_name;
 
@@ -130,7 +128,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     }
     // Addresses go straight into this CPU's scratch record (a map value, not stack: the
     // BPF stack is 512 bytes for all calls, and 6.1's verifier counts it strictly).
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    let Some(ev) = PACKET_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
@@ -224,13 +222,12 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     ev.seq = seq;
     ev.tcp_seq = tcp_seq;
     let pt = bpf_get_current_pid_tgid();
-    ev.header.kind = EventKind::Packet as u32;
-    // SAFETY: helper with no arguments.
-    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.header.ts_ns = now();
-    ev.header.pid = pt as u32;
-    ev.header.tgid = (pt >> 32) as u32;
-    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    fill_header(
+        &mut ev.header,
+        EventKind::Packet,
+        now(),
+        Subject::current(pt),
+    );
     ev.hook = hook;
     ev._pad0 = [0; 2];
     // The RX run a packet belongs to: for an RX thread (ksoftirqd, napi/…), its run since

@@ -9,8 +9,8 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::{map, perf_event},
@@ -18,21 +18,19 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, PerfEventContext},
 };
 use tracer_common::{
-    EventKind, SampleEvent, COMM_LEN, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL,
+    EventKind, SampleEvent, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL,
     MODE_USER, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
 };
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{
-    count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS, PF_KTHREAD,
+    count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS,
+    PATH_SYSCALLS, PF_KTHREAD,
 };
 
 /// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
-
-/// x86_64 syscall numbers whose first (di) or second (si) argument is a path.
-const PATH_IN_ARG0: [i64; 5] = [2, 4, 6, 21, 89]; // open stat lstat access readlink
-const PATH_IN_ARG1: [i64; 6] = [257, 262, 267, 269, 332, 437]; // openat newfstatat readlinkat faccessat statx openat2
 
 /// The saved user registers of a task in the kernel: (mode, nr, arg0, arg1).
 #[inline(always)]
@@ -116,24 +114,30 @@ fn sample(ctx: &PerfEventContext, regs_of_current: impl FnOnce() -> *const u8) -
     };
     // SAFETY: reserved, exclusively owned slot; every field is written before submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header.kind = EventKind::Sample as u32;
-    ev.header.cpu = cpu;
-    ev.header.ts_ns = now();
-    ev.header.pid = pid;
-    ev.header.tgid = (pt >> 32) as u32;
-    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    fill_header(
+        &mut ev.header,
+        EventKind::Sample,
+        now(),
+        Subject::current(pt),
+    );
     ev.wait_start_ns = start;
     ev.pending = pending;
     ev.mode = mode;
     ev.nr = nr;
     ev.arg0 = arg0;
     ev.path[0] = 0;
-    let path_arg = if PATH_IN_ARG0.contains(&nr) {
-        arg0
-    } else if PATH_IN_ARG1.contains(&nr) {
-        arg1
-    } else {
+    let path_arg = if nr < 0 {
         0
+    } else {
+        let paths = PATH_SYSCALLS.load();
+        let nr = nr as u32;
+        if paths.in_arg0.contains(&nr) {
+            arg0
+        } else if paths.in_arg1.contains(&nr) {
+            arg1
+        } else {
+            0
+        }
     };
     if path_arg != 0 {
         // SAFETY: a user pointer read with the fault-safe helper; a page not resident

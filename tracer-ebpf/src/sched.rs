@@ -12,10 +12,11 @@ use tracer_common::{
     VEC_THREAD,
 };
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{
     clear_rx_pending, count_insert_failure, count_lost, cpu_state, current_policy, current_task,
     hist_add, is_kthread, kread, mark_rx_pending, now, rx_pending, unmark_rx_pending, CpuState,
-    RxWake, CONFIG, EVENTS, OFFSETS, PARKED, RX_WAKE, SEGS, SEG_MASK, STALE_PENDING_NS,
+    RxWake, CONFIG, EVENTS, OFFSETS, PARKED_SYSCALLS, RX_WAKE, SEGS, SEG_MASK, STALE_PENDING_NS,
 };
 
 /// ksoftirqd/N, napi/<dev>-<id> (threaded NAPI), backlog_napi/N: the names of the
@@ -230,15 +231,15 @@ fn park_syscalls(st: &mut CpuState, next_pid: u32, ts: u64) {
     if st.sys.valid != 0 && st.sys.pid == prev_pid {
         let mut parked = st.sys;
         parked.parked_at = ts;
-        if PARKED.insert(prev_pid, parked, 0).is_err() {
+        if PARKED_SYSCALLS.insert(prev_pid, parked, 0).is_err() {
             count_insert_failure(LOST_PARKED);
         }
     }
     st.sys.valid = 0;
-    if let Some(p) = PARKED.get_ptr(next_pid) {
+    if let Some(p) = PARKED_SYSCALLS.get_ptr(next_pid) {
         // SAFETY: pointer from a map lookup, valid for this program run.
         let mut sys = unsafe { *p };
-        let _ = PARKED.remove(next_pid);
+        let _ = PARKED_SYSCALLS.remove(next_pid);
         sys.off_cpu += ts.saturating_sub(sys.parked_at);
         st.sys = sys;
     }
@@ -337,9 +338,11 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
                     start: w.ts,
                     end: ts,
                     run_ns: 0,
-                    pid: next_pid,
-                    tgid: next_pid,
-                    comm: next_comm,
+                    who: Subject {
+                        pid: next_pid,
+                        tgid: next_pid,
+                        comm: next_comm,
+                    },
                     waker_pid: w.waker_pid,
                     waker_comm: w.waker_comm,
                     include_current: false,
@@ -395,9 +398,7 @@ pub struct WaitSpec {
     /// How long the RX work then ran (softirq waits).
     pub run_ns: u64,
     /// The context that ran the RX work.
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: [u8; COMM_LEN],
+    pub who: Subject,
     /// Who raised the softirq or woke the thread.
     pub waker_pid: u32,
     pub waker_comm: [u8; COMM_LEN],
@@ -420,13 +421,7 @@ pub fn emit_wait(st: &mut CpuState, w: &WaitSpec) {
     // SAFETY: `entry` is a reserved, exclusively owned ring-buffer slot of the right
     // size; every field is written below before submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header.kind = kind as u32;
-    // SAFETY: helper with no arguments.
-    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.header.ts_ns = end;
-    ev.header.pid = w.pid;
-    ev.header.tgid = w.tgid;
-    ev.header.comm = w.comm;
+    fill_header(&mut ev.header, kind, end, w.who);
     ev.wait_start_ns = start;
     ev.vec = w.vec;
     ev.waker_pid = w.waker_pid;

@@ -13,8 +13,8 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    EventKind, Filter, Hist, KernelConfig, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD,
-    HIST_TIMER, LOST_PARKED, LOST_RX_WAKE, LOST_SLOTS, STACK_MAP_ENTRIES,
+    EventKind, Filter, Hist, KernelConfig, Offsets, PathSyscalls, HIST_NET_RX, HIST_NET_TX,
+    HIST_RX_THREAD, HIST_TIMER, LOST_PARKED, LOST_RX_WAKE, LOST_SLOTS, STACK_MAP_ENTRIES,
 };
 
 use stalltrace_analysis::dump::{CpuHist, Lost};
@@ -210,6 +210,38 @@ pub struct Tracer {
     pub loaded: Vec<&'static str>,
 }
 
+/// This architecture's syscalls with a path in their first or second argument: a
+/// sample taken inside one reads the path.
+fn path_syscalls() -> PathSyscalls {
+    let mut p = PathSyscalls::none();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use syscalls::Sysno;
+        let arg0 = [
+            Sysno::open,
+            Sysno::stat,
+            Sysno::lstat,
+            Sysno::access,
+            Sysno::readlink,
+        ];
+        let arg1 = [
+            Sysno::openat,
+            Sysno::newfstatat,
+            Sysno::readlinkat,
+            Sysno::faccessat,
+            Sysno::statx,
+            Sysno::openat2,
+        ];
+        for (slot, nr) in p.in_arg0.iter_mut().zip(arg0) {
+            *slot = nr as u32;
+        }
+        for (slot, nr) in p.in_arg1.iter_mut().zip(arg1) {
+            *slot = nr as u32;
+        }
+    }
+    p
+}
+
 impl Tracer {
     /// Loads the object and every program a recording may use through the verifier,
     /// without attaching: the kprobe too (so its verdict is known where kprobes exist
@@ -222,6 +254,7 @@ impl Tracer {
             .override_global("FILTER", &opts.filter, true)
             .override_global("OFFSETS", &opts.offsets, true)
             .override_global("CONFIG", &opts.config, true)
+            .override_global("PATH_SYSCALLS", &path_syscalls(), true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
@@ -603,5 +636,18 @@ fn verifier_msg(e: &aya::programs::ProgramError) -> String {
         )
     } else {
         full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The numbers the sampler gets are x86_64's, as arch/x86/entry/syscalls/syscall_64.tbl
+    /// lists them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn path_syscalls_are_x86_64_numbers() {
+        let p = super::path_syscalls();
+        assert_eq!(p.in_arg0[..6], [2, 4, 6, 21, 89, u32::MAX]);
+        assert_eq!(p.in_arg1[..7], [257, 262, 267, 269, 332, 437, u32::MAX]);
     }
 }
