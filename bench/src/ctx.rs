@@ -46,7 +46,7 @@ impl Mode {
             Mode::None => "no tracer",
             Mode::Default => "stalltrace record, default mode (--peer of the probe namespace: the flood does not match)",
             Mode::Every => "stalltrace record, every ICMP echo (no filter; the same job as bpftrace)",
-            Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the seed's job)",
+            Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the 2019 GitHub incident's job)",
             Mode::Stacks => "stalltrace record --stacks, default-mode filter",
             Mode::Syscalls => "stalltrace record --syscalls, default-mode filter",
             Mode::Runqslower => "bpftrace bench/runqslower.bt (wakeup/switch hooks, hash map)",

@@ -1,5 +1,5 @@
 //! What stalltrace's tests, benchmarks and lab share:
-//! - [`records`]: builders for dump records, [`seed`]: the seed incident as a
+//! - [`records`]: builders for dump records, [`seed`]: the 2019 GitHub incident incident as a
 //!   recording, [`benchdump`]: large generated dumps;
 //! - [`netns`]: network namespaces joined by veth pairs, [`child`]: child processes,
 //!   [`scratch`]: private directories, all removed when their guard drops;

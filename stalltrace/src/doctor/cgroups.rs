@@ -1,9 +1,9 @@
 //! Memory cgroups, live and dying. A removed memory cgroup stays "dying" while pages
 //! charged to it (page cache, dentries, inodes) remain; the kernel still walks it. The
-//! seed's node had enough of them that one read of memory.stat took 150 ms.
+//! 2019 GitHub incident's node had enough of them that one read of memory.stat took 150 ms.
 //!
 //! v1: /proc/cgroups counts every memory cgroup, dying ones included, while the
-//! directory tree shows only live ones: the difference is the dying count (the seed's own
+//! directory tree shows only live ones: the difference is the dying count (the 2019 GitHub incident's own
 //! method). v2: `cgroup.stat` says it (`nr_dying_subsys_memory` from 6.11, else
 //! `nr_dying_descendants`, which counts dying cgroups of any controller).
 use std::{
@@ -22,7 +22,7 @@ use super::{
 /// More dying memory cgroups than this: warn. Each one is walked by whoever reads stats
 /// or reclaims on its ancestors (see [`why_dying_matter`]).
 pub const DYING_WARN: u64 = 1_000;
-/// More than this: bad. The seed's nodes had tens of thousands; a983b5ebee57 (4.16)
+/// More than this: bad. The 2019 GitHub incident's nodes had tens of thousands; a983b5ebee57 (4.16)
 /// quotes 14 s memory.stat reads with "tens of thousands of ghost cgroups".
 pub const DYING_BAD: u64 = 10_000;
 
@@ -320,7 +320,7 @@ pub fn census(roots: &Roots, budget: Budget) -> (Census, Dirs) {
 /// Why dying memory cgroups cost something, with the kernel versions that changed it.
 pub fn why_dying_matter() -> &'static str {
     "each dying memory cgroup keeps its per-CPU counters and LRU lists until its last page \
-     is freed; before 5.2 every memory.stat read walks all of them (the seed's 4.9 node: \
+     is freed; before 5.2 every memory.stat read walks all of them (the 2019 GitHub incident's 4.9 node: \
      100+ ms per read), and on newer kernels reclaim still iterates them and stat flushes \
      include those with pending updates"
 }
@@ -429,7 +429,7 @@ pub fn check(c: &Census, kernel: &KernelFacts) -> Check {
     check.todo(
         "find what creates and removes short-lived cgroups that leave page cache behind \
          (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` \
-         frees the pages that pin them (the seed's workaround; cached files are re-read), and \
+         frees the pages that pin them (the 2019 GitHub incident's workaround; cached files are re-read), and \
          then watch this count; kernels from 5.2 stop walking them on every memory.stat \
          read",
     )

@@ -1,6 +1,6 @@
 //! What one read of memory.stat costs here: a few timed reads at the hierarchy root and
 //! at the largest subtrees, and a pass over every memory.stat like cadvisor's, each
-//! bounded in time. The read runs in the kernel on the reader's CPU; on the seed's node
+//! bounded in time. The read runs in the kernel on the reader's CPU; on the 2019 GitHub incident's node
 //! it took 150 ms and the RX work queued behind it on that CPU waited as long.
 use std::{
     io::Read as _,
@@ -21,7 +21,7 @@ use super::{
 /// A single read slower than this: warn. Packets queued behind it on that CPU wait as
 /// long, which p99.9 latency already shows.
 pub const READ_WARN_NS: u64 = 5_000_000;
-/// Slower than this: bad, half of what the seed saw (100+ ms stalls, 150 ms reads).
+/// Slower than this: bad, half of what the 2019 GitHub incident saw (100+ ms stalls, 150 ms reads).
 pub const READ_BAD_NS: u64 = 50_000_000;
 /// A full pass over every memory.stat longer than this: warn (cadvisor makes one per
 /// housekeeping interval, all of it CPU time in the kernel).
@@ -287,7 +287,7 @@ pub fn check(cost: &StatCost, census: &Census, kernel: &KernelFacts) -> Check {
     details.push(format!(
         "thresholds: a read over {} warns, over {} is bad, a full pass over {} warns: the read \
          runs in the kernel on the reader's CPU, and RX work waiting for that CPU (ksoftirqd, \
-         a napi thread) can wait as long; the seed saw 150 ms reads and 100+ ms stalls",
+         a napi thread) can wait as long; the 2019 GitHub incident saw 150 ms reads and 100+ ms stalls",
         dur(READ_WARN_NS),
         dur(READ_BAD_NS),
         dur(PASS_WARN_NS)

@@ -3,7 +3,7 @@
 //! reason; `features`, `record --dry-run`, the recorder's stderr and the dump header
 //! (`packet_hook`, `options.packet_hook_reason`) say both.
 //!
-//! `kprobe:icmp_echo` (the seed's hook) runs only for the IPv4 echo requests this host
+//! `kprobe:icmp_echo` (the 2019 GitHub incident's hook) runs only for the IPv4 echo requests this host
 //! answers, so other packets cost nothing, but it never sees echo replies, ICMPv6 or
 //! TCP. `tracepoint:net:netif_receive_skb` sees every packet received.
 //!
@@ -113,7 +113,7 @@ impl Unseen {
     }
 
     /// What `--attach kprobe` may still do without: all of a run without `--peer`
-    /// (the user asked for the seed's hook and gets IPv4 echo requests from anyone).
+    /// (the user asked for the 2019 GitHub incident's hook and gets IPv4 echo requests from anyone).
     fn refuses_kprobe(&self) -> bool {
         !matches!(self, Unseen::EveryEcho)
     }

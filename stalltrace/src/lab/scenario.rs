@@ -62,11 +62,11 @@ pub enum ScenarioName {
     RtHog,
     /// A SCHED_FIFO reader sits inside long read()s.
     SlowSyscall,
-    /// The seed's case: NET_RX deferred to a starved ksoftirqd (kernels before 6.5).
+    /// The 2019 GitHub incident's case: NET_RX deferred to a starved ksoftirqd (kernels before 6.5).
     Ksoftirqd,
     /// A SCHED_FIFO poller in many short syscalls: open, read, close of a /proc file.
     ShortSyscalls,
-    /// The seed's culprit: dying memory cgroups and a walker reading memory.stat.
+    /// The 2019 GitHub incident's culprit: dying memory cgroups and a walker reading memory.stat.
     MemcgStat,
 }
 

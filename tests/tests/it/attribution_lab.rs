@@ -1,5 +1,5 @@
-//! Attribution against a real kernel, through `stalltrace lab` (issue 3's namespace
-//! lab and issue 6's end-to-end bed): threaded NAPI pinned to a CPU, a planted
+//! Attribution against a real kernel, through `stalltrace lab` (its namespace lab,
+//! end to end): threaded NAPI pinned to a CPU, a planted
 //! SCHED_FIFO culprit on that CPU, and the dump checked for who was blamed.
 use std::process::Command;
 

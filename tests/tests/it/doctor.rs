@@ -24,7 +24,7 @@ fn own_memcg() -> Option<PathBuf> {
 }
 
 /// The kernel's count of memory cgroups (/proc/cgroups) minus the directories of the
-/// hierarchy: the dying ones, the seed's own method.
+/// hierarchy: the dying ones, the 2019 GitHub incident's own method.
 fn kernel_dying() -> u64 {
     let total: u64 = std::fs::read_to_string("/proc/cgroups")
         .unwrap()

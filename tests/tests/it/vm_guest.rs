@@ -247,7 +247,7 @@ fn assert_clean(ctx: &str) {
     );
 }
 
-/// The seed's case on a kernel that has it (before 6.5): the `ksoftirqd` lab scenario
+/// The 2019 GitHub incident's case on a kernel that has it (before 6.5): the `ksoftirqd` lab scenario
 /// blames the planted culprit three runs out of three, with `ksoftirqd/N` as the RX
 /// context of its long waits. From 6.5 on the lab must say it reproduced no stall.
 #[test]
