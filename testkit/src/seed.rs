@@ -1,4 +1,4 @@
-//! A recording modelled on the 2019 GitHub incident incident (`network-stalls-on-kubernetes.txt`):
+//! A recording modelled on the 2019 GitHub incident:
 //! hping3 pings every 10 ms, ICMP hashed to CPU 11; cadvisor (tgid 10137, pid 10436)
 //! sits ~100 ms inside `read()` of memory.stat, processing 1951–1952 in its own
 //! softirq, then ksoftirqd/11 waits ~99 ms for the CPU and processes 1953–1962 in one

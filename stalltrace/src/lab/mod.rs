@@ -3,11 +3,13 @@
 //! recording, and checks that the tool blames the planted task. Every change is written
 //! to a journal first ([`journal`]), so what a killed lab leaves is undone by
 //! `stalltrace lab --cleanup` or by the next lab.
+pub mod child;
 pub mod flood;
 pub mod hog;
 pub mod journal;
 pub mod ksoftirqd;
 pub mod memcg;
+pub mod netns;
 pub mod scenario;
 pub mod tied;
 pub mod verdict;
@@ -24,14 +26,12 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use stalltrace_analysis::units::{duration_in, SEC};
-use stalltrace_testkit::{
-    child::ChildGuard,
-    netns::{link_exists, namespace_exists, Netns, NetnsError},
-};
 
 use self::{
+    child::ChildGuard,
     hog::{Hog, HogArgs},
     journal::Journal,
+    netns::{link_exists, namespace_exists, Netns, NetnsError},
     scenario::{Lab, Scenario, ScenarioName},
 };
 use crate::{

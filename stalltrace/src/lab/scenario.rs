@@ -5,9 +5,8 @@
 use std::{path::Path, time::Duration};
 
 use stalltrace_analysis::correlate::Report;
-use stalltrace_testkit::netns::Netns;
 
-use super::{hog::HogArgs, journal::Journal, ksoftirqd::Ksoftirqd};
+use super::{hog::HogArgs, journal::Journal, ksoftirqd::Ksoftirqd, netns::Netns};
 
 /// What a scenario works with: the lab's namespace, its journal, its private directory.
 pub struct Lab<'a> {

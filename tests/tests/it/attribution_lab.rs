@@ -696,7 +696,7 @@ fn a_multithreaded_culprit_is_named_by_process_and_thread() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+    let mut lab = stalltrace::lab::child::ChildGuard::new(child);
     let t0 = std::time::Instant::now();
     let (pid, tid) = loop {
         let found = integration_tests::find_thread("mt-daemon").and_then(|pid| {

@@ -9,7 +9,8 @@ use std::{
 
 use integration_tests::{require, require_root, stalltrace_bin, Netns};
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 /// This process's memory cgroup directory (v1 `memory` line).
 fn own_memcg() -> Option<PathBuf> {

@@ -73,7 +73,7 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+            let mut lab = stalltrace::lab::child::ChildGuard::new(child);
             let t0 = Instant::now();
             let planted = loop {
                 if let Some(pid) = find_thread(&name) {
@@ -348,7 +348,7 @@ fn a_lab_killed_at_any_phase_is_undone_by_cleanup() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut child = stalltrace_testkit::child::ChildGuard::new(child);
+        let mut child = stalltrace::lab::child::ChildGuard::new(child);
         let t0 = Instant::now();
         while !reached(&journal()) {
             assert!(child.running(), "{ctx}: the lab ended before the phase");

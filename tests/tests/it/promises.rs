@@ -23,7 +23,8 @@ use integration_tests::{
     Recorder,
 };
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 // ---------------------------------------------------------------------------------
 // Helpers

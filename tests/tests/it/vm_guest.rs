@@ -561,7 +561,7 @@ fn every_lab_scenario_blames_its_planted_culprit_on_this_kernel() {
 /// `stalltrace record ARGS -o DUMP` started in a guest, where a debug build under
 /// emulation takes many seconds to load: waits (120 s at most) for its header. Stopped
 /// with SIGINT (its footer written) by `stop`, killed if the test panics first.
-struct GuestRecorder(stalltrace_testkit::child::ChildGuard);
+struct GuestRecorder(stalltrace::lab::child::ChildGuard);
 
 impl GuestRecorder {
     fn start(args: &[&str], dump: &Path) -> Self {
@@ -574,7 +574,7 @@ impl GuestRecorder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning stalltrace record");
-        let mut g = stalltrace_testkit::child::ChildGuard::new(child);
+        let mut g = stalltrace::lab::child::ChildGuard::new(child);
         let t0 = Instant::now();
         while !std::fs::read_to_string(dump)
             .map(|s| s.contains("\"type\":\"header\""))

@@ -16,7 +16,8 @@ use integration_tests::{
     free_port, http_get, our_bpf_programs, require_root, stalltrace_bin, wait_until, PodCgroup,
 };
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 const NS: &str = "payments";
 const POD: &str = "ledger-7f9c8d-x2k4p";
