@@ -26,6 +26,7 @@ pub mod enrich;
 pub mod events;
 pub mod exit;
 pub mod features;
+pub mod host;
 pub mod identity;
 pub mod kernel;
 pub mod lab;

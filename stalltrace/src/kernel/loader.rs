@@ -615,7 +615,7 @@ pub const MIN_KERNEL: (u32, u32) = (5, 8);
 /// What to say when the object does not load on a kernel older than [`MIN_KERNEL`].
 fn too_old_hint() -> String {
     let release = crate::sys::kernel_release();
-    if crate::lab::ksoftirqd::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
+    if crate::host::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
         return String::new();
     }
     format!(

@@ -34,6 +34,7 @@ use super::{
     journal::Journal,
     scenario::{Lab, Load, Scenario},
 };
+use crate::host::{kernel_at_least, preempt_rt};
 
 /// Waits at least this long count as the stall the scenario is after.
 const STALL_NS: u64 = 50_000_000;
@@ -259,35 +260,4 @@ pub fn not_reproduced(dump: &Path) -> anyhow::Result<Option<String>> {
     Ok(Some(format!(
         "no stall reproduced on this kernel (Linux {kernel}): {why}{starved}"
     )))
-}
-
-/// A PREEMPT_RT kernel (`/sys/kernel/realtime`, present on those only): softirqs
-/// raised in hard-irq context always go to ksoftirqd there.
-pub fn preempt_rt() -> bool {
-    std::fs::read_to_string("/sys/kernel/realtime").is_ok_and(|s| s.trim() == "1")
-}
-
-/// Whether a `uname -r` string is at least `major.minor`.
-pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut it = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    let ma = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-    let mi = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-    (ma, mi) >= (major, minor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_at_least;
-
-    #[test]
-    fn kernel_versions_compare() {
-        assert!(!kernel_at_least("6.1.0-56-amd64", 6, 5));
-        assert!(!kernel_at_least("5.15.0", 6, 5));
-        assert!(kernel_at_least("6.5.0", 6, 5));
-        assert!(kernel_at_least("6.12.117+deb12-amd64", 6, 5));
-        assert!(kernel_at_least("6.18.0", 6, 5));
-        assert!(!kernel_at_least("garbage", 6, 5));
-    }
 }

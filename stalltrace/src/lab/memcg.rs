@@ -267,7 +267,7 @@ impl Scenario for MemcgStat {
                 human_ns(max)
             );
         }
-        let how = super::scenario::threaded_napi(lab)?;
+        let how = super::napi::threaded_napi(lab)?;
         Ok(how)
     }
 

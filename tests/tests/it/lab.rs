@@ -134,7 +134,7 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
 /// as a must-pass by the qemu matrix instead (`cargo xtask vmtest`, tests/vm_guest.rs).
 fn ksoftirqd_cannot_stall_here() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if !stalltrace::lab::ksoftirqd::kernel_at_least(release.trim(), 6, 5) {
+    if !stalltrace::host::kernel_at_least(release.trim(), 6, 5) {
         return false;
     }
     let dump = std::env::temp_dir().join(format!(
