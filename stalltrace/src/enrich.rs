@@ -22,48 +22,8 @@ use stalltrace_analysis::dump::{
 use crate::{
     events::{comm_str, RawEvent},
     samples::Sampler,
+    syscall::{fd_path, syscall_name, takes_fd},
 };
-
-/// Syscalls whose first argument is a file descriptor (x86_64 names).
-const FD_SYSCALLS: &[&str] = &[
-    "read",
-    "write",
-    "pread64",
-    "pwrite64",
-    "readv",
-    "writev",
-    "preadv",
-    "pwritev",
-    "preadv2",
-    "pwritev2",
-    "ioctl",
-    "fstat",
-    "newfstatat",
-    "lseek",
-    "getdents64",
-    "fsync",
-    "fdatasync",
-    "sendmsg",
-    "recvmsg",
-    "sendto",
-    "recvfrom",
-    "splice",
-    "copy_file_range",
-    "fallocate",
-    "ftruncate",
-    "flock",
-    "fcntl",
-    "close",
-    "sendfile",
-];
-
-pub fn syscall_name(nr: i64) -> String {
-    usize::try_from(nr)
-        .ok()
-        .and_then(syscalls::Sysno::new)
-        .map(|s| s.name().to_string())
-        .unwrap_or_else(|| format!("syscall_{nr}"))
-}
 
 pub fn policy_name(p: u32) -> &'static str {
     match p {
@@ -385,21 +345,6 @@ fn scan_cgroups(dir: &Path, rel: &str, depth: u32, out: &mut HashMap<u64, String
             scan_cgroups(&e.path(), &format!("{rel}/{name}"), depth + 1, out);
         }
     }
-}
-
-/// Whether the syscall's first argument is a file descriptor.
-pub fn takes_fd(name: &str) -> bool {
-    FD_SYSCALLS.contains(&name)
-}
-
-/// The file behind a syscall's fd argument, from /proc while the task lives.
-pub fn fd_path(pid: u32, name: &str, arg0: u64) -> Option<String> {
-    if !takes_fd(name) || arg0 > i32::MAX as u64 {
-        return None;
-    }
-    fs::read_link(format!("/proc/{pid}/fd/{arg0}"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
 }
 
 fn addr(family: u8, a: &[u8; 16]) -> String {

@@ -35,4 +35,5 @@ pub mod record;
 pub mod samples;
 pub mod stacks;
 pub mod sys;
+pub mod syscall;
 pub mod watch;

@@ -19,9 +19,9 @@ use tracer_common::{
 };
 
 use crate::{
-    enrich::{fd_path, syscall_name},
     events::comm_str,
-    stacks::StackCollector,
+    stacks::{SampleStacks, StackCollector},
+    syscall::{fd_path, syscall_name, takes_fd},
 };
 
 /// Samples kept per CPU, and for how long (boot ns) behind the newest: a wait longer
@@ -123,7 +123,7 @@ impl Files {
                 self.fds.insert(key, p.clone());
                 Some(p)
             }
-            None if crate::enrich::takes_fd(name) => self
+            None if takes_fd(name) => self
                 .last_opened
                 .get(&ev.header.tgid)
                 .or_else(|| self.fds.get(&key))
@@ -256,8 +256,15 @@ impl Sampler {
             }
             h.activity = Some(Activity::from_samples(samples.iter().map(Sample::doing)));
             if let Some(st) = self.stacks.as_mut() {
-                let refs: Vec<&Sample> = samples.iter().collect();
-                h.stacks = st.holder_stacks(&refs);
+                let ids: Vec<SampleStacks> = samples
+                    .iter()
+                    .map(|s| SampleStacks {
+                        tgid: s.tgid,
+                        kid: s.kid,
+                        uid: s.uid,
+                    })
+                    .collect();
+                h.stacks = st.holder_stacks(&ids);
                 st.set_attributed(self.stats.attributed);
             }
         }

@@ -13,11 +13,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use stalltrace_analysis::dump::{CgroupFacts, CgroupHierarchy};
+use stalltrace_analysis::dump::CgroupHierarchy;
 
-use super::{
-    count, kernel::KernelFacts, memstat::StatCost, read_text, Budget, Check, Roots, Status,
-};
+use super::{count, kernel::KernelFacts, read_text, Budget, Check, Roots, Status};
 
 /// More dying memory cgroups than this: warn. Each one is walked by whoever reads stats
 /// or reclaims on its ancestors (see [`why_dying_matter`]).
@@ -435,27 +433,6 @@ pub fn check(c: &Census, kernel: &KernelFacts) -> Check {
     )
 }
 
-/// The small summary `record` stores in its dump header.
-pub fn facts(c: &Census, cost: &StatCost, measured_at: String) -> CgroupFacts {
-    let root_sample = cost.samples.first().filter(|s| s.path.is_empty());
-    let mut notes = c.notes.clone();
-    if root_sample.is_none() {
-        notes.push("the hierarchy root's memory.stat was not timed".into());
-    }
-    CgroupFacts {
-        hierarchy: c.hierarchy,
-        memcg_live: c.live,
-        memcg_dying: c.dying,
-        kubepods_live: c.kubepods.as_ref().map(|k| k.cgroups),
-        kubepods_dying: c.kubepods.as_ref().and_then(|k| k.dying),
-        root_stat_read_median_ns: root_sample.and_then(|s| s.median_ns),
-        root_stat_read_max_ns: root_sample.and_then(|s| s.max_ns),
-        root_stat_reads: root_sample.map(|s| s.reads).unwrap_or(0),
-        measured_at,
-        notes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -638,7 +615,11 @@ mod tests {
         let (c, _) = census(&t.roots(), budget());
         assert_eq!((c.live, c.dying), (Some(11), Some(40)));
         assert_eq!(check(&c, &KernelFacts::default()).status, Status::Ok);
-        let f = facts(&c, &StatCost::default(), "now".into());
+        let f = crate::doctor::memstat::facts(
+            &c,
+            &crate::doctor::memstat::StatCost::default(),
+            "now".into(),
+        );
         assert_eq!(f.memcg_dying, Some(40));
         assert_eq!(f.kubepods_live, Some(9));
         assert_eq!(f.kubepods_dying, Some(14_000));

@@ -230,10 +230,7 @@ pub fn read(roots: &Roots) -> KernelFacts {
 /// What `record --attach auto` decides on this kernel: by default (no `--peer`), and
 /// for an IPv4 `--peer` alone when that differs.
 fn packet_path(kprobes: &Result<(), String>) -> String {
-    use crate::kernel::{
-        loader::AttachMode,
-        packet_path::{decide, Needs},
-    };
+    use crate::kernel::packet_path::{decide, AttachMode, Needs};
     let hook = |peer| {
         let needs = Needs {
             probe: false,

@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use stalltrace_analysis::dump::CgroupFacts;
 
 use super::{
     budget,
@@ -313,6 +314,28 @@ pub fn check(cost: &StatCost, census: &Census, kernel: &KernelFacts) -> Check {
     )
 }
 
+/// The small summary `record` stores in its dump header.
+/// (The cgroup census and the cost of reading memory.stat, together.)
+pub fn facts(c: &Census, cost: &StatCost, measured_at: String) -> CgroupFacts {
+    let root_sample = cost.samples.first().filter(|s| s.path.is_empty());
+    let mut notes = c.notes.clone();
+    if root_sample.is_none() {
+        notes.push("the hierarchy root's memory.stat was not timed".into());
+    }
+    CgroupFacts {
+        hierarchy: c.hierarchy,
+        memcg_live: c.live,
+        memcg_dying: c.dying,
+        kubepods_live: c.kubepods.as_ref().map(|k| k.cgroups),
+        kubepods_dying: c.kubepods.as_ref().and_then(|k| k.dying),
+        root_stat_read_median_ns: root_sample.and_then(|s| s.median_ns),
+        root_stat_read_max_ns: root_sample.and_then(|s| s.max_ns),
+        root_stat_reads: root_sample.map(|s| s.reads).unwrap_or(0),
+        measured_at,
+        notes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +381,7 @@ mod tests {
             "{}",
             chk.summary
         );
-        let f = cgroups::facts(&c, &cost, "t".into());
+        let f = facts(&c, &cost, "t".into());
         assert_eq!(f.root_stat_reads, budget::STAT_READS_EACH);
         assert!(f.root_stat_read_max_ns >= f.root_stat_read_median_ns);
     }

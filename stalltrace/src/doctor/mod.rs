@@ -331,7 +331,7 @@ pub fn examine(roots: &Roots) -> DoctorReport {
         kernel::tracing_check(&kernel),
         privileges::check(&tool, &kernel),
     ];
-    let cgroups = cgroups::facts(&census, &stat_cost, measured_at.clone());
+    let cgroups = memstat::facts(&census, &stat_cost, measured_at.clone());
     DoctorReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,
@@ -359,7 +359,7 @@ pub fn cgroup_facts(roots: &Roots) -> CgroupFacts {
     let (census, dirs) =
         cgroups::census(roots, Budget::new(budget::FACTS_WALK, budget::CGROUP_DIRS));
     let stat_cost = memstat::measure(&census, &dirs, budget::FACTS_READS, false);
-    cgroups::facts(&census, &stat_cost, measured_at)
+    memstat::facts(&census, &stat_cost, measured_at)
 }
 
 /// `stalltrace doctor`.

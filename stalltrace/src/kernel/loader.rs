@@ -24,18 +24,6 @@ use super::packet_path::{PacketHook, PacketPath};
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// kprobe:icmp_echo when IPv4 echo requests are all the run needs (--peer IPv4, no
-    /// --probe, no --tcp) and the kernel has kprobes; else the tracepoint.
-    Auto,
-    /// kprobe:icmp_echo (IPv4 echo requests only: refused with --probe, --tcp or an IPv6
-    /// --peer; fails where kprobes are missing).
-    Kprobe,
-    /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
-    Tracepoint,
-}
-
 #[derive(Debug, Error)]
 pub enum LoadError {
     #[error("this stalltrace was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]

@@ -18,7 +18,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::Filter;
 
-use super::loader::AttachMode;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// kprobe:icmp_echo when IPv4 echo requests are all the run needs (--peer IPv4, no
+    /// --probe, no --tcp) and the kernel has kprobes; else the tracepoint.
+    Auto,
+    /// kprobe:icmp_echo (IPv4 echo requests only: refused with --probe, --tcp or an IPv6
+    /// --peer; fails where kprobes are missing).
+    Kprobe,
+    /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
+    Tracepoint,
+}
 
 pub const KPROBE: &str = "kprobe:icmp_echo";
 pub const TRACEPOINT: &str = "tracepoint:net:netif_receive_skb";

@@ -12,7 +12,7 @@ use etherparse::{
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::engine::{recv_from, Reply, ReplyInfo, Sent, Transport};
+use super::transport::{recv_from, Reply, ReplyInfo, Sent, Transport};
 use stalltrace_analysis::dump::ProbeProto;
 
 #[derive(Debug, thiserror::Error)]

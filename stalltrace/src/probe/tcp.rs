@@ -17,8 +17,8 @@ use etherparse::{Ipv4HeaderSlice, TcpHeader, TcpSlice};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::{
-    engine::{recv_from, Reply, ReplyInfo, Sent, Transport},
     icmp::{is_perm, OpenError},
+    transport::{recv_from, Reply, ReplyInfo, Sent, Transport},
 };
 use stalltrace_analysis::dump::ProbeProto;
 
