@@ -1,5 +1,5 @@
 //! The ranking of culprits and the per-CPU totals, fed episodes one at a time (the
-//! seed's episode, varied): sums, bounded lists, the worst episode per CPU, stacks.
+//! 2019 GitHub incident's episode, varied): sums, bounded lists, the worst episode per CPU, stacks.
 use stalltrace_analysis::correlate::episode::{Culprit, CulpritSyscall};
 use stalltrace_analysis::correlate::rank::{CpuSummary, CulpritRank, Ranking};
 use stalltrace_analysis::correlate::{Config, Correlator, Episode};
