@@ -16,7 +16,7 @@ use crate::maps::{
     count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
     OFFSETS, PACKET_SCRATCH,
 };
-use crate::sched::is_rx_thread_name;
+use crate::rx_thread::is_rx_thread_name;
 
 #[raw_tracepoint(tracepoint = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {

@@ -11,7 +11,7 @@ use tracer_common::{
 use crate::{
     header::Subject,
     maps::{cpu_state, hist_add, now, rx_pending, CONFIG},
-    sched::{emit_wait, WaitSpec},
+    wait::{emit_wait, WaitSpec},
 };
 
 /// The softirq vector: the tracepoints' only argument.
