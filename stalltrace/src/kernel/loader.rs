@@ -1,8 +1,6 @@
 //! Loads the eBPF object with this kernel's offsets and the user's filter, attaches the
 //! programs, and reads the maps. Dropping the [`Tracer`] detaches everything (aya owns
 //! the links and program fds), so no program outlives the process.
-use std::os::fd::{AsFd as _, AsRawFd as _};
-
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -563,36 +561,12 @@ impl Tracer {
         self.ebpf
             .programs()
             .filter_map(|(name, p)| {
-                let fd = p.fd().ok()?;
-                let (t, n) = run_stats(fd.as_fd().as_raw_fd())?;
-                Some((name.to_string(), t, n))
+                let info = p.info().ok()?;
+                let t = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some((name.to_string(), t, info.run_count()))
             })
             .collect()
     }
-}
-
-/// `run_time_ns` and `run_cnt` of a program, from `BPF_OBJ_GET_INFO_BY_FD`.
-fn run_stats(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
-    // SAFETY: both are plain C structs for which all-zero is a valid value.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // Writing a union's field is safe; the `info` member is the one the command reads.
-    attr.info.bpf_fd = u32::try_from(fd).ok()?;
-    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
-    // SAFETY: bpf(2) with a fully initialised attr of the size given; the kernel
-    // writes at most info_len bytes into `info`, which lives across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    (rc == 0).then_some((info.run_time_ns, info.run_cnt))
 }
 
 /// The oldest kernel the object can load on: the BPF ring buffer and
