@@ -1,6 +1,28 @@
 //! Facts about the machine that several commands read (the kernel's release and
-//! preemption model). The layer below `kernel`, `lab` and the commands: it imports
-//! nothing from the crate.
+//! preemption model, this process's capabilities). The layer below `kernel`, `lab`
+//! and the commands: it imports nothing from the crate.
+
+/// Capability bits (linux/capability.h).
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_RESOURCE: u32 = 24;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+
+/// The `CapEff:` bits of a `/proc/<pid>/status` text.
+pub fn cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
+/// Effective capability bits of this process (0 when /proc/self/status says none).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| cap_eff(&s))
+        .unwrap_or(0)
+}
 
 /// A PREEMPT_RT kernel (`/sys/kernel/realtime`, present on those only): softirqs
 /// raised in hard-irq context always go to ksoftirqd there.
