@@ -10,8 +10,8 @@ use std::{
 };
 
 use tracer_common::{
-    EventKind, Holder, PacketEvent, SyscallEvent, WaitEvent, HOOK_KPROBE, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN,
+    EventKind, Holder, PacketEvent, PacketHookKind, SyscallEvent, WaitEvent, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN,
 };
 
 use stalltrace_analysis::dump::{
@@ -382,7 +382,7 @@ pub fn packet(p: &PacketEvent) -> PacketRec {
         tgid: p.header.tgid,
         context: RxContext::classify(&comm, p.header.pid, p.in_softirq != 0),
         comm,
-        hook: if p.hook == HOOK_KPROBE {
+        hook: if PacketHookKind::from_u8(p.hook) == Some(PacketHookKind::Kprobe) {
             "kprobe"
         } else {
             "tracepoint"

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::{ProbeContext, RawTracePointContext},
 };
 use tracer_common::{
-    EventKind, Filter, PacketEvent, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, TCP_RST, TCP_SYN,
+    EventKind, Filter, PacketEvent, PacketHookKind, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TCP_RST,
+    TCP_SYN,
 };
 
 use crate::header::{fill_header, Subject};
@@ -25,7 +25,11 @@ pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
     let Some(data) = kread::<u64>(skb, OFFSETS.load().skb_data) else {
         return 0;
     };
-    handle(data as *const u8, core::ptr::null(), HOOK_TRACEPOINT);
+    handle(
+        data as *const u8,
+        core::ptr::null(),
+        PacketHookKind::Tracepoint,
+    );
     0
 }
 
@@ -54,7 +58,7 @@ pub fn icmp_echo(ctx: ProbeContext) -> u32 {
     let head = head as *const u8;
     // SAFETY: pointer arithmetic only; the result is read through bpf_probe_read_kernel.
     let (l3, l4) = unsafe { (head.add(nh as usize), head.add(th as usize)) };
-    handle(l3, l4, HOOK_KPROBE);
+    handle(l3, l4, PacketHookKind::Kprobe);
     0
 }
 
@@ -94,7 +98,7 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
 /// as early as each header allows, and emits a record for probe traffic. Every packet
 /// pays one read of `skb->data` and one of the IP header; only candidates read L4.
 #[inline(always)]
-fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
+fn handle(l3: *const u8, l4_known: *const u8, hook: PacketHookKind) {
     let f = FILTER.load();
     // IPv4 header, or the first 20 bytes of an IPv6 one.
     let mut ip = [0u8; 20];
@@ -228,7 +232,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
         now(),
         Subject::current(pt),
     );
-    ev.hook = hook;
+    ev.hook = hook as u8;
     ev._pad0 = [0; 2];
     // The RX run a packet belongs to: for an RX thread (ksoftirqd, napi/…), its run since
     // it was switched in, however many softirq rounds it goes through (a starved

@@ -18,8 +18,7 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, PerfEventContext},
 };
 use tracer_common::{
-    EventKind, SampleEvent, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL,
-    MODE_USER, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
+    EventKind, SampleEvent, SampleMode, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
 };
 
 use crate::header::{fill_header, Subject};
@@ -34,10 +33,10 @@ pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 
 
 /// The saved user registers of a task in the kernel: (mode, nr, arg0, arg1).
 #[inline(always)]
-fn syscall_of(regs: *const u8) -> (u32, i64, u64, u64) {
+fn syscall_of(regs: *const u8) -> (SampleMode, i64, u64, u64) {
     let o = OFFSETS.load();
     if regs.is_null() || o.regs_orig_ax == 0 {
-        return (MODE_KERNEL_UNKNOWN, -1, 0, 0);
+        return (SampleMode::KernelUnknown, -1, 0, 0);
     }
     let nr: i64 = kread(regs, o.regs_orig_ax).unwrap_or(-1);
     let ip: u64 = kread(regs, o.regs_ip).unwrap_or(0);
@@ -48,11 +47,11 @@ fn syscall_of(regs: *const u8) -> (u32, i64, u64, u64) {
     // exception or interrupt leaves them as the program had them (and puts an error
     // code, not a syscall number, in orig_ax).
     if !(0..1024).contains(&nr) || cx != ip || r11 != flags {
-        return (MODE_KERNEL, -1, 0, 0);
+        return (SampleMode::Kernel, -1, 0, 0);
     }
     let a0: u64 = kread(regs, o.regs_arg0).unwrap_or(0);
     let a1: u64 = kread(regs, o.regs_arg1).unwrap_or(0);
-    (MODE_SYSCALL, nr, a0, a1)
+    (SampleMode::Syscall, nr, a0, a1)
 }
 
 /// The pending wait on this CPU: (start, PENDING_* bits), or None.
@@ -97,13 +96,13 @@ fn sample(ctx: &PerfEventContext, regs_of_current: impl FnOnce() -> *const u8) -
     // interrupted CPU state (cs's low bits are the privilege level: 3 is user).
     let user = unsafe { (*ctx.ctx).regs.cs & 3 } == 3;
     let (mode, nr, arg0, arg1) = if user {
-        (MODE_USER, -1, 0, 0)
+        (SampleMode::User, -1, 0, 0)
     } else {
         // SAFETY: helper with no arguments.
         let task = unsafe { bpf_get_current_task() } as *const u8;
         let flags: u32 = kread(task, OFFSETS.load().task_flags).unwrap_or(0);
         if flags & PF_KTHREAD != 0 {
-            (MODE_KTHREAD, -1, 0, 0)
+            (SampleMode::Kthread, -1, 0, 0)
         } else {
             syscall_of(regs_of_current())
         }
@@ -122,7 +121,7 @@ fn sample(ctx: &PerfEventContext, regs_of_current: impl FnOnce() -> *const u8) -
     );
     ev.wait_start_ns = start;
     ev.pending = pending;
-    ev.mode = mode;
+    ev.mode = mode as u32;
     ev.nr = nr;
     ev.arg0 = arg0;
     ev.path[0] = 0;
