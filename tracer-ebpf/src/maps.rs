@@ -2,12 +2,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     Global,
 };
 use tracer_common::{
     Filter, Hist, KernelConfig, Offsets, PacketEvent, PathSyscalls, COMM_LEN, HIST_BUCKETS,
-    HIST_SLOTS, LOST_SLOTS, MAX_CPUS,
+    HIST_SLOTS, LOST_SLOTS, MAX_CPUS, STACK_MAP_ENTRIES,
 };
 
 #[unsafe(no_mangle)]
@@ -28,8 +28,13 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
+/// Delay histograms per CPU (NET_RX, RX thread, NET_TX, TIMER: the `HIST_*` slots).
 #[map]
 pub static HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HIST_SLOTS, 0);
+
+/// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
 /// Per-CPU scratch space for a packet record (too large for the BPF stack).
 #[map]

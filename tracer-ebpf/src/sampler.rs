@@ -13,23 +13,16 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, perf_event},
-    maps::StackTrace,
+    macros::perf_event,
     programs::{tracing::StackIdContext as _, PerfEventContext},
 };
-use tracer_common::{
-    EventKind, SampleEvent, SampleMode, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
-};
+use tracer_common::{EventKind, SampleEvent, SampleMode, PENDING_NET_RX, PENDING_RX_THREAD};
 
 use crate::header::{fill_header, Subject};
 use crate::maps::{
     count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS,
-    PATH_SYSCALLS, PF_KTHREAD,
+    PATH_SYSCALLS, PF_KTHREAD, STACKS,
 };
-
-/// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
 /// The saved user registers of a task in the kernel: (mode, nr, arg0, arg1).
 #[inline(always)]
