@@ -15,3 +15,4 @@ pub mod probelog;
 pub mod report;
 pub mod stacks;
 pub mod units;
+pub mod workload;

@@ -1072,6 +1072,35 @@ mod drain {
         );
     }
 
+    /// Fresh probes processed while the drain is still open (the kernel keeps it open
+    /// a grace after RX work runs out) are not its backlog when their own RTT shows
+    /// they were sent after the wait ended: 2 ms answers 40 ms after it are not
+    /// counted, drawn, or said to be in the drain.
+    #[test]
+    fn fresh_probes_in_an_open_drain_are_not_its_backlog() {
+        let (mut recs, mut log, w1_end) = stream(true);
+        let w2_end = w1_end + 10 * MS;
+        let fresh_at = |i: u16| w2_end + 40 * MS + u64::from(i) * 10 * MS;
+        for i in 0..3u16 {
+            let at = fresh_at(i);
+            recs.push(packet(98 + i, at, at, Some(w1_end)));
+            log.push(b::probe(u32::from(98 + i), ID, 2 * MS));
+        }
+        let r = run(&recs, None, Some(log));
+        assert_eq!(r.episodes.len(), 1);
+        let e = &r.episodes[0];
+        assert_eq!(
+            e.packets_delayed, 88,
+            "the stall's 88, not the 3 fresh ones"
+        );
+        assert_eq!(e.packets_in_drain, 47);
+        assert!(
+            e.lines.iter().all(|l| l.seq.is_none_or(|s| s < 98)),
+            "{:#?}",
+            e.lines
+        );
+    }
+
     /// Without drain marks (a dump from an older recorder) those probes stay
     /// unexplained: the join is what the kernel marks, not a guess from clocks.
     #[test]

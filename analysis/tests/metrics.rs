@@ -35,7 +35,7 @@ fn episodes_count_by_cpu_by_culprit_identity_and_without_culprit() -> std::io::R
     c.process = Some("cadvisor".into());
     c.identity = Some(Identity {
         namespace: Some("kube-system".into()),
-        pod: Some("cadvisor-x".into()),
+        pod: Some("cadvisor-x7kqp".into()),
         container: Some("cadvisor".into()),
         ..Identity::default()
     });
@@ -53,9 +53,13 @@ fn episodes_count_by_cpu_by_culprit_identity_and_without_culprit() -> std::io::R
         "stalltrace_cpu_stall_episodes_total{cpu=\"5\"} 1.0",
         "stalltrace_episodes_without_culprit_total 1.0",
         // Labelled by the process's name, not the thread's.
-        "stalltrace_stall_episodes_total{namespace=\"kube-system\",pod=\"cadvisor-x\",container=\"cadvisor\",comm=\"cadvisor\"} 2.0",
+        // Labels prefixed culprit_, the workload from the pod's name (a DaemonSet's
+        // name-suffix shape).
+        "stalltrace_stall_episodes_total{culprit_namespace=\"kube-system\",culprit_workload=\"cadvisor\",culprit_workload_kind=\"DaemonSet\",culprit_pod=\"cadvisor-x7kqp\",culprit_container=\"cadvisor\",culprit_comm=\"cadvisor\"} 2.0",
         // 2 × 250 ms
-        "stalltrace_stall_delay_seconds_total{namespace=\"kube-system\",pod=\"cadvisor-x\",container=\"cadvisor\",comm=\"cadvisor\"} 0.5",
+        "stalltrace_stall_delay_seconds_total{culprit_namespace=\"kube-system\",culprit_workload=\"cadvisor\",culprit_workload_kind=\"DaemonSet\",culprit_pod=\"cadvisor-x7kqp\",culprit_container=\"cadvisor\",culprit_comm=\"cadvisor\"} 0.5",
+        "stalltrace_workload_stall_episodes_total{culprit_namespace=\"kube-system\",culprit_workload=\"cadvisor\",culprit_workload_kind=\"DaemonSet\"} 2.0",
+        "stalltrace_workload_stall_delay_seconds_total{culprit_namespace=\"kube-system\",culprit_workload=\"cadvisor\",culprit_workload_kind=\"DaemonSet\"} 0.5",
     ] {
         assert!(text.lines().any(|l| l == want), "{want} not in:\n{text}");
     }

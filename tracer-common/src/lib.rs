@@ -381,9 +381,10 @@ pub struct Offsets {
     pub regs_arg0: u32,
     /// `task_struct.flags` (PF_KTHREAD: RX threads are kernel threads, not names).
     pub task_flags: u32,
-    /// `task_struct.on_cpu` (read from BTF; no program reads it now: a thread woken
-    /// while still on a CPU may be switching out to sleep, so its wakeup counts).
-    pub task_on_cpu: u32,
+    /// `task_struct.__state` (`state` before 5.14; its low 32 bits): an RX thread that
+    /// switches out without being preempted while still `TASK_RUNNING` (0) was woken
+    /// as it went to sleep, and waits runnable. 0 = unknown.
+    pub task_state: u32,
     /// `task_struct.stack` and the kernel stack's size: where a task's saved user
     /// registers are on kernels without `bpf_task_pt_regs` (before 5.15).
     pub task_stack: u32,
@@ -417,7 +418,7 @@ impl Offsets {
             task_cpu: 0,
             regs_arg0: 112,
             task_flags: 0,
-            task_on_cpu: 0,
+            task_state: 0,
             task_stack: 0,
             kstack_size: 16384,
             regs_size: 168,

@@ -1,32 +1,41 @@
 //! Backlog drains. A long wait leaves a backlog that takes several RX runs to clear (a
 //! budget at a time, with short waits in between): its packets were delayed by the
 //! wait even when they are not processed right after it. A drain opens when a wait of
-//! at least `drain_window_ns` (the stall threshold) ends; later waits that begin while
-//! it is open and its backlog is not cleared join it; it closes `drain_window_ns` after
-//! its latest wait, or `drain_grace_ns` after the CPU's RX work first ran out (packets
-//! the device had not signalled yet — an interrupt moderated or emulated late — still
-//! belong to it, but fresh traffic after that does not keep it open, and a wait after
-//! the backlog cleared is a stall of its own).
+//! at least `drain_window_ns` (the stall threshold) ends. Waits that begin while it is
+//! open join it; once its RX context has run out of work (the backlog cleared), a long
+//! wait is a stall of its own and opens a new drain. Packets join it until
+//! `drain_window_ns` after its latest wait, or `drain_grace_ns` after RX work last ran
+//! out: packets the device signals late (interrupts moderated, or emulated) were queued
+//! behind the stall too.
 use crate::maps::{CpuState, CONFIG};
 
 /// The drain a wait from `start` to `end` belongs to (0: none), opening one for a long
-/// wait.
+/// wait. Until the backlog first clears, any wait joins and keeps the drain open; after
+/// that a short one (the RX thread preempted while it finishes the backlog) still
+/// belongs to it without keeping it open, and a long one opens a drain of its own.
 #[inline(always)]
 pub fn join(st: &mut CpuState, start: u64, end: u64) -> u64 {
     let c = CONFIG.load();
-    if st.drain_idle_since == 0 && is_open(st, start) {
-        if end > st.drain_last_end {
-            st.drain_last_end = end;
+    let long = end.saturating_sub(start) >= c.drain_window_ns;
+    if is_open(st, start) {
+        if st.drain_cleared == 0 {
+            if end > st.drain_last_end {
+                st.drain_last_end = end;
+            }
+            return st.drain_of;
         }
-        return st.drain_of;
+        if !long {
+            return st.drain_of;
+        }
     }
-    if end.saturating_sub(start) < c.drain_window_ns {
+    if !long {
         st.drain_of = 0;
         return 0;
     }
     st.drain_of = end;
     st.drain_last_end = end;
     st.drain_idle_since = 0;
+    st.drain_cleared = 0;
     end
 }
 
@@ -44,15 +53,18 @@ fn is_open(st: &CpuState, at: u64) -> bool {
 pub fn ran_out(st: &mut CpuState, now: u64) {
     if st.drain_of != 0 && st.drain_idle_since == 0 {
         st.drain_idle_since = now;
+        st.drain_cleared = 1;
     }
 }
 
-/// The drain a packet processed at `now` belongs to (0: none).
+/// The drain a packet processed at `now` belongs to (0: none); RX work going on within
+/// the grace means the drain's packets are not over.
 #[inline(always)]
 pub fn of_packet(st: &mut CpuState, now: u64) -> u64 {
     if !is_open(st, now) {
         st.drain_of = 0;
         return 0;
     }
+    st.drain_idle_since = 0;
     st.drain_of
 }

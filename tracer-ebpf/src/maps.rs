@@ -218,10 +218,12 @@ pub struct CpuState {
     /// have displaced was the briefest): a wait covering it is `truncated`.
     pub last_drop_end: u64,
     /// The backlog drain open on this CPU ([`crate::drain`]): the end of its first wait
-    /// (0 = none), the end of its latest one, and when its RX work ran out (0: not yet).
+    /// (0 = none), the end of its latest one, when its RX work last ran out (0: RX
+    /// work going on), and whether it ran out once (the backlog was cleared).
     pub drain_of: u64,
     pub drain_last_end: u64,
     pub drain_idle_since: u64,
+    pub drain_cleared: u64,
     pub segs: [Segment; SEGS],
 }
 

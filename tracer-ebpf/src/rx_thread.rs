@@ -132,6 +132,14 @@ pub fn forget_wake(pid: u32) {
     }
 }
 
+/// Whether `task`, switching out without being preempted, is still `TASK_RUNNING`:
+/// woken as it went to sleep (its wakeup landed before the switch), so it is not
+/// sleeping but waiting for the CPU from that wakeup. Unknown state: sleeping.
+#[inline(always)]
+pub fn still_runnable(task: *const u8) -> bool {
+    kread::<u32>(task, OFFSETS.load().task_state).is_some_and(|s| s == 0)
+}
+
 /// An RX thread going to sleep (a switch that is not a preemption): a wakeup recorded
 /// while it was still running is moot, and the backlog it drained is cleared, so the
 /// CPU's drain is over after its grace (another RX context still pending here, or a

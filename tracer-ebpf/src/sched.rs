@@ -15,7 +15,7 @@ use crate::{
         rx_pending, unmark_rx_pending, CpuState, CONFIG, OFFSETS, PARKED_SYSCALLS, RX_WAKE,
         STALE_PENDING_NS,
     },
-    rx_thread::{is_rx_thread, mark_preempted_rx_thread, rx_thread_sleeps},
+    rx_thread::{is_rx_thread, mark_preempted_rx_thread, rx_thread_sleeps, still_runnable},
     wait::{emit_wait, WaitSpec},
 };
 
@@ -59,7 +59,10 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     if preempt & 0xff != 0 {
         mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
-    } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
+    } else if (st.drain_of != 0 || rx_pending(cpu) != 0)
+        && is_rx_thread(ctx.arg(1))
+        && !still_runnable(ctx.arg(1))
+    {
         rx_thread_sleeps(st);
     }
     let rx_marked = rx_pending(cpu);

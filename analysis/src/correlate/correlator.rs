@@ -163,6 +163,21 @@ fn in_drain_after(p: &Pkt, ends: &[u64]) -> Option<u64> {
     Some(p.ts_ns - last)
 }
 
+/// Whether a packet's own probe shows it was sent after the latest of the stall's
+/// waits (ending at `ends`, ascending) ended before it was processed: fresh traffic
+/// processed while the drain was open, not part of the backlog. Its RTT bounds the
+/// time from its send to its processing from above, whatever the two clocks' offset.
+fn arrived_after(p: &Pkt, ends: &[u64]) -> bool {
+    let Some(rtt) = p.probe.and_then(|j| j.rtt_ns) else {
+        return false;
+    };
+    let before = ends.partition_point(|&e| e <= p.ts_ns);
+    before
+        .checked_sub(1)
+        .and_then(|i| ends.get(i))
+        .is_some_and(|&last| p.ts_ns.saturating_sub(rtt) > last)
+}
+
 impl OpenStall {
     /// Its waits' ends, ascending.
     fn ends(&self) -> Vec<u64> {
@@ -774,6 +789,7 @@ impl Correlator {
             .iter()
             .flat_map(|w| self.packets.by_run.get(&(st.cpu, w.ts_ns)))
             .collect();
+        let ends = st.ends();
         for d in st.drains() {
             ids.extend(
                 self.packets
@@ -784,7 +800,7 @@ impl Correlator {
                         self.packets
                             .window
                             .get(id)
-                            .is_some_and(|p| p.ts_ns >= st.start_ns)
+                            .is_some_and(|p| p.ts_ns >= st.start_ns && !arrived_after(p, &ends))
                     }),
             );
         }

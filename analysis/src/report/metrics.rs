@@ -1,9 +1,13 @@
 //! Prometheus metrics for `stalltrace watch`: what a fleet's dashboards and alerts
 //! need from each node, with bounded label sets. Episodes and their delay are counted
-//! by culprit (namespace, pod, container, process) for at most `top_k` culprits at a
-//! time, everything else under `other`; a culprit idle for ten minutes gives its place
-//! up, so a node that churns through thousands of short-lived pods keeps a fixed number
-//! of series. The Linux side adds what only it knows ([`NodeStats`]): the kernel's wait
+//! by culprit (namespace, workload, pod, container, process) for at most `top_k`
+//! culprits at a time, and again by workload for at most `top_k` workloads, everything
+//! else under `other`; a culprit or workload idle for ten minutes gives its place up, so
+//! a node that churns through thousands of short-lived pods keeps a fixed number of
+//! series, and a Deployment whose pods a rollout renames keeps its workload series.
+//! Every label describing a task is prefixed `culprit_`: a Kubernetes scrape attaches
+//! `namespace`, `pod` and `container` of the scraped pod (the agent's), which would
+//! otherwise rename the task's to `exported_*`. The Linux side adds what only it knows ([`NodeStats`]): the kernel's wait
 //! histograms, lost events, the BPF programs' and the agent's own cost.
 use std::{
     collections::HashMap,
@@ -21,32 +25,100 @@ use crate::analyze::Sink;
 use crate::correlate::Episode;
 use crate::dump::{CpuHist, Lost, ProbeStatus, Record};
 
+/// The label values of a series in a bounded table.
+pub trait SeriesKey: Clone + Eq + std::hash::Hash {
+    /// The series everything beyond the top K goes to.
+    fn other() -> Self;
+    fn labels(&self) -> Vec<(&'static str, String)>;
+}
+
 /// Label values of a culprit series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct CulpritKey {
     pub namespace: String,
+    /// The pod's owner ([`crate::workload::infer`]); the process's name outside a pod.
+    pub workload: String,
+    /// `Deployment`, `StatefulSet`, …; empty when the pod's name does not say.
+    pub workload_kind: String,
     pub pod: String,
     pub container: String,
     pub comm: String,
 }
 
 impl CulpritKey {
-    /// The series everything beyond the top K goes to.
-    pub fn other() -> Self {
+    /// The key of a culprit in `pod` (if any) running the process `comm`.
+    pub fn new(namespace: &str, pod: &str, container: &str, comm: &str) -> Self {
+        let (workload, workload_kind) = if pod.is_empty() {
+            (comm, "")
+        } else {
+            let w = crate::workload::infer(pod);
+            (w.name, w.kind.map_or("", crate::workload::Kind::as_str))
+        };
+        Self {
+            namespace: namespace.into(),
+            workload: workload.into(),
+            workload_kind: workload_kind.into(),
+            pod: pod.into(),
+            container: container.into(),
+            comm: comm.into(),
+        }
+    }
+
+    fn workload_key(&self) -> WorkloadKey {
+        WorkloadKey {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+            kind: self.workload_kind.clone(),
+        }
+    }
+}
+
+impl SeriesKey for CulpritKey {
+    fn other() -> Self {
         Self {
             namespace: "other".into(),
+            workload: "other".into(),
+            workload_kind: "other".into(),
             pod: "other".into(),
             container: "other".into(),
             comm: "other".into(),
         }
     }
 
-    fn labels(&self) -> [(&'static str, &str); 4] {
-        [
-            ("namespace", &self.namespace),
-            ("pod", &self.pod),
-            ("container", &self.container),
-            ("comm", &self.comm),
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("culprit_namespace", self.namespace.clone()),
+            ("culprit_workload", self.workload.clone()),
+            ("culprit_workload_kind", self.workload_kind.clone()),
+            ("culprit_pod", self.pod.clone()),
+            ("culprit_container", self.container.clone()),
+            ("culprit_comm", self.comm.clone()),
+        ]
+    }
+}
+
+/// Label values of a workload series: its pods' episodes summed, across renames.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct WorkloadKey {
+    pub namespace: String,
+    pub workload: String,
+    pub kind: String,
+}
+
+impl SeriesKey for WorkloadKey {
+    fn other() -> Self {
+        Self {
+            namespace: "other".into(),
+            workload: "other".into(),
+            kind: "other".into(),
+        }
+    }
+
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("culprit_namespace", self.namespace.clone()),
+            ("culprit_workload", self.workload.clone()),
+            ("culprit_workload_kind", self.kind.clone()),
         ]
     }
 }
@@ -62,15 +134,15 @@ struct Totals {
 /// A culprit with no episode for this long (kernel clock) gives its series up.
 const IDLE_NS: u64 = 600_000_000_000;
 
-/// The culprit series: at most `k` named ones, the rest under `other`.
+/// Series of one family: at most `k` named ones, the rest under `other`.
 #[derive(Debug)]
-pub struct CulpritTable {
+pub struct CulpritTable<K = CulpritKey> {
     k: usize,
-    named: HashMap<CulpritKey, Totals>,
+    named: HashMap<K, Totals>,
     other: Totals,
 }
 
-impl CulpritTable {
+impl<K: SeriesKey> CulpritTable<K> {
     pub fn new(k: usize) -> Self {
         Self {
             k,
@@ -79,7 +151,7 @@ impl CulpritTable {
         }
     }
 
-    pub fn add(&mut self, key: CulpritKey, delay_ns: u64, now_ns: u64) {
+    pub fn add(&mut self, key: K, delay_ns: u64, now_ns: u64) {
         if !self.named.contains_key(&key) && self.named.len() >= self.k {
             self.named
                 .retain(|_, t| now_ns.saturating_sub(t.last_ns) < IDLE_NS);
@@ -98,6 +170,16 @@ impl CulpritTable {
     /// Series exported now (named ones, and `other` once it has counts).
     pub fn series(&self) -> usize {
         self.named.len() + usize::from(self.other.episodes > 0)
+    }
+
+    /// The named series in `order`, then `other` once it has counts.
+    fn rows(&self, order: impl Fn(&K, &K) -> std::cmp::Ordering) -> Vec<(K, Totals)> {
+        let mut rows: Vec<(K, Totals)> = self.named.iter().map(|(k, t)| (k.clone(), *t)).collect();
+        rows.sort_by(|a, b| order(&a.0, &b.0));
+        if self.other.episodes > 0 {
+            rows.push((K::other(), self.other));
+        }
+        rows
     }
 }
 
@@ -139,6 +221,7 @@ const RTT_BOUNDS: [f64; 12] = [
 #[derive(Debug)]
 struct State {
     culprits: CulpritTable,
+    workloads: CulpritTable<WorkloadKey>,
     /// Episodes by CPU.
     cpu_episodes: HashMap<u32, u64>,
     episodes_without_culprit: u64,
@@ -158,6 +241,7 @@ impl Metrics {
         Self {
             state: Arc::new(Mutex::new(State {
                 culprits: CulpritTable::new(top_k),
+                workloads: CulpritTable::new(top_k),
                 cpu_episodes: HashMap::new(),
                 episodes_without_culprit: 0,
                 probes: ProbeTotals {
@@ -188,7 +272,18 @@ impl Metrics {
         self.with(|s| s.culprits.series())
     }
 
-    /// The exposition text (Prometheus/OpenMetrics).
+    /// Workload series exported now.
+    pub fn workload_series(&self) -> usize {
+        self.with(|s| s.workloads.series())
+    }
+
+    /// The exposition in the Prometheus text format 0.0.4, for clients that do not ask
+    /// for OpenMetrics (curl, `promtool check metrics`, older scrapers).
+    pub fn encode_text(&self) -> Result<String, std::fmt::Error> {
+        Ok(openmetrics_to_text(&self.encode()?))
+    }
+
+    /// The exposition text (OpenMetrics 1.0).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut reg = Registry::default();
         reg.register_collector(Box::new(self.clone()));
@@ -205,12 +300,16 @@ impl Metrics {
                 return;
             };
             let id = c.identity.as_ref();
-            let key = CulpritKey {
-                namespace: id.and_then(|i| i.namespace.clone()).unwrap_or_default(),
-                pod: id.and_then(|i| i.pod.clone()).unwrap_or_default(),
-                container: id.and_then(|i| i.container.clone()).unwrap_or_default(),
-                comm: c.process.clone().unwrap_or_else(|| c.comm.clone()),
+            let field = |f: fn(&crate::identity::Identity) -> Option<&String>| {
+                id.and_then(f).map_or("", String::as_str)
             };
+            let key = CulpritKey::new(
+                field(|i| i.namespace.as_ref()),
+                field(|i| i.pod.as_ref()),
+                field(|i| i.container.as_ref()),
+                c.process.as_deref().unwrap_or(&c.comm),
+            );
+            s.workloads.add(key.workload_key(), ep.wait_ns, ep.end_ns);
             s.culprits.add(key, ep.wait_ns, ep.end_ns);
         });
     }
@@ -249,6 +348,55 @@ impl Sink for Metrics {
         Metrics::episode(self, ep);
         Ok(())
     }
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4 says it: a counter's family
+/// is named by its samples' name (`_total` included, which OpenMetrics leaves out of
+/// `# HELP`/`# TYPE`), `unknown` is `untyped`, and `# UNIT` and `# EOF` (which 0.0.4 does
+/// not have) go. Samples are the same in both for the types encoded here (counters
+/// without `_created`, gauges, histograms); families of other types lose their
+/// `# TYPE` and read as untyped.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let lines: Vec<&str> = om.lines().collect();
+    // Each family's name in 0.0.4, by its OpenMetrics name.
+    let mut renamed: HashMap<&str, String> = HashMap::new();
+    let mut kept_type: HashMap<&str, &str> = HashMap::new();
+    for l in &lines {
+        if let Some((name, ty)) = l.strip_prefix("# TYPE ").and_then(|r| r.split_once(' ')) {
+            let (new, ty) = match ty {
+                "counter" if !name.ends_with("_total") => (format!("{name}_total"), Some(ty)),
+                "counter" | "gauge" | "histogram" | "summary" => (name.to_string(), Some(ty)),
+                "unknown" => (name.to_string(), Some("untyped")),
+                _ => (name.to_string(), None),
+            };
+            renamed.insert(name, new);
+            if let Some(ty) = ty {
+                kept_type.insert(name, ty);
+            }
+        }
+    }
+    for l in lines {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let new = renamed.get(name).map_or(name, String::as_str);
+            out.push_str(&format!("# HELP {new} {help}\n"));
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            if let (Some(new), Some(ty)) = (renamed.get(name), kept_type.get(name)) {
+                out.push_str(&format!("# TYPE {new} {ty}\n"));
+            }
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 /// Kernel log2 µs buckets as a Prometheus histogram: per-bucket counts at upper bounds
@@ -333,36 +481,51 @@ impl Collector for Metrics {
                 }
             }
         }
-        let mut named: Vec<(&CulpritKey, &Totals)> = s.culprits.named.iter().collect();
-        named.sort_by(|a, b| a.0.pod.cmp(&b.0.pod).then(a.0.comm.cmp(&b.0.comm)));
-        let other = CulpritKey::other();
-        let mut series: Vec<(&CulpritKey, &Totals)> = named;
-        if s.culprits.other.episodes > 0 {
-            series.push((&other, &s.culprits.other));
+        let culprits = s
+            .culprits
+            .rows(|a, b| (&a.namespace, &a.pod, &a.comm).cmp(&(&b.namespace, &b.pod, &b.comm)));
+        let workloads = s
+            .workloads
+            .rows(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
+        for (prefix, what, series) in [
+            (
+                "stalltrace_",
+                "the culprit that held the CPU; top culprits by name",
+                culprits
+                    .iter()
+                    .map(|(k, t)| (k.labels(), t))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "stalltrace_workload_",
+                "the workload (pod owner) of the culprit that held the CPU; top workloads",
+                workloads
+                    .iter()
+                    .map(|(k, t)| (k.labels(), t))
+                    .collect::<Vec<_>>(),
+            ),
+        ] {
+            counter(
+                &mut e,
+                &format!("{prefix}stall_episodes"),
+                &format!("Stall episodes (RX work held off its CPU for at least the stall threshold), by {what}, the rest as other."),
+                None,
+                &series
+                    .iter()
+                    .map(|(l, t)| (l.clone(), t.episodes as f64))
+                    .collect::<Vec<_>>(),
+            )?;
+            counter(
+                &mut e,
+                &format!("{prefix}stall_delay"),
+                &format!("Receive delay the episodes caused (sum of their waits), by {what}, the rest as other."),
+                Some(&Unit::Seconds),
+                &series
+                    .iter()
+                    .map(|(l, t)| (l.clone(), t.delay_ns as f64 / 1e9))
+                    .collect::<Vec<_>>(),
+            )?;
         }
-        let lab = |k: &CulpritKey| -> Vec<(&str, String)> {
-            k.labels()
-                .iter()
-                .map(|(a, b)| (*a, b.to_string()))
-                .collect()
-        };
-        counter(
-            &mut e,
-            "stalltrace_stall_episodes",
-            "Stall episodes (RX work held off its CPU for at least the stall threshold), by the culprit that held the CPU; top culprits by name, the rest as other.",
-            None,
-            &series.iter().map(|(k, t)| (lab(k), t.episodes as f64)).collect::<Vec<_>>(),
-        )?;
-        counter(
-            &mut e,
-            "stalltrace_stall_delay",
-            "Receive delay the culprit's episodes caused (sum of the episodes' waits).",
-            Some(&Unit::Seconds),
-            &series
-                .iter()
-                .map(|(k, t)| (lab(k), t.delay_ns as f64 / 1e9))
-                .collect::<Vec<_>>(),
-        )?;
         let mut cpus: Vec<(&u32, &u64)> = s.cpu_episodes.iter().collect();
         cpus.sort();
         counter(
@@ -527,12 +690,7 @@ mod tests {
     use super::*;
 
     fn key(i: usize) -> CulpritKey {
-        CulpritKey {
-            namespace: "batch".into(),
-            pod: format!("job-{i}"),
-            container: "worker".into(),
-            comm: "cruncher".into(),
-        }
+        CulpritKey::new("batch", &format!("job-{i}"), "worker", "cruncher")
     }
 
     /// Thousands of short-lived pods: the series stay at K named plus `other`.
@@ -708,9 +866,10 @@ mod tests {
         assert_lines(
             &text,
             &[
-                "stalltrace_stall_episodes_total{namespace=\"batch\",pod=\"job-1\",container=\"worker\",comm=\"cruncher\"} 1.0",
+                // job-1 reads as a StatefulSet's pod (name-ordinal).
+                "stalltrace_stall_episodes_total{culprit_namespace=\"batch\",culprit_workload=\"job\",culprit_workload_kind=\"StatefulSet\",culprit_pod=\"job-1\",culprit_container=\"worker\",culprit_comm=\"cruncher\"} 1.0",
                 // 1_500_000_000 ns
-                "stalltrace_stall_delay_seconds_total{namespace=\"batch\",pod=\"job-1\",container=\"worker\",comm=\"cruncher\"} 1.5",
+                "stalltrace_stall_delay_seconds_total{culprit_namespace=\"batch\",culprit_workload=\"job\",culprit_workload_kind=\"StatefulSet\",culprit_pod=\"job-1\",culprit_container=\"worker\",culprit_comm=\"cruncher\"} 1.5",
             ],
         );
         assert!(!text.contains("\"other\""), "{text}");
@@ -721,9 +880,104 @@ mod tests {
         assert_lines(
             &text,
             &[
-                "stalltrace_stall_episodes_total{namespace=\"other\",pod=\"other\",container=\"other\",comm=\"other\"} 1.0",
-                "stalltrace_stall_delay_seconds_total{namespace=\"other\",pod=\"other\",container=\"other\",comm=\"other\"} 2.0",
+                "stalltrace_stall_episodes_total{culprit_namespace=\"other\",culprit_workload=\"other\",culprit_workload_kind=\"other\",culprit_pod=\"other\",culprit_container=\"other\",culprit_comm=\"other\"} 1.0",
+                "stalltrace_stall_delay_seconds_total{culprit_namespace=\"other\",culprit_workload=\"other\",culprit_workload_kind=\"other\",culprit_pod=\"other\",culprit_container=\"other\",culprit_comm=\"other\"} 2.0",
             ],
+        );
+    }
+
+    /// A Deployment's pods renamed by rollouts, one culprit each: the culprit table
+    /// fills up and sends the newcomers to other, the workload keeps one series with
+    /// every episode; host processes are their own workload with no kind.
+    #[test]
+    fn a_workload_keeps_its_series_across_pod_renames() {
+        let m = Metrics::new(2, "0.1.0");
+        let suffixes = ["x2k4p", "b7q9z", "m4n8w", "t5v2m", "zx7k2"];
+        for (i, s) in suffixes.iter().enumerate() {
+            let key = CulpritKey::new("shop", &format!("cart-7d9b5f7c8-{s}"), "cart", "cart");
+            m.with(|st| {
+                st.workloads.add(key.workload_key(), 100_000_000, i as u64);
+                st.culprits.add(key, 100_000_000, i as u64);
+            });
+        }
+        let host = CulpritKey::new("", "", "", "kworker/1:2");
+        m.with(|st| st.workloads.add(host.workload_key(), 50_000_000, 9));
+        // 2 named pods + other; 2 workloads (cart, the host process).
+        assert_eq!(m.culprit_series(), 3);
+        assert_eq!(m.workload_series(), 2);
+        assert_lines(
+            &encoded(&m),
+            &[
+                // 5 pods × 1 episode
+                "stalltrace_workload_stall_episodes_total{culprit_namespace=\"shop\",culprit_workload=\"cart\",culprit_workload_kind=\"Deployment\"} 5.0",
+                // 5 × 100 ms
+                "stalltrace_workload_stall_delay_seconds_total{culprit_namespace=\"shop\",culprit_workload=\"cart\",culprit_workload_kind=\"Deployment\"} 0.5",
+                "stalltrace_workload_stall_episodes_total{culprit_namespace=\"\",culprit_workload=\"kworker/1:2\",culprit_workload_kind=\"\"} 1.0",
+                // 3 of the 5 pods found the table full
+                "stalltrace_stall_episodes_total{culprit_namespace=\"other\",culprit_workload=\"other\",culprit_workload_kind=\"other\",culprit_pod=\"other\",culprit_container=\"other\",culprit_comm=\"other\"} 3.0",
+            ],
+        );
+    }
+
+    /// Thousands of workloads: bounded like the culprits.
+    #[test]
+    fn workload_series_stay_bounded() {
+        let mut t: CulpritTable<WorkloadKey> = CulpritTable::new(20);
+        for i in 0..2000 {
+            let k = CulpritKey::new("batch", &format!("etl{i}-q8w2n"), "etl", "etl");
+            t.add(k.workload_key(), 1, i as u64);
+        }
+        // 20 named + other
+        assert_eq!(t.series(), 21);
+    }
+
+    /// The 0.0.4 text of a full exposition: counters' families named with `_total`,
+    /// no UNIT or EOF lines, every sample line as in OpenMetrics.
+    #[test]
+    fn text_format_names_counter_families_by_their_samples() {
+        let m = Metrics::new(3, "0.1.0");
+        m.with(|s| s.culprits.add(key(1), 1_500_000_000, 0));
+        let om = encoded(&m);
+        let text = match m.encode_text() {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        for want in [
+            "# HELP stalltrace_stall_episodes_total Stall episodes",
+            "# TYPE stalltrace_stall_episodes_total counter",
+            "# TYPE stalltrace_stall_delay_seconds_total counter",
+            "# TYPE stalltrace_rx_wait_seconds histogram",
+            "# TYPE stalltrace_process_resident_memory_bytes gauge",
+            "# TYPE stalltrace_build_info gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(want)),
+                "{want} in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            om.contains("# TYPE stalltrace_stall_episodes counter"),
+            "{om}"
+        );
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&om));
+    }
+
+    #[test]
+    fn text_format_maps_unknown_to_untyped_and_drops_types_it_lacks() {
+        let om = "# HELP a_info x\n# TYPE a_info info\na_info{v=\"1\"} 1\n# HELP b y\n# TYPE b unknown\nb 2\n# HELP c_total z\n# TYPE c_total counter\nc_total 3\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP a_info x\na_info{v=\"1\"} 1\n# HELP b y\n# TYPE b untyped\nb 2\n# HELP c_total z\n# TYPE c_total counter\nc_total 3\n"
         );
     }
 

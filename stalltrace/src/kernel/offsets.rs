@@ -235,7 +235,10 @@ fn sampler_offsets(btf: &Btf, o: &mut tracer_common::Offsets, notes: &mut Vec<St
         })
     };
     o.task_flags = get("task_struct", &["flags"]);
-    o.task_on_cpu = get("task_struct", &["on_cpu"]);
+    o.task_state = match member_offset(btf, "task_struct", &["__state"]) {
+        Ok(v) => v,
+        Err(_) => get("task_struct", &["state"]),
+    };
     o.task_stack = get("task_struct", &["stack"]);
     if let [orig_ax, ip, cx, r11, flags, arg1] = SYSCALL_REGS[..] {
         o.regs_orig_ax = get("pt_regs", &[orig_ax]);
@@ -314,6 +317,8 @@ mod tests {
         let (o, notes) = read(Path::new(VMLINUX_BTF)).unwrap();
         assert!(notes.is_empty(), "{notes:?}");
         assert!(o.task_cpu > 0 && o.task_comm > 0 && o.regs_arg0 > 0);
+        // The scheduler state comes before pid in every layout since 2.6.
+        assert!(o.task_state > 0 && o.task_state < pid, "{o:?}");
         assert!(member_offset(&btf, "sk_buff", &["no_such_member"]).is_err());
     }
 

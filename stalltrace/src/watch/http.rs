@@ -261,8 +261,8 @@ struct Shared {
     alive: Arc<AtomicU64>,
     token: Option<Vec<u8>>,
     client_ca: bool,
-    /// The last exposition and when it was encoded.
-    cache: Mutex<Option<(Instant, Bytes)>>,
+    /// The last exposition (OpenMetrics, text 0.0.4) and when it was encoded.
+    cache: Mutex<Option<(Instant, Exposition)>>,
 }
 
 impl Shared {
@@ -291,20 +291,55 @@ impl Shared {
             .is_some_and(|given| bool::from(given.ct_eq(token)))
     }
 
-    fn exposition(&self) -> Result<Bytes, std::fmt::Error> {
+    fn exposition(&self) -> Result<Exposition, std::fmt::Error> {
         let mut cache = match self.cache.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some((at, text)) = cache.as_ref() {
+        if let Some((at, e)) = cache.as_ref() {
             if at.elapsed() < ENCODE_EVERY {
-                return Ok(text.clone());
+                return Ok(e.clone());
             }
         }
-        let text = Bytes::from(self.metrics.encode()?);
-        *cache = Some((Instant::now(), text.clone()));
-        Ok(text)
+        let om = self.metrics.encode()?;
+        let e = Exposition {
+            text: Bytes::from(stalltrace_analysis::report::metrics::openmetrics_to_text(
+                &om,
+            )),
+            openmetrics: Bytes::from(om),
+        };
+        *cache = Some((Instant::now(), e.clone()));
+        Ok(e)
     }
+}
+
+/// One encoding of the metrics in both formats.
+#[derive(Clone)]
+struct Exposition {
+    openmetrics: Bytes,
+    text: Bytes,
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether the client asks for OpenMetrics: an `Accept` media range
+/// `application/openmetrics-text` with a q-value above 0 (Prometheus sends one first,
+/// curl none). Everyone else gets the text format 0.0.4, which every parser reads.
+fn wants_openmetrics(h: &HeaderMap) -> bool {
+    h.get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .map_or(Some(1.0), |(_, v)| v.trim().parse::<f64>().ok());
+            media.eq_ignore_ascii_case("application/openmetrics-text") && q.is_some_and(|q| q > 0.0)
+        })
 }
 
 /// One connection as the admission table sees it.
@@ -558,13 +593,17 @@ fn respond(
             r
         }
         "/metrics" => match sh.exposition() {
-            Ok(body) => reply(
-                busy,
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
-                false,
-            ),
+            Ok(e) => {
+                let (ctype, body) = if wants_openmetrics(req.headers()) {
+                    (OPENMETRICS, e.openmetrics)
+                } else {
+                    (TEXT_004, e.text)
+                };
+                let mut r = reply(busy, StatusCode::OK, ctype, body, false);
+                r.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("accept"));
+                r
+            }
             Err(e) => text(
                 busy,
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -902,6 +941,42 @@ mod tests {
         assert_eq!(status(&zero), [200]);
         let missing = exchange(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", metrics());
         assert_eq!(status(&missing), [404]);
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        let head = |accept: &str| {
+            let req = format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{accept}\r\n");
+            let r = String::from_utf8_lossy(&exchange(req.as_bytes(), metrics())).to_string();
+            let ctype = r
+                .lines()
+                .find_map(|l| l.strip_prefix("content-type: "))
+                .unwrap_or("")
+                .to_string();
+            (
+                ctype,
+                r.contains("# EOF"),
+                r.contains("# TYPE stalltrace_lost_events_total counter"),
+            )
+        };
+        let om = (OPENMETRICS.to_string(), true, false);
+        let text = (TEXT_004.to_string(), false, true);
+        // No Accept (curl), text only, anything: the text format.
+        assert_eq!(head(""), text);
+        assert_eq!(head("Accept: text/plain\r\n"), text);
+        assert_eq!(head("Accept: */*\r\n"), text);
+        // Prometheus's scrape header, and OpenMetrics alone.
+        assert_eq!(
+            head("Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n"),
+            om
+        );
+        assert_eq!(head("accept: Application/OpenMetrics-Text\r\n"), om);
+        // Refused with q=0, or a q-value that does not parse: text.
+        assert_eq!(
+            head("Accept: application/openmetrics-text;q=0, text/plain\r\n"),
+            text
+        );
+        assert_eq!(head("Accept: application/openmetrics-text;q=x\r\n"), text);
     }
 
     #[test]

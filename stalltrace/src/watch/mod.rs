@@ -51,10 +51,15 @@ The endpoint answers GET only (bodies refused unread), heads up to 16 KiB receiv
 within 10 s, at most 64 connections and 16 from one address (the longest idle gives its
 place up), and runs on its own thread: no client holds up the recording.
 
-Metrics (Prometheus exposition at /metrics; /healthz answers ok while the agent runs):
+Metrics at /metrics (OpenMetrics when the Accept header asks for it, the text format
+0.0.4 otherwise); /healthz answers ok while the agent runs:
   stalltrace_rx_wait_seconds{cpu,kind}        every RX wait, from the kernel's histograms
-  stalltrace_stall_episodes_total{namespace,pod,container,comm}   by culprit (top-K, then other)
+  stalltrace_stall_episodes_total{culprit_namespace,culprit_workload,culprit_workload_kind,
+                                  culprit_pod,culprit_container,culprit_comm}
+                                              by culprit (top-K, then other)
   stalltrace_stall_delay_seconds_total{...}   the receive delay they caused
+  stalltrace_workload_stall_episodes_total{culprit_namespace,culprit_workload,culprit_workload_kind},
+  stalltrace_workload_stall_delay_seconds_total{...}   the same by workload (top-K)
   stalltrace_lost_events_total{kind}, stalltrace_bpf_run_seconds_total{program}, ...
 Each episode also prints one line on stderr (kubectl logs).";
 
@@ -97,7 +102,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "D", default_value = "2s",
           value_parser = duration_in::<0, { 30 * SEC }>)]
     pub dump_context: Duration,
-    /// Culprits named in the metrics at most (the rest are `other`): bounds the series.
+    /// Culprits, and workloads, named in the metrics at most (the rest are `other`):
+    /// bounds the series.
     #[arg(long, value_name = "K", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub top_k: u64,

@@ -30,7 +30,10 @@ const KUBERNETES_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 const ALLOWED_CAPS: [&str; 2] = ["BPF", "PERFMON"];
 
 const NS: &str = "shop";
-const POD: &str = "cart-5d8f7b9c4-q7w2e";
+/// A pod of the Deployment `WORKLOAD`: `<name>-<pod-template-hash>-<suffix>`.
+const POD: &str = "cart-5d8f7b9c4-q7w2z";
+const WORKLOAD: &str = "cart";
+const WORKLOAD_KIND: &str = "Deployment";
 const CONTAINER: &str = "pricer";
 const UID: &str = "9a1c2e3f-4b5d-4e6f-8a7b-0c1d2e3f4a5b";
 /// A containerd container id: 64 hex digits.
@@ -733,7 +736,7 @@ fn deploy_image_serves_metrics_from_a_container() {
     );
     assert!(lab.0.success(), "lab:\n{}\n{}", lab.1, lab.2);
     let series = format!(
-        "stalltrace_stall_episodes_total{{namespace=\"{NS}\",pod=\"{POD}\",container=\"{CONTAINER}\",comm=\"stall-hog\"}}"
+        "stalltrace_stall_episodes_total{{culprit_namespace=\"{NS}\",culprit_workload=\"{WORKLOAD}\",culprit_workload_kind=\"{WORKLOAD_KIND}\",culprit_pod=\"{POD}\",culprit_container=\"{CONTAINER}\",culprit_comm=\"stall-hog\"}}"
     );
     let mut text = String::new();
     let t_ep = Instant::now();

@@ -1,8 +1,10 @@
 //! `stalltrace watch` as a node agent: a culprit in a kubelet-shaped cgroup (made by the
 //! test in the unified hierarchy) with the kubelet's log layout (made by the test):
-//! the metrics name its namespace, pod and container, a real Prometheus server scraping
-//! the agent finds the episode counter and parses the whole exposition, `promtool`
-//! parses it, the flight
+//! the metrics name its namespace, workload, pod and container; a real Prometheus
+//! server scrapes the agent with the target labels a Prometheus Operator PodMonitor
+//! attaches (the agent's own namespace, pod and container), and every PromQL query the
+//! README and docs/deploy.md quote, read from those files, finds the planted culprit
+//! with no label renamed `exported_*`; `promtool` parses the exposition, the flight
 //! recorder's dumps read back with the same identity, and SIGTERM ends it within 2 s
 //! with nothing left loaded.
 use std::{
@@ -20,10 +22,80 @@ use stalltrace::lab::child::ChildGuard;
 use stalltrace_testkit::scratch::Scratch;
 
 const NS: &str = "payments";
-const POD: &str = "ledger-7f9c8d-x2k4p";
+/// A pod of the Deployment `WORKLOAD`: `<name>-<pod-template-hash>-<suffix>`.
+const POD: &str = "ledger-7f9c8d5b6-x2k4p";
+const WORKLOAD: &str = "ledger";
+const WORKLOAD_KIND: &str = "Deployment";
 const CONTAINER: &str = "indexer";
 const UID: &str = "4b3e6c1a-9d2f-4e8b-a7c5-1f0e2d3c4b5a";
 const CID: &str = "5f0e7c3a1b2d4e6f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7";
+
+/// The target labels the scrape attaches, as a PodMonitor does for the agent's pod
+/// (and the relabeling docs/deploy.md shows for `node`).
+const SCRAPE_LABELS: [(&str, &str); 4] = [
+    ("namespace", "stalltrace"),
+    ("pod", "stalltrace-q8w2n"),
+    ("container", "stalltrace"),
+    ("node", "node-a"),
+];
+
+/// The PromQL queries quoted in the README and docs/deploy.md (```promql blocks, one
+/// query a line, comments skipped), read from the files so that they cannot drift.
+fn documented_queries() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    for doc in ["README.md", "docs/deploy.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let mut inside = false;
+        let mut n = 0;
+        for line in text.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                inside = t == "```promql";
+                continue;
+            }
+            if inside && !t.is_empty() && !t.starts_with('#') {
+                out.push((doc.to_string(), t.to_string()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "PromQL queries in {doc}: {n}");
+    }
+    out
+}
+
+/// Percent-encodes a query parameter (everything but RFC 3986's unreserved bytes).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Whether a result series of a query is the planted culprit: every culprit label it
+/// has (a query keeps those it groups by) is the test's own, it has the pod or the
+/// workload, and a `node` label is the one the scrape attached.
+fn is_planted(series: &Value) -> bool {
+    let m = &series["metric"];
+    let planted = [
+        ("culprit_namespace", NS),
+        ("culprit_workload", WORKLOAD),
+        ("culprit_workload_kind", WORKLOAD_KIND),
+        ("culprit_pod", POD),
+        ("culprit_container", CONTAINER),
+        ("culprit_comm", "stall-hog"),
+        ("node", SCRAPE_LABELS[3].1),
+    ];
+    planted
+        .iter()
+        .all(|(k, v)| m.get(k).is_none_or(|have| have == v))
+        && (m.get("culprit_pod").is_some() || m.get("culprit_workload").is_some())
+}
 
 #[test]
 fn watch_names_the_pod_and_prometheus_scrapes_it() {
@@ -74,7 +146,12 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: stalltrace\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: stalltrace\n    honor_labels: false\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n        labels: {{{}}}\n",
+            SCRAPE_LABELS
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )
     .unwrap();
@@ -116,7 +193,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
 
     // The agent's own exposition names the pod.
     let series = format!(
-        "stalltrace_stall_episodes_total{{namespace=\"{NS}\",pod=\"{POD}\",container=\"{CONTAINER}\",comm=\"stall-hog\"}}"
+        "stalltrace_stall_episodes_total{{culprit_namespace=\"{NS}\",culprit_workload=\"{WORKLOAD}\",culprit_workload_kind=\"{WORKLOAD_KIND}\",culprit_pod=\"{POD}\",culprit_container=\"{CONTAINER}\",culprit_comm=\"stall-hog\"}}"
     );
     let mut text = String::new();
     wait_until("the episode counter", Duration::from_secs(10), || {
@@ -132,7 +209,31 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(n >= 3.0, "several episodes: {n}");
-    // promtool (the classic text parser) accepts the exposition too.
+    // A client that does not ask for OpenMetrics (curl, as here) gets the text format
+    // 0.0.4, and promtool's parser and linter find nothing to say about it; a client
+    // that asks for OpenMetrics gets it.
+    let head = |accept: &str| {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n{accept}\r\n").unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        let head = r
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        head.lines()
+            .find_map(|l| l.strip_prefix("content-type: ").map(String::from))
+            .unwrap_or_default()
+    };
+    assert_eq!(head(""), "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(
+        head("Accept: application/openmetrics-text; version=1.0.0\r\n"),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(!text.contains("# EOF"), "{text}");
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -152,31 +253,79 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(!lint.contains("parsing error"), "promtool: {lint}");
+    assert!(
+        check.status.success() && lint.trim().is_empty(),
+        "promtool check metrics ({}): {lint}",
+        check.status
+    );
 
-    // Prometheus scraped it: its query API has the counter for the pod.
-    let query =
-        format!("/api/v1/query?query=stalltrace_stall_episodes_total%7Bpod%3D%22{POD}%22%7D");
-    let mut answer = Value::Null;
-    wait_until(
-        "Prometheus to scrape the counter",
-        Duration::from_secs(20),
-        || {
-            answer = http_get(prom_port, &query)
-                .and_then(|(_, b)| serde_json::from_str(&b).ok())
-                .unwrap_or(Value::Null);
-            answer["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|v| v > 0.0)
-        },
+    // Every documented query, against what Prometheus stored under the scrape's
+    // target labels: queries of the culprit families find the planted culprit (its
+    // workload and pod from the test's constants), the others answer (a `> 0` filter may leave none),
+    // no label was renamed exported_*, and the scrape's labels are the agent's.
+    let queries = documented_queries();
+    assert!(
+        queries
+            .iter()
+            .any(|(_, q)| q.contains("by (") && q.contains("culprit_workload")),
+        "a documented query by workload: {queries:?}"
     );
-    assert_eq!(
-        answer["data"]["result"][0]["metric"]["namespace"], NS,
-        "{answer}"
+    for (doc, q) in &queries {
+        let path = format!("/api/v1/query?query={}", url_encode(q));
+        // A query of the culprit families must find the planted culprit, whichever
+        // labels it groups by.
+        let culprit = q.contains("stalltrace_stall_") || q.contains("stalltrace_workload_stall_");
+        let mut answer = Value::Null;
+        wait_until(
+            &format!("{doc}'s query {q} to answer"),
+            Duration::from_secs(30),
+            || {
+                answer = http_get(prom_port, &path)
+                    .and_then(|(_, b)| serde_json::from_str(&b).ok())
+                    .unwrap_or(Value::Null);
+                let Some(result) = answer["data"]["result"].as_array() else {
+                    return false;
+                };
+                if culprit {
+                    result.iter().any(is_planted)
+                } else {
+                    q.contains(" > ") || !result.is_empty()
+                }
+            },
+        );
+        assert_eq!(answer["status"], "success", "{q}: {answer}");
+        for series in answer["data"]["result"].as_array().unwrap() {
+            let Some(labels) = series["metric"].as_object() else {
+                panic!("{q}: {answer}")
+            };
+            assert!(
+                labels.keys().all(|k| !k.starts_with("exported_")),
+                "{q}: {series}"
+            );
+            for (k, v) in SCRAPE_LABELS {
+                assert!(labels.get(k).is_none_or(|have| have == v), "{q}: {series}");
+            }
+        }
+    }
+    // The target labels reached the stored series (so the queries above ran where they
+    // would clash): the raw counter has the agent's namespace and pod beside the
+    // culprit's.
+    let raw = format!(
+        "/api/v1/query?query={}",
+        url_encode(&format!(
+            "stalltrace_stall_episodes_total{{culprit_pod=\"{POD}\"}}"
+        ))
     );
+    let answer = http_get(prom_port, &raw)
+        .and_then(|(_, b)| serde_json::from_str::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    let m = &answer["data"]["result"][0]["metric"];
+    for (k, v) in SCRAPE_LABELS {
+        assert_eq!(m[k], v, "{answer}");
+    }
     assert_eq!(
-        answer["data"]["result"][0]["metric"]["container"], CONTAINER,
+        (&m["culprit_namespace"], &m["culprit_workload"]),
+        (&Value::from(NS), &Value::from(WORKLOAD)),
         "{answer}"
     );
     // Prometheus's own OpenMetrics parser took the whole exposition: the target is up
@@ -198,7 +347,8 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
                 >= 3
         })
     });
-    // Finished dumps only: one being written has a hidden temporary name.
+    // Finished dumps only: one being written has a hidden temporary name. The latest:
+    // the lab's first burst can run before its hog is moved into the pod's cgroup.
     let first = std::fs::read_dir(&dumps)
         .unwrap()
         .flatten()
@@ -207,7 +357,7 @@ fn watch_names_the_pod_and_prometheus_scrapes_it() {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("stalltrace-episode-"))
         })
-        .min()
+        .max()
         .unwrap();
     let rep = Command::new(stalltrace_bin())
         .args(["analyze", "--format", "json"])
@@ -338,7 +488,7 @@ fn watch_keeps_culprit_series_bounded() {
         .lines()
         .filter(|l| l.starts_with("stalltrace_stall_episodes_total{"))
         .filter_map(|l| {
-            let comm = l.split("comm=\"").nth(1)?.split('"').next()?;
+            let comm = l.split("culprit_comm=\"").nth(1)?.split('"').next()?;
             Some((comm, l.rsplit(' ').next()?.parse().ok()?))
         })
         .collect();

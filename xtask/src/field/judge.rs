@@ -496,7 +496,7 @@ fn judge_watch(v: &mut Verdict, dir: &Path) {
     let found = hog.as_ref().is_some_and(|(_, name)| {
         series.iter().any(|r| {
             let m = &r["metric"];
-            s(m, "culprit_comm") == name || s(m, "comm") == name
+            s(m, "culprit_comm") == name
         })
     });
     v.figures.push(format!(
