@@ -47,6 +47,11 @@ if [ ! -d "$sysroot/lib/rustlib/src/rust/library/core" ]; then
   log "adding rust-src to nightly"
   rustup component add rust-src --toolchain nightly >&2
 fi
+# clippy for nightly: `cargo xtask lint` runs it over tracer-ebpf for the BPF target.
+if ! rustup run nightly cargo clippy --version >/dev/null 2>&1; then
+  log "adding clippy to nightly"
+  rustup component add clippy --toolchain nightly >&2
+fi
 
 # --- bpf-linker against nightly's libLLVM -------------------------------------------
 llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')

@@ -163,7 +163,7 @@ fn json_report_is_written_when_the_analysis_ends() {
 }
 
 /// Several dumps analysed in parallel: each report is what that dump analysed alone
-/// gives (the seed's stall found in the stalled ones, none in the others), a bad dump
+/// gives (the 2019 GitHub incident's stall found in the stalled ones, none in the others), a bad dump
 /// is an error for its own index only, and every dump is reported exactly once.
 #[test]
 fn dumps_analysed_in_parallel_each_report_what_they_hold() {

@@ -1,4 +1,4 @@
-//! The correlator over the seed fixture and synthetic streams: episodes, culprits,
+//! The correlator over the 2019 GitHub incident fixture and synthetic streams: episodes, culprits,
 //! probe matching, packet-only mode, bounded memory, odd input.
 use stalltrace_analysis::correlate::outcome::Unexplained;
 use stalltrace_analysis::correlate::{Config, Correlator, Mode, Report};
@@ -399,7 +399,7 @@ fn odd_values_do_not_panic() {
     );
 }
 
-/// The seed's table is one row per probe: when the echo request and its reply are both
+/// The 2019 GitHub incident's table is one row per probe: when the echo request and its reply are both
 /// processed in the delayed run (the lab's veth pair, both directions on one CPU), the
 /// probe shows once, and the run still counts both packets.
 #[test]
@@ -502,7 +502,7 @@ fn inside_is_filled_for_a_culprit_in_user_space() {
     );
 }
 
-/// The seed's culprit read memory.stat: the episode and the summary point at the
+/// The 2019 GitHub incident's culprit read memory.stat: the episode and the summary point at the
 /// node's memory cgroups, with the count measured at record time when the dump has it.
 #[test]
 fn a_culprit_reading_cgroup_statistics_is_linked_to_the_doctor() {
@@ -606,7 +606,7 @@ fn run_packet(cpu: u32, ts: u64, rx: u64, seq: u16) -> Record {
     ))
 }
 
-/// A packet-only recording: the seed's header without a prober, then `recs`.
+/// A packet-only recording: the 2019 GitHub incident's header without a prober, then `recs`.
 fn packet_mode(recs: Vec<Record>) -> Report {
     let mut all = vec![Record::Header(fixture::header(None))];
     all.extend(recs);

@@ -12,12 +12,12 @@ fn seed_fixture_file_is_what_the_builders_make() {
     let want = jsonl(&records(Seed::default()));
     assert!(
         have == want,
-        "{} differs from the seed builders: run `cargo xtask fixtures` if the change is meant",
+        "{} differs from the 2019 GitHub incident builders: run `cargo xtask fixtures` if the change is meant",
         path.display()
     );
 }
 
-/// `analyze`'s text and JSON reports of the seed and its variants (packet-only, no
+/// `analyze`'s text and JSON reports of the 2019 GitHub incident and its variants (packet-only, no
 /// stall, cut short) are the golden files: every word of the reports is pinned, and a
 /// change shows as a diff of `tests/fixtures/*.report.*` made by `cargo xtask fixtures`.
 #[test]

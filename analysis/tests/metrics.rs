@@ -7,7 +7,7 @@ use stalltrace_analysis::identity::Identity;
 use stalltrace_analysis::report::metrics::Metrics;
 use stalltrace_testkit::seed::{self, Seed};
 
-/// The seed's one episode (cadvisor holding CPU 11), to vary.
+/// The 2019 GitHub incident's one episode (cadvisor holding CPU 11), to vary.
 fn seed_episode() -> Episode {
     let recs = seed::records(Seed::default());
     let Record::Header(h) = &recs[0] else {
@@ -29,7 +29,7 @@ fn episodes_count_by_cpu_by_culprit_identity_and_without_culprit() -> std::io::R
     ep.cpu = 3;
     ep.wait_ns = 250_000_000;
     let Some(c) = ep.culprit.as_mut() else {
-        panic!("the seed's episode has a culprit")
+        panic!("the 2019 GitHub incident's episode has a culprit")
     };
     c.comm = "housekeeping".into();
     c.process = Some("cadvisor".into());

@@ -1,12 +1,12 @@
 //! The ranking of culprits and the per-CPU totals, fed episodes one at a time (the
-//! seed's episode, varied): sums, bounded lists, the worst episode per CPU, stacks.
+//! 2019 GitHub incident's episode, varied): sums, bounded lists, the worst episode per CPU, stacks.
 use stalltrace_analysis::correlate::episode::{Culprit, CulpritSyscall};
 use stalltrace_analysis::correlate::rank::{CpuSummary, CulpritRank, Ranking};
 use stalltrace_analysis::correlate::{Config, Correlator, Episode};
 use stalltrace_analysis::dump::{HolderStacks, Record, StackRec};
 use stalltrace_testkit::seed::{self, Seed};
 
-/// The seed's one episode (cadvisor holding CPU 11), to vary.
+/// The 2019 GitHub incident's one episode (cadvisor holding CPU 11), to vary.
 fn seed_episode() -> Episode {
     let recs = seed::records(Seed::default());
     let Record::Header(h) = &recs[0] else {
@@ -30,7 +30,7 @@ fn episode(cpu: u32, wait_ns: u64, pid: u32, tgid: u32, comm: &str, process: &st
     e.worst_rtt_ns = None;
     e.rx.comm = format!("rx-of-{comm}");
     let Some(c) = e.culprit.as_mut() else {
-        panic!("the seed's episode has a culprit")
+        panic!("the 2019 GitHub incident's episode has a culprit")
     };
     c.pid = pid;
     c.tgid = tgid;

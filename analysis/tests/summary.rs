@@ -5,7 +5,7 @@ use stalltrace_analysis::dump::{Lost, Record};
 use stalltrace_analysis::report::summary;
 use stalltrace_testkit::seed::{self, Seed};
 
-/// The seed's report: one episode on CPU 11, cadvisor its only culprit.
+/// The 2019 GitHub incident's report: one episode on CPU 11, cadvisor its only culprit.
 fn seed_report() -> Report {
     let recs = seed::records(Seed::default());
     let Record::Header(h) = &recs[0] else {

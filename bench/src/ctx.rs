@@ -46,7 +46,7 @@ impl Mode {
             Mode::None => "no tracer",
             Mode::Default => "stalltrace record, default mode (--peer of the probe namespace: the flood does not match)",
             Mode::Every => "stalltrace record, every ICMP echo (no filter; the same job as bpftrace)",
-            Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the seed's job)",
+            Mode::Bpftrace => "bpftrace bench/seed-equivalent.bt (the 2019 GitHub incident's job)",
             Mode::Stacks => "stalltrace record --stacks, default-mode filter",
             Mode::Syscalls => "stalltrace record --syscalls, default-mode filter",
             Mode::Runqslower => "bpftrace bench/runqslower.bt (wakeup/switch hooks, hash map)",
@@ -87,7 +87,7 @@ pub(crate) struct Ctx {
     pub(crate) ksoftirqd0: u32,
     /// A namespace whose RX runs on a threaded-NAPI kthread pinned to CPU 1 (for
     /// stalls: a SCHED_FIFO hog on CPU 1 starves it); made when first needed.
-    pub(crate) stall_ns: Option<stalltrace_testkit::netns::Netns>,
+    pub(crate) stall_ns: Option<stalltrace::lab::netns::Netns>,
     pub(crate) stall_subnet: u8,
 }
 
@@ -107,7 +107,7 @@ impl Ctx {
     pub(crate) fn stall_ns(&mut self) -> anyhow::Result<String> {
         if self.stall_ns.is_none() {
             let me = std::process::id() % 100_000;
-            let ns = stalltrace_testkit::netns::Netns::create(
+            let ns = stalltrace::lab::netns::Netns::create(
                 &format!("stb{me}s"),
                 &format!("stb{me}sh"),
                 &format!("stb{me}sn"),

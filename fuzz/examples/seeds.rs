@@ -34,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let corpus = fuzz.join("corpus");
 
     // Real dumps (the first is tests/fixtures/seed.jsonl) cut to their first 45 lines
-    // (the seed's stall is at lines 29-31) and their footer: small enough to mutate
+    // (the 2019 GitHub incident's stall is at lines 29-31) and their footer: small enough to mutate
     // quickly, deep enough to reach an episode.
     let dump = corpus.join("dump");
     for (name, s) in [

@@ -2,8 +2,8 @@
 //! structs with `stalltrace::events::encode`, as the kernel writes them.
 use stalltrace::events::encode;
 use tracer_common::{
-    EventHeader, EventKind, Holder, PacketEvent, SampleEvent, SyscallEvent, WaitEvent, COMM_LEN,
-    HOOK_KPROBE, HOOK_TRACEPOINT, MODE_SYSCALL, NET_RX_SOFTIRQ, PENDING_NET_RX, PENDING_RX_THREAD,
+    EventHeader, EventKind, Holder, PacketEvent, PacketHookKind, SampleEvent, SampleMode,
+    SyscallEvent, WaitEvent, COMM_LEN, NET_RX_SOFTIRQ, PENDING_NET_RX, PENDING_RX_THREAD,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, SAMPLE_PATH_LEN, TCP_ACK, TCP_SYN, VEC_THREAD,
 };
 
@@ -67,7 +67,7 @@ pub fn packet_icmp() -> PacketEvent {
         icmp_type: 8,
         tcp_flags: 0,
         in_softirq: 1,
-        hook: HOOK_TRACEPOINT,
+        hook: PacketHookKind::Tracepoint as u8,
         _pad0: [0; 2],
         ident: 7982,
         seq: 1953,
@@ -86,7 +86,7 @@ pub fn packet_icmpv6() -> PacketEvent {
     p.daddr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
     p.header.pid = 0;
     p.header.comm = comm("swapper/11");
-    p.hook = HOOK_KPROBE;
+    p.hook = PacketHookKind::Kprobe as u8;
     p
 }
 
@@ -173,7 +173,7 @@ pub fn sample(ts_ns: u64, kstack_id: i32, ustack_id: i32) -> SampleEvent {
         header: header(EventKind::Sample, 11, ts_ns, 10436, "cadvisor"),
         wait_start_ns: T0 + 24 * MS,
         pending: PENDING_NET_RX | PENDING_RX_THREAD,
-        mode: MODE_SYSCALL,
+        mode: SampleMode::Syscall as u32,
         nr: 0,
         arg0: 3,
         kstack_id,

@@ -298,7 +298,7 @@ prober_case() {
   [ -e "$d/skip" ] && { touch "$d/prober-done"; return; }
   case "$kind" in
     seed-ksoftirqd | seed-napi)
-      # The seed's two probers at once: hping3 --icmp (its id and sequence in host
+      # The 2019 GitHub incident's two probers at once: hping3 --icmp (its id and sequence in host
       # order) and ping -D, 10 ms apart each, for 5 s.
       hping3 --icmp -i u10000 -c 500 "$NODE4" > "$d/hping3.log" 2> "$d/hping3.err" &
       h=$!

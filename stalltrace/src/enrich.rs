@@ -10,8 +10,8 @@ use std::{
 };
 
 use tracer_common::{
-    EventKind, Holder, PacketEvent, SyscallEvent, WaitEvent, HOOK_KPROBE, PROTO_ICMP, PROTO_ICMPV6,
-    PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN,
+    EventKind, Holder, PacketEvent, PacketHookKind, SyscallEvent, WaitEvent, PROTO_ICMP,
+    PROTO_ICMPV6, PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN,
 };
 
 use stalltrace_analysis::dump::{
@@ -22,48 +22,8 @@ use stalltrace_analysis::dump::{
 use crate::{
     events::{comm_str, RawEvent},
     samples::Sampler,
+    syscall::{fd_path, syscall_name, takes_fd},
 };
-
-/// Syscalls whose first argument is a file descriptor (x86_64 names).
-const FD_SYSCALLS: &[&str] = &[
-    "read",
-    "write",
-    "pread64",
-    "pwrite64",
-    "readv",
-    "writev",
-    "preadv",
-    "pwritev",
-    "preadv2",
-    "pwritev2",
-    "ioctl",
-    "fstat",
-    "newfstatat",
-    "lseek",
-    "getdents64",
-    "fsync",
-    "fdatasync",
-    "sendmsg",
-    "recvmsg",
-    "sendto",
-    "recvfrom",
-    "splice",
-    "copy_file_range",
-    "fallocate",
-    "ftruncate",
-    "flock",
-    "fcntl",
-    "close",
-    "sendfile",
-];
-
-pub fn syscall_name(nr: i64) -> String {
-    usize::try_from(nr)
-        .ok()
-        .and_then(syscalls::Sysno::new)
-        .map(|s| s.name().to_string())
-        .unwrap_or_else(|| format!("syscall_{nr}"))
-}
 
 pub fn policy_name(p: u32) -> &'static str {
     match p {
@@ -387,21 +347,6 @@ fn scan_cgroups(dir: &Path, rel: &str, depth: u32, out: &mut HashMap<u64, String
     }
 }
 
-/// Whether the syscall's first argument is a file descriptor.
-pub fn takes_fd(name: &str) -> bool {
-    FD_SYSCALLS.contains(&name)
-}
-
-/// The file behind a syscall's fd argument, from /proc while the task lives.
-pub fn fd_path(pid: u32, name: &str, arg0: u64) -> Option<String> {
-    if !takes_fd(name) || arg0 > i32::MAX as u64 {
-        return None;
-    }
-    fs::read_link(format!("/proc/{pid}/fd/{arg0}"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
-}
-
 fn addr(family: u8, a: &[u8; 16]) -> String {
     if family == 4 {
         Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
@@ -437,7 +382,7 @@ pub fn packet(p: &PacketEvent) -> PacketRec {
         tgid: p.header.tgid,
         context: RxContext::classify(&comm, p.header.pid, p.in_softirq != 0),
         comm,
-        hook: if p.hook == HOOK_KPROBE {
+        hook: if PacketHookKind::from_u8(p.hook) == Some(PacketHookKind::Kprobe) {
             "kprobe"
         } else {
             "tracepoint"

@@ -10,9 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::{
     exit::ExitCode,
     kernel::{
-        loader::{AttachMode, LoadOptions, Tracer},
+        loader::{LoadOptions, Tracer},
         offsets,
-        packet_path::{decide, Needs},
+        packet_path::{decide, AttachMode, Needs},
         preflight,
     },
 };

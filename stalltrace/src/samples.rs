@@ -14,14 +14,12 @@ use stalltrace_analysis::{
     activity::Doing,
     dump::{Activity, HolderRec, SamplerStats, StackStats},
 };
-use tracer_common::{
-    SampleEvent, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL, MODE_USER,
-};
+use tracer_common::{SampleEvent, SampleMode};
 
 use crate::{
-    enrich::{fd_path, syscall_name},
     events::comm_str,
-    stacks::StackCollector,
+    stacks::{SampleStacks, StackCollector},
+    syscall::{fd_path, syscall_name, takes_fd},
 };
 
 /// Samples kept per CPU, and for how long (boot ns) behind the newest: a wait longer
@@ -37,7 +35,7 @@ pub struct Sample {
     pub tgid: u32,
     pub mode: u32,
     pub nr: i64,
-    /// The syscall's name in [`MODE_SYSCALL`].
+    /// The syscall's name in [`SampleMode::Syscall`].
     pub name: Option<Rc<str>>,
     pub path: Option<Rc<str>>,
     /// Stack ids (`--stacks`), or negative errnos.
@@ -50,17 +48,16 @@ pub struct Sample {
 
 impl Sample {
     fn doing(&self) -> Doing<'_> {
-        match self.mode {
-            MODE_USER => Doing::User,
-            MODE_KERNEL => Doing::Kernel,
-            MODE_KTHREAD => Doing::Kthread,
-            MODE_SYSCALL => Doing::Syscall {
+        match SampleMode::from_u32(self.mode) {
+            Some(SampleMode::User) => Doing::User,
+            Some(SampleMode::Kernel) => Doing::Kernel,
+            Some(SampleMode::Kthread) => Doing::Kthread,
+            Some(SampleMode::Syscall) => Doing::Syscall {
                 nr: self.nr,
                 name: self.name.as_deref().unwrap_or("?"),
                 path: self.path.as_deref(),
             },
-            MODE_KERNEL_UNKNOWN => Doing::Unknown,
-            _ => Doing::Unknown,
+            Some(SampleMode::KernelUnknown) | None => Doing::Unknown,
         }
     }
 }
@@ -92,7 +89,7 @@ impl Files {
 
     /// The syscall's name and the file it names.
     fn of(&mut self, ev: &SampleEvent) -> (Option<Rc<str>>, Option<Rc<str>>) {
-        if ev.mode != MODE_SYSCALL {
+        if ev.mode != SampleMode::Syscall as u32 {
             return (None, None);
         }
         let name = self.intern(&syscall_name(ev.nr));
@@ -123,7 +120,7 @@ impl Files {
                 self.fds.insert(key, p.clone());
                 Some(p)
             }
-            None if crate::enrich::takes_fd(name) => self
+            None if takes_fd(name) => self
                 .last_opened
                 .get(&ev.header.tgid)
                 .or_else(|| self.fds.get(&key))
@@ -256,8 +253,15 @@ impl Sampler {
             }
             h.activity = Some(Activity::from_samples(samples.iter().map(Sample::doing)));
             if let Some(st) = self.stacks.as_mut() {
-                let refs: Vec<&Sample> = samples.iter().collect();
-                h.stacks = st.holder_stacks(&refs);
+                let ids: Vec<SampleStacks> = samples
+                    .iter()
+                    .map(|s| SampleStacks {
+                        tgid: s.tgid,
+                        kid: s.kid,
+                        uid: s.uid,
+                    })
+                    .collect();
+                h.stacks = st.holder_stacks(&ids);
                 st.set_attributed(self.stats.attributed);
             }
         }
@@ -329,9 +333,9 @@ mod tests {
 
     fn stack_sample(cpu: u32, ts: u64, pid: u32, kid: i32, uid: i32) -> SampleEvent {
         let mode = if kid == EFAULT {
-            MODE_USER
+            SampleMode::User as u32
         } else {
-            MODE_SYSCALL
+            SampleMode::Syscall as u32
         };
         let mut s = sample(cpu, ts, pid, mode, 17, "");
         s.kstack_id = kid;
@@ -365,14 +369,49 @@ mod tests {
         let f = "/proc/self/status";
         let pid = u32::MAX - 7; // no such process: fds resolve through the last open
         for i in 0..10u64 {
-            s.push(&sample(1, 100 + i * 10, pid, MODE_SYSCALL, 257, f));
-            s.push(&sample(1, 101 + i * 10, pid, MODE_SYSCALL, 0, ""));
-            s.push(&sample(1, 102 + i * 10, pid, MODE_SYSCALL, 0, ""));
-            s.push(&sample(1, 103 + i * 10, pid, MODE_SYSCALL, 3, ""));
-            s.push(&sample(1, 104 + i * 10, pid, MODE_USER, -1, ""));
+            s.push(&sample(
+                1,
+                100 + i * 10,
+                pid,
+                SampleMode::Syscall as u32,
+                257,
+                f,
+            ));
+            s.push(&sample(
+                1,
+                101 + i * 10,
+                pid,
+                SampleMode::Syscall as u32,
+                0,
+                "",
+            ));
+            s.push(&sample(
+                1,
+                102 + i * 10,
+                pid,
+                SampleMode::Syscall as u32,
+                0,
+                "",
+            ));
+            s.push(&sample(
+                1,
+                103 + i * 10,
+                pid,
+                SampleMode::Syscall as u32,
+                3,
+                "",
+            ));
+            s.push(&sample(
+                1,
+                104 + i * 10,
+                pid,
+                SampleMode::User as u32,
+                -1,
+                "",
+            ));
         }
-        s.push(&sample(1, 99, pid, MODE_USER, -1, "")); // before the window
-        s.push(&sample(0, 150, pid, MODE_USER, -1, "")); // another CPU
+        s.push(&sample(1, 99, pid, SampleMode::User as u32, -1, "")); // before the window
+        s.push(&sample(0, 150, pid, SampleMode::User as u32, -1, "")); // another CPU
         let mut hs = vec![holder(pid), holder(0), holder(5)];
         s.attach(1, 100, 1000, &mut hs);
         let a = hs[0].activity.as_ref().unwrap();

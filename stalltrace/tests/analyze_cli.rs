@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, reason = "test helpers fail by panicking")]
-//! `stalltrace analyze` through the built binary: the seed fixture, the report
+//! `stalltrace analyze` through the built binary: the 2019 GitHub incident fixture, the report
 //! formats, the Perfetto file, and bad input (exit code 5 with file:line).
 use std::{
     path::{Path, PathBuf},
@@ -58,7 +58,7 @@ fn seed_text_report_blames_cadvisor_in_one_episode() {
     let eps: Vec<&str> = out.lines().filter(|l| l.starts_with("episode ")).collect();
     assert_eq!(eps.len(), 1, "{out}");
     assert!(eps[0].contains("RX waited 99 ms"), "{}", eps[0]);
-    // The seed's table: context before, stalled probes marked, below-threshold in ().
+    // The 2019 GitHub incident's table: context before, stalled probes marked, below-threshold in ().
     let row = |seq: u32| {
         out.lines()
             .find(|l| l.contains(&format!(" {seq} ")) || l.trim_end().ends_with(&format!(" {seq}")))

@@ -1,5 +1,5 @@
 //! A synthetic dump of N records for `cargo xtask bench` to time `analyze` on.
-//! Modelled on the seed incident and on what `record` writes on a busy node: an
+//! Modelled on the 2019 GitHub incident and on what `record` writes on a busy node: an
 //! external prober's echo every 10 ms (packet + probe result), three other pingers'
 //! echoes (packets only), short RX waits on random CPUs, long syscalls, and every 2 s a
 //! ~100 ms stall: a culprit inside `read()` of memory.stat holds the probe CPU,

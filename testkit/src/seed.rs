@@ -1,4 +1,4 @@
-//! A recording modelled on the seed incident (`network-stalls-on-kubernetes.txt`):
+//! A recording modelled on the 2019 GitHub incident:
 //! hping3 pings every 10 ms, ICMP hashed to CPU 11; cadvisor (tgid 10137, pid 10436)
 //! sits ~100 ms inside `read()` of memory.stat, processing 1951–1952 in its own
 //! softirq, then ksoftirqd/11 waits ~99 ms for the CPU and processes 1953–1962 in one
@@ -39,7 +39,7 @@ impl Default for Seed {
     }
 }
 
-/// The seed node's header: a 4.9 kernel with kprobes, 24 CPUs.
+/// The 2019 GitHub incident node's header: a 4.9 kernel with kprobes, 24 CPUs.
 pub fn header(probe: Option<String>) -> Header {
     let mut h = b::header("kube-node-bad", "4.9.0-8-amd64", 24, T0, probe);
     // A version 1 dump (exact syscalls, no samples): the golden file also proves old
@@ -60,7 +60,7 @@ pub fn arrival(seq: u32) -> u64 {
     T0 + u64::from(seq.saturating_sub(1940)) * 10 * MS + 50 * US
 }
 
-/// A holder as the seed's node reports it (one cgroup id for all).
+/// A holder as the 2019 GitHub incident's node reports it (one cgroup id for all).
 pub fn holder(
     pid: u32,
     tgid: u32,
@@ -183,7 +183,7 @@ pub fn records(s: Seed) -> Vec<Record> {
     out
 }
 
-/// The seed's variants whose reports are golden files: (name, recording).
+/// The 2019 GitHub incident's variants whose reports are golden files: (name, recording).
 pub fn report_variants() -> Vec<(&'static str, Seed)> {
     vec![
         ("seed", Seed::default()),

@@ -9,8 +9,8 @@ use std::{
     process::{Command, Output},
 };
 
+pub use stalltrace::lab::netns::{find_thread, Netns};
 pub use stalltrace_testkit::ci::{is_ci, require, require_root};
-pub use stalltrace_testkit::netns::{find_thread, Netns};
 
 /// The stalltrace binary under test: $STALLTRACE_BIN, else the workspace's debug build.
 pub fn stalltrace_bin() -> PathBuf {

@@ -65,9 +65,25 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_ICMPV6: u8 = 58;
 
-/// Which hook saw a packet.
-pub const HOOK_TRACEPOINT: u8 = 1;
-pub const HOOK_KPROBE: u8 = 2;
+/// Which hook saw a packet ([`PacketEvent::hook`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketHookKind {
+    /// `tracepoint:net:netif_receive_skb`.
+    Tracepoint = 1,
+    /// `kprobe:icmp_echo`.
+    Kprobe = 2,
+}
+
+impl PacketHookKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Tracepoint),
+            2 => Some(Self::Kprobe),
+            _ => None,
+        }
+    }
+}
 
 /// TCP flag bits as on the wire (byte 13 of the TCP header).
 pub const TCP_SYN: u8 = 0x02;
@@ -92,7 +108,7 @@ pub struct PacketEvent {
     pub tcp_flags: u8,
     /// 1 when a NET_RX softirq was running on this CPU when the packet was seen.
     pub in_softirq: u8,
-    /// [`HOOK_TRACEPOINT`] or [`HOOK_KPROBE`].
+    /// [`PacketHookKind`] as a number.
     pub hook: u8,
     pub _pad0: [u8; 2],
     /// ICMP echo identifier (read big-endian from the wire) or TCP source port.
@@ -220,15 +236,33 @@ pub struct StackEvent {
 }
 
 /// What a sampled task was doing ([`SampleEvent::mode`]).
-pub const MODE_USER: u32 = 1;
-/// In the kernel, not inside a syscall (a page fault, an interrupt it was in).
-pub const MODE_KERNEL: u32 = 2;
-/// Inside syscall `nr`.
-pub const MODE_SYSCALL: u32 = 3;
-/// A kernel thread (no user space).
-pub const MODE_KTHREAD: u32 = 4;
-/// In the kernel, and whether inside a syscall could not be read.
-pub const MODE_KERNEL_UNKNOWN: u32 = 5;
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleMode {
+    /// In user space.
+    User = 1,
+    /// In the kernel, not inside a syscall (a page fault, an interrupt it was in).
+    Kernel = 2,
+    /// Inside syscall `nr`.
+    Syscall = 3,
+    /// A kernel thread (no user space).
+    Kthread = 4,
+    /// In the kernel, and whether inside a syscall could not be read.
+    KernelUnknown = 5,
+}
+
+impl SampleMode {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::User),
+            2 => Some(Self::Kernel),
+            3 => Some(Self::Syscall),
+            4 => Some(Self::Kthread),
+            5 => Some(Self::KernelUnknown),
+            _ => None,
+        }
+    }
+}
 
 /// Bytes of a path argument kept with a sample (openat and friends): Kubernetes cgroup
 /// paths run to 200 bytes and more.
@@ -248,9 +282,9 @@ pub struct SampleEvent {
     pub wait_start_ns: u64,
     /// [`PENDING_NET_RX`] | [`PENDING_RX_THREAD`].
     pub pending: u32,
-    /// `MODE_*`.
+    /// [`SampleMode`] as a number.
     pub mode: u32,
-    /// The syscall number in [`MODE_SYSCALL`], else -1.
+    /// The syscall number in [`SampleMode::Syscall`], else -1.
     pub nr: i64,
     /// Its first argument (a file descriptor for read, pread64, …).
     pub arg0: u64,
@@ -444,6 +478,29 @@ impl KernelConfig {
     }
 }
 
+/// Slots in each list of [`PathSyscalls`].
+pub const PATH_SYSCALL_SLOTS: usize = 8;
+
+/// The syscalls whose first or second argument is a path, which a sample taken inside
+/// one reads (numbers differ by architecture, so user space passes them in the
+/// `PATH_SYSCALLS` global). Unused slots hold `u32::MAX`. 64 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathSyscalls {
+    pub in_arg0: [u32; PATH_SYSCALL_SLOTS],
+    pub in_arg1: [u32; PATH_SYSCALL_SLOTS],
+}
+
+impl PathSyscalls {
+    /// No syscall: samples read no path.
+    pub const fn none() -> Self {
+        Self {
+            in_arg0: [u32::MAX; PATH_SYSCALL_SLOTS],
+            in_arg1: [u32::MAX; PATH_SYSCALL_SLOTS],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -454,6 +511,8 @@ mod user {
     unsafe impl aya::Pod for Offsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PathSyscalls {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Hist {}
 }
@@ -471,4 +530,5 @@ const _: () = {
     assert!(core::mem::size_of::<Filter>() == 40);
     assert!(core::mem::size_of::<Offsets>() == 88);
     assert!(core::mem::size_of::<KernelConfig>() == 56);
+    assert!(core::mem::size_of::<PathSyscalls>() == 64);
 };

@@ -12,12 +12,16 @@
 #![no_main]
 
 mod drain;
+mod header;
+mod history;
 mod maps;
 mod packet;
+mod rx_thread;
 mod sampler;
 mod sched;
 mod softirq;
 mod syscall;
+mod wait;
 
 #[cfg(not(test))]
 #[panic_handler]

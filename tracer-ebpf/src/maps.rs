@@ -2,12 +2,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_task, bpf_ktime_get_boot_ns, bpf_probe_read_kernel},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     Global,
 };
 use tracer_common::{
-    Filter, Hist, KernelConfig, Offsets, PacketEvent, COMM_LEN, HIST_BUCKETS, HIST_SLOTS,
-    LOST_SLOTS, MAX_CPUS,
+    Filter, Hist, KernelConfig, Offsets, PacketEvent, PathSyscalls, COMM_LEN, HIST_BUCKETS,
+    HIST_SLOTS, LOST_SLOTS, MAX_CPUS, STACK_MAP_ENTRIES,
 };
 
 #[unsafe(no_mangle)]
@@ -16,6 +16,9 @@ pub static FILTER: Global<Filter> = Global::new(Filter::all_icmp());
 pub static OFFSETS: Global<Offsets> = Global::new(Offsets::defaults());
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<KernelConfig> = Global::new(KernelConfig::defaults());
+/// The syscalls whose path argument a sample reads (this architecture's numbers).
+#[unsafe(no_mangle)]
+pub static PATH_SYSCALLS: Global<PathSyscalls> = Global::new(PathSyscalls::none());
 
 /// Size overridden by user space (`--ring-buffer`).
 #[map]
@@ -25,15 +28,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_SLOTS, 0);
 
+/// Delay histograms per CPU (NET_RX, RX thread, NET_TX, TIMER: the `HIST_*` slots).
 #[map]
 pub static HISTS: PerCpuArray<Hist> = PerCpuArray::with_max_entries(HIST_SLOTS, 0);
 
+/// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+
 /// Per-CPU scratch space for a packet record (too large for the BPF stack).
 #[map]
-pub static SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static PACKET_SCRATCH: PerCpuArray<PacketEvent> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU state: the run history, pending softirq raises, the syscall in flight.
 #[map]
-pub static CPU: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
+pub static CPU_STATE: PerCpuArray<CpuState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Pending wakeups of RX threads (ksoftirqd, napi/…, backlog_napi), by thread id. A
 /// plain preallocated hash, not an LRU one: the scheduler hooks use it with the run
@@ -48,7 +57,7 @@ pub static RX_WAKE: HashMap<u32, RxWake> = HashMap::with_max_entries(4096, 0);
 /// back into the CPU's slot at switch-in. LRU bounds what a task that dies inside a
 /// syscall can leave behind.
 #[map]
-pub static PARKED: LruHashMap<u32, SysState> = LruHashMap::with_max_entries(32768, 0);
+pub static PARKED_SYSCALLS: LruHashMap<u32, SysState> = LruHashMap::with_max_entries(32768, 0);
 
 /// Per target CPU: RX threads woken (or preempted) to run there that have not switched
 /// in yet, and since when. Written by `sched_wakeup` on the waker's CPU and by the
@@ -231,7 +240,7 @@ pub struct RxWake {
 }
 
 /// A syscall in flight. Per-CPU in [`CpuState::sys`] while its thread runs (no map
-/// operation per syscall), parked in [`PARKED`] while the thread is off the CPU.
+/// operation per syscall), parked in [`PARKED_SYSCALLS`] while the thread is off the CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SysState {
@@ -258,7 +267,7 @@ pub fn cpu_state() -> Option<&'static mut CpuState> {
     // SAFETY: index 0 of a per-CPU array: the pointer is valid for this CPU's slot and
     // programs on one CPU do not run concurrently with each other for the same slot
     // (tracepoint programs run with preemption disabled).
-    CPU.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+    CPU_STATE.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 #[inline(always)]

@@ -1,24 +1,22 @@
 //! Probe packets on arrival: `tracepoint:net:netif_receive_skb` (every kernel; sees
-//! echo requests and replies, IPv4 and IPv6, TCP) and `kprobe:icmp_echo` (the seed's
+//! echo requests and replies, IPv4 and IPv6, TCP) and `kprobe:icmp_echo` (the 2019 GitHub incident's
 //! hook; IPv4 echo requests only). Unrelated packets cost a few reads and no record.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
-        bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{kprobe, raw_tracepoint},
     programs::{ProbeContext, RawTracePointContext},
 };
 use tracer_common::{
-    EventKind, Filter, PacketEvent, COMM_LEN, HOOK_KPROBE, HOOK_TRACEPOINT, PROTO_ICMP,
-    PROTO_ICMPV6, PROTO_TCP, TCP_RST, TCP_SYN,
+    EventKind, Filter, PacketEvent, PacketHookKind, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, TCP_RST,
+    TCP_SYN,
 };
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{
     count_lost, cpu_state, current_task, is_kthread, kread, lazy_wakeup, now, EVENTS, FILTER,
-    OFFSETS, SCRATCH,
+    OFFSETS, PACKET_SCRATCH,
 };
-use crate::sched::is_rx_thread_name;
+use crate::rx_thread::is_rx_thread_name;
 
 #[raw_tracepoint(tracepoint = "netif_receive_skb")]
 pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
@@ -27,7 +25,11 @@ pub fn netif_receive_skb(ctx: RawTracePointContext) -> i32 {
     let Some(data) = kread::<u64>(skb, OFFSETS.load().skb_data) else {
         return 0;
     };
-    handle(data as *const u8, core::ptr::null(), HOOK_TRACEPOINT);
+    handle(
+        data as *const u8,
+        core::ptr::null(),
+        PacketHookKind::Tracepoint,
+    );
     0
 }
 
@@ -56,7 +58,7 @@ pub fn icmp_echo(ctx: ProbeContext) -> u32 {
     let head = head as *const u8;
     // SAFETY: pointer arithmetic only; the result is read through bpf_probe_read_kernel.
     let (l3, l4) = unsafe { (head.add(nh as usize), head.add(th as usize)) };
-    handle(l3, l4, HOOK_KPROBE);
+    handle(l3, l4, PacketHookKind::Kprobe);
     0
 }
 
@@ -96,7 +98,7 @@ fn peer_ok(f: &Filter, s: &[u8; 16], d: &[u8; 16], v4: bool) -> bool {
 /// as early as each header allows, and emits a record for probe traffic. Every packet
 /// pays one read of `skb->data` and one of the IP header; only candidates read L4.
 #[inline(always)]
-fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
+fn handle(l3: *const u8, l4_known: *const u8, hook: PacketHookKind) {
     let f = FILTER.load();
     // IPv4 header, or the first 20 bytes of an IPv6 one.
     let mut ip = [0u8; 20];
@@ -130,7 +132,7 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     }
     // Addresses go straight into this CPU's scratch record (a map value, not stack: the
     // BPF stack is 512 bytes for all calls, and 6.1's verifier counts it strictly).
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    let Some(ev) = PACKET_SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot of a per-CPU array, not shared with a concurrent run.
@@ -149,8 +151,8 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
         if ihl < 20 {
             return;
         }
-        // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
         l4 = if l4_known.is_null() {
+            // SAFETY: pointer arithmetic only; reads go through bpf_probe_read_kernel.
             unsafe { l3.add(ihl) }
         } else {
             l4_known
@@ -164,8 +166,8 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
                 return;
             }
         }
-        // SAFETY: as above.
         l4 = if l4_known.is_null() {
+            // SAFETY: pointer arithmetic only, as above.
             unsafe { l3.add(40) }
         } else {
             l4_known
@@ -224,14 +226,13 @@ fn handle(l3: *const u8, l4_known: *const u8, hook: u8) {
     ev.seq = seq;
     ev.tcp_seq = tcp_seq;
     let pt = bpf_get_current_pid_tgid();
-    ev.header.kind = EventKind::Packet as u32;
-    // SAFETY: helper with no arguments.
-    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.header.ts_ns = now();
-    ev.header.pid = pt as u32;
-    ev.header.tgid = (pt >> 32) as u32;
-    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
-    ev.hook = hook;
+    fill_header(
+        &mut ev.header,
+        EventKind::Packet,
+        now(),
+        Subject::current(pt),
+    );
+    ev.hook = hook as u8;
     ev._pad0 = [0; 2];
     // The RX run a packet belongs to: for an RX thread (ksoftirqd, napi/…), its run since
     // it was switched in, however many softirq rounds it goes through (a starved

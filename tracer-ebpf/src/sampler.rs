@@ -9,37 +9,27 @@
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_get_smp_processor_id, bpf_probe_read_user_str_bytes,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id,
+        bpf_probe_read_user_str_bytes,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    macros::{map, perf_event},
-    maps::StackTrace,
+    macros::perf_event,
     programs::{tracing::StackIdContext as _, PerfEventContext},
 };
-use tracer_common::{
-    EventKind, SampleEvent, COMM_LEN, MODE_KERNEL, MODE_KERNEL_UNKNOWN, MODE_KTHREAD, MODE_SYSCALL,
-    MODE_USER, PENDING_NET_RX, PENDING_RX_THREAD, STACK_MAP_ENTRIES,
-};
+use tracer_common::{EventKind, SampleEvent, SampleMode, PENDING_NET_RX, PENDING_RX_THREAD};
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{
-    count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS, PF_KTHREAD,
+    count_lost, cpu_state, kread, lazy_wakeup, now, rx_pending, CONFIG, EVENTS, OFFSETS,
+    PATH_SYSCALLS, PF_KTHREAD, STACKS,
 };
-
-/// Kernel and user stacks of the samples (`--stacks`; one entry otherwise).
-#[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
-
-/// x86_64 syscall numbers whose first (di) or second (si) argument is a path.
-const PATH_IN_ARG0: [i64; 5] = [2, 4, 6, 21, 89]; // open stat lstat access readlink
-const PATH_IN_ARG1: [i64; 6] = [257, 262, 267, 269, 332, 437]; // openat newfstatat readlinkat faccessat statx openat2
 
 /// The saved user registers of a task in the kernel: (mode, nr, arg0, arg1).
 #[inline(always)]
-fn syscall_of(regs: *const u8) -> (u32, i64, u64, u64) {
+fn syscall_of(regs: *const u8) -> (SampleMode, i64, u64, u64) {
     let o = OFFSETS.load();
     if regs.is_null() || o.regs_orig_ax == 0 {
-        return (MODE_KERNEL_UNKNOWN, -1, 0, 0);
+        return (SampleMode::KernelUnknown, -1, 0, 0);
     }
     let nr: i64 = kread(regs, o.regs_orig_ax).unwrap_or(-1);
     let ip: u64 = kread(regs, o.regs_ip).unwrap_or(0);
@@ -50,11 +40,11 @@ fn syscall_of(regs: *const u8) -> (u32, i64, u64, u64) {
     // exception or interrupt leaves them as the program had them (and puts an error
     // code, not a syscall number, in orig_ax).
     if !(0..1024).contains(&nr) || cx != ip || r11 != flags {
-        return (MODE_KERNEL, -1, 0, 0);
+        return (SampleMode::Kernel, -1, 0, 0);
     }
     let a0: u64 = kread(regs, o.regs_arg0).unwrap_or(0);
     let a1: u64 = kread(regs, o.regs_arg1).unwrap_or(0);
-    (MODE_SYSCALL, nr, a0, a1)
+    (SampleMode::Syscall, nr, a0, a1)
 }
 
 /// The pending wait on this CPU: (start, PENDING_* bits), or None.
@@ -99,13 +89,13 @@ fn sample(ctx: &PerfEventContext, regs_of_current: impl FnOnce() -> *const u8) -
     // interrupted CPU state (cs's low bits are the privilege level: 3 is user).
     let user = unsafe { (*ctx.ctx).regs.cs & 3 } == 3;
     let (mode, nr, arg0, arg1) = if user {
-        (MODE_USER, -1, 0, 0)
+        (SampleMode::User, -1, 0, 0)
     } else {
         // SAFETY: helper with no arguments.
         let task = unsafe { bpf_get_current_task() } as *const u8;
         let flags: u32 = kread(task, OFFSETS.load().task_flags).unwrap_or(0);
         if flags & PF_KTHREAD != 0 {
-            (MODE_KTHREAD, -1, 0, 0)
+            (SampleMode::Kthread, -1, 0, 0)
         } else {
             syscall_of(regs_of_current())
         }
@@ -116,24 +106,30 @@ fn sample(ctx: &PerfEventContext, regs_of_current: impl FnOnce() -> *const u8) -
     };
     // SAFETY: reserved, exclusively owned slot; every field is written before submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header.kind = EventKind::Sample as u32;
-    ev.header.cpu = cpu;
-    ev.header.ts_ns = now();
-    ev.header.pid = pid;
-    ev.header.tgid = (pt >> 32) as u32;
-    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    fill_header(
+        &mut ev.header,
+        EventKind::Sample,
+        now(),
+        Subject::current(pt),
+    );
     ev.wait_start_ns = start;
     ev.pending = pending;
-    ev.mode = mode;
+    ev.mode = mode as u32;
     ev.nr = nr;
     ev.arg0 = arg0;
     ev.path[0] = 0;
-    let path_arg = if PATH_IN_ARG0.contains(&nr) {
-        arg0
-    } else if PATH_IN_ARG1.contains(&nr) {
-        arg1
-    } else {
+    let path_arg = if nr < 0 {
         0
+    } else {
+        let paths = PATH_SYSCALLS.load();
+        let nr = nr as u32;
+        if paths.in_arg0.contains(&nr) {
+            arg0
+        } else if paths.in_arg1.contains(&nr) {
+            arg1
+        } else {
+            0
+        }
     };
     if path_arg != 0 {
         // SAFETY: a user pointer read with the fault-safe helper; a page not resident

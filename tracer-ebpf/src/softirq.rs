@@ -1,9 +1,7 @@
 //! NET_RX softirq raise→entry waits, and whether a NET_RX run is in progress (which
 //! tells the packet hook it runs in softirq context).
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use tracer_common::{
     EventKind, COMM_LEN, HIST_NET_RX, HIST_NET_TX, HIST_TIMER, NET_RX_SOFTIRQ, NET_TX_SOFTIRQ,
@@ -11,8 +9,9 @@ use tracer_common::{
 };
 
 use crate::{
+    header::Subject,
     maps::{cpu_state, hist_add, now, rx_pending, CONFIG},
-    sched::{emit_wait, WaitSpec},
+    wait::{emit_wait, WaitSpec},
 };
 
 /// The softirq vector: the tracepoints' only argument.
@@ -114,9 +113,7 @@ pub fn softirq_exit(ctx: RawTracePointContext) -> i32 {
             start: raised,
             end: entry,
             run_ns: now().saturating_sub(entry),
-            pid: pt as u32,
-            tgid: (pt >> 32) as u32,
-            comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+            who: Subject::current(pt),
             waker_pid: st.netrx_raiser_pid,
             waker_comm: [0; COMM_LEN],
             include_current: true,

@@ -1,15 +1,13 @@
 //! Syscalls in flight per thread, and the ones that held the CPU longer than the
 //! threshold (time on CPU, so blocking waits such as futex or epoll are not reported).
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_smp_processor_id,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use tracer_common::{EventKind, SyscallEvent, COMM_LEN};
+use tracer_common::{EventKind, SyscallEvent};
 
+use crate::header::{fill_header, Subject};
 use crate::maps::{count_lost, cpu_state, kread, now, SysState, CONFIG, EVENTS, OFFSETS};
 
 /// TP_PROTO(struct pt_regs *regs, long id)
@@ -65,13 +63,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: reserved, exclusively owned slot; all fields written before submit.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    ev.header.kind = EventKind::Syscall as u32;
-    // SAFETY: helper with no arguments.
-    ev.header.cpu = unsafe { bpf_get_smp_processor_id() };
-    ev.header.ts_ns = ts;
-    ev.header.pid = pid;
-    ev.header.tgid = (pt >> 32) as u32;
-    ev.header.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    fill_header(&mut ev.header, EventKind::Syscall, ts, Subject::current(pt));
     ev.nr = s.nr;
     ev.arg0 = s.arg0;
     ev.start_ns = s.start;

@@ -9,7 +9,7 @@ pub fn run() -> anyhow::Result<()> {
     std::fs::write(&path, jsonl(&records(Seed::default())))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());
-    // The reports of the seed's variants, as `analyze` renders them.
+    // The reports of the 2019 GitHub incident's variants, as `analyze` renders them.
     let scratch =
         stalltrace_testkit::scratch::Scratch::new("fixtures").context("a scratch directory")?;
     let dir = crate::root().join("tests/fixtures");

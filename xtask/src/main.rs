@@ -16,6 +16,7 @@ mod field;
 mod fixtures;
 mod fuzz;
 mod image;
+mod imports;
 mod lint;
 mod man;
 mod mutants;

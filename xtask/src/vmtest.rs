@@ -1,6 +1,6 @@
 //! `cargo xtask vmtest`: the kernel matrix. Runs a focused part of the root test suite
 //! inside qemu guests booted with Debian's own kernels, where the project's machines
-//! cannot go: kprobes (absent on the host's 6.18) and the seed's ksoftirqd deferral
+//! cannot go: kprobes (absent on the host's 6.18) and the 2019 GitHub incident's ksoftirqd deferral
 //! (gone since 6.5).
 //!
 //! Per kernel of the matrix (CI: 5.10 and 6.1-rt; `--all`: 5.10, 6.1, 6.1-rt, 6.12):
@@ -73,7 +73,7 @@ pub const FULL_MATRIX: &[&str] = &["5.10", "6.1", "6.1-rt", "6.12"];
 /// 30+ minutes under emulation on a 2-CPU machine, past CI's budget, so CI boots the two
 /// kernels that cover what neither the host (6.18: sample_task_regs, threaded NAPI, no
 /// ksoftirqd deferral, no kprobes) nor each other covers: 5.10 (the degraded sampler,
-/// no threaded NAPI, the seed's deferral, kprobes) and 6.1-rt (PREEMPT_RT's softirq
+/// no threaded NAPI, the 2019 GitHub incident's deferral, kprobes) and 6.1-rt (PREEMPT_RT's softirq
 /// threads, kprobes). 6.1 and 6.12 run with `--all`.
 pub const CI_MATRIX: &[&str] = &["5.10", "6.1-rt"];
 
@@ -772,7 +772,7 @@ fn report(run: &KernelRun, results: &Path) {
                 println!("  | {l}");
             }
         } else if t.id.contains("ksoftirqd") {
-            // The seed's case: show what the lab said in each run.
+            // The 2019 GitHub incident's case: show what the lab said in each run.
             for l in text.lines().filter(|l| {
                 l.starts_with("== ")
                     || l.starts_with("lab: PASS")
@@ -837,8 +837,8 @@ pub fn run(a: VmtestArgs) -> anyhow::Result<()> {
         };
         let mut r = run();
         // An emulator hang is not a test result: show it, then boot the kernel again from
-        // scratch, at most twice (the 6.1-rt guest hung at the lab test in 2 of 4 runs
-        // on 2026-12-01, no lockup message, and passed when booted again). A third hang,
+        // scratch, at most twice (the 6.1-rt guest can hang at the lab test with no lockup
+        // message, and passes when booted again). A third hang,
         // or any test failure, still fails.
         for retry in 1..=2 {
             if !r.hung {

@@ -60,7 +60,7 @@ pub struct Config {
     /// Packets kept at most, whatever their age: a node-wide flood (100k+ packets a
     /// second) would otherwise hold the whole window, hundreds of MiB in a node agent.
     pub max_packets: usize,
-    /// Probe lines shown before an episode (the seed shows the two before).
+    /// Probe lines shown before an episode (the 2019 GitHub incident shows the two before).
     pub context_lines: usize,
     /// Lines kept per episode.
     pub max_lines: usize,
@@ -714,7 +714,7 @@ impl Correlator {
     fn evict(&mut self) {
         let floor = self.now.saturating_sub(self.cfg.max_retain_ns);
         let mut keep_from = self.now.saturating_sub(self.cfg.window_ns);
-        // An open wait needs the packets just before it (the seed's context lines).
+        // An open wait needs the packets just before it (the 2019 GitHub incident's context lines).
         if self.stalls.min_start != u64::MAX {
             keep_from = keep_from.min(self.stalls.min_start.saturating_sub(self.cfg.linger_ns));
         }
@@ -867,7 +867,7 @@ impl Correlator {
         })
     }
 
-    /// The seed's table: probe packets on this CPU just before the delayed run, then
+    /// The 2019 GitHub incident's table: probe packets on this CPU just before the delayed run, then
     /// the run, one row per probe (an echo request and its reply may both have been
     /// processed in the run: the first is shown).
     fn table(&self, st: &OpenStall, run: &[&Pkt], run_ids: &[u64]) -> (Vec<ProbeLine>, u32) {

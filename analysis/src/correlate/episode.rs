@@ -49,7 +49,7 @@ pub struct Episode {
     pub drain_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worst_rtt_ns: Option<u64>,
-    /// The seed's view: probe packets just before the episode, then those it delayed.
+    /// The 2019 GitHub incident's view: probe packets just before the episode, then those it delayed.
     pub lines: Vec<ProbeLine>,
     /// Lines left out of `lines` to keep episodes bounded.
     pub lines_omitted: u32,
@@ -158,7 +158,7 @@ pub struct HolderSummary {
     pub run_ns: u64,
 }
 
-/// One row of the seed's table: who processed which probe packet, and its RTT.
+/// One row of the 2019 GitHub incident's table: who processed which probe packet, and its RTT.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProbeLine {
     pub ts_ns: u64,
@@ -177,7 +177,7 @@ pub struct ProbeLine {
     pub rtt_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<ProbeStatus>,
-    /// Processed in the delayed RX run (the seed's `**`).
+    /// Processed in the delayed RX run (the 2019 GitHub incident's `**`).
     pub delayed: bool,
     /// Processed this long after the stall's latest wait before it ended, in the same
     /// backlog drain (not in the RX run right after a wait).

@@ -1,4 +1,4 @@
-//! Parser tests over the seed's own (mangled) lines and over output captured here.
+//! Parser tests over the 2019 GitHub incident's own (mangled) lines and over output captured here.
 use super::*;
 
 const SEED: &str = include_str!("testdata/seed_hping3.txt");
@@ -43,7 +43,7 @@ fn seed_tcp_syn_ack_line_glued_records() {
         );
         assert_eq!(
             p.target, "",
-            "ip= is empty in the seed and no header names it"
+            "ip= is empty in the 2019 GitHub incident and no header names it"
         );
         assert_eq!(p.status, ProbeStatus::Ok);
     }

@@ -1,4 +1,4 @@
-//! Live lines of `record`: packets in the seed's table layout, waits and long syscalls
+//! Live lines of `record`: packets in the 2019 GitHub incident's table layout, waits and long syscalls
 //! in plain words.
 use crate::{
     dump::{HolderRec, PacketRec, RxContext, SyscallRec, WaitKind, WaitRec},
@@ -240,7 +240,7 @@ mod tests {
             drain_of_ns: None,
         };
         let mut d = StallDedup::default();
-        // The seed's stall: the RX thread's wait, then NET_RX's, ending 4 µs apart.
+        // The 2019 GitHub incident's stall: the RX thread's wait, then NET_RX's, ending 4 µs apart.
         assert!(d.is_new(&w(11, 1_000, 99_001_000, WaitKind::RxThread)));
         assert!(!d.is_new(&w(11, 500, 99_005_000, WaitKind::NetRxSoftirq)));
         // Another CPU, and the next stall on this one, are news.

@@ -144,7 +144,7 @@ fn rtt_cell(l: &ProbeLine) -> String {
     }
 }
 
-/// The seed's table: who processed each probe packet; `**` marks the delayed ones.
+/// The 2019 GitHub incident's table: who processed each probe packet; `**` marks the delayed ones.
 pub fn episode_table(e: &Episode) -> Vec<String> {
     let mut out = vec![format!(
         "{:<8}{:<8}{:<17}{:<5}{:<8}** RTT",

@@ -1,9 +1,9 @@
 //! Memory cgroups, live and dying. A removed memory cgroup stays "dying" while pages
 //! charged to it (page cache, dentries, inodes) remain; the kernel still walks it. The
-//! seed's node had enough of them that one read of memory.stat took 150 ms.
+//! 2019 GitHub incident's node had enough of them that one read of memory.stat took 150 ms.
 //!
 //! v1: /proc/cgroups counts every memory cgroup, dying ones included, while the
-//! directory tree shows only live ones: the difference is the dying count (the seed's own
+//! directory tree shows only live ones: the difference is the dying count (the 2019 GitHub incident's own
 //! method). v2: `cgroup.stat` says it (`nr_dying_subsys_memory` from 6.11, else
 //! `nr_dying_descendants`, which counts dying cgroups of any controller).
 use std::{
@@ -13,16 +13,14 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use stalltrace_analysis::dump::{CgroupFacts, CgroupHierarchy};
+use stalltrace_analysis::dump::CgroupHierarchy;
 
-use super::{
-    count, kernel::KernelFacts, memstat::StatCost, read_text, Budget, Check, Roots, Status,
-};
+use super::{count, kernel::KernelFacts, read_text, Budget, Check, Roots, Status};
 
 /// More dying memory cgroups than this: warn. Each one is walked by whoever reads stats
 /// or reclaims on its ancestors (see [`why_dying_matter`]).
 pub const DYING_WARN: u64 = 1_000;
-/// More than this: bad. The seed's nodes had tens of thousands; a983b5ebee57 (4.16)
+/// More than this: bad. The 2019 GitHub incident's nodes had tens of thousands; a983b5ebee57 (4.16)
 /// quotes 14 s memory.stat reads with "tens of thousands of ghost cgroups".
 pub const DYING_BAD: u64 = 10_000;
 
@@ -320,7 +318,7 @@ pub fn census(roots: &Roots, budget: Budget) -> (Census, Dirs) {
 /// Why dying memory cgroups cost something, with the kernel versions that changed it.
 pub fn why_dying_matter() -> &'static str {
     "each dying memory cgroup keeps its per-CPU counters and LRU lists until its last page \
-     is freed; before 5.2 every memory.stat read walks all of them (the seed's 4.9 node: \
+     is freed; before 5.2 every memory.stat read walks all of them (the 2019 GitHub incident's 4.9 node: \
      100+ ms per read), and on newer kernels reclaim still iterates them and stat flushes \
      include those with pending updates"
 }
@@ -429,31 +427,10 @@ pub fn check(c: &Census, kernel: &KernelFacts) -> Check {
     check.todo(
         "find what creates and removes short-lived cgroups that leave page cache behind \
          (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` \
-         frees the pages that pin them (the seed's workaround; cached files are re-read), and \
+         frees the pages that pin them (the 2019 GitHub incident's workaround; cached files are re-read), and \
          then watch this count; kernels from 5.2 stop walking them on every memory.stat \
          read",
     )
-}
-
-/// The small summary `record` stores in its dump header.
-pub fn facts(c: &Census, cost: &StatCost, measured_at: String) -> CgroupFacts {
-    let root_sample = cost.samples.first().filter(|s| s.path.is_empty());
-    let mut notes = c.notes.clone();
-    if root_sample.is_none() {
-        notes.push("the hierarchy root's memory.stat was not timed".into());
-    }
-    CgroupFacts {
-        hierarchy: c.hierarchy,
-        memcg_live: c.live,
-        memcg_dying: c.dying,
-        kubepods_live: c.kubepods.as_ref().map(|k| k.cgroups),
-        kubepods_dying: c.kubepods.as_ref().and_then(|k| k.dying),
-        root_stat_read_median_ns: root_sample.and_then(|s| s.median_ns),
-        root_stat_read_max_ns: root_sample.and_then(|s| s.max_ns),
-        root_stat_reads: root_sample.map(|s| s.reads).unwrap_or(0),
-        measured_at,
-        notes,
-    }
 }
 
 #[cfg(test)]
@@ -638,7 +615,11 @@ mod tests {
         let (c, _) = census(&t.roots(), budget());
         assert_eq!((c.live, c.dying), (Some(11), Some(40)));
         assert_eq!(check(&c, &KernelFacts::default()).status, Status::Ok);
-        let f = facts(&c, &StatCost::default(), "now".into());
+        let f = crate::doctor::memstat::facts(
+            &c,
+            &crate::doctor::memstat::StatCost::default(),
+            "now".into(),
+        );
         assert_eq!(f.memcg_dying, Some(40));
         assert_eq!(f.kubepods_live, Some(9));
         assert_eq!(f.kubepods_dying, Some(14_000));

@@ -388,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn irq_cpu_with_a_spinning_fifo_task_is_bad_on_the_seeds_kernels_only() {
+    fn irq_cpu_with_a_spinning_fifo_task_is_bad_on_the_2019_incident_kernels_only() {
         let t = lab_like(90_000, "4.9.0-19-amd64");
         std::fs::remove_dir_all(t.path("proc/4242")).unwrap();
         t.file(

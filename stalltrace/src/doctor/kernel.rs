@@ -1,5 +1,5 @@
 //! The running kernel: its version and the behaviours of it that decide whether the
-//! seed's stall can happen here, and what `record` can hook.
+//! 2019 GitHub incident's stall can happen here, and what `record` can hook.
 //!
 //! What is claimed, and the changes it rests on (upstream commit titles):
 //! - 4.9 "softirq: Let ksoftirqd do its job": NET_RX raised from an interrupt is left to
@@ -137,7 +137,7 @@ fn behaviours(v: Option<KernelVersion>) -> Vec<Behaviour> {
         Some(v) if defers_net_rx_to_ksoftirqd(v) => {
             "NET_RX raised from an interrupt waits for ksoftirqd whenever ksoftirqd is \
              runnable on that CPU (4.9 to 6.4): a busy or starved ksoftirqd holds all RX of \
-             its CPU, the seed's mechanism"
+             its CPU, the 2019 GitHub incident's mechanism"
                 .to_string()
         }
         Some(v) if v >= V6_5 => "NET_RX raised from an interrupt runs at interrupt exit even \
@@ -230,10 +230,7 @@ pub fn read(roots: &Roots) -> KernelFacts {
 /// What `record --attach auto` decides on this kernel: by default (no `--peer`), and
 /// for an IPv4 `--peer` alone when that differs.
 fn packet_path(kprobes: &Result<(), String>) -> String {
-    use crate::kernel::{
-        loader::AttachMode,
-        packet_path::{decide, Needs},
-    };
+    use crate::kernel::packet_path::{decide, AttachMode, Needs};
     let hook = |peer| {
         let needs = Needs {
             probe: false,
@@ -372,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_kernel_warns_and_a_new_one_does_not() {
+    fn the_2019_incident_kernel_warns_and_a_new_one_does_not() {
         let t = tree("4.9.0-19-amd64");
         let k = read(&t.roots());
         let c = check(&k);

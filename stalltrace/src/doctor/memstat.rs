@@ -1,6 +1,6 @@
 //! What one read of memory.stat costs here: a few timed reads at the hierarchy root and
 //! at the largest subtrees, and a pass over every memory.stat like cadvisor's, each
-//! bounded in time. The read runs in the kernel on the reader's CPU; on the seed's node
+//! bounded in time. The read runs in the kernel on the reader's CPU; on the 2019 GitHub incident's node
 //! it took 150 ms and the RX work queued behind it on that CPU waited as long.
 use std::{
     io::Read as _,
@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use stalltrace_analysis::dump::CgroupFacts;
 
 use super::{
     budget,
@@ -21,7 +22,7 @@ use super::{
 /// A single read slower than this: warn. Packets queued behind it on that CPU wait as
 /// long, which p99.9 latency already shows.
 pub const READ_WARN_NS: u64 = 5_000_000;
-/// Slower than this: bad, half of what the seed saw (100+ ms stalls, 150 ms reads).
+/// Slower than this: bad, half of what the 2019 GitHub incident saw (100+ ms stalls, 150 ms reads).
 pub const READ_BAD_NS: u64 = 50_000_000;
 /// A full pass over every memory.stat longer than this: warn (cadvisor makes one per
 /// housekeeping interval, all of it CPU time in the kernel).
@@ -287,7 +288,7 @@ pub fn check(cost: &StatCost, census: &Census, kernel: &KernelFacts) -> Check {
     details.push(format!(
         "thresholds: a read over {} warns, over {} is bad, a full pass over {} warns: the read \
          runs in the kernel on the reader's CPU, and RX work waiting for that CPU (ksoftirqd, \
-         a napi thread) can wait as long; the seed saw 150 ms reads and 100+ ms stalls",
+         a napi thread) can wait as long; the 2019 GitHub incident saw 150 ms reads and 100+ ms stalls",
         dur(READ_WARN_NS),
         dur(READ_BAD_NS),
         dur(PASS_WARN_NS)
@@ -311,6 +312,28 @@ pub fn check(cost: &StatCost, census: &Census, kernel: &KernelFacts) -> Check {
          often (cadvisor --housekeeping_interval, the kubelet's stats period); on kernels \
          before 5.2, upgrading removes the walk over every cgroup",
     )
+}
+
+/// The small summary `record` stores in its dump header.
+/// (The cgroup census and the cost of reading memory.stat, together.)
+pub fn facts(c: &Census, cost: &StatCost, measured_at: String) -> CgroupFacts {
+    let root_sample = cost.samples.first().filter(|s| s.path.is_empty());
+    let mut notes = c.notes.clone();
+    if root_sample.is_none() {
+        notes.push("the hierarchy root's memory.stat was not timed".into());
+    }
+    CgroupFacts {
+        hierarchy: c.hierarchy,
+        memcg_live: c.live,
+        memcg_dying: c.dying,
+        kubepods_live: c.kubepods.as_ref().map(|k| k.cgroups),
+        kubepods_dying: c.kubepods.as_ref().and_then(|k| k.dying),
+        root_stat_read_median_ns: root_sample.and_then(|s| s.median_ns),
+        root_stat_read_max_ns: root_sample.and_then(|s| s.max_ns),
+        root_stat_reads: root_sample.map(|s| s.reads).unwrap_or(0),
+        measured_at,
+        notes,
+    }
 }
 
 #[cfg(test)]
@@ -358,7 +381,7 @@ mod tests {
             "{}",
             chk.summary
         );
-        let f = cgroups::facts(&c, &cost, "t".into());
+        let f = facts(&c, &cost, "t".into());
         assert_eq!(f.root_stat_reads, budget::STAT_READS_EACH);
         assert!(f.root_stat_read_max_ns >= f.root_stat_read_median_ns);
     }

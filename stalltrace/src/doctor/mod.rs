@@ -1,6 +1,6 @@
 //! `stalltrace doctor`: from "who held the CPU" to "why, and what to do". Read-only
 //! checks of the node for the conditions behind the stalls `record` catches: dying memory
-//! cgroups and the cost of reading `memory.stat` (the seed's cadvisor case), the kernel's
+//! cgroups and the cost of reading `memory.stat` (the 2019 GitHub incident's cadvisor case), the kernel's
 //! known behaviours, where RX runs and what else may hold those CPUs, and the tool's own
 //! prerequisites.
 //!
@@ -331,7 +331,7 @@ pub fn examine(roots: &Roots) -> DoctorReport {
         kernel::tracing_check(&kernel),
         privileges::check(&tool, &kernel),
     ];
-    let cgroups = cgroups::facts(&census, &stat_cost, measured_at.clone());
+    let cgroups = memstat::facts(&census, &stat_cost, measured_at.clone());
     DoctorReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,
@@ -359,7 +359,7 @@ pub fn cgroup_facts(roots: &Roots) -> CgroupFacts {
     let (census, dirs) =
         cgroups::census(roots, Budget::new(budget::FACTS_WALK, budget::CGROUP_DIRS));
     let stat_cost = memstat::measure(&census, &dirs, budget::FACTS_READS, false);
-    cgroups::facts(&census, &stat_cost, measured_at)
+    memstat::facts(&census, &stat_cost, measured_at)
 }
 
 /// `stalltrace doctor`.
@@ -406,7 +406,7 @@ mod tests {
 
     use crate::doctor::testfs::{Task, Tree};
 
-    /// The seed's node, and the lab's planted stall, in one fixture: kernel 4.9, cgroup
+    /// The 2019 GitHub incident's node, and the lab's planted stall, in one fixture: kernel 4.9, cgroup
     /// v1 with 20 000 dying memory cgroups and a kubepods subtree, a virtio NIC whose
     /// queue interrupt goes to CPU 1, a napi thread pinned to CPU 1 next to a spinning
     /// SCHED_FIFO task, no BTF, no kprobes, and not root.
@@ -495,7 +495,7 @@ mod tests {
             "{}",
             text[0]
         );
-        assert!(text.contains(&"[bad] memory cgroups: 20 000 dying, 12 live (10 under kubepods); what to do: find what creates and removes short-lived cgroups that leave page cache behind (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` frees the pages that pin them (the seed's workaround; cached files are re-read), and then watch this count; kernels from 5.2 stop walking them on every memory.stat read".to_string()), "{text:#?}");
+        assert!(text.contains(&"[bad] memory cgroups: 20 000 dying, 12 live (10 under kubepods); what to do: find what creates and removes short-lived cgroups that leave page cache behind (pods, jobs, transient units); for relief now `sync; echo 3 > /proc/sys/vm/drop_caches` frees the pages that pin them (the 2019 GitHub incident's workaround; cached files are re-read), and then watch this count; kernels from 5.2 stop walking them on every memory.stat read".to_string()), "{text:#?}");
         let rx = text
             .iter()
             .find(|l| l.starts_with("[bad] RX CPUs: "))

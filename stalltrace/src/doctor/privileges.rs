@@ -6,12 +6,10 @@ use super::{
     kernel::{KernelFacts, KernelVersion},
     read_text, Check, Roots, Status,
 };
-use crate::kernel::preflight;
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_SYS_RESOURCE: u32 = 24;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use crate::{
+    host::{cap_eff, effective_caps, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_RESOURCE},
+    kernel::preflight,
+};
 /// CAP_BPF and CAP_PERFMON exist from 5.8; before, tracing needs CAP_SYS_ADMIN.
 const SPLIT_CAPS: KernelVersion = KernelVersion {
     major: 5,
@@ -40,13 +38,6 @@ pub struct ToolFacts {
     pub memlock: Option<(Option<u64>, Option<u64>)>,
     /// What `record`'s own privilege check says here (the live machine only).
     pub record_says: Option<String>,
-}
-
-fn cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 fn euid(status: &str) -> Option<u32> {
@@ -78,7 +69,7 @@ pub fn read(roots: &Roots) -> ToolFacts {
     let status = read_text(&roots.proc("proc/self/status")).unwrap_or_default();
     // On the live machine the capability bits come from preflight, as `record`'s do.
     let caps = if roots.is_live() {
-        Some(preflight::effective_caps())
+        Some(effective_caps())
     } else {
         cap_eff(&status)
     };

@@ -1,8 +1,6 @@
 //! Loads the eBPF object with this kernel's offsets and the user's filter, attaches the
 //! programs, and reads the maps. Dropping the [`Tracer`] detaches everything (aya owns
 //! the links and program fds), so no program outlives the process.
-use std::os::fd::{AsFd as _, AsRawFd as _};
-
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
@@ -13,8 +11,8 @@ use aya::{
 };
 use thiserror::Error;
 use tracer_common::{
-    EventKind, Filter, Hist, KernelConfig, Offsets, HIST_NET_RX, HIST_NET_TX, HIST_RX_THREAD,
-    HIST_TIMER, LOST_PARKED, LOST_RX_WAKE, LOST_SLOTS, STACK_MAP_ENTRIES,
+    EventKind, Filter, Hist, KernelConfig, Offsets, PathSyscalls, HIST_NET_RX, HIST_NET_TX,
+    HIST_RX_THREAD, HIST_TIMER, LOST_PARKED, LOST_RX_WAKE, LOST_SLOTS, STACK_MAP_ENTRIES,
 };
 
 use stalltrace_analysis::dump::{CpuHist, Lost};
@@ -23,18 +21,6 @@ use super::packet_path::{PacketHook, PacketPath};
 
 /// The object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AttachMode {
-    /// kprobe:icmp_echo when IPv4 echo requests are all the run needs (--peer IPv4, no
-    /// --probe, no --tcp) and the kernel has kprobes; else the tracepoint.
-    Auto,
-    /// kprobe:icmp_echo (IPv4 echo requests only: refused with --probe, --tcp or an IPv6
-    /// --peer; fails where kprobes are missing).
-    Kprobe,
-    /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
-    Tracepoint,
-}
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -210,6 +196,38 @@ pub struct Tracer {
     pub loaded: Vec<&'static str>,
 }
 
+/// This architecture's syscalls with a path in their first or second argument: a
+/// sample taken inside one reads the path.
+fn path_syscalls() -> PathSyscalls {
+    let mut p = PathSyscalls::none();
+    #[cfg(target_arch = "x86_64")]
+    {
+        use syscalls::Sysno;
+        let arg0 = [
+            Sysno::open,
+            Sysno::stat,
+            Sysno::lstat,
+            Sysno::access,
+            Sysno::readlink,
+        ];
+        let arg1 = [
+            Sysno::openat,
+            Sysno::newfstatat,
+            Sysno::readlinkat,
+            Sysno::faccessat,
+            Sysno::statx,
+            Sysno::openat2,
+        ];
+        for (slot, nr) in p.in_arg0.iter_mut().zip(arg0) {
+            *slot = nr as u32;
+        }
+        for (slot, nr) in p.in_arg1.iter_mut().zip(arg1) {
+            *slot = nr as u32;
+        }
+    }
+    p
+}
+
 impl Tracer {
     /// Loads the object and every program a recording may use through the verifier,
     /// without attaching: the kprobe too (so its verdict is known where kprobes exist
@@ -222,6 +240,7 @@ impl Tracer {
             .override_global("FILTER", &opts.filter, true)
             .override_global("OFFSETS", &opts.offsets, true)
             .override_global("CONFIG", &opts.config, true)
+            .override_global("PATH_SYSCALLS", &path_syscalls(), true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("STACKS", if opts.stacks { STACK_MAP_ENTRIES } else { 1 })
             .load(OBJECT)
@@ -542,36 +561,12 @@ impl Tracer {
         self.ebpf
             .programs()
             .filter_map(|(name, p)| {
-                let fd = p.fd().ok()?;
-                let (t, n) = run_stats(fd.as_fd().as_raw_fd())?;
-                Some((name.to_string(), t, n))
+                let info = p.info().ok()?;
+                let t = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some((name.to_string(), t, info.run_count()))
             })
             .collect()
     }
-}
-
-/// `run_time_ns` and `run_cnt` of a program, from `BPF_OBJ_GET_INFO_BY_FD`.
-fn run_stats(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
-    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
-    // SAFETY: both are plain C structs for which all-zero is a valid value.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // Writing a union's field is safe; the `info` member is the one the command reads.
-    attr.info.bpf_fd = u32::try_from(fd).ok()?;
-    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
-    // SAFETY: bpf(2) with a fully initialised attr of the size given; the kernel
-    // writes at most info_len bytes into `info`, which lives across the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-            std::ptr::addr_of!(attr),
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    (rc == 0).then_some((info.run_time_ns, info.run_cnt))
 }
 
 /// The oldest kernel the object can load on: the BPF ring buffer and
@@ -582,7 +577,7 @@ pub const MIN_KERNEL: (u32, u32) = (5, 8);
 /// What to say when the object does not load on a kernel older than [`MIN_KERNEL`].
 fn too_old_hint() -> String {
     let release = crate::sys::kernel_release();
-    if crate::lab::ksoftirqd::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
+    if crate::host::kernel_at_least(&release, MIN_KERNEL.0, MIN_KERNEL.1) {
         return String::new();
     }
     format!(
@@ -603,5 +598,18 @@ fn verifier_msg(e: &aya::programs::ProgramError) -> String {
         )
     } else {
         full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The numbers the sampler gets are x86_64's, as arch/x86/entry/syscalls/syscall_64.tbl
+    /// lists them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn path_syscalls_are_x86_64_numbers() {
+        let p = super::path_syscalls();
+        assert_eq!(p.in_arg0[..6], [2, 4, 6, 21, 89, u32::MAX]);
+        assert_eq!(p.in_arg1[..7], [257, 262, 267, 269, 332, 437, u32::MAX]);
     }
 }

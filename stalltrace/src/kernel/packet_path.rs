@@ -3,7 +3,7 @@
 //! reason; `features`, `record --dry-run`, the recorder's stderr and the dump header
 //! (`packet_hook`, `options.packet_hook_reason`) say both.
 //!
-//! `kprobe:icmp_echo` (the seed's hook) runs only for the IPv4 echo requests this host
+//! `kprobe:icmp_echo` (the 2019 GitHub incident's hook) runs only for the IPv4 echo requests this host
 //! answers, so other packets cost nothing, but it never sees echo replies, ICMPv6 or
 //! TCP. `tracepoint:net:netif_receive_skb` sees every packet received.
 //!
@@ -18,7 +18,17 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracer_common::Filter;
 
-use super::loader::AttachMode;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// kprobe:icmp_echo when IPv4 echo requests are all the run needs (--peer IPv4, no
+    /// --probe, no --tcp) and the kernel has kprobes; else the tracepoint.
+    Auto,
+    /// kprobe:icmp_echo (IPv4 echo requests only: refused with --probe, --tcp or an IPv6
+    /// --peer; fails where kprobes are missing).
+    Kprobe,
+    /// tracepoint:net:netif_receive_skb (requests and replies, IPv4/IPv6, TCP).
+    Tracepoint,
+}
 
 pub const KPROBE: &str = "kprobe:icmp_echo";
 pub const TRACEPOINT: &str = "tracepoint:net:netif_receive_skb";
@@ -113,7 +123,7 @@ impl Unseen {
     }
 
     /// What `--attach kprobe` may still do without: all of a run without `--peer`
-    /// (the user asked for the seed's hook and gets IPv4 echo requests from anyone).
+    /// (the user asked for the 2019 GitHub incident's hook and gets IPv4 echo requests from anyone).
     fn refuses_kprobe(&self) -> bool {
         !matches!(self, Unseen::EveryEcho)
     }

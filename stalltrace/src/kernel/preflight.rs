@@ -3,23 +3,10 @@
 //! tracepoint or a perf-PMU kprobe, attached without it.)
 use std::{fs, path::Path};
 
-use crate::exit::{CodedError, ExitCode};
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// Effective capability bits of this process (from /proc/self/status).
-pub fn effective_caps() -> u64 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
+use crate::{
+    exit::{CodedError, ExitCode},
+    host::{effective_caps, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
+};
 
 /// Tracing needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN on kernels before 5.8).
 pub fn check_privileges(what: &str) -> Result<(), CodedError> {

@@ -443,15 +443,15 @@ fn undo(s: &State) -> (Vec<String>, Vec<String>) {
         }
     }
     if let Some(ns) = &s.namespace {
-        if stalltrace_testkit::netns::namespace_exists(ns)
-            && stalltrace_testkit::netns::run(&["ip", "netns", "del", ns]).is_ok()
+        if crate::lab::netns::namespace_exists(ns)
+            && crate::lab::netns::run(&["ip", "netns", "del", ns]).is_ok()
         {
             done.push(format!("namespace {ns} removed"));
         }
     }
     for l in &s.links {
-        if stalltrace_testkit::netns::link_exists(l)
-            && stalltrace_testkit::netns::run(&["ip", "link", "del", l]).is_ok()
+        if crate::lab::netns::link_exists(l)
+            && crate::lab::netns::run(&["ip", "link", "del", l]).is_ok()
         {
             done.push(format!("link {l} removed"));
         }

@@ -1,4 +1,4 @@
-//! The seed's mechanism as a lab scenario: NET_RX deferred to a starved `ksoftirqd/N`.
+//! The 2019 GitHub incident's mechanism as a lab scenario: NET_RX deferred to a starved `ksoftirqd/N`.
 //!
 //! No threaded NAPI here: the namespace side of the veth pair keeps veth's default
 //! (no NAPI instance), so each packet sent into the namespace goes through
@@ -8,7 +8,7 @@
 //! SCHED_FIFO culprit, holding the CPU without pause, keeps `ksoftirqd/N` off it until
 //! RT throttling lets it run. On kernels 4.9–6.4 a NET_RX raised while `ksoftirqd` is
 //! runnable is left to it ("let ksoftirqd do its job"), so every probe waits until then:
-//! the seed's staircase, with `ksoftirqd/N` as RX context. Since 6.5 NET_RX raised from
+//! the 2019 GitHub incident's staircase, with `ksoftirqd/N` as RX context. Since 6.5 NET_RX raised from
 //! an interrupt runs at irq exit anyway, so the same set-up does not stall there: the lab
 //! then says so (exit 6) instead of passing or failing. On PREEMPT_RT kernels (any
 //! version) a softirq raised in hard-irq context, as RPS's IPI raises NET_RX, is always
@@ -17,7 +17,7 @@
 //! The flood (`stalltrace flood`, a plain UDP socket) goes to the discard port of the
 //! namespace's own address (never anything outside the lab), pinned to CPU 0 like the
 //! prober, as long as the culprit runs, and bounded twice: its own duration and death
-//! with the lab. UDP rather than the seed's `hping3 --icmp`: the
+//! with the lab. UDP rather than the 2019 GitHub incident's `hping3 --icmp`: the
 //! NET_RX load is the same, and it adds no ICMP echoes to the recording (which keeps
 //! every echo to or from the namespace's address).
 use std::{
@@ -34,6 +34,7 @@ use super::{
     journal::Journal,
     scenario::{Lab, Load, Scenario},
 };
+use crate::host::{kernel_at_least, preempt_rt};
 
 /// Waits at least this long count as the stall the scenario is after.
 const STALL_NS: u64 = 50_000_000;
@@ -42,7 +43,7 @@ const STALL_NS: u64 = 50_000_000;
 /// drivers set their own) lowered to one packet while the flood runs. Then NET_RX on
 /// the starved CPU re-raises itself after every packet, so a backlog of a dozen packets
 /// uses up `__do_softirq`'s ten restarts and wakes `ksoftirqd/N`, which the culprit
-/// then starves: the seed's deferral on every run, instead of only when the flood
+/// then starves: the 2019 GitHub incident's deferral on every run, instead of only when the flood
 /// happens to outrun 10 rounds of 64 packets. Both settings are global: the journal
 /// records their values first, and they are put back the moment the flood ends.
 const SYSCTLS: [&str; 2] = [
@@ -58,7 +59,7 @@ impl Scenario for Ksoftirqd {
     }
 
     fn summary(&self) -> &'static str {
-        "the seed's case: RPS sends the namespace's RX to one CPU, a flood wakes ksoftirqd there, a SCHED_FIFO busy loop (stall-hog) starves it (stalls on kernels before 6.5, and on PREEMPT_RT)"
+        "the 2019 GitHub incident's case: RPS sends the namespace's RX to one CPU, a flood wakes ksoftirqd there, a SCHED_FIFO busy loop (stall-hog) starves it (stalls on kernels before 6.5, and on PREEMPT_RT)"
     }
 
     fn culprit(&self) -> &'static str {
@@ -102,7 +103,7 @@ impl Scenario for Ksoftirqd {
 
     /// Floods the namespace address from CPU 0 for `length` (the culprit's run), in the
     /// background; the flood ends by itself then, or earlier when stopped. Why as long
-    /// as the culprit: the seed's 0.5 s burst wakes ksoftirqd once, but whether it is
+    /// as the culprit: the 2019 GitHub incident's 0.5 s burst wakes ksoftirqd once, but whether it is
     /// woken again after it caught up depends on how slow NET_RX runs (under qemu's
     /// emulation it often is, on a fast machine not); flooding throughout wakes it
     /// every time.
@@ -221,13 +222,13 @@ fn wait_for_fifo(pid: u32, limit: Duration) -> bool {
 }
 
 /// `Some(why)` when the recording holds no NET_RX wait of 50 ms or more run by
-/// ksoftirqd: the seed's mechanism did not happen on this kernel.
+/// ksoftirqd: the 2019 GitHub incident's mechanism did not happen on this kernel.
 pub fn not_reproduced(dump: &Path) -> anyhow::Result<Option<String>> {
     let mut r = DumpReader::open(dump)?;
     let kernel = r.header().kernel.clone();
     let (mut deferred, mut starved) = (0u64, 0u64);
     while let Some(rec) = r.next_record()? {
-        // Only NET_RX itself waiting for ksoftirqd is the seed's stall: since 6.5 a
+        // Only NET_RX itself waiting for ksoftirqd is the 2019 GitHub incident's stall: since 6.5 a
         // starved ksoftirqd still shows long RX-thread waits, but the packets were
         // already handled at irq exit.
         if let Record::Wait(w) = rec {
@@ -245,7 +246,7 @@ pub fn not_reproduced(dump: &Path) -> anyhow::Result<Option<String>> {
     let since_6_5 = kernel_at_least(&kernel, 6, 5) && !preempt_rt();
     let why = if since_6_5 {
         "since Linux 6.5 a NET_RX raised from an interrupt runs at irq exit even while ksoftirqd is busy, \
-         so a starved ksoftirqd no longer holds packets back (the seed's mechanism needs 4.9–6.4)"
+         so a starved ksoftirqd no longer holds packets back (the 2019 GitHub incident's mechanism needs 4.9–6.4)"
     } else {
         "NET_RX never waited 50 ms or more for ksoftirqd"
     };
@@ -259,35 +260,4 @@ pub fn not_reproduced(dump: &Path) -> anyhow::Result<Option<String>> {
     Ok(Some(format!(
         "no stall reproduced on this kernel (Linux {kernel}): {why}{starved}"
     )))
-}
-
-/// A PREEMPT_RT kernel (`/sys/kernel/realtime`, present on those only): softirqs
-/// raised in hard-irq context always go to ksoftirqd there.
-pub fn preempt_rt() -> bool {
-    std::fs::read_to_string("/sys/kernel/realtime").is_ok_and(|s| s.trim() == "1")
-}
-
-/// Whether a `uname -r` string is at least `major.minor`.
-pub fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut it = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty());
-    let ma = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-    let mi = it.next().and_then(|s| s.parse::<u32>().ok()).unwrap_or(0);
-    (ma, mi) >= (major, minor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kernel_at_least;
-
-    #[test]
-    fn kernel_versions_compare() {
-        assert!(!kernel_at_least("6.1.0-56-amd64", 6, 5));
-        assert!(!kernel_at_least("5.15.0", 6, 5));
-        assert!(kernel_at_least("6.5.0", 6, 5));
-        assert!(kernel_at_least("6.12.117+deb12-amd64", 6, 5));
-        assert!(kernel_at_least("6.18.0", 6, 5));
-        assert!(!kernel_at_least("garbage", 6, 5));
-    }
 }

@@ -1,10 +1,10 @@
-//! The seed's culprit, built for real: memory cgroups charged with page cache and then
+//! The 2019 GitHub incident's culprit, built for real: memory cgroups charged with page cache and then
 //! removed, so they linger as dying ones; and a cadvisor-like walker that reads
 //! `memory.stat` (and `cpu.stat`, `io.stat` where present) of every cgroup in a loop,
-//! SCHED_FIFO on the RX CPU. On the seed's 4.9 kernel one read walked every dying
+//! SCHED_FIFO on the RX CPU. On the 2019 GitHub incident's 4.9 kernel one read walked every dying
 //! cgroup and took 100+ ms inside the kernel; that was fixed in 5.2 (the lab measures
 //! and says what a single read costs here), so here the stall comes from the walk
-//! itself holding the CPU, standing in for the seed's long non-preemptible read.
+//! itself holding the CPU, standing in for the 2019 GitHub incident's long non-preemptible read.
 //!
 //! Everything is made below the lab's own memory cgroup (never elsewhere; the lab's
 //! own tasks never move): a helper process moves itself through the new cgroups and
@@ -204,7 +204,7 @@ impl Scenario for MemcgStat {
     }
 
     fn summary(&self) -> &'static str {
-        "the seed's culprit: dying memory cgroups (charged with page cache, then removed) and a SCHED_FIFO walker (stat-walker) reading memory.stat of every cgroup in a loop, as cadvisor did"
+        "the 2019 GitHub incident's culprit: dying memory cgroups (charged with page cache, then removed) and a SCHED_FIFO walker (stat-walker) reading memory.stat of every cgroup in a loop, as cadvisor did"
     }
 
     fn culprit(&self) -> &'static str {
@@ -257,9 +257,9 @@ impl Scenario for MemcgStat {
                 .map(|r| format!(", the hierarchy root's {}", human_ns(r)))
                 .unwrap_or_default();
             let verdict = if max >= 10_000_000 {
-                "a single read could stall RX here, as on the seed's 4.9 node"
+                "a single read could stall RX here, as on the 2019 GitHub incident's 4.9 node"
             } else {
-                "a single read would not stall RX on this kernel (the per-read walk of dying cgroups was removed in 5.2): the walker's loop holds the CPU instead, standing in for the seed's long read"
+                "a single read would not stall RX on this kernel (the per-read walk of dying cgroups was removed in 5.2): the walker's loop holds the CPU instead, standing in for the 2019 GitHub incident's long read"
             };
             crate::outln!(
                 "lab: one memory.stat read costs {} (max {}){root}: {verdict}",
@@ -267,7 +267,7 @@ impl Scenario for MemcgStat {
                 human_ns(max)
             );
         }
-        let how = super::scenario::threaded_napi(lab)?;
+        let how = super::napi::threaded_napi(lab)?;
         Ok(how)
     }
 

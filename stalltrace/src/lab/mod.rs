@@ -3,11 +3,15 @@
 //! recording, and checks that the tool blames the planted task. Every change is written
 //! to a journal first ([`journal`]), so what a killed lab leaves is undone by
 //! `stalltrace lab --cleanup` or by the next lab.
+pub mod catalog;
+pub mod child;
 pub mod flood;
 pub mod hog;
 pub mod journal;
 pub mod ksoftirqd;
 pub mod memcg;
+pub mod napi;
+pub mod netns;
 pub mod scenario;
 pub mod tied;
 pub mod verdict;
@@ -24,15 +28,14 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use stalltrace_analysis::units::{duration_in, SEC};
-use stalltrace_testkit::{
-    child::ChildGuard,
-    netns::{link_exists, namespace_exists, Netns, NetnsError},
-};
 
 use self::{
+    catalog::ScenarioName,
+    child::ChildGuard,
     hog::{Hog, HogArgs},
     journal::Journal,
-    scenario::{Lab, Scenario, ScenarioName},
+    netns::{link_exists, namespace_exists, Netns, NetnsError},
+    scenario::{Lab, Scenario},
 };
 use crate::{
     exit::{CodedError, ExitCode},

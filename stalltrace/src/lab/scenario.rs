@@ -1,13 +1,12 @@
-//! The lab's scenarios: each says how the namespace's receive work reaches the starved
-//! CPU, how its culprit holds that CPU, what else must run, and whether this kernel can
-//! show the stall at all. A new scenario is one more implementation and one more
-//! [`ScenarioName`].
+//! What a lab scenario is: it says how the namespace's receive work reaches the
+//! starved CPU, how its culprit holds that CPU, what else must run, and whether this
+//! kernel can show the stall at all. A new scenario is one more implementation and one
+//! more [`ScenarioName`](super::catalog::ScenarioName).
 use std::{path::Path, time::Duration};
 
 use stalltrace_analysis::correlate::Report;
-use stalltrace_testkit::netns::Netns;
 
-use super::{hog::HogArgs, journal::Journal, ksoftirqd::Ksoftirqd};
+use super::{hog::HogArgs, journal::Journal, netns::Netns};
 
 /// What a scenario works with: the lab's namespace, its journal, its private directory.
 pub struct Lab<'a> {
@@ -17,7 +16,7 @@ pub struct Lab<'a> {
     pub scratch: &'a Path,
     /// The CPU starved.
     pub cpu: u32,
-    /// Set by [`threaded_napi`] on a kernel without threaded NAPI (before 5.12): RX goes
+    /// Set by [`threaded_napi`](super::napi::threaded_napi) on a kernel without threaded NAPI (before 5.12): RX goes
     /// to `ksoftirqd/N` instead, which needs the ksoftirqd scenario's flood.
     pub rx_by_ksoftirqd: bool,
 }
@@ -53,181 +52,5 @@ pub trait Scenario {
     /// What the verdict needs beyond blaming the culprit: `Err(why)` if it is missing.
     fn check(&self, _report: &Report) -> Result<(), String> {
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScenarioName {
-    /// A SCHED_FIFO busy loop starves the RX thread.
-    RtHog,
-    /// A SCHED_FIFO reader sits inside long read()s.
-    SlowSyscall,
-    /// The seed's case: NET_RX deferred to a starved ksoftirqd (kernels before 6.5).
-    Ksoftirqd,
-    /// A SCHED_FIFO poller in many short syscalls: open, read, close of a /proc file.
-    ShortSyscalls,
-    /// The seed's culprit: dying memory cgroups and a walker reading memory.stat.
-    MemcgStat,
-}
-
-impl ScenarioName {
-    pub fn scenario(self) -> Box<dyn Scenario> {
-        match self {
-            ScenarioName::RtHog => Box::new(RtHog),
-            ScenarioName::SlowSyscall => Box::new(SlowSyscall),
-            ScenarioName::Ksoftirqd => Box::new(Ksoftirqd),
-            ScenarioName::ShortSyscalls => Box::new(ShortSyscalls),
-            ScenarioName::MemcgStat => Box::new(super::memcg::MemcgStat),
-        }
-    }
-
-    /// Every scenario, in `--help`'s order (clap's list: a new variant is listed here
-    /// without a second list to forget).
-    pub fn all() -> &'static [ScenarioName] {
-        <ScenarioName as clap::ValueEnum>::value_variants()
-    }
-}
-
-/// Threaded NAPI on the namespace side, its kthread pinned to the starved CPU. Two
-/// kernels get ksoftirqd as the starved RX thread instead, fed as in the ksoftirqd
-/// scenario (RPS to the CPU, a flood while the culprit runs), and the lab says why:
-/// - before 5.12 there is no threaded NAPI (`/sys/class/net/<dev>/threaded`); those
-///   kernels leave NET_RX raised while ksoftirqd is runnable to it, so it stalls;
-/// - on PREEMPT_RT a starved napi thread's stall is not followed to its culprit (see
-///   [`RT_NAPI`]); ksoftirqd always runs RPS's NET_RX there, and that stall is.
-///
-/// The culprit and what the verdict needs are the same either way.
-pub(super) fn threaded_napi(lab: &mut Lab<'_>) -> anyhow::Result<String> {
-    let why = if !has_threaded_napi(lab.ns) {
-        Some("this kernel has no threaded NAPI (Linux 5.12+)")
-    } else if super::ksoftirqd::preempt_rt() {
-        Some(RT_NAPI)
-    } else {
-        None
-    };
-    if let Some(why) = why {
-        lab.rx_by_ksoftirqd = true;
-        let how = Ksoftirqd.prepare(lab)?;
-        return Ok(format!(
-            "{how} — {why}, so the RX thread starved is ksoftirqd/{}",
-            lab.cpu
-        ));
-    }
-    let pid = lab.ns.threaded_napi(lab.cpu)?;
-    Ok(format!(
-        "namespace {} ({} <-> {}), RX by napi thread pid {pid} pinned to CPU {}",
-        lab.ns.name, lab.ns.host_addr, lab.ns.ns_addr, lab.cpu
-    ))
-}
-
-/// Why the lab does not starve a napi thread on PREEMPT_RT (docs/kernels.md): there
-/// the napi thread takes the per-CPU bottom-half lock for each poll, so it mostly waits
-/// blocked on that lock behind another softirq thread (ksoftirqd, an irq thread) that
-/// the culprit starves, not runnable itself. stalltrace records that thread's wait and
-/// its culprit, but does not tie the napi thread's packets to it: the probes show as
-/// stalled "not right after a wait" (measured on 6.1-rt: 2 of 4 rt-hog runs and 0 of 4
-/// slow-syscall runs blamed their culprit).
-pub const RT_NAPI: &str = "PREEMPT_RT: a starved napi thread waits on the bottom-half lock behind another softirq thread, a chain stalltrace does not follow yet";
-
-/// Whether the namespace side can have an RX kthread (`threaded` in its sysfs
-/// directory, Linux 5.12+), as seen from inside the namespace (sysfs shows a
-/// namespace's own devices only).
-fn has_threaded_napi(ns: &Netns) -> bool {
-    let path = format!("/sys/class/net/{}/threaded", ns.ns_if);
-    std::process::Command::new("ip")
-        .args(["netns", "exec", &ns.name, "test", "-e", &path])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-pub struct RtHog;
-
-impl Scenario for RtHog {
-    fn name(&self) -> &'static str {
-        "rt-hog"
-    }
-    fn summary(&self) -> &'static str {
-        "a SCHED_FIFO busy loop (stall-hog) holds the RX CPU in 100 ms bursts; the napi thread starves"
-    }
-    fn culprit(&self) -> &'static str {
-        "stall-hog"
-    }
-    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
-        threaded_napi(lab)
-    }
-    fn hog(&self, _lab: &mut Lab<'_>, base: HogArgs) -> anyhow::Result<HogArgs> {
-        Ok(base)
-    }
-}
-
-pub struct SlowSyscall;
-
-/// The slow-syscall reader's file and read size: one read() takes tens of ms.
-const READ_SIZE: usize = 256 << 20;
-
-impl Scenario for SlowSyscall {
-    fn name(&self) -> &'static str {
-        "slow-syscall"
-    }
-    fn summary(&self) -> &'static str {
-        "a SCHED_FIFO reader (stat-reader) sits inside 256 MiB read()s of a file in 100 ms bursts, as cadvisor read memory.stat"
-    }
-    fn culprit(&self) -> &'static str {
-        "stat-reader"
-    }
-    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
-        threaded_napi(lab)
-    }
-    fn hog(&self, lab: &mut Lab<'_>, mut base: HogArgs) -> anyhow::Result<HogArgs> {
-        let file = lab.scratch.join("culprit.dat");
-        std::fs::write(&file, vec![0u8; READ_SIZE])
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
-        base.read_file = Some(file);
-        base.read_size = READ_SIZE;
-        Ok(base)
-    }
-}
-
-pub struct ShortSyscalls;
-
-/// The file the poller reads: small, in the kernel (like memory.stat or a cgroup's
-/// cpu.stat), and its own.
-const POLLED: &str = "/proc/self/status";
-
-impl Scenario for ShortSyscalls {
-    fn name(&self) -> &'static str {
-        "short-syscalls"
-    }
-    fn summary(&self) -> &'static str {
-        "a SCHED_FIFO poller (proc-poller) opens, reads and closes /proc/self/status over and over in 100 ms bursts, as a metrics agent walks small files"
-    }
-    fn culprit(&self) -> &'static str {
-        "proc-poller"
-    }
-    fn prepare(&self, lab: &mut Lab<'_>) -> anyhow::Result<String> {
-        threaded_napi(lab)
-    }
-    fn hog(&self, _lab: &mut Lab<'_>, mut base: HogArgs) -> anyhow::Result<HogArgs> {
-        base.poll_file = Some(POLLED.into());
-        Ok(base)
-    }
-    /// The culprit must read as in the kernel, reading the file: not "user space".
-    fn check(&self, report: &Report) -> Result<(), String> {
-        let Some(a) = report.culprits.first().and_then(|c| c.activity.as_ref()) else {
-            return Err("the culprit's activity was not sampled".into());
-        };
-        let read = a
-            .syscalls
-            .iter()
-            .any(|x| x.name == "read" && x.path.as_deref().is_some_and(|p| p.ends_with("/status")));
-        let share = u64::from(a.in_syscalls()) * 100 / u64::from(a.samples.max(1));
-        if read && share >= 50 {
-            Ok(())
-        } else {
-            Err(format!(
-                "its activity reads {}",
-                stalltrace_analysis::activity::phrase(a).unwrap_or_default()
-            ))
-        }
     }
 }

@@ -1,7 +1,8 @@
 //! Children that cannot outlive the lab. `PR_SET_PDEATHSIG` set by the child after its
 //! exec leaves a window: a lab SIGKILLed between fork and that call leaves an orphan
-//! nobody journaled (CI once found a flood running after `lab --cleanup`). Set between
-//! fork and exec instead, and checked against the parent that forked, there is no window.
+//! nobody journaled, which `lab --cleanup` then cannot find (a flood left running).
+//! Set between fork and exec instead, and checked against the parent that forked,
+//! there is no window.
 
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;

@@ -72,7 +72,7 @@ mod tests {
         (dir, p)
     }
 
-    /// The seed blames cadvisor: planted cadvisor passes; any other pid or name, a
+    /// The 2019 GitHub incident blames cadvisor: planted cadvisor passes; any other pid or name, a
     /// failed scenario check, or a dump without a stall does not.
     #[test]
     fn only_the_planted_task_passes() {

@@ -3,12 +3,12 @@
 //! and `ppoll` on the socket; the tests' virtual clock jumps straight to the next
 //! event (a send, a timeout, a scripted answer), so a run is exact and instant and
 //! does not depend on how loaded the machine is.
-use std::time::Instant;
-
-use super::{
-    engine::Transport,
-    schedule::{poll_wait, step_toward},
+use std::{
+    os::fd::RawFd,
+    time::{Duration, Instant},
 };
+
+use super::transport::Transport;
 
 pub trait Clock: Send {
     /// Monotonic time.
@@ -59,6 +59,48 @@ impl Clock for RealClock {
             }
         }
     }
+}
+
+/// How long to wait now to reach `until`. The kernel lets a wait overrun by its
+/// "slack" (0.1% of the wait, at least the thread's timer slack), so long waits stop
+/// 1 ms short and the last stretch is a short, precise wait; never more than 100 ms,
+/// so a stop request is seen promptly.
+pub fn step_toward(until: Instant, now: Instant) -> Duration {
+    let left = until
+        .saturating_duration_since(now)
+        .min(Duration::from_millis(100));
+    if left > Duration::from_millis(2) {
+        left - Duration::from_millis(1)
+    } else {
+        left
+    }
+}
+
+/// Waits up to `wait` (ns resolution, unlike poll's ms) for `fd` to become readable;
+/// a negative `fd` just sleeps. A signal ends the wait early (returns false) so
+/// Ctrl-C is seen at once.
+pub fn poll_wait(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ts = libc::timespec {
+        tv_sec: wait.as_secs() as libc::time_t,
+        tv_nsec: wait.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `pfd` and `ts` are valid for the call; one entry (poll ignores a negative
+    // fd); a null sigmask keeps the thread's signal mask.
+    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.kind() == std::io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
 /// Test time: starts at the moment it is made and moves only when a wait jumps to its

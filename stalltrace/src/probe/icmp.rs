@@ -12,7 +12,7 @@ use etherparse::{
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::engine::{recv_from, Reply, ReplyInfo, Sent, Transport};
+use super::transport::{recv_from, Reply, ReplyInfo, Sent, Transport};
 use stalltrace_analysis::dump::ProbeProto;
 
 #[derive(Debug, thiserror::Error)]
@@ -360,7 +360,7 @@ mod tests {
         if !stalltrace_testkit::ci::require_root("raw_socket_sees_only_our_echo_replies") {
             return;
         }
-        let ns = stalltrace_testkit::netns::Netns::create_unique("flt").expect("namespace");
+        let ns = crate::lab::netns::Netns::create_unique("flt").expect("namespace");
         let target: IpAddr = ns.ns_addr.parse().expect("address");
         let mut t =
             IcmpTransport::open(target, 0, 0x4242, 0x0123_4567_89ab_cdef).expect("raw socket");

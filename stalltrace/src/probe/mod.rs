@@ -16,6 +16,7 @@ mod icmp;
 mod schedule;
 mod stats;
 mod tcp;
+mod transport;
 
 use std::{
     net::{IpAddr, ToSocketAddrs},
@@ -32,10 +33,11 @@ use std::{
 use anyhow::Context;
 
 pub use clock::boot_ns;
-use engine::{Engine, EngineConfig, Outcome, ReplyInfo, Transport};
+use engine::{Engine, EngineConfig, Outcome};
 use icmp::{IcmpTransport, OpenError, SockKind};
 pub use stats::ProbeStats;
 use tcp::{TcpTransport, PORT_SPAN};
+use transport::{ReplyInfo, Transport};
 
 use stalltrace_analysis::{
     dump::ProbeRec,

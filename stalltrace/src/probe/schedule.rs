@@ -2,7 +2,6 @@
 //! "previous send + interval", so a late wake-up delays one probe and does not shift
 //! every probe after it (no drift over hours at 10 ms).
 use std::{
-    os::fd::RawFd,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -69,21 +68,6 @@ impl Drift {
     }
 }
 
-/// How long to wait now to reach `until`. The kernel lets a wait overrun by its
-/// "slack" (0.1% of the wait, at least the thread's timer slack), so long waits stop
-/// 1 ms short and the last stretch is a short, precise wait; never more than 100 ms,
-/// so a stop request is seen promptly.
-pub fn step_toward(until: Instant, now: Instant) -> Duration {
-    let left = until
-        .saturating_duration_since(now)
-        .min(Duration::from_millis(100));
-    if left > Duration::from_millis(2) {
-        left - Duration::from_millis(1)
-    } else {
-        left
-    }
-}
-
 /// Asks for 1 µs timer slack on this thread (default 50 µs) so sends are on time.
 pub fn set_tight_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes a plain integer and only affects this thread.
@@ -91,33 +75,6 @@ pub fn set_tight_timer_slack() {
     if rc != 0 {
         log::debug!("PR_SET_TIMERSLACK: {}", std::io::Error::last_os_error());
     }
-}
-
-/// Waits up to `wait` (ns resolution, unlike poll's ms) for `fd` to become readable;
-/// a negative `fd` just sleeps. A signal ends the wait early (returns false) so
-/// Ctrl-C is seen at once.
-pub fn poll_wait(fd: RawFd, wait: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ts = libc::timespec {
-        tv_sec: wait.as_secs() as libc::time_t,
-        tv_nsec: wait.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: `pfd` and `ts` are valid for the call; one entry (poll ignores a negative
-    // fd); a null sigmask keeps the thread's signal mask.
-    let rc = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(rc > 0 && pfd.revents & libc::POLLIN != 0)
 }
 
 /// Waits until `deadline` the way the prober does, or until `stop` is set; returns

@@ -17,8 +17,8 @@ use etherparse::{Ipv4HeaderSlice, TcpHeader, TcpSlice};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::{
-    engine::{recv_from, Reply, ReplyInfo, Sent, Transport},
     icmp::{is_perm, OpenError},
+    transport::{recv_from, Reply, ReplyInfo, Sent, Transport},
 };
 use stalltrace_analysis::dump::ProbeProto;
 
@@ -440,7 +440,7 @@ mod tests {
         if !stalltrace_testkit::ci::require_root("raw_tcp_socket_sees_only_answers_to_our_probes") {
             return;
         }
-        let ns = stalltrace_testkit::netns::Netns::create_unique("tcpf").expect("namespace");
+        let ns = crate::lab::netns::Netns::create_unique("tcpf").expect("namespace");
         let target: IpAddr = ns.ns_addr.parse().expect("address");
         let dport = 9; // closed in the namespace: answered with RST
         let mut t = TcpTransport::open(target, dport, 20_000).expect("raw socket");

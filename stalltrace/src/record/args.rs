@@ -4,7 +4,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use stalltrace_analysis::units::{duration_in, parse_size, DAY, MS, SEC, US};
 
-use crate::kernel::loader::AttachMode;
+use crate::kernel::packet_path::AttachMode;
 
 pub const AFTER_HELP: &str = "\
 Examples:

@@ -1,4 +1,4 @@
-//! What `record` prints while it runs: probe packets in the seed's table layout (unless
+//! What `record` prints while it runs: probe packets in the 2019 GitHub incident's table layout (unless
 //! `--quiet`), one sentence per RX wait and per long syscall, slow and lost probes, and
 //! each episode's line as it closes (the line `analyze` prints for it too).
 use std::io;

@@ -17,7 +17,6 @@ pub use self::{
 };
 use stalltrace_analysis::dump::{HolderStacks, StackRec, StackStats, MAX_FRAMES, TOP_STACKS};
 
-use crate::samples::Sample;
 pub use stalltrace_analysis::stacks::frame_names;
 
 /// `bpf_get_stackid`'s answer when there is no such stack (user space for the kernel
@@ -41,6 +40,15 @@ impl StackSource for StackTraceMap<MapData> {
 type Frames = Rc<Vec<String>>;
 /// Kernel and user function names of a stack.
 type GroupKey = (Vec<String>, Vec<String>);
+
+/// What the stacks need of one sample: its process (for user symbols) and its stack
+/// ids (negative errnos when the kernel gave none).
+#[derive(Debug, Clone, Copy)]
+pub struct SampleStacks {
+    pub tgid: u32,
+    pub kid: i32,
+    pub uid: i32,
+}
 
 pub struct StackCollector {
     hz: u64,
@@ -138,7 +146,7 @@ impl StackCollector {
     }
 
     /// The most frequent code paths of one task's samples (one wait window).
-    pub fn holder_stacks(&mut self, samples: &[&Sample]) -> Option<HolderStacks> {
+    pub fn holder_stacks(&mut self, samples: &[SampleStacks]) -> Option<HolderStacks> {
         if samples.is_empty() {
             return None;
         }

@@ -1,5 +1,5 @@
-//! Attribution against a real kernel, through `stalltrace lab` (issue 3's namespace
-//! lab and issue 6's end-to-end bed): threaded NAPI pinned to a CPU, a planted
+//! Attribution against a real kernel, through `stalltrace lab` (its namespace lab,
+//! end to end): threaded NAPI pinned to a CPU, a planted
 //! SCHED_FIFO culprit on that CPU, and the dump checked for who was blamed.
 use std::process::Command;
 
@@ -696,7 +696,7 @@ fn a_multithreaded_culprit_is_named_by_process_and_thread() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+    let mut lab = stalltrace::lab::child::ChildGuard::new(child);
     let t0 = std::time::Instant::now();
     let (pid, tid) = loop {
         let found = integration_tests::find_thread("mt-daemon").and_then(|pid| {

@@ -18,7 +18,8 @@ use integration_tests::{
 };
 use serde::Deserialize as _;
 use serde_yaml::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 /// Kubernetes versions the manifest must validate against: the first with
 /// `recursiveReadOnly` mounts, and the newest the pinned kubernetes-validate

@@ -9,7 +9,8 @@ use std::{
 
 use integration_tests::{require, require_root, stalltrace_bin, Netns};
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 /// This process's memory cgroup directory (v1 `memory` line).
 fn own_memcg() -> Option<PathBuf> {
@@ -24,7 +25,7 @@ fn own_memcg() -> Option<PathBuf> {
 }
 
 /// The kernel's count of memory cgroups (/proc/cgroups) minus the directories of the
-/// hierarchy: the dying ones, the seed's own method.
+/// hierarchy: the dying ones, the 2019 GitHub incident's own method.
 fn kernel_dying() -> u64 {
     let total: u64 = std::fs::read_to_string("/proc/cgroups")
         .unwrap()

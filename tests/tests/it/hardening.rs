@@ -211,7 +211,7 @@ fn a_full_disk_ends_the_recording_within_a_second_with_a_readable_dump() {
     let disk = SmallDisk::mount(dir.join("disk"));
     let dump = disk.0.join("d.jsonl");
     let rec = Recorder::start(&["--quiet", "--peer", &ns.ns_addr], &dump);
-    let mut ping = stalltrace_testkit::child::ChildGuard::new(
+    let mut ping = stalltrace::lab::child::ChildGuard::new(
         Command::new("ping")
             .args(["-f", "-c", "200000", "-w", "30", &ns.ns_addr])
             .stdout(Stdio::null())

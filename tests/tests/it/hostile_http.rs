@@ -21,7 +21,8 @@ use std::{
 };
 
 use integration_tests::{free_port, require, require_root, stalltrace_bin, wait_until};
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 /// A `watch` agent on a loopback port, stopped with SIGTERM at the end.
 struct Agent {

@@ -73,7 +73,7 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let mut lab = stalltrace_testkit::child::ChildGuard::new(child);
+            let mut lab = stalltrace::lab::child::ChildGuard::new(child);
             let t0 = Instant::now();
             let planted = loop {
                 if let Some(pid) = find_thread(&name) {
@@ -134,7 +134,7 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
 /// as a must-pass by the qemu matrix instead (`cargo xtask vmtest`, tests/vm_guest.rs).
 fn ksoftirqd_cannot_stall_here() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    if !stalltrace::lab::ksoftirqd::kernel_at_least(release.trim(), 6, 5) {
+    if !stalltrace::host::kernel_at_least(release.trim(), 6, 5) {
         return false;
     }
     let dump = std::env::temp_dir().join(format!(
@@ -348,7 +348,7 @@ fn a_lab_killed_at_any_phase_is_undone_by_cleanup() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut child = stalltrace_testkit::child::ChildGuard::new(child);
+        let mut child = stalltrace::lab::child::ChildGuard::new(child);
         let t0 = Instant::now();
         while !reached(&journal()) {
             assert!(child.running(), "{ctx}: the lab ended before the phase");

@@ -23,8 +23,9 @@ use integration_tests::{
     free_port, http_get, our_bpf_programs, require, require_root, stalltrace_bin, wait_until, Netns,
 };
 use serde_json::Value;
+use stalltrace::lab::child::ChildGuard;
 use stalltrace_analysis::dump::DumpReader;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace_testkit::scratch::Scratch;
 
 /// Runs the binary with `args` for at most `limit` (then kills it): its output, or
 /// `None` when it had to be killed.

@@ -13,7 +13,8 @@ use std::{
 
 use integration_tests::{require_root, stalltrace_bin, Netns, Recorder};
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 /// `analyze --format json` of a dump (with a probe log), as JSON.
 fn analyze(dump: &std::path::Path, log: Option<&std::path::Path>) -> Value {

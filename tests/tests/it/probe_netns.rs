@@ -738,7 +738,7 @@ fn a_firewall_refusing_probes_is_said_live_and_in_the_dump() {
         .arg(&dump)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut rec = stalltrace_testkit::child::ChildGuard::new(cmd.spawn().expect("record"));
+    let mut rec = stalltrace::lab::child::ChildGuard::new(cmd.spawn().expect("record"));
     let stdout = rec.take_stdout().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
     std::thread::spawn(move || {

@@ -1,4 +1,4 @@
-//! The README's promises that had no test (issue 17), each checked against what the
+//! The README's promises that no other test covers, each checked against what the
 //! test itself did, never against the tool's own verdict alone: waits the test plants
 //! (its own SCHED_FIFO threads holding the starved CPU for measured spans, the RX
 //! thread woken by a datagram it sends at a known time), syscalls it makes and times,
@@ -23,7 +23,8 @@ use integration_tests::{
     Recorder,
 };
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 // ---------------------------------------------------------------------------------
 // Helpers

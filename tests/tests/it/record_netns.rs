@@ -573,7 +573,7 @@ fn syscall_hooks_only_with_syscalls() {
         assert_eq!(has("sys_exit"), want, "{args:?}: {loaded:?}");
         // The sampler variant this kernel loads: bpf_task_pt_regs from 5.15 on.
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let sampler = if stalltrace::lab::ksoftirqd::kernel_at_least(release.trim(), 5, 15) {
+        let sampler = if stalltrace::host::kernel_at_least(release.trim(), 5, 15) {
             "sample_task_regs"
         } else {
             "sample_stack_regs"

@@ -42,7 +42,7 @@ fn kernel_release() -> String {
 
 /// A PREEMPT_RT kernel (`/sys/kernel/realtime` reads 1).
 fn is_preempt_rt() -> bool {
-    stalltrace::lab::ksoftirqd::preempt_rt()
+    stalltrace::host::preempt_rt()
 }
 
 /// Records a measured fact for the matrix's table (`cargo xtask vmtest` sets
@@ -247,7 +247,7 @@ fn assert_clean(ctx: &str) {
     );
 }
 
-/// The seed's case on a kernel that has it (before 6.5): the `ksoftirqd` lab scenario
+/// The 2019 GitHub incident's case on a kernel that has it (before 6.5): the `ksoftirqd` lab scenario
 /// blames the planted culprit three runs out of three, with `ksoftirqd/N` as the RX
 /// context of its long waits. From 6.5 on the lab must say it reproduced no stall.
 #[test]
@@ -259,7 +259,7 @@ fn ksoftirqd_scenario_blames_the_planted_culprit_three_times() {
     let release = kernel_release();
     // Before 6.5 NET_RX raised while ksoftirqd is runnable is left to it; on PREEMPT_RT
     // a NET_RX raised from hard-irq context (RPS's IPI) is always run by ksoftirqd.
-    let defers = !stalltrace::lab::ksoftirqd::kernel_at_least(&release, 6, 5) || is_preempt_rt();
+    let defers = !stalltrace::host::kernel_at_least(&release, 6, 5) || is_preempt_rt();
     let runs = if defers { 3 } else { 1 };
     let mut blamed = 0;
     let mut worst_ms = 0.0f64;
@@ -404,7 +404,7 @@ fn assert_sampler_in_header(header: &Value, release: &str) {
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     let stack_regs = degraded.iter().any(|d| d.contains("no bpf_task_pt_regs"));
-    let old = !stalltrace::lab::ksoftirqd::kernel_at_least(release, 5, 15);
+    let old = !stalltrace::host::kernel_at_least(release, 5, 15);
     assert_eq!(
         stack_regs, old,
         "sampler degraded in the header exactly before 5.15 ({release}): {degraded:?}"
@@ -446,7 +446,7 @@ fn features_reports_the_sampler_this_kernel_loads() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("degraded: "))
         .collect();
-    if stalltrace::lab::ksoftirqd::kernel_at_least(&release, 5, 15) {
+    if stalltrace::host::kernel_at_least(&release, 5, 15) {
         assert!(
             sampler.contains("[ok  ]") && sampler.contains("sample_task_regs"),
             "{text}"
@@ -498,9 +498,9 @@ fn every_lab_scenario_blames_its_planted_culprit_on_this_kernel() {
     let release = kernel_release();
     // The lab starves a napi thread where the kernel has threaded NAPI (5.12+) and is
     // not PREEMPT_RT; else ksoftirqd, saying why (docs/kernels.md).
-    let napi = stalltrace::lab::ksoftirqd::kernel_at_least(&release, 5, 12) && !is_preempt_rt();
+    let napi = stalltrace::host::kernel_at_least(&release, 5, 12) && !is_preempt_rt();
     let why = if is_preempt_rt() {
-        stalltrace::lab::scenario::RT_NAPI
+        stalltrace::lab::napi::RT_NAPI
     } else {
         "this kernel has no threaded NAPI (Linux 5.12+)"
     };
@@ -561,7 +561,7 @@ fn every_lab_scenario_blames_its_planted_culprit_on_this_kernel() {
 /// `stalltrace record ARGS -o DUMP` started in a guest, where a debug build under
 /// emulation takes many seconds to load: waits (120 s at most) for its header. Stopped
 /// with SIGINT (its footer written) by `stop`, killed if the test panics first.
-struct GuestRecorder(stalltrace_testkit::child::ChildGuard);
+struct GuestRecorder(stalltrace::lab::child::ChildGuard);
 
 impl GuestRecorder {
     fn start(args: &[&str], dump: &Path) -> Self {
@@ -574,7 +574,7 @@ impl GuestRecorder {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning stalltrace record");
-        let mut g = stalltrace_testkit::child::ChildGuard::new(child);
+        let mut g = stalltrace::lab::child::ChildGuard::new(child);
         let t0 = Instant::now();
         while !std::fs::read_to_string(dump)
             .map(|s| s.contains("\"type\":\"header\""))

@@ -18,7 +18,8 @@ use integration_tests::{
     free_port, http_get, our_bpf_programs, require_root, stalltrace_bin, wait_until, PodCgroup,
 };
 use serde_json::Value;
-use stalltrace_testkit::{child::ChildGuard, scratch::Scratch};
+use stalltrace::lab::child::ChildGuard;
+use stalltrace_testkit::scratch::Scratch;
 
 const NS: &str = "payments";
 /// A pod of the Deployment `WORKLOAD`: `<name>-<pod-template-hash>-<suffix>`.

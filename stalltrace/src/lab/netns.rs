@@ -1,5 +1,5 @@
 //! A network namespace joined to the root namespace by a veth pair, removed on drop
-//! (also on panic). Used by `stalltrace lab` and by the integration tests.
+//! (also on panic). Used by `stalltrace lab`, the integration tests and the bench.
 //!
 //! Traffic only ever goes to the namespace side of the pair: an address this run
 //! created, never one outside.
