@@ -153,6 +153,9 @@ record_start() {
 }
 
 record_stop() {
+  # The programs' run counts and recursion misses (a program the kernel skipped because
+  # it was already running on that CPU), for a case whose waits went unseen.
+  bpftool prog show --json > "$1/progs.json" 2>/dev/null || true
   kill -INT "$rec" 2>/dev/null
   wait "$rec"
   echo "$?" > "$1/record.rc"
