@@ -286,3 +286,23 @@ fn alerts_read_only_metrics_and_labels_the_agent_exports() {
     }
     assert_eq!(read, fed, "metrics the alerts read vs the unit tests feed");
 }
+
+#[test]
+fn every_alert_links_its_section_of_the_runbook() {
+    let rules = yaml(&alerts_dir().join("stalltrace-rules.yaml"));
+    let runbook =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbook.md"))
+            .unwrap();
+    for (a, r) in alerts(&rules["groups"]) {
+        let link = r["annotations"]["runbook"].as_str().unwrap_or_default();
+        assert_eq!(
+            link,
+            format!("docs/runbook.md#{}", a.to_lowercase()),
+            "{a}'s runbook annotation"
+        );
+        assert!(
+            runbook.lines().any(|l| l == format!("## {a}")),
+            "docs/runbook.md has no section `## {a}`"
+        );
+    }
+}
