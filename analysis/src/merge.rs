@@ -148,3 +148,96 @@ impl Merged {
         v
     }
 }
+
+/// The merged table as `analyze --merge --format json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MergedReport {
+    /// `stalltrace-merged-report`.
+    pub format: &'static str,
+    /// Bumped when a field changes meaning or goes away.
+    pub version: u32,
+    pub dumps: u64,
+    pub episodes: u64,
+    pub episodes_without_culprit: u64,
+    /// Worst first.
+    pub culprits: Vec<MergedCulprit>,
+}
+
+impl Merged {
+    pub fn report(&self) -> MergedReport {
+        MergedReport {
+            format: "stalltrace-merged-report",
+            version: 1,
+            dumps: self.dumps,
+            episodes: self.episodes,
+            episodes_without_culprit: self.episodes_without_culprit,
+            culprits: self.ranked(),
+        }
+    }
+}
+
+/// The merged table as text: a tally, then one line per culprit and one naming where
+/// it was seen.
+pub fn render_text(r: &MergedReport) -> String {
+    use std::fmt::Write as _;
+
+    use crate::report::escape::line;
+    use crate::units::human_ns;
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "stalltrace merged report: {} dumps, {} episodes ({} without a culprit)",
+        r.dumps, r.episodes, r.episodes_without_culprit
+    );
+    if r.culprits.is_empty() {
+        s.push_str("\nNo culprit in any dump.\n");
+        return s;
+    }
+    s.push_str("\nCulprits over every dump (ranked by total delay)\n");
+    let _ = writeln!(
+        s,
+        "  {:<4}{:<9}{:<11}{:<11}{:<7}WORKLOAD / CONTAINER / PROCESS",
+        "#", "EPISODES", "TOTAL", "WORST", "DUMPS"
+    );
+    for c in &r.culprits {
+        let workload = if c.namespace.is_empty() {
+            format!("host process {}", line(&c.comm))
+        } else {
+            let kind = if c.workload_kind.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.workload_kind)
+            };
+            format!(
+                "{}/{}{kind} / {} / {}",
+                line(&c.namespace),
+                line(&c.workload),
+                line(&c.container),
+                line(&c.comm)
+            )
+        };
+        let _ = writeln!(
+            s,
+            "  {:<4}{:<9}{:<11}{:<11}{:<7}{workload}",
+            c.rank,
+            c.episodes,
+            human_ns(c.total_wait_ns),
+            human_ns(c.worst_wait_ns),
+            c.dumps,
+        );
+        let names = |v: &[String]| {
+            v.iter()
+                .map(|h| line(h).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let pods = if c.pods.is_empty() {
+            String::new()
+        } else {
+            format!("; pods {}", names(&c.pods))
+        };
+        let _ = writeln!(s, "      hosts {}{pods}", names(&c.hosts));
+    }
+    s
+}

@@ -11,7 +11,7 @@ use stalltrace_analysis::analyze::{analyze, AnalyzeOptions};
 use stalltrace_analysis::correlate::Report;
 use stalltrace_analysis::dump::Record;
 use stalltrace_analysis::identity::Identity;
-use stalltrace_analysis::merge::Merged;
+use stalltrace_analysis::merge::{render_text, Merged};
 use stalltrace_testkit::{scratch::Scratch, seed};
 
 /// The seed recording as `host` saw it: cadvisor's pids replaced by `tgid`/`pid`, its
@@ -119,4 +119,28 @@ fn merged_dumps_rank_the_culprit_of_both_nodes_first_with_summed_episodes() {
     assert_eq!((second.episodes, second.dumps), (1, 1));
     assert_eq!(second.hosts, ["node-c"]);
     assert!(second.pods.is_empty() && second.namespace.is_empty());
+
+    // The text names the same table in the same order.
+    let text = render_text(&m.report());
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].ends_with(": 3 dumps, 3 episodes (0 without a culprit)"),
+        "{text}"
+    );
+    let rows: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.starts_with("  1 ") || l.starts_with("  2 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].split_whitespace().nth(1) == Some("2")
+            && rows[0].ends_with("kube-system/cadvisor (DaemonSet) / cadvisor / cadvisor"),
+        "{text}"
+    );
+    assert!(rows[1].ends_with("host process backup"), "{text}");
+    assert!(
+        text.contains("hosts node-a, node-b; pods cadvisor-q2w8z, cadvisor-x7kqp"),
+        "{text}"
+    );
 }
