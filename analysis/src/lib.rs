@@ -10,6 +10,7 @@ pub mod analyze;
 pub mod correlate;
 pub mod dump;
 pub mod identity;
+pub mod merge;
 pub mod output;
 pub mod probelog;
 pub mod report;

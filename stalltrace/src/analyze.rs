@@ -8,6 +8,7 @@ use std::{
 use anyhow::Context as _;
 use stalltrace_analysis::{
     analyze::{analyze, analyze_many, AnalyzeOptions, Sink},
+    merge::{self, Merged},
     report::{
         json::{self, JsonSink},
         perfetto::PerfettoWriter,
@@ -25,6 +26,7 @@ Examples:
   stalltrace analyze stalls.jsonl --format json > report.json
   stalltrace analyze stalls.jsonl --perfetto stalls.trace.json   # open in ui.perfetto.dev
   stalltrace analyze /var/lib/stalltrace/   # every *.jsonl in it, in parallel
+  stalltrace analyze --merge node-a/ node-b/ # all their dumps as one culprit table
 
 The Perfetto file is created new (mode 0600, never through a symlink): an existing
 one is replaced only with --force, and never when it is a device, FIFO or directory.
@@ -36,7 +38,12 @@ Several dumps (or a directory: its *.jsonl files) are analysed in parallel, --jo
 at a time; each gets its own report, headed by its path (with --format json, one
 report per line), in the order they finish. Memory is that of --jobs analyses,
 however many dumps. A dump that fails is said on stderr, the others are still
-reported, and the exit code is 5.";
+reported, and the exit code is 5.
+
+With --merge they are reported as one culprit table instead: a culprit is the same
+across dumps when its namespace, workload (the pod's owner, from its name), container
+and process name agree, so pids that differ between nodes and boots, and pods renamed
+by rollouts, still add up.";
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = AFTER_HELP)]
@@ -71,6 +78,10 @@ pub struct AnalyzeArgs {
     /// else 50ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub stall_threshold: Option<Duration>,
+    /// Report all the dumps as one culprit table (by namespace, workload, container
+    /// and process) instead of one report each.
+    #[arg(long)]
+    pub merge: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,7 +132,7 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 pub fn run(a: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let dumps = expand(&a.dumps)?;
     match dumps.as_slice() {
-        [one] if !a.dumps[0].is_dir() => run_one(&a, one),
+        [one] if !a.dumps[0].is_dir() && !a.merge => run_one(&a, one),
         _ => run_many(&a, &dumps),
     }
 }
@@ -142,9 +153,19 @@ fn run_many(a: &AnalyzeArgs, dumps: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut failed = 0;
     let mut written: std::io::Result<()> = Ok(());
+    let mut merged = Merged::default();
     analyze_many(&opts, jobs, |i, r| {
         let path = dumps[i].display();
         match r {
+            Ok(report) if a.merge => {
+                merged.add(&report);
+                if !report.input.complete {
+                    crate::errln!(
+                        "stalltrace: warning: {path} was cut short; merged up to line {}",
+                        report.input.lines
+                    );
+                }
+            }
             Ok(report) => {
                 if written.is_err() {
                     return;
@@ -170,6 +191,15 @@ fn run_many(a: &AnalyzeArgs, dumps: &[PathBuf]) -> anyhow::Result<ExitCode> {
             }
         }
     });
+    if a.merge {
+        let m = merged.report();
+        written = match a.format {
+            Format::Text => out.write_all(merge::render_text(&m).as_bytes()),
+            Format::Json => serde_json::to_string(&m)
+                .map_err(std::io::Error::other)
+                .and_then(|j| writeln!(out, "{j}")),
+        };
+    }
     written
         .and_then(|()| out.flush())
         .context("writing the reports")?;
