@@ -394,3 +394,50 @@ fn stall_threshold_counts_the_probes_at_or_above_it() {
     let want = rtts.iter().filter(|&&t| t >= 90_000_000).count() as u64;
     assert_eq!(r["totals"]["probes_stalled"], want);
 }
+
+/// `--merge` over the fixture and a copy of it from another node (another host name):
+/// one culprit row, its episodes and wait time the sum of the two single reports'.
+#[test]
+fn merge_sums_one_culprit_across_two_nodes_dumps() {
+    let other = scratch("other-node.jsonl");
+    let copy: Vec<String> = seed_lines()
+        .into_iter()
+        .map(|l| l.replacen("\"host\":\"kube-node-bad\"", "\"host\":\"kube-node-two\"", 1))
+        .collect();
+    std::fs::write(&other, copy.join("\n") + "\n").unwrap();
+    let single = analyze(&["--format", "json", seed().to_str().unwrap()]);
+    assert!(single.status.success(), "{}", text(&single.stderr));
+    let single: Value = serde_json::from_slice(&single.stdout).unwrap();
+    let one = &single["culprits"][0];
+    let out = analyze(&[
+        "--merge",
+        "--format",
+        "json",
+        seed().to_str().unwrap(),
+        other.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(m["format"], "stalltrace-merged-report", "{m}");
+    assert_eq!(m["dumps"], 2, "{m}");
+    let top = &m["culprits"][0];
+    assert_eq!(top["comm"], one["comm"], "{m}");
+    assert_eq!(
+        top["episodes"].as_u64(),
+        one["episodes"].as_u64().map(|e| e * 2),
+        "{m}"
+    );
+    assert_eq!(
+        top["total_wait_ns"].as_u64(),
+        one["total_wait_ns"].as_u64().map(|w| w * 2),
+        "{m}"
+    );
+    let hosts: Vec<&str> = top["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(hosts.len(), 2, "{m}");
+    assert!(hosts.contains(&"kube-node-two"), "{m}");
+}
