@@ -123,6 +123,8 @@ fn seed_json_report_has_versioned_schema_and_the_episode() {
 #[test]
 fn perfetto_file_holds_per_cpu_tracks() {
     let out = scratch("seed.trace.json");
+    // A run before this one left it, and --perfetto never replaces a file unasked.
+    let _ = std::fs::remove_file(&out);
     let o = analyze(&[
         seed().to_str().unwrap(),
         "--perfetto",
