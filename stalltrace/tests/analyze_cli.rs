@@ -404,7 +404,13 @@ fn merge_sums_one_culprit_across_two_nodes_dumps() {
     let other = scratch("other-node.jsonl");
     let copy: Vec<String> = seed_lines()
         .into_iter()
-        .map(|l| l.replacen("\"host\":\"kube-node-bad\"", "\"host\":\"kube-node-two\"", 1))
+        .map(|l| {
+            l.replacen(
+                "\"host\":\"kube-node-bad\"",
+                "\"host\":\"kube-node-two\"",
+                1,
+            )
+        })
         .collect();
     std::fs::write(&other, copy.join("\n") + "\n").unwrap();
     let single = analyze(&["--format", "json", seed().to_str().unwrap()]);
