@@ -1465,3 +1465,48 @@ fn a_panicking_lab_cleans_up_after_itself() {
         "the recorder was stopped"
     );
 }
+
+/// The CI rule, from outside: this very test binary, run as `nobody` with `CI=true`
+/// and filtered to one root test, must fail saying it refuses to skip (and, with `CI`
+/// unset, skip and pass), so CI cannot pass by skipping.
+#[test]
+fn a_root_test_run_without_root_under_ci_fails_instead_of_skipping() {
+    if !require_root("a_root_test_run_without_root_under_ci_fails_instead_of_skipping")
+        || !require(
+            "a_root_test_run_without_root_under_ci_fails_instead_of_skipping",
+            Path::new("/usr/bin/setpriv").exists(),
+            "needs setpriv (util-linux)",
+        )
+    {
+        return;
+    }
+    let me = std::env::current_exe().expect("the test binary");
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&me)
+            .args([
+                "--exact",
+                "attribution_lab::a_quiet_recording_reports_no_wait_over_50ms",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env_remove("CI")
+            .current_dir("/");
+        if let Some(v) = ci {
+            cmd.env("CI", v);
+        }
+        cmd.output().expect("setpriv")
+    };
+    let under_ci = run(Some("true"));
+    let out = String::from_utf8_lossy(&under_ci.stdout).into_owned()
+        + &String::from_utf8_lossy(&under_ci.stderr);
+    assert!(!under_ci.status.success(), "{out}");
+    assert!(out.contains("refusing to skip"), "{out}");
+    assert!(out.contains("1 failed"), "{out}");
+    let outside = run(None);
+    let out = String::from_utf8_lossy(&outside.stdout).into_owned()
+        + &String::from_utf8_lossy(&outside.stderr);
+    assert!(outside.status.success(), "{out}");
+    assert!(out.contains("SKIP"), "{out}");
+}
