@@ -52,6 +52,16 @@ fn every_scenario_blames_its_planted_culprit_three_times() {
     let dir = stalltrace_testkit::scratch::Scratch::new("labruns").unwrap();
     for sc in SCENARIOS {
         if sc == "ksoftirqd" && ksoftirqd_cannot_stall_here() {
+            // Where the kernel runs NET_RX at irq exit whatever ksoftirqd does (6.5+),
+            // the scenario must say plainly that nothing stalled, with its own exit code.
+            let out = Command::new(stalltrace_bin())
+                .args(["lab", "--scenario", sc, "--duration", "2s", "-o"])
+                .arg(dir.join("ksoftirqd-nostall.jsonl"))
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.status.code(), Some(6), "{stdout}");
+            assert!(stdout.contains("lab: NO STALL"), "{stdout}");
             continue;
         }
         for run in 1..=3 {
