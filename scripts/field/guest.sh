@@ -156,6 +156,11 @@ record_stop() {
   # The programs' run counts and recursion misses (a program the kernel skipped because
   # it was already running on that CPU), for a case whose waits went unseen.
   bpftool prog show --json > "$1/progs.json" 2>/dev/null || true
+  # The RX-thread bookkeeping as it stood: pending wakeups by pid, and each CPU's marks
+  # against unmarks (a wait that went unseen leaves its trace in one or the other).
+  for m in RX_WAKE RX_PENDING; do
+    bpftool map dump name "$m" --json > "$1/map-$m.json" 2>/dev/null || true
+  done
   kill -INT "$rec" 2>/dev/null
   wait "$rec"
   echo "$?" > "$1/record.rc"

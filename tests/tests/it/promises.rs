@@ -65,6 +65,17 @@ fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time of the calling thread.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn gettid() -> u32 {
     // SAFETY: gettid(2) has no arguments and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
@@ -114,8 +125,9 @@ fn record_on_cpu0(args: &[&str], dump: &Path) -> Recorder {
     rec
 }
 
-/// One turn of a relay: (thread index, start, end), boot ns.
-type Turn = (usize, u64, u64);
+/// One turn of a relay: (thread index, start, end) in boot ns, and the part of it the
+/// thread did not run (its own CPU clock against the wall clock).
+type Turn = (usize, u64, u64, u64);
 
 /// What a relay did: its threads' ids, when the datagram that woke the RX thread was
 /// sent (before, after the send), and every turn.
@@ -137,6 +149,29 @@ impl Relay {
 
     fn end(&self) -> u64 {
         self.turns.iter().map(|t| t.2).max().unwrap_or(0)
+    }
+
+    /// The longest the planted threads let go of the CPU after the kick, by their own
+    /// clocks: a gap between two turns, or a turn its thread did not run through.
+    /// Handing the baton over takes microseconds; the RX thread running in between
+    /// takes longer.
+    fn given_away(&self) -> u64 {
+        let after = |t: &&Turn| t.2 > self.kick.1;
+        let stolen = self
+            .turns
+            .iter()
+            .filter(after)
+            .map(|t| t.3)
+            .max()
+            .unwrap_or(0);
+        let gap = self
+            .turns
+            .windows(2)
+            .filter(|w| w[1].1 > self.kick.1)
+            .map(|w| w[1].1.saturating_sub(w[0].2))
+            .max()
+            .unwrap_or(0);
+        stolen.max(gap)
     }
 }
 
@@ -171,7 +206,7 @@ fn relay(cpu: u32, kick: SocketAddr, holds: &[Duration], rounds: usize) -> Relay
                 if rx.recv_timeout(Duration::from_secs(10)).is_err() {
                     break;
                 }
-                let start = boot_ns();
+                let (start, cpu0) = (boot_ns(), thread_cpu_ns());
                 if let (Some(s), 0) = (&sock, r) {
                     let before = boot_ns();
                     s.send_to(b"stalltrace-relay", kick).expect("kick");
@@ -180,7 +215,8 @@ fn relay(cpu: u32, kick: SocketAddr, holds: &[Duration], rounds: usize) -> Relay
                 while boot_ns() < start + hold {
                     std::hint::spin_loop();
                 }
-                turns.push((i, start, boot_ns()));
+                let (end, ran) = (boot_ns(), thread_cpu_ns() - cpu0);
+                turns.push((i, start, end, (end - start).saturating_sub(ran)));
                 if !(i == n - 1 && r == rounds - 1) {
                     let _ = next.send(());
                 }
@@ -243,7 +279,7 @@ fn rotation(cpu: u32, kick: SocketAddr, n: usize, hold: Duration, turns: usize) 
                         break;
                     }
                     if t % n == i {
-                        let start = boot_ns();
+                        let (start, cpu0) = (boot_ns(), thread_cpu_ns());
                         if t == 0 {
                             let before = boot_ns();
                             sock.send_to(b"stalltrace-rotation", kick).expect("kick");
@@ -252,7 +288,8 @@ fn rotation(cpu: u32, kick: SocketAddr, n: usize, hold: Duration, turns: usize) 
                         while boot_ns() < start + hold {
                             std::hint::spin_loop();
                         }
-                        mine.push((i, start, boot_ns()));
+                        let (end, ran) = (boot_ns(), thread_cpu_ns() - cpu0);
+                        mine.push((i, start, end, (end - start).saturating_sub(ran)));
                         turn.store(t + 1, Ordering::Release);
                     }
                     // SAFETY: sched_yield(2) has no arguments.
@@ -1135,9 +1172,10 @@ fn a_full_history_keeps_the_longest_runs_of_the_wait() {
     let cpu = starved_cpu();
     let ns = napi_netns("keep", cpu);
     let dir = Scratch::new("keep").expect("scratch");
-    // The scenario needs the RX thread to wait through the whole relay; when something
-    // lets it run in between (seen once in ten runs), the relay is planted again (at
-    // most three times) rather than judging a wait that did not happen.
+    // The scenario needs the RX thread to wait through the whole relay; when the relay's
+    // threads show by their own clocks that they let go of the CPU (over 200 µs), the
+    // relay is planted again (at most three times) rather than judging a wait that did
+    // not happen. A short wait without such a gap is the bug this test guards.
     for attempt in 1..=3 {
         let dump = dir.join(&format!("keep-{attempt}.jsonl"));
         let rec = record_on_cpu0(&["--quiet", "--peer", &ns.ns_addr], &dump);
@@ -1150,9 +1188,15 @@ fn a_full_history_keeps_the_longest_runs_of_the_wait() {
         let w = wait_of(&recs, &ns, cpu, &r);
         assert_eq!(w.len(), 1, "the planted wait: {:?}", r.turns);
         let w = w[0];
-        if w["wait_ns"].as_u64().unwrap() < r.end() - r.kick.1 && attempt < 3 {
+        if r.given_away() > 200 * 1_000 && attempt < 3 {
             continue;
         }
+        assert!(
+            w["wait_ns"].as_u64().unwrap() >= r.end() - r.kick.1,
+            "the CPU was never given away for over {} µs, so the wait lasted the whole \
+             relay: {w}",
+            r.given_away() / 1_000
+        );
         assert_eq!(w["truncated"], true, "24 switches in the window: {w}");
         let first = &w["holders"][0];
         assert_eq!(first["pid"].as_u64(), Some(u64::from(r.tids[0])), "{w}");

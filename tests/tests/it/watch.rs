@@ -427,7 +427,8 @@ fn watch_refuses_a_taken_port_clearly() {
 
 /// A culprit that takes a new name before each of its ~30 bursts: ~30 distinct
 /// culprits through a real agent with `--top-k 3`. The episode series name at most 3
-/// of them, the rest are counted under `other`, and no episode is lost in the folding.
+/// of them, the rest are counted under `other`, and no episode is lost in the folding:
+/// the series add up to the episodes the agent announced, one line each, on stderr.
 #[test]
 fn watch_keeps_culprit_series_bounded() {
     if !require_root("watch_keeps_culprit_series_bounded") {
@@ -443,10 +444,17 @@ fn watch_keeps_culprit_series_bounded() {
             "--top-k",
             "3",
         ])
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("watch.err")).unwrap())
         .spawn()
         .unwrap();
     let mut watch = ChildGuard::new(watch);
+    let announced = || {
+        std::fs::read_to_string(dir.join("watch.err"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("episode "))
+            .count() as f64
+    };
     wait_until("watch healthy", Duration::from_secs(30), || {
         http_get(metrics_port, "/healthz").is_some_and(|(c, _)| c == 200)
     });
@@ -481,9 +489,13 @@ fn watch_keeps_culprit_series_bounded() {
         .collect();
     assert!(distinct.len() >= 10, "many distinct culprits: {distinct:?}");
     std::thread::sleep(Duration::from_secs(2));
+    // An episode closing while the agent is read is announced and counted in either
+    // order: the scrape falls between the two readings of its log.
+    let announced_before = announced();
     let text = http_get(metrics_port, "/metrics")
         .map(|(_, b)| b)
         .unwrap_or_default();
+    let announced_after = announced();
     let series: Vec<(&str, f64)> = text
         .lines()
         .filter(|l| l.starts_with("stalltrace_stall_episodes_total{"))
@@ -503,12 +515,25 @@ fn watch_keeps_culprit_series_bounded() {
         other.is_some_and(|v| v > 0.0),
         "the rest under other: {series:?}"
     );
-    // Every episode the agent saw is counted somewhere; the agent watches the whole
-    // node, so it saw at least the lab's.
-    let total: f64 = series.iter().map(|(_, v)| v).sum();
+    // Every episode the agent announced is counted: named, under other, or without a
+    // culprit.
+    let without: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stalltrace_episodes_without_culprit_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let total: f64 = series.iter().map(|(_, v)| v).sum::<f64>() + without;
     assert!(
-        total >= lab_episodes as f64 * 0.8,
-        "{total} counted for {lab_episodes} lab episodes"
+        (announced_before..=announced_after).contains(&total),
+        "{total} counted for {announced_before}–{announced_after} episodes announced: {series:?}"
+    );
+    // The agent saw the lab's stalls too. It decides an episode from packets alone,
+    // the lab from its probes (a burst whose wait no probe crossed is an episode to
+    // one and not the other), so their counts are compared loosely: this is not the
+    // promise above, only that the agent was watching the same stalls.
+    assert!(
+        total >= lab_episodes as f64 * 0.5,
+        "{total} episodes counted by the agent, {lab_episodes} by the lab"
     );
     let st = watch
         .signal_and_wait(libc::SIGTERM, Duration::from_secs(10))
