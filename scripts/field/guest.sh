@@ -142,6 +142,7 @@ facts() {
 record_start() {
   d=$1
   shift
+  ftrace_start
   "$ST" record -o "$d/node.jsonl" --duration 120s "$@" > "$d/record.out" 2> "$d/record.err" &
   rec=$!
   echo "$rec" > "$d/record.pid"
@@ -152,7 +153,35 @@ record_start() {
   return 0
 }
 
+# With STALLTRACE_FIELD_FTRACE=1 on the host: the kernel's own trace of the RX CPU's
+# scheduler events (switches, wakeups) on the monotonic clock stalltrace uses, kept
+# beside the dump as ftrace.txt: an oracle for a wait the recording did not see.
+T=/sys/kernel/tracing
+ftrace_start() {
+  [ "${ST_FTRACE:-0}" = 1 ] || return 0
+  [ -e "$T/trace" ] || mount -t tracefs nodev "$T" 2>/dev/null || return 0
+  echo 0 > "$T/tracing_on"
+  echo mono > "$T/trace_clock"
+  echo 16384 > "$T/buffer_size_kb"
+  echo > "$T/trace"
+  # Wakeups of RX threads from any CPU; every switch (who held the CPU).
+  for e in sched/sched_wakeup sched/sched_waking; do
+    echo 'comm ~ "napi*" || comm ~ "ksoftirqd*"' > "$T/events/$e/filter"
+    echo 1 > "$T/events/$e/enable"
+  done
+  echo 1 > "$T/events/sched/sched_switch/enable"
+  echo 1 > "$T/tracing_on"
+}
+
+ftrace_stop() {
+  [ "${ST_FTRACE:-0}" = 1 ] && [ -e "$T/trace" ] || return 0
+  echo 0 > "$T/tracing_on"
+  cat "$T/trace" > "$1/ftrace.txt"
+  echo 0 > "$T/events/enable"
+}
+
 record_stop() {
+  ftrace_stop "$1"
   # The programs' run counts and recursion misses (a program the kernel skipped because
   # it was already running on that CPU), for a case whose waits went unseen.
   bpftool prog show --json > "$1/progs.json" 2>/dev/null || true

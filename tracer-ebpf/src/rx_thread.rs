@@ -83,14 +83,16 @@ pub fn is_rx_thread(task: *const u8) -> bool {
     kread::<[u8; COMM_LEN]>(task, OFFSETS.load().task_comm).is_some_and(|c| is_rx_thread_name(&c))
 }
 
-/// An RX thread preempted while it still had work (`preempt` set: it stays runnable)
-/// waits for the CPU from now until it switches back in, just like one woken to run.
-/// Common on PREEMPT_RT, where bottom-half sections are preemptible and a napi thread
-/// is preempted in the middle of a poll; elsewhere ksoftirqd's and napi threads'
-/// `cond_resched` between rounds does the same. No wakeup follows, so without this the
-/// wait would go unseen. The wait's "waker" is the task that preempted it.
+/// An RX thread switched out while still runnable waits for the CPU from now until it
+/// switches back in, just like one woken to run; no wakeup follows, so without this the
+/// wait would go unseen. Preempted (`preempt` set): on PREEMPT_RT a napi thread in the
+/// middle of a poll, elsewhere at `cond_resched` between rounds. Or switched out by
+/// `schedule()` while still `TASK_RUNNING` (`preempt` clear: seen on 6.1 as a real-time
+/// task came back from throttling; `replace` false): then a wakeup already pending (it
+/// was woken as it went to sleep) is kept, the wait runs from it. The wait's "waker" is
+/// the task that took the CPU.
 #[inline(always)]
-pub fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
+pub fn mark_runnable_rx_thread(prev: *const u8, next: *const u8, cpu: u32, replace: bool) {
     if !is_kthread(prev) {
         return;
     }
@@ -104,6 +106,10 @@ pub fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
     let Some(pid) = kread::<i32>(prev, o.task_pid) else {
         return;
     };
+    let pid = pid as u32;
+    if !replace && RX_WAKE.get_ptr(pid).is_some() {
+        return;
+    }
     let w = RxWake {
         ts: now(),
         waker_pid: kread::<i32>(next, o.task_pid).unwrap_or(0) as u32,
@@ -113,8 +119,8 @@ pub fn mark_preempted_rx_thread(prev: *const u8, next: *const u8, cpu: u32) {
         _pad: 0,
     };
     // An entry of its own from a wakeup while it ran is replaced, its mark taken back.
-    forget_wake(pid as u32);
-    if RX_WAKE.insert(pid as u32, w, 0).is_err() {
+    forget_wake(pid);
+    if RX_WAKE.insert(pid, w, 0).is_err() {
         count_insert_failure(LOST_RX_WAKE);
         return;
     }
@@ -132,9 +138,9 @@ pub fn forget_wake(pid: u32) {
     }
 }
 
-/// Whether `task`, switching out without being preempted, is still `TASK_RUNNING`:
-/// woken as it went to sleep (its wakeup landed before the switch), so it is not
-/// sleeping but waiting for the CPU from that wakeup. Unknown state: sleeping.
+/// Whether `task`, switching out without being preempted, is still `TASK_RUNNING`: it
+/// stays on the run queue, waiting for the CPU rather than sleeping. Unknown state:
+/// sleeping.
 #[inline(always)]
 pub fn still_runnable(task: *const u8) -> bool {
     kread::<u32>(task, OFFSETS.load().task_state).is_some_and(|s| s == 0)

@@ -15,7 +15,7 @@ use crate::{
         rx_pending, unmark_rx_pending, CpuState, CONFIG, OFFSETS, PARKED_SYSCALLS, RX_WAKE,
         STALE_PENDING_NS,
     },
-    rx_thread::{is_rx_thread, mark_preempted_rx_thread, rx_thread_sleeps, still_runnable},
+    rx_thread::{is_rx_thread, mark_runnable_rx_thread, rx_thread_sleeps, still_runnable},
     wait::{emit_wait, WaitSpec},
 };
 
@@ -55,14 +55,15 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(st) = cpu_state() else { return 0 };
     // SAFETY: helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    // Only preemptions read prev: most switches are tasks going to sleep.
+    // A switch reads prev's state (a preemption its flags): most switches are tasks
+    // going to sleep, and only a task left runnable can be an RX thread's wait.
     let preempt: u64 = ctx.arg(0);
     if preempt & 0xff != 0 {
-        mark_preempted_rx_thread(ctx.arg(1), ctx.arg(2), cpu);
-    } else if (st.drain_of != 0 || rx_pending(cpu) != 0)
-        && is_rx_thread(ctx.arg(1))
-        && !still_runnable(ctx.arg(1))
-    {
+        mark_runnable_rx_thread(ctx.arg(1), ctx.arg(2), cpu, true);
+    } else if bpf_get_current_pid_tgid() as u32 != 0 && still_runnable(ctx.arg(1)) {
+        // (The idle task, pid 0, always leaves runnable: not read.)
+        mark_runnable_rx_thread(ctx.arg(1), ctx.arg(2), cpu, false);
+    } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
         rx_thread_sleeps(st);
     }
     let rx_marked = rx_pending(cpu);

@@ -357,8 +357,11 @@ fn boot_pair(
     fs::write(
         shared.join("env"),
         format!(
-            "export CI=true RUST_BACKTRACE=1 STALLTRACE_BIN='{}'\n",
-            bin.display()
+            "export CI=true RUST_BACKTRACE=1 STALLTRACE_BIN='{}' ST_FTRACE='{}'\n",
+            bin.display(),
+            // The kernel's own scheduler trace of the RX CPU beside each recording, for
+            // a case whose waits went unseen (docs/field.md).
+            std::env::var("STALLTRACE_FIELD_FTRACE").map_or(false, |v| v == "1") as u8
         ),
     )?;
     // The guests run a copy: the script may be edited while they run.
