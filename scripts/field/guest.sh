@@ -400,9 +400,14 @@ EOF
         sleep 0.5
       done
       touch "$d/scraping"
+      # Traffic while the culprit holds the RX CPU, as a busy node has: a scrape a
+      # second alone can fall in the gaps real-time throttling leaves, and then no RX
+      # thread waits behind the culprit at all.
+      wait_file "$d/hog-started" 30
       if [ "$(cat "$d/mode")" = ksoftirqd ]; then
-        wait_file "$d/hog-started" 30
         hping3 --icmp -i u50 -c 400 -q "$NODE4" > "$d/flood.log" 2>&1
+      else
+        ping -q -i 0.01 -c 150 -W 3 "$NODE4" > "$d/ping.log" 2>&1
       fi
       wait_file "$d/hog-ended" 120
       # Episodes close a second after their wait; scrapes come every second.
