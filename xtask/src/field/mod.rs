@@ -361,7 +361,7 @@ fn boot_pair(
             bin.display(),
             // The kernel's own scheduler trace of the RX CPU beside each recording, for
             // a case whose waits went unseen (docs/field.md).
-            std::env::var("STALLTRACE_FIELD_FTRACE").map_or(false, |v| v == "1") as u8
+            std::env::var("STALLTRACE_FIELD_FTRACE").is_ok_and(|v| v == "1") as u8
         ),
     )?;
     // The guests run a copy: the script may be edited while they run.
