@@ -192,6 +192,8 @@ pub struct CpuState {
     pub rx_run_pid: u32,
     pub _pad_rx: u32,
     pub rx_run_start: u64,
+    /// That RX thread's task, to know its switch-out without reading memory.
+    pub rx_run_task: u64,
     /// First NET_RX raise since the last entry (0 = none pending) and who raised it.
     pub netrx_raise_ns: u64,
     pub netrx_raiser_pid: u32,

@@ -55,15 +55,19 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(st) = cpu_state() else { return 0 };
     // SAFETY: helper with no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    // A switch reads prev's state (a preemption its flags): most switches are tasks
-    // going to sleep, and only a task left runnable can be an RX thread's wait.
+    // Only preemptions read prev, and the switch-out of the RX thread whose run this
+    // CPU last saw begin: a read of every prev would double the hook's cost, and most
+    // switches are tasks going to sleep.
     let preempt: u64 = ctx.arg(0);
+    let prev_task: u64 = ctx.arg(1);
     if preempt & 0xff != 0 {
         mark_runnable_rx_thread(ctx.arg(1), ctx.arg(2), cpu, true);
-    } else if bpf_get_current_pid_tgid() as u32 != 0 && still_runnable(ctx.arg(1)) {
-        // (The idle task, pid 0, always leaves runnable: not read.)
+    } else if prev_task != 0 && prev_task == st.rx_run_task && still_runnable(ctx.arg(1)) {
         mark_runnable_rx_thread(ctx.arg(1), ctx.arg(2), cpu, false);
-    } else if (st.drain_of != 0 || rx_pending(cpu) != 0) && is_rx_thread(ctx.arg(1)) {
+    } else if (st.drain_of != 0 || rx_pending(cpu) != 0)
+        && is_rx_thread(ctx.arg(1))
+        && !still_runnable(ctx.arg(1))
+    {
         rx_thread_sleeps(st);
     }
     let rx_marked = rx_pending(cpu);
@@ -121,6 +125,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     if !continues {
         st.rx_run_pid = next_pid;
         st.rx_run_start = ts;
+        st.rx_run_task = next as u64;
     }
     // This thread's wait is over: its mark goes from the CPU it was counted on (where
     // the wakeup aimed, if it migrated since).
